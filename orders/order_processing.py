@@ -1,0 +1,1 @@
+"""Placeholder until the order workflow lands."""

@@ -1,0 +1,30 @@
+"""Fixtures shared by the whole suite."""
+
+import pytest
+
+# Importing registers the test workflows in this process; qcluster subprocesses import
+# them through WORKFLOWS_EXTRA_MODULES (see tests/support/cluster.py).
+import tests.workflows.sample_workflows  # noqa: F401
+from workflows import queue
+from workflows.executor import run_execute
+
+
+class QueueCapture:
+    """Stands in for django-q2 where a test drives execution itself."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def drain(self, limit: int = 50) -> list[str]:
+        """Execute queued segments (and those they queue) until none is left."""
+        outcomes = []
+        while self.sent and len(outcomes) < limit:
+            outcomes.append(run_execute(self.sent.pop(0)))
+        return outcomes
+
+
+@pytest.fixture
+def queue_capture(monkeypatch: pytest.MonkeyPatch) -> QueueCapture:
+    capture = QueueCapture()
+    monkeypatch.setattr(queue, "_send", capture.sent.append)
+    return capture

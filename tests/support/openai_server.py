@@ -1,0 +1,595 @@
+"""A tiny local OpenAI-compatible HTTP server for tests (standard library only).
+
+The official ``openai`` SDK talks real HTTP to it, so the whole client stack
+(serialisation, pydantic parsing, error mapping, retries) is exercised without
+ever touching the internet.  Responses are scripted per test and consumed in
+order, one per ``POST /v1/chat/completions`` request; every request is recorded.
+
+Usage::
+
+    from openai import OpenAI
+
+    from tests.support.openai_server import (
+        OpenAITestServer, reply_error, reply_text, reply_tool_calls, tool_call,
+    )
+
+    with OpenAITestServer() as server:
+        server.script([
+            reply_error(429, "slow down", retry_after_ms=10),  # SDK retries
+            reply_tool_calls([("lookup_order", {"order_id": 7})]),
+            reply_tool_calls([tool_call("lookup_order", raw_arguments="{not json")]),
+            lambda req: reply_text(f"{len(req['messages'])} messages seen"),
+            reply_text("Done.", prompt_tokens=12, completion_tokens=3),
+        ])
+        client = OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=1)
+        ...
+        assert server.chat_requests[0].json["model"] == "gpt-4o-mini"
+        assert server.pending == 0
+
+When the script is exhausted the server answers ``500`` with the message
+"openai test server: no scripted response left" (and ``x-should-retry: false``
+so the SDK does not retry), which makes unexpected calls fail loudly.
+
+Note on retries (openai SDK ``_base_client``): ``retry-after-ms`` is preferred
+over ``retry-after``; a delay is only honoured when ``0 < delay <= 120`` s, so
+``retry-after: 0`` falls back to exponential backoff (~0.5 s).  Use
+``retry_after_ms=10`` to keep retry tests fast.  ``x-should-retry`` overrides
+the SDK's status-based decision (408/409/429/5xx are retried by default).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+
+__all__ = [
+    "NO_SCRIPT_MESSAGE",
+    "ChatReply",
+    "ErrorReply",
+    "OpenAITestServer",
+    "RawReply",
+    "RecordedRequest",
+    "Reply",
+    "Responder",
+    "ScriptItem",
+    "ToolCall",
+    "reply_error",
+    "reply_raw",
+    "reply_text",
+    "reply_tool_calls",
+    "tool_call",
+]
+
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+NO_SCRIPT_MESSAGE = "openai test server: no scripted response left"
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+# --------------------------------------------------------------------------- reply specs
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCall:
+    """One function tool call in an assistant message; ``id=None`` -> ``call_<n>``."""
+
+    name: str
+    arguments: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatReply:
+    """A successful chat completion (the server fills ``id``, ``created``, ``model``)."""
+
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: FinishReason = "stop"
+    prompt_tokens: int = 10
+    completion_tokens: int = 5
+    model: str | None = None  # default: echo the request's model
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to sleep before answering (timeout tests)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorReply:
+    """An HTTP error with OpenAI's error body ``{"error": {message, type, param, code}}``."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawReply:
+    """Full control: any status, any body (JSON-serialisable value, or raw ``bytes``)."""
+
+    status: int = 200
+    body: Any = None
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+Reply = ChatReply | ErrorReply | RawReply
+#: A callable computing the reply from the parsed request JSON (``str`` = text reply).
+Responder = Callable[[dict[str, Any]], Reply | str]
+#: What ``OpenAITestServer.script`` accepts; a bare ``str`` is shorthand for ``reply_text``.
+ScriptItem = Reply | str | Responder
+
+
+def reply_text(
+    content: str,
+    *,
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+    finish_reason: FinishReason = "stop",
+    model: str | None = None,
+    delay: float = 0.0,
+) -> ChatReply:
+    """An assistant message with ``content`` (finish_reason ``"stop"`` by default)."""
+    return ChatReply(
+        content=content,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        model=model,
+        delay=delay,
+    )
+
+
+def tool_call(
+    name: str,
+    arguments: Mapping[str, Any] | None = None,
+    *,
+    raw_arguments: str | None = None,
+    id: str | None = None,
+) -> ToolCall:
+    """A function tool call; ``raw_arguments`` is sent verbatim (e.g. invalid JSON)."""
+    if arguments is not None and raw_arguments is not None:
+        raise ValueError("pass either arguments or raw_arguments, not both")
+    if raw_arguments is None:
+        raw_arguments = json.dumps(dict(arguments or {}))
+    return ToolCall(name=name, arguments=raw_arguments, id=id)
+
+
+def reply_tool_calls(
+    calls: Sequence[ToolCall | tuple[str, Mapping[str, Any] | str]],
+    *,
+    content: str | None = None,
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+    model: str | None = None,
+    delay: float = 0.0,
+) -> ChatReply:
+    """An assistant message requesting tool calls (finish_reason ``"tool_calls"``).
+
+    Each call is a ``ToolCall`` (see ``tool_call``) or a ``(name, arguments)`` tuple
+    where ``arguments`` is a mapping (JSON-encoded) or a raw string (sent verbatim).
+    Ids default to ``call_1``, ``call_2``, ... unique per server (until ``reset()``).
+    """
+    built: list[ToolCall] = []
+    for call in calls:
+        if isinstance(call, ToolCall):
+            built.append(call)
+        else:
+            name, args = call
+            if isinstance(args, str):
+                built.append(tool_call(name, raw_arguments=args))
+            else:
+                built.append(tool_call(name, args))
+    if not built:
+        raise ValueError("reply_tool_calls needs at least one call")
+    return ChatReply(
+        content=content,
+        tool_calls=tuple(built),
+        finish_reason="tool_calls",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        model=model,
+        delay=delay,
+    )
+
+
+# status -> (default type, default code), modelled on api.openai.com answers.
+_ERROR_DEFAULTS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", None),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+class _Unset:
+    """Sentinel type: argument not given (distinct from an explicit ``None``)."""
+
+
+_UNSET = _Unset()
+
+
+def reply_error(
+    status: int,
+    message: str,
+    *,
+    type: str | None = None,
+    code: str | _Unset | None = _UNSET,
+    param: str | None = None,
+    retry_after: float | str | None = None,
+    retry_after_ms: float | None = None,
+    should_retry: bool | None = None,
+    headers: Mapping[str, str] | None = None,
+    delay: float = 0.0,
+) -> ErrorReply:
+    """An HTTP error response in OpenAI's format.
+
+    ``type``/``code`` default by status: 401 -> invalid_api_key, 429 ->
+    rate_limit_exceeded, >=500 -> server_error.  ``retry_after`` sets ``retry-after``,
+    ``retry_after_ms`` sets ``retry-after-ms``, ``should_retry`` sets ``x-should-retry``.
+    """
+    default_type, default_code = _ERROR_DEFAULTS.get(
+        status, ("server_error", None) if status >= 500 else ("invalid_request_error", None)
+    )
+    all_headers = dict(headers or {})
+    if retry_after is not None:
+        all_headers["retry-after"] = str(retry_after)
+    if retry_after_ms is not None:
+        all_headers["retry-after-ms"] = str(retry_after_ms)
+    if should_retry is not None:
+        all_headers["x-should-retry"] = "true" if should_retry else "false"
+    return ErrorReply(
+        status=status,
+        message=message,
+        type=default_type if type is None else type,
+        code=default_code if isinstance(code, _Unset) else code,
+        param=param,
+        headers=all_headers,
+        delay=delay,
+    )
+
+
+def reply_raw(
+    body: Any,
+    *,
+    status: int = 200,
+    content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+    delay: float = 0.0,
+) -> RawReply:
+    """Any response at all (``bytes`` bodies are sent verbatim, others JSON-encoded)."""
+    return RawReply(
+        status=status,
+        body=body,
+        content_type=content_type,
+        headers=dict(headers or {}),
+        delay=delay,
+    )
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as received. ``headers`` keys are lowercase; ``json`` is the parsed body."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    body: bytes = b""
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """``json["messages"]`` (empty list when absent)."""
+        if isinstance(self.json, dict):
+            messages = self.json.get("messages")
+            if isinstance(messages, list):
+                return messages
+        return []
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], owner: OpenAITestServer) -> None:
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default stderr access log."""
+
+    def do_GET(self) -> None:
+        self.server.owner._handle(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.owner._handle(self, "POST")
+
+    def do_DELETE(self) -> None:
+        self.server.owner._handle(self, "DELETE")
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def send_bytes(
+        self, status: int, data: bytes, content_type: str, headers: Mapping[str, str]
+    ) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+
+def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> Any:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class OpenAITestServer:
+    """Scripted OpenAI-compatible server on ``127.0.0.1:<ephemeral port>``."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        models: Sequence[str] = ("gpt-4o-mini", "gpt-4o"),
+    ) -> None:
+        self._address = (host, port)
+        self._models = tuple(models)
+        self._lock = threading.Lock()
+        self._script: deque[ScriptItem] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._errors: list[str] = []
+        self._ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer(self._address, self)
+        thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="openai-test-server",
+            daemon=True,
+        )
+        thread.start()
+        self._httpd, self._thread = httpd, thread
+        return self
+
+    def stop(self) -> None:
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("OpenAITestServer is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no ``/v1``)."""
+        return f"http://{self._address[0]}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1`` - pass as ``OpenAI(base_url=...)``."""
+        return f"{self.url}/v1"
+
+    # -- scripting & records ---------------------------------------------------------
+
+    def script(self, items: Iterable[ScriptItem]) -> None:
+        """Queue responses, consumed in order, one per chat completion request."""
+        with self._lock:
+            self._script.extend(items)
+
+    def reset(self) -> None:
+        """Forget the script, recorded requests, errors and id counters."""
+        with self._lock:
+            self._script.clear()
+            self._requests.clear()
+            self._errors.clear()
+            self._ids = itertools.count(1)
+            self._call_ids = itertools.count(1)
+
+    @property
+    def pending(self) -> int:
+        """Number of scripted responses not consumed yet."""
+        with self._lock:
+            return len(self._script)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received (a copy), in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """Only the ``POST /v1/chat/completions`` requests."""
+        with self._lock:
+            return [r for r in self._requests if r.path == CHAT_COMPLETIONS_PATH]
+
+    @property
+    def errors(self) -> list[str]:
+        """Problems the server met (script exhausted, responder raised, bad request...)."""
+        with self._lock:
+            return list(self._errors)
+
+    # -- request handling ------------------------------------------------------------
+
+    def _handle(self, handler: _Handler, method: str) -> None:
+        path = urlsplit(handler.path).path.rstrip("/") or "/"
+        body = handler.read_body()
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        parsed: Any = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+
+        item: ScriptItem | None = None
+        with self._lock:
+            self._requests.append(RecordedRequest(method, path, headers, parsed, body))
+            is_chat = method == "POST" and path == CHAT_COMPLETIONS_PATH
+            if is_chat and isinstance(parsed, dict) and not parsed.get("stream") and self._script:
+                item = self._script.popleft()
+
+        if method == "GET" and path == MODELS_PATH:
+            self._send(handler, reply_raw(self._models_body()))
+        elif method == "GET" and path.startswith(MODELS_PATH + "/"):
+            self._send(handler, reply_raw(self._model_body(path[len(MODELS_PATH) + 1 :])))
+        elif not (method == "POST" and path == CHAT_COMPLETIONS_PATH):
+            self._fail(handler, 404, f"openai test server: unknown endpoint {method} {path}")
+        elif not isinstance(parsed, dict):
+            self._fail(handler, 400, "openai test server: request body is not a JSON object")
+        elif parsed.get("stream"):
+            self._fail(handler, 400, "openai test server: streaming is not supported")
+        elif item is None:
+            self._fail(handler, 500, NO_SCRIPT_MESSAGE)
+        else:
+            try:
+                reply = self._resolve(item, parsed)
+            except Exception as exc:
+                self._fail(handler, 500, f"openai test server: responder raised {exc!r}")
+                return
+            self._send(handler, reply, parsed)
+
+    @staticmethod
+    def _resolve(item: ScriptItem, request_json: dict[str, Any]) -> Reply:
+        if callable(item):
+            item = item(request_json)
+        if isinstance(item, str):
+            return reply_text(item)
+        if isinstance(item, ChatReply | ErrorReply | RawReply):
+            return item
+        raise TypeError(f"unsupported scripted response: {item!r}")
+
+    def _fail(self, handler: _Handler, status: int, message: str) -> None:
+        with self._lock:
+            self._errors.append(message)
+        code = "no_scripted_response" if message == NO_SCRIPT_MESSAGE else None
+        self._send(
+            handler,
+            reply_error(status, message, code=code, should_retry=False),
+        )
+
+    def _send(self, handler: _Handler, reply: Reply, request_json: Any = None) -> None:
+        if reply.delay > 0:
+            time.sleep(reply.delay)
+        with self._lock:
+            request_id = f"req_test_{next(self._ids)}"
+        headers = {"x-request-id": request_id, **reply.headers}
+        if isinstance(reply, ChatReply):
+            data = json.dumps(self._completion_body(reply, request_json, request_id)).encode()
+            handler.send_bytes(200, data, "application/json", headers)
+        elif isinstance(reply, ErrorReply):
+            body = _error_body(reply.message, reply.type, reply.code, reply.param)
+            handler.send_bytes(reply.status, json.dumps(body).encode(), "application/json", headers)
+        else:
+            raw = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+            handler.send_bytes(reply.status, raw, reply.content_type, headers)
+
+    def _completion_body(
+        self, reply: ChatReply, request_json: Any, request_id: str
+    ) -> dict[str, Any]:
+        model = reply.model
+        if model is None and isinstance(request_json, dict):
+            model = request_json.get("model")
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": reply.content,
+            "refusal": None,
+            "annotations": [],
+        }
+        if reply.tool_calls:
+            calls = []
+            for call in reply.tool_calls:
+                with self._lock:
+                    call_id = call.id or f"call_{next(self._call_ids)}"
+                calls.append(
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                )
+            message["tool_calls"] = calls
+        return {
+            "id": f"chatcmpl-{request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(model or "gpt-4o-mini"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": reply.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+            },
+            "system_fingerprint": None,
+            "service_tier": "default",
+        }
+
+    def _models_body(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self._model_body(m) for m in self._models]}
+
+    @staticmethod
+    def _model_body(model_id: str) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": 1_700_000_000,
+            "owned_by": "openai-test-server",
+        }

@@ -1,0 +1,734 @@
+"""A small local Stripe-compatible HTTP server for tests.
+
+The official ``stripe`` SDK talks real HTTP to it (never the internet): point a
+``stripe.StripeClient`` at ``server.base_url`` through ``base_addresses``.  Only the
+parts of the v1 API the project uses are implemented: PaymentIntents (create,
+retrieve) and Refunds (create, retrieve), with Stripe's form encoding, Bearer
+auth, error bodies, idempotency keys and ``Request-Id`` headers.
+
+Usage::
+
+    import stripe
+    from tests.support.stripe_server import StripeServer
+
+    with StripeServer() as server:
+        client = stripe.StripeClient(
+            "sk_test_123",
+            base_addresses={"api": server.base_url},
+            max_network_retries=2,
+        )
+        server.fail_next(1)  # first attempt gets a 500; the SDK retries it
+        intent = client.v1.payment_intents.create(
+            params={
+                "amount": 1999,  # integer minor units (cents)
+                "currency": "eur",
+                "customer": "cus_123",
+                "payment_method": "pm_123",
+                "confirm": True,
+                "off_session": True,
+                "metadata": {"order_id": "42"},
+            },
+            options={"idempotency_key": "order-42-charge"},
+        )
+        assert intent.status == "succeeded"
+        assert len(server.successful_charges()) == 1
+
+        server.decline_customers.add("cus_broke")  # 402 card_error from now on
+
+Fault injection:
+
+* ``fail_next(n, status=500)``: the next ``n`` requests (any endpoint) get an
+  ``api_error`` answer before anything is done, so nothing is created or stored.
+* ``fail_after_create_next(n)``: the next ``n`` requests that actually perform a
+  creation (a new PaymentIntent, including a declined one, or a new Refund) do it
+  and store the result under their idempotency key, but the client gets a 500
+  ("Stripe did it but the answer was lost").  A retry with the same key replays.
+
+The SDK waits at least ``stripe.HTTPClient.INITIAL_DELAY`` (0.5 s) between retries;
+tests can lower ``INITIAL_DELAY`` and ``MAX_DELAY`` on ``stripe.HTTPClient``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import secrets
+import string
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+__all__ = [
+    "FormError",
+    "RecordedRequest",
+    "StripeServer",
+    "parse_form",
+]
+
+JSONDict = dict[str, Any]
+
+API_VERSION = "2025-01-01"
+DOCS = "https://docs.stripe.com/error-codes"
+_ID_ALPHABET = string.ascii_letters + string.digits
+_KEY_RE = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_PART_RE = re.compile(r"\[([^\[\]]*)\]")
+_PI_PATH = re.compile(r"^/v1/payment_intents/(?P<id>[^/]+)$")
+_REFUND_PATH = re.compile(r"^/v1/refunds/(?P<id>[^/]+)$")
+_CURRENCY_RE = re.compile(r"^[a-zA-Z]{3}$")
+_REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
+
+
+class FormError(ValueError):
+    """A form-encoded body could not be turned into nested params."""
+
+
+def new_id(prefix: str) -> str:
+    """Return a Stripe-looking id such as ``pi_3Nf...``."""
+    return prefix + "_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+def parse_form(body: str) -> JSONDict:
+    """Parse Stripe's form encoding into nested dicts.
+
+    ``metadata[order_id]=42`` becomes ``{"metadata": {"order_id": "42"}}`` and
+    ``expand[0]=a&expand[1]=b`` (or ``expand[]=a&expand[]=b``) becomes
+    ``{"expand": ["a", "b"]}``.  Leaf values stay strings, as on the wire.
+    """
+    root: JSONDict = {}
+    for raw_key, value in parse_qsl(body, keep_blank_values=True, strict_parsing=False):
+        match = _KEY_RE.match(raw_key)
+        if match is None:
+            raise FormError(f"Invalid parameter name: {raw_key!r}")
+        parts = [match.group(1), *_PART_RE.findall(match.group(2))]
+        node = root
+        for depth, part in enumerate(parts):
+            if part == "":
+                part = str(sum(1 for k in node if k.isdigit()))
+            if depth == len(parts) - 1:
+                if part in node:
+                    raise FormError(f"Duplicate parameter: {raw_key!r}")
+                node[part] = value
+                break
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise FormError(f"Parameter {raw_key!r} mixes a value and a hash")
+            node = child
+    result = _lists_from_indexed_dicts(root)
+    assert isinstance(result, dict)
+    return result
+
+
+def _lists_from_indexed_dicts(value: Any) -> Any:
+    """Turn ``{"0": a, "1": b}`` (Stripe's array encoding) into ``[a, b]``."""
+    if not isinstance(value, dict):
+        return value
+    converted = {k: _lists_from_indexed_dicts(v) for k, v in value.items()}
+    if converted and all(k.isdigit() for k in converted):
+        indexes = sorted(int(k) for k in converted)
+        if indexes == list(range(len(indexes))):
+            return [converted[str(i)] for i in indexes]
+    return converted
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it (and what it answered)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    params: JSONDict
+    status: int
+    replayed: bool
+    request_id: str
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.headers.get("idempotency-key")
+
+
+@dataclass
+class _Response:
+    status: int
+    body: JSONDict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _StoredResult:
+    method: str
+    path: str
+    params: JSONDict
+    status: int
+    body: JSONDict
+    request_id: str
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], stripe: StripeServer) -> None:
+        super().__init__(address, _Handler)
+        self.stripe = stripe
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "stripe-test-server/1.0"
+
+    def do_GET(self) -> None:
+        self._respond()
+
+    def do_POST(self) -> None:
+        self._respond()
+
+    def do_DELETE(self) -> None:
+        self._respond()
+
+    def _respond(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        response = self.server.stripe.handle(self.command, self.path, headers, body)
+        payload = json.dumps(response.body, indent=2).encode()
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+
+def _error(
+    status: int,
+    type_: str,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    **extra: Any,
+) -> _Response:
+    error: JSONDict = {"type": type_, "message": message}
+    if code is not None:
+        error["code"] = code
+        error["doc_url"] = f"{DOCS}#{code.replace('_', '-')}"
+    if param is not None:
+        error["param"] = param
+    error.update(extra)
+    return _Response(status, {"error": error})
+
+
+def _invalid(
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    status: int = 400,
+) -> _Response:
+    return _error(status, "invalid_request_error", message, code=code, param=param)
+
+
+def _missing(param: str) -> _Response:
+    return _invalid(f"Missing required param: {param}.", param=param, code="parameter_missing")
+
+
+def _api_error(status: int) -> _Response:
+    return _error(
+        status,
+        "api_error",
+        "An unknown error occurred while processing your request "
+        "(injected by the local Stripe test server).",
+    )
+
+
+def _parse_bool(params: JSONDict, name: str) -> bool | _Response:
+    value: object = params.get(name)
+    if value is None:
+        return False
+    if value in ("true", "false"):
+        return value == "true"
+    return _invalid(f"Invalid boolean: {value}", param=name)
+
+
+def _parse_amount(value: Any, param: str = "amount") -> int | _Response:
+    if not isinstance(value, str) or not re.fullmatch(r"-?\d+", value):
+        return _invalid(f"Invalid integer: {value}", param=param, code="parameter_invalid_integer")
+    amount = int(value)
+    if amount < 1:
+        return _invalid(
+            "This value must be greater than or equal to 1.",
+            param=param,
+            code="parameter_invalid_integer",
+        )
+    return amount
+
+
+def _parse_metadata(params: JSONDict) -> JSONDict | _Response:
+    metadata = params.get("metadata", {})
+    if metadata == "":
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        return _invalid("Invalid hash", param="metadata")
+    return dict(metadata)
+
+
+def _optional_str(params: JSONDict, name: str) -> str | _Response | None:
+    value = params.get(name)
+    if value is None or isinstance(value, str):
+        return value or None
+    return _invalid(f"Invalid string: {value!r}", param=name)
+
+
+class StripeServer:
+    """Local fake of the Stripe v1 API for PaymentIntents and Refunds.
+
+    Thread-safe: every request is handled under one lock, and the record
+    accessors (``requests``, ``payment_intents``, ``refunds``, ...) return copies.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._address = (host, port)
+        self._lock = threading.RLock()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._requests: list[RecordedRequest] = []
+        self._payment_intents: dict[str, JSONDict] = {}
+        self._refunds: dict[str, JSONDict] = {}
+        self._idempotency: dict[tuple[str, str], _StoredResult] = {}
+        self._fail_next: list[tuple[int, bool | None]] = []
+        self._fail_after_create: list[int] = []
+        #: Customers whose confirmed PaymentIntents are declined with HTTP 402.
+        self.decline_customers: set[str] = {"cus_declined"}
+        #: ``decline_code`` used for those declines.
+        self.decline_code = "insufficient_funds"
+        #: Tracebacks of unexpected server bugs (answered as 500 without retry).
+        self.errors: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._httpd is not None:
+            raise RuntimeError("StripeServer already started")
+        self._httpd = _HTTPServer(self._address, self)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-test-server",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("StripeServer is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``, for ``base_addresses={"api": ...}``."""
+        return f"http://{self._address[0]}:{self.port}"
+
+    # -- fault injection -------------------------------------------------------
+
+    def fail_next(self, n: int = 1, status: int = 500, *, should_retry: bool | None = None) -> None:
+        """Answer the next ``n`` requests with ``status`` before doing anything.
+
+        ``should_retry`` sets the ``Stripe-Should-Retry`` header (absent if None).
+        """
+        with self._lock:
+            self._fail_next.extend([(status, should_retry)] * n)
+
+    def fail_after_create_next(self, n: int = 1, status: int = 500) -> None:
+        """Perform the next ``n`` creations but answer ``status`` instead."""
+        with self._lock:
+            self._fail_after_create.extend([status] * n)
+
+    def reset(self) -> None:
+        """Forget all objects, records, idempotency keys and pending faults."""
+        with self._lock:
+            self._requests.clear()
+            self._payment_intents.clear()
+            self._refunds.clear()
+            self._idempotency.clear()
+            self._fail_next.clear()
+            self._fail_after_create.clear()
+            self.decline_customers = {"cus_declined"}
+            self.errors.clear()
+
+    # -- records ---------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def payment_intents(self) -> dict[str, JSONDict]:
+        with self._lock:
+            return copy.deepcopy(self._payment_intents)
+
+    @property
+    def refunds(self) -> dict[str, JSONDict]:
+        with self._lock:
+            return copy.deepcopy(self._refunds)
+
+    def successful_charges(self) -> list[JSONDict]:
+        """PaymentIntents that succeeded, once per created object (not per replay)."""
+        with self._lock:
+            return [
+                copy.deepcopy(pi)
+                for pi in self._payment_intents.values()
+                if pi["status"] == "succeeded"
+            ]
+
+    def refunds_for(self, payment_intent_id: str) -> list[JSONDict]:
+        with self._lock:
+            return [
+                copy.deepcopy(refund)
+                for refund in self._refunds.values()
+                if refund["payment_intent"] == payment_intent_id
+            ]
+
+    # -- request handling ------------------------------------------------------
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Response:
+        """Answer one HTTP request (called by the handler threads)."""
+        with self._lock:
+            request_id = new_id("req")
+            split = urlsplit(raw_path)
+            path = split.path
+            replayed = False
+            try:
+                params = parse_form(split.query)
+                params.update(parse_form(body.decode("utf-8")))
+            except (FormError, UnicodeDecodeError) as exc:
+                params = {}
+                response = _invalid(str(exc))
+            else:
+                try:
+                    response, replayed = self._handle_parsed(
+                        method, path, headers, params, request_id
+                    )
+                except Exception:
+                    self.errors.append(traceback.format_exc())
+                    response = _api_error(500)
+                    response.headers["Stripe-Should-Retry"] = "false"
+            response.headers["Request-Id"] = request_id
+            response.headers["Stripe-Version"] = headers.get("stripe-version", API_VERSION)
+            if "idempotency-key" in headers:
+                response.headers["Idempotency-Key"] = headers["idempotency-key"]
+            if "error" in response.body:
+                response.body["error"]["request_log_url"] = (
+                    f"https://dashboard.stripe.com/test/logs/{request_id}"
+                )
+            self._requests.append(
+                RecordedRequest(
+                    method=method,
+                    path=path,
+                    headers=dict(headers),
+                    params=params,
+                    status=response.status,
+                    replayed=replayed,
+                    request_id=request_id,
+                )
+            )
+            return response
+
+    def _handle_parsed(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        params: JSONDict,
+        request_id: str,
+    ) -> tuple[_Response, bool]:
+        if self._fail_next:
+            status, should_retry = self._fail_next.pop(0)
+            response = _api_error(status)
+            if should_retry is not None:
+                response.headers["Stripe-Should-Retry"] = str(should_retry).lower()
+            return response, False
+
+        api_key = self._authenticate(headers)
+        if isinstance(api_key, _Response):
+            return api_key, False
+
+        idempotency_key = headers.get("idempotency-key") if method == "POST" else None
+        if idempotency_key:
+            stored = self._idempotency.get((api_key, idempotency_key))
+            if stored is not None:
+                return self._replay(stored, method, path, params, idempotency_key), True
+
+        response, performed = self._route(method, path, params)
+        if performed and idempotency_key:
+            self._idempotency[(api_key, idempotency_key)] = _StoredResult(
+                method=method,
+                path=path,
+                params=copy.deepcopy(params),
+                status=response.status,
+                body=copy.deepcopy(response.body),
+                request_id=request_id,
+            )
+        if performed and self._fail_after_create:
+            return _api_error(self._fail_after_create.pop(0)), False
+        return response, False
+
+    @staticmethod
+    def _authenticate(headers: dict[str, str]) -> str | _Response:
+        authorization = headers.get("authorization", "")
+        scheme, _, key = authorization.partition(" ")
+        if not authorization or scheme.lower() != "bearer" or not key.strip():
+            return _invalid(
+                "You did not provide an API key. You need to provide your API key in "
+                "the Authorization header, using Bearer auth (e.g. 'Authorization: "
+                "Bearer YOUR_SECRET_KEY').",
+                status=401,
+            )
+        key = key.strip()
+        if not key.startswith("sk_test_") or len(key) == len("sk_test_"):
+            masked = key[:8] + "*" * max(len(key) - 12, 0) + key[-4:]
+            return _invalid(f"Invalid API Key provided: {masked}", status=401)
+        return key
+
+    @staticmethod
+    def _replay(
+        stored: _StoredResult,
+        method: str,
+        path: str,
+        params: JSONDict,
+        idempotency_key: str,
+    ) -> _Response:
+        if (stored.method, stored.path) != (method, path):
+            return _error(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used for the same endpoint "
+                f"they were first used for ('{stored.method} {stored.path}' vs "
+                f"'{method} {path}'). Try using a key other than '{idempotency_key}' "
+                "if you meant to execute a different request.",
+            )
+        if stored.params != params:
+            return _error(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same "
+                "parameters they were first used with. Try using a key other than "
+                f"'{idempotency_key}' if you meant to execute a different request.",
+            )
+        return _Response(
+            stored.status,
+            copy.deepcopy(stored.body),
+            {"Idempotent-Replayed": "true", "Original-Request": stored.request_id},
+        )
+
+    def _route(self, method: str, path: str, params: JSONDict) -> tuple[_Response, bool]:
+        """Return the response and whether an object was created."""
+        if method == "POST" and path == "/v1/payment_intents":
+            return self._create_payment_intent(params)
+        if method == "POST" and path == "/v1/refunds":
+            return self._create_refund(params)
+        if method == "GET" and (match := _PI_PATH.match(path)):
+            return self._retrieve(self._payment_intents, "payment_intent", match["id"])
+        if method == "GET" and (match := _REFUND_PATH.match(path)):
+            return self._retrieve(self._refunds, "refund", match["id"])
+        return _invalid(
+            f"Unrecognized request URL ({method}: {path}). Please see "
+            "https://stripe.com/docs or we can help at https://support.stripe.com/.",
+            status=404,
+        ), False
+
+    @staticmethod
+    def _retrieve(
+        objects: dict[str, JSONDict], kind: str, object_id: str
+    ) -> tuple[_Response, bool]:
+        obj = objects.get(object_id)
+        if obj is None:
+            param = "intent" if kind == "payment_intent" else "id"
+            return _invalid(
+                f"No such {kind}: '{object_id}'",
+                param=param,
+                code="resource_missing",
+                status=404,
+            ), False
+        return _Response(200, copy.deepcopy(obj)), False
+
+    def _create_payment_intent(self, params: JSONDict) -> tuple[_Response, bool]:
+        if "amount" not in params:
+            return _missing("amount"), False
+        amount = _parse_amount(params["amount"])
+        if isinstance(amount, _Response):
+            return amount, False
+        currency = params.get("currency")
+        if currency is None:
+            return _missing("currency"), False
+        if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
+            return _invalid(f"Invalid currency: {currency}", param="currency"), False
+        metadata = _parse_metadata(params)
+        if isinstance(metadata, _Response):
+            return metadata, False
+        confirm = _parse_bool(params, "confirm")
+        if isinstance(confirm, _Response):
+            return confirm, False
+        off_session = _parse_bool(params, "off_session")
+        if isinstance(off_session, _Response):
+            return off_session, False
+        customer = _optional_str(params, "customer")
+        if isinstance(customer, _Response):
+            return customer, False
+        payment_method = _optional_str(params, "payment_method")
+        if isinstance(payment_method, _Response):
+            return payment_method, False
+        if off_session and not confirm:
+            return _invalid(
+                "off_session can only be used when confirm=true.", param="off_session"
+            ), False
+        if confirm and payment_method is None:
+            return _invalid(
+                "You cannot confirm this PaymentIntent because it's missing a payment method.",
+                code="payment_intent_unexpected_state",
+            ), False
+
+        intent_id = new_id("pi")
+        status = "requires_payment_method"
+        if payment_method is not None:
+            status = "succeeded" if confirm else "requires_confirmation"
+        intent: JSONDict = {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_capturable": 0,
+            "amount_received": amount if status == "succeeded" else 0,
+            "capture_method": "automatic",
+            "client_secret": f"{intent_id}_secret_{secrets.token_hex(12)}",
+            "confirmation_method": "automatic",
+            "created": int(time.time()),
+            "currency": currency.lower(),
+            "customer": customer,
+            "description": params.get("description"),
+            "last_payment_error": None,
+            "latest_charge": new_id("ch") if confirm else None,
+            "livemode": False,
+            "metadata": metadata,
+            "payment_method": payment_method,
+            "payment_method_types": ["card"],
+            "status": status,
+        }
+        if confirm and customer is not None and customer in self.decline_customers:
+            return self._decline(intent), True
+        self._payment_intents[intent_id] = intent
+        return _Response(200, copy.deepcopy(intent)), True
+
+    def _decline(self, intent: JSONDict) -> _Response:
+        error: JSONDict = {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": self.decline_code,
+            "message": "Your card has insufficient funds."
+            if self.decline_code == "insufficient_funds"
+            else "Your card was declined.",
+            "charge": intent["latest_charge"],
+            "doc_url": f"{DOCS}#card-declined",
+            "payment_method": {
+                "id": intent["payment_method"],
+                "object": "payment_method",
+            },
+        }
+        intent["status"] = "requires_payment_method"
+        intent["amount_received"] = 0
+        intent["last_payment_error"] = copy.deepcopy(error)
+        self._payment_intents[intent["id"]] = intent
+        error["payment_intent"] = copy.deepcopy(intent)
+        return _Response(402, {"error": error})
+
+    def _create_refund(self, params: JSONDict) -> tuple[_Response, bool]:
+        intent_id = params.get("payment_intent")
+        if intent_id is None:
+            return _missing("payment_intent"), False
+        if not isinstance(intent_id, str):
+            return _invalid("Invalid string", param="payment_intent"), False
+        intent = self._payment_intents.get(intent_id)
+        if intent is None:
+            return _invalid(
+                f"No such payment_intent: '{intent_id}'",
+                param="payment_intent",
+                code="resource_missing",
+                status=404,
+            ), False
+        if intent["status"] != "succeeded":
+            return _invalid(
+                f"This PaymentIntent ({intent_id}) does not have a successful charge to refund.",
+                param="payment_intent",
+            ), False
+        metadata = _parse_metadata(params)
+        if isinstance(metadata, _Response):
+            return metadata, False
+        reason = params.get("reason")
+        if reason is not None and reason not in _REFUND_REASONS:
+            return _invalid(f"Invalid reason: {reason}", param="reason"), False
+        refunded = sum(
+            r["amount"] for r in self._refunds.values() if r["payment_intent"] == intent_id
+        )
+        remaining = intent["amount"] - refunded
+        if remaining <= 0:
+            return _invalid(
+                f"Charge {intent['latest_charge']} has already been refunded.",
+                code="charge_already_refunded",
+            ), False
+        amount: int | _Response = remaining
+        if "amount" in params:
+            amount = _parse_amount(params["amount"])
+            if isinstance(amount, _Response):
+                return amount, False
+        if amount > remaining:
+            return _invalid(
+                f"Refund amount ({amount}) is greater than unrefunded amount on "
+                f"charge ({remaining}).",
+                param="amount",
+            ), False
+        refund: JSONDict = {
+            "id": new_id("re"),
+            "object": "refund",
+            "amount": amount,
+            "charge": intent["latest_charge"],
+            "created": int(time.time()),
+            "currency": intent["currency"],
+            "metadata": metadata,
+            "payment_intent": intent_id,
+            "reason": reason,
+            "status": "succeeded",
+        }
+        self._refunds[refund["id"]] = refund
+        return _Response(200, copy.deepcopy(refund)), True

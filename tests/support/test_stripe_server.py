@@ -1,0 +1,276 @@
+"""Tests of the local Stripe server through the real ``stripe`` SDK (plain pytest)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import stripe
+
+from tests.support.stripe_server import StripeServer, parse_form
+
+ClientFactory = Callable[..., stripe.StripeClient]
+
+CHARGE: dict[str, Any] = {
+    "amount": 1999,
+    "currency": "eur",
+    "customer": "cus_123",
+    "payment_method": "pm_card_visa",
+    "confirm": True,
+    "off_session": True,
+    "metadata": {"order_id": "42", "kind": "deposit"},
+}
+
+
+@pytest.fixture(autouse=True)
+def fast_sdk_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK sleeps max(INITIAL_DELAY, backoff) >= 0.5 s between retries."""
+    monkeypatch.setattr(stripe.HTTPClient, "INITIAL_DELAY", 0.01)
+    monkeypatch.setattr(stripe.HTTPClient, "MAX_DELAY", 0.01)
+
+
+@pytest.fixture
+def server() -> Iterator[StripeServer]:
+    with StripeServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_client(server: StripeServer) -> ClientFactory:
+    def factory(retries: int = 0, api_key: str = "sk_test_local") -> stripe.StripeClient:
+        return stripe.StripeClient(
+            api_key,
+            base_addresses={"api": server.base_url},
+            max_network_retries=retries,
+        )
+
+    return factory
+
+
+def charge(client: stripe.StripeClient, key: str, **overrides: Any) -> stripe.PaymentIntent:
+    return client.v1.payment_intents.create(
+        params={**CHARGE, **overrides},  # type: ignore[typeddict-item]
+        options={"idempotency_key": key},
+    )
+
+
+def test_off_session_charge_in_cents_with_metadata(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    intent = charge(client, "order-42-charge")
+
+    assert intent.id.startswith("pi_")
+    assert intent.status == "succeeded"
+    assert intent.amount == 1999
+    assert intent.currency == "eur"
+    assert intent.customer == "cus_123"
+    assert intent.metadata.to_dict() == {"order_id": "42", "kind": "deposit"}
+    assert isinstance(intent.latest_charge, str)
+    assert intent.latest_charge.startswith("ch_")
+    assert intent.last_response is not None
+    assert intent.last_response.request_id is not None
+
+    (request,) = server.requests
+    assert (request.method, request.path, request.status) == (
+        "POST",
+        "/v1/payment_intents",
+        200,
+    )
+    assert request.headers["authorization"] == "Bearer sk_test_local"
+    assert request.idempotency_key == "order-42-charge"
+    assert request.params == {
+        "amount": "1999",
+        "currency": "eur",
+        "customer": "cus_123",
+        "payment_method": "pm_card_visa",
+        "confirm": "true",
+        "off_session": "true",
+        "metadata": {"order_id": "42", "kind": "deposit"},
+    }
+    assert [pi["id"] for pi in server.successful_charges()] == [intent.id]
+
+    fetched = client.v1.payment_intents.retrieve(intent.id)
+    assert (fetched.id, fetched.status) == (intent.id, "succeeded")
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.payment_intents.retrieve("pi_nope")
+    assert (missing.value.http_status, missing.value.code) == (404, "resource_missing")
+
+
+def test_same_idempotency_key_replays_first_response(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    first = charge(client, "same-key")
+    second = charge(client, "same-key")
+
+    assert second.id == first.id
+    assert second.last_response is not None
+    assert second.last_response.headers["Idempotent-Replayed"] == "true"
+    assert len(server.payment_intents) == 1
+    assert len(server.successful_charges()) == 1
+    assert [r.replayed for r in server.requests] == [False, True]
+
+    with pytest.raises(stripe.IdempotencyError):
+        charge(client, "same-key", amount=2500)
+    assert len(server.payment_intents) == 1
+
+
+def test_decline_raises_card_error_with_decline_code(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client(retries=2)
+    server.decline_customers.add("cus_broke")
+
+    for customer in ("cus_declined", "cus_broke"):
+        with pytest.raises(stripe.CardError) as declined:
+            charge(client, f"charge-{customer}", customer=customer)
+        err = declined.value
+        assert err.http_status == 402
+        assert err.code == "card_declined"
+        assert err.error is not None
+        assert err.error.decline_code == "insufficient_funds"
+        assert err.error.payment_intent is not None
+        assert err.error.payment_intent.status == "requires_payment_method"
+        assert err.user_message == "Your card has insufficient funds."
+
+    assert server.successful_charges() == []
+    assert len(server.requests) == 2  # a 402 is not retried
+    # The decline is stored under the key: retrying the same key replays it.
+    with pytest.raises(stripe.CardError):
+        charge(client, "charge-cus_broke", customer="cus_broke")
+    assert len(server.payment_intents) == 2
+
+
+def test_refunds(server: StripeServer, make_client: ClientFactory) -> None:
+    client = make_client()
+    intent = charge(client, "to-refund")
+
+    partial = client.v1.refunds.create(
+        params={"payment_intent": intent.id, "amount": 500, "metadata": {"r": "1"}},
+        options={"idempotency_key": "refund-1"},
+    )
+    assert partial.id.startswith("re_")
+    assert (partial.status, partial.amount) == ("succeeded", 500)
+    assert partial.payment_intent == intent.id
+
+    rest = client.v1.refunds.create(params={"payment_intent": intent.id})
+    assert rest.amount == 1499
+    assert [r["id"] for r in server.refunds_for(intent.id)] == [partial.id, rest.id]
+
+    with pytest.raises(stripe.InvalidRequestError) as again:
+        client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 1})
+    assert (again.value.http_status, again.value.code) == (
+        400,
+        "charge_already_refunded",
+    )
+
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        client.v1.refunds.create(params={"payment_intent": "pi_unknown"})
+    assert (unknown.value.http_status, unknown.value.code) == (404, "resource_missing")
+    assert len(server.refunds) == 2
+
+
+def test_refund_larger_than_amount_is_rejected(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    intent = charge(client, "small")
+    with pytest.raises(stripe.InvalidRequestError) as too_big:
+        client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 5000})
+    assert too_big.value.http_status == 400
+    assert server.refunds == {}
+
+
+def test_fail_next_is_retried_by_the_sdk_and_creates_one_intent(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    server.fail_next(1)
+    intent = charge(make_client(retries=2), "retry-me")
+
+    assert intent.status == "succeeded"
+    assert list(server.payment_intents) == [intent.id]
+    requests = server.requests
+    assert [r.status for r in requests] == [500, 200]
+    assert {r.idempotency_key for r in requests} == {"retry-me"}
+
+
+def test_fail_next_without_retries_raises_api_error_and_creates_nothing(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    server.fail_next(1)
+    with pytest.raises(stripe.APIError) as failed:
+        charge(make_client(), "no-retry")
+    assert failed.value.http_status == 500
+    assert server.payment_intents == {}
+
+
+def test_stripe_should_retry_false_stops_sdk_retries(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    server.fail_next(1, status=503, should_retry=False)
+    with pytest.raises(stripe.APIError):
+        charge(make_client(retries=3), "do-not-retry")
+    assert len(server.requests) == 1
+
+
+def test_fail_after_create_is_replayed_on_retry(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    server.fail_after_create_next(1)
+    intent = charge(make_client(retries=2), "answer-lost")
+
+    assert intent.status == "succeeded"
+    assert list(server.payment_intents) == [intent.id]
+    assert len(server.successful_charges()) == 1
+    assert [(r.status, r.replayed) for r in server.requests] == [
+        (500, False),
+        (200, True),
+    ]
+
+
+def test_fail_after_create_without_key_reuse_would_double_charge(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    server.fail_after_create_next(1)
+    with pytest.raises(stripe.APIError):
+        charge(client, "attempt-1")
+    charge(client, "attempt-2")
+    assert len(server.successful_charges()) == 2
+
+
+@pytest.mark.parametrize("api_key", ["sk_live_abcdef123456", "pk_test_abcdef"])
+def test_non_test_secret_key_is_rejected(
+    server: StripeServer, make_client: ClientFactory, api_key: str
+) -> None:
+    with pytest.raises(stripe.AuthenticationError) as denied:
+        charge(make_client(api_key=api_key), "auth")
+    assert denied.value.http_status == 401
+    assert server.payment_intents == {}
+
+
+@pytest.mark.parametrize("amount", [0, -5])
+def test_amount_must_be_a_positive_integer(
+    server: StripeServer, make_client: ClientFactory, amount: int
+) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as invalid:
+        charge(make_client(), f"amount-{amount}", amount=amount)
+    assert (invalid.value.http_status, invalid.value.param) == (400, "amount")
+    assert server.payment_intents == {}
+
+
+def test_parse_form_nested_keys() -> None:
+    body = (
+        "amount=1999&metadata[order_id]=42&metadata[note]=a%20b"
+        "&expand[0]=latest_charge&expand[1]=customer&tags[]=x&tags[]=y"
+        "&shipping[address][city]=Paris"
+    )
+    assert parse_form(body) == {
+        "amount": "1999",
+        "metadata": {"order_id": "42", "note": "a b"},
+        "expand": ["latest_charge", "customer"],
+        "tags": ["x", "y"],
+        "shipping": {"address": {"city": "Paris"}},
+    }

@@ -1,0 +1,135 @@
+"""Workflows the engine tests run, in-process and in qcluster subprocesses.
+
+Step executions are counted in a file named by the payload (`journal`), one line per
+execution, so that a count survives a worker killed with SIGKILL.
+"""
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from workflows import NonRetryableError, RetryPolicy, WorkflowContext, workflow
+
+FAST_RETRY = RetryPolicy(max_attempts=4, initial_interval=0.01, backoff=2.0, jitter=0.1)
+
+
+def journal_append(journal: str | None, line: str) -> None:
+    if journal:
+        with Path(journal).open("a") as f:
+            f.write(line + "\n")
+
+
+def journal_lines(journal: Path) -> list[str]:
+    return journal.read_text().splitlines() if journal.exists() else []
+
+
+class CountingInput(BaseModel):
+    steps: int = 3
+    journal: str | None = None
+    step_seconds: float = 0.0
+
+
+class CountingOutput(BaseModel):
+    total: int
+
+
+class Doubled(BaseModel):
+    value: int
+
+
+@workflow(id="test.counting", description="K steps, each journaled when it runs.")
+async def counting(ctx: WorkflowContext, payload: CountingInput) -> CountingOutput:
+    total = 0
+    for i in range(payload.steps):
+
+        def work(i: int = i) -> Doubled:
+            journal_append(payload.journal, f"step-{i}")
+            if payload.step_seconds:
+                time.sleep(payload.step_seconds)
+            return Doubled(value=i * 2)
+
+        result = await ctx.step.run(f"step-{i}", work)
+        assert isinstance(result, Doubled)  # rebuilt into its model on replay too
+        total += result.value
+    return CountingOutput(total=total)
+
+
+class ApprovalInput(BaseModel):
+    journal: str | None = None
+    timeout: float = 60
+
+
+class ApprovalOutput(BaseModel):
+    approved: bool
+    timed_out: bool
+    resumed_by: str | None
+    prepared: Doubled
+
+
+@workflow(id="test.approval")
+async def approval(ctx: WorkflowContext, payload: ApprovalInput) -> ApprovalOutput:
+    def prepare() -> Doubled:
+        journal_append(payload.journal, "prepare")
+        return Doubled(value=21)
+
+    prepared = await ctx.step.run("prepare", prepare)
+    resume_data = await ctx.step.suspend(
+        "approval", data={"question": "ship it?"}, timeout=payload.timeout
+    )
+    await ctx.step.run("after", journal_append, payload.journal, "after")
+    return ApprovalOutput(
+        approved=resume_data.get("data", {}).get("approved", False),
+        timed_out=resume_data["timed_out"],
+        resumed_by=resume_data["resumed_by"],
+        prepared=prepared,
+    )
+
+
+class FlakyInput(BaseModel):
+    journal: str
+    failures: int = 2
+    permanent: bool = False
+
+
+# Tests flip this to "fix the cause" of a permanent failure before retrying the run.
+BROKEN = {"permanent": True}
+
+
+@workflow(id="test.flaky")
+async def flaky(ctx: WorkflowContext, payload: FlakyInput) -> CountingOutput:
+    await ctx.step.run("first", journal_append, payload.journal, "first")
+
+    def call_provider() -> int:
+        attempts = sum(
+            1 for line in Path(payload.journal).read_text().splitlines() if line == "provider"
+        )
+        journal_append(payload.journal, "provider")
+        if payload.permanent and BROKEN["permanent"]:
+            raise NonRetryableError("card declined")
+        if attempts < payload.failures:
+            raise ConnectionError(f"provider unavailable (attempt {attempts + 1})")
+        return attempts + 1
+
+    attempts = await ctx.step.run("provider", call_provider, retry=FAST_RETRY)
+    return CountingOutput(total=attempts)
+
+
+class Empty(BaseModel):
+    pass
+
+
+@workflow(id="test.bad_output")
+async def bad_output(ctx: WorkflowContext, payload: Empty) -> None:
+    await ctx.step.run("returns-a-socket", lambda: object())
+
+
+@workflow(id="test.memoized_values")
+async def memoized_values(ctx: WorkflowContext, payload: ApprovalInput) -> ApprovalOutput:
+    first_id = await ctx.step.uuid("id")
+    first_time = await ctx.step.now("time")
+    await ctx.step.suspend("pause", timeout=payload.timeout)
+    journal_append(payload.journal, f"{first_id} {first_time.isoformat()}")
+    return ApprovalOutput(
+        approved=True, timed_out=False, resumed_by=None, prepared=Doubled(value=0)
+    )

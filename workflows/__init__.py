@@ -1,0 +1,51 @@
+"""A durable workflow engine on Django and django-q2, and an agent runtime on top of it.
+
+```python
+from pydantic import BaseModel
+from workflows import WorkflowContext, workflow, workflow_start
+
+class Greet(BaseModel):
+    name: str
+
+class Greeting(BaseModel):
+    text: str
+
+@workflow(id="greet")
+async def greet(ctx: WorkflowContext, payload: Greet) -> Greeting:
+    text = await ctx.step.run("compose", lambda: f"Hello, {payload.name}")
+    return Greeting(text=text)
+
+run = workflow_start("greet", {"name": "Ada"})   # a django-q2 worker executes it
+```
+
+Names are imported lazily so that `import workflows` works before Django is set up.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "workflow": "registry",
+    "workflow_get": "registry",
+    "workflows_all": "registry",
+    "WorkflowContext": "context",
+    "RetryPolicy": "retry",
+    "NonRetryableError": "errors",
+    "PayloadError": "errors",
+    "RunStateError": "errors",
+    "WaitAlreadyDecidedError": "errors",
+    "WaitExpiredError": "errors",
+    "WaitNotFoundError": "errors",
+    "workflow_start": "services",
+    "run_resume": "services",
+    "run_cancel": "services",
+    "run_retry": "services",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'workflows' has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

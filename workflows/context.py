@@ -1,0 +1,325 @@
+"""What a workflow function sees: `ctx.run_id`, `ctx.workflow_id` and `ctx.step`.
+
+Every `ctx.step.*` call has a key, unique within the run. On replay a completed key
+returns its stored output without running anything; otherwise the step runs and its
+output is committed (one transaction, fenced by the run's lease) before the workflow
+goes on.
+"""
+
+import asyncio
+import inspect
+import traceback
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from . import serialization
+from .errors import (
+    LeaseLostError,
+    NonDeterminismError,
+    StepFailedError,
+    Suspended,
+)
+from .models import (
+    RunStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    Wait,
+    WaitStatus,
+    WorkflowRun,
+)
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .registry import WorkflowDefinition
+
+DEFAULT_RETRY = RetryPolicy()
+# Sleeps up to this long happen in the worker; longer ones suspend the run and free it.
+INLINE_SLEEP_MAX_SECONDS = 5.0
+# A suspend without a timeout still gets a deadline: no wait may be left without one.
+DEFAULT_SUSPEND_TIMEOUT = timedelta(days=30)
+
+
+class Invocation(Protocol):
+    """What `agent_invoke_and_wait` runs: anything that can execute itself as steps."""
+
+    async def invoke(self, ctx: "WorkflowContext", key: str) -> Any: ...
+
+
+def lease_duration() -> timedelta:
+    return timedelta(seconds=settings.WORKFLOWS_LEASE_SECONDS)
+
+
+def _return_annotation(fn: Callable[..., Any]) -> Any:
+    try:
+        return get_type_hints(fn).get("return")
+    except (NameError, TypeError):
+        return None
+
+
+class StepContext:
+    """`ctx.step`: the durable operations a workflow may perform."""
+
+    def __init__(self, ctx: "WorkflowContext", history: list[StepRecord]) -> None:
+        self._ctx = ctx
+        self._by_key = {record.key: record for record in history}
+        self._by_position = {record.position: record for record in history}
+        self._position = 0
+        self._seen: set[str] = set()
+
+    # -- replay bookkeeping ---------------------------------------------------------
+
+    def _claim(self, key: str) -> tuple[int, StepRecord | None]:
+        """Take the next position for `key` and return its recorded result, if any."""
+        if not key or not isinstance(key, str):
+            raise ValueError("A step key must be a non-empty string")
+        if key in self._seen:
+            raise ValueError(f"Step key {key!r} is used twice in run {self._ctx.run_id}")
+        self._seen.add(key)
+        position = self._position
+        self._position += 1
+        at_position = self._by_position.get(position)
+        if at_position is not None and at_position.key != key:
+            raise NonDeterminismError(
+                f"Run {self._ctx.run_id} of workflow {self._ctx.workflow_id!r} asked for "
+                f"step {key!r} at position {position}, but its history has "
+                f"{at_position.key!r} there: the workflow code changed under a live run. "
+                "Cancel the run, or deploy the old code until it finishes."
+            )
+        record = self._by_key.get(key)
+        if record is not None and record.position != position:
+            raise NonDeterminismError(
+                f"Run {self._ctx.run_id}: step {key!r} was recorded at position "
+                f"{record.position} but replay reached it at position {position}: "
+                "the workflow code changed under a live run."
+            )
+        return position, record
+
+    # -- public operations ----------------------------------------------------------
+
+    async def run(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run `fn(*args, **kwargs)` (sync or async) once, durably, and return its output.
+
+        A pydantic model output comes back as the same model on replay (the function's
+        return annotation, or the stored class, decides the type).
+        """
+        return await self.call(key, fn, *args, retry=retry, **kwargs)
+
+    async def call(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        kind: StepKind = StepKind.STEP,
+        input: Any = None,
+        meta: Callable[[Any], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """`run` with the trace details the agent runtime records: kind, input, meta."""
+        position, record = self._claim(key)
+        annotation = _return_annotation(fn)
+        if record is not None:
+            return serialization.load(record.output, annotation, record.output_type)
+
+        policy = retry or DEFAULT_RETRY
+        started_at = timezone.now()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if inspect.iscoroutinefunction(fn):
+                    result = await fn(*args, **kwargs)
+                else:
+                    result = await sync_to_async(fn)(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                output = serialization.dump(key, result, annotation)
+                break
+            except Exception as exc:
+                if policy.should_retry(exc, attempt):
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
+                await self._record_failure(key, position, kind, input, exc, attempt, started_at)
+                raise StepFailedError(key, exc, attempt) from exc
+
+        step_meta = meta(result) if meta else {}
+        await sync_to_async(self._ctx._commit_step)(
+            StepRecord(
+                run_id=self._ctx.run_id,
+                key=key,
+                position=position,
+                kind=kind,
+                status=StepStatus.COMPLETED,
+                input=serialization.dump(key, input),
+                output=output,
+                output_type=serialization.type_path(result),
+                attempt=attempt,
+                meta=step_meta,
+                started_at=started_at,
+                finished_at=timezone.now(),
+            )
+        )
+        return serialization.load(output, annotation, serialization.type_path(result))
+
+    async def uuid(self, key: str) -> uuid.UUID:
+        """A random UUID, the same one on every replay."""
+        return uuid.UUID(await self.call(key, lambda: str(uuid.uuid4())))
+
+    async def now(self, key: str) -> datetime:
+        """The current time, the same one on every replay."""
+        return datetime.fromisoformat(await self.call(key, lambda: timezone.now().isoformat()))
+
+    async def sleep(self, key: str, seconds: float) -> None:
+        """Sleep durably. A long sleep suspends the run and frees the worker; the
+        periodic wait sweep wakes it (so long sleeps wake within one sweep period)."""
+        if seconds <= INLINE_SLEEP_MAX_SECONDS:
+            await self.call(key, asyncio.sleep, seconds, kind=StepKind.SLEEP, input=seconds)
+            return
+        await self._wait(key, StepKind.SLEEP, {"seconds": seconds}, timedelta(seconds=seconds))
+
+    async def suspend(
+        self, key: str, data: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Suspend the run until `run_resume(run_id, key, ...)` or the timeout.
+
+        Returns `{"data": <resume data>, "resumed_by": ..., "resumed_at": ...,
+        "timed_out": False}`; on timeout `{"data": {}, ..., "timed_out": True}`.
+        """
+        window = timedelta(seconds=timeout) if timeout is not None else DEFAULT_SUSPEND_TIMEOUT
+        return await self._wait(key, StepKind.SUSPEND, data or {}, window)
+
+    async def agent_invoke_and_wait(self, key: str, invocation: Invocation) -> Any:
+        """Run an agent (see `workflows.agents`) inside this run; each of its model and
+        tool calls is a step under `key`."""
+        return await invocation.invoke(self._ctx, key)
+
+    # -- internals ------------------------------------------------------------------
+
+    async def _wait(self, key: str, kind: StepKind, data: dict[str, Any], window: timedelta) -> Any:
+        position, record = self._claim(key)
+        if record is not None:
+            return record.output
+        data = serialization.dump(key, data)
+        await sync_to_async(self._ctx._suspend)(key, position, kind, data, window)
+        raise Suspended(key)
+
+    async def _record_failure(
+        self,
+        key: str,
+        position: int,
+        kind: StepKind,
+        input: Any,
+        exc: BaseException,
+        attempt: int,
+        started_at: datetime,
+    ) -> None:
+        try:
+            stored_input = serialization.dump(key, input)
+        except Exception:
+            stored_input = None
+        await sync_to_async(self._ctx._commit_step)(
+            StepRecord(
+                run_id=self._ctx.run_id,
+                key=key,
+                position=position,
+                kind=kind,
+                status=StepStatus.FAILED,
+                input=stored_input,
+                error=f"{type(exc).__name__}: {exc}",
+                error_traceback="".join(traceback.format_exception(exc)),
+                attempt=attempt,
+                started_at=started_at,
+                finished_at=timezone.now(),
+            )
+        )
+
+
+class WorkflowContext:
+    """Passed to every workflow function as `ctx`."""
+
+    def __init__(
+        self,
+        *,
+        run: WorkflowRun,
+        definition: "WorkflowDefinition",
+        history: list[StepRecord],
+        lease_token: str,
+    ) -> None:
+        self.run_id: uuid.UUID = run.id
+        self.workflow_id: str = run.workflow_id
+        self.definition = definition
+        self._lease_token = lease_token
+        self.usage: dict[str, int] = {}
+        for record in history:
+            self._add_usage(record)
+        self.step = StepContext(self, history)
+
+    def idempotency_key(self, step_key: str) -> str:
+        """The key a step passes to an outside provider: stable across retries and
+        replays of this run, different for every run and step."""
+        return f"{self.run_id}:{step_key}"
+
+    def _add_usage(self, record: StepRecord) -> None:
+        for name, count in record.meta.get("usage", {}).items():
+            if isinstance(count, int):
+                self.usage[name] = self.usage.get(name, 0) + count
+
+    # The methods below run in the worker's synchronous thread (via sync_to_async).
+
+    def _fence(self) -> None:
+        """Renew the lease, or stop: another worker owns the run, or it was cancelled."""
+        renewed = WorkflowRun.objects.filter(
+            pk=self.run_id, lease_owner=self._lease_token, status=RunStatus.RUNNING
+        ).update(lease_expires_at=timezone.now() + lease_duration())
+        if not renewed:
+            raise LeaseLostError(f"Run {self.run_id} is no longer leased by this worker")
+
+    def _commit_step(self, record: StepRecord) -> None:
+        with transaction.atomic():
+            self._fence()
+            record.save(force_insert=True)
+        self._add_usage(record)
+
+    def _suspend(
+        self, key: str, position: int, kind: StepKind, data: Any, window: timedelta
+    ) -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            self._fence()
+            Wait.objects.get_or_create(
+                run_id=self.run_id,
+                key=key,
+                defaults={
+                    "position": position,
+                    "kind": kind,
+                    "data": data,
+                    "deadline": now + window,
+                },
+            )
+            WorkflowRun.objects.filter(pk=self.run_id).update(
+                status=RunStatus.SUSPENDED,
+                lease_owner="",
+                lease_expires_at=None,
+                usage=self.usage,
+                updated_at=now,
+            )
+
+
+def waiting_for(run: WorkflowRun) -> Wait | None:
+    """The open wait a suspended run is parked on."""
+    return run.waits.filter(status=WaitStatus.WAITING).order_by("created_at").first()

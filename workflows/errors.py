@@ -1,0 +1,76 @@
+"""Errors the engine raises, and the ones workflow code raises to steer it."""
+
+
+class WorkflowError(Exception):
+    """Base class of the engine's errors."""
+
+
+class UnknownWorkflowError(WorkflowError, LookupError):
+    """No workflow is registered under that id."""
+
+
+class PayloadError(WorkflowError, ValueError):
+    """A payload does not fit the workflow's input model. Nothing was written.
+
+    `errors` holds pydantic's field errors, ready for an API response.
+    """
+
+    def __init__(self, workflow_id: str, errors: list[dict]) -> None:
+        self.workflow_id = workflow_id
+        self.errors = errors
+        fields = ", ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '(payload)'}: {e.get('msg')}"
+            for e in errors
+        )
+        super().__init__(f"Invalid payload for workflow {workflow_id!r}: {fields}")
+
+
+class NonRetryableError(WorkflowError):
+    """Raise from a step to fail it at once, whatever its retry policy says."""
+
+
+class NonDeterminismError(WorkflowError):
+    """Replay asked for a different step than the one recorded at that position."""
+
+
+class StepOutputError(WorkflowError, TypeError):
+    """A step returned something that cannot be stored as JSON."""
+
+
+class StepFailedError(WorkflowError):
+    """A step exhausted its retry policy; the run fails with this error."""
+
+    def __init__(self, key: str, cause: BaseException, attempts: int) -> None:
+        self.key = key
+        self.cause = cause
+        self.attempts = attempts
+        super().__init__(
+            f"Step {key!r} failed after {attempts} attempt(s): {type(cause).__name__}: {cause}"
+        )
+
+
+class RunStateError(WorkflowError):
+    """The run (or wait) is not in a state that allows the operation."""
+
+
+class WaitNotFoundError(RunStateError, LookupError):
+    """The run has no wait under that key."""
+
+
+class WaitAlreadyDecidedError(RunStateError):
+    """Somebody (or the timeout) resumed this wait already."""
+
+
+class WaitExpiredError(RunStateError):
+    """The wait's deadline has passed: the decision came too late."""
+
+
+class LeaseLostError(WorkflowError):
+    """Another worker took the run over, or it was cancelled, while this one executed it."""
+
+
+class Suspended(BaseException):
+    """Unwinds the workflow coroutine when it suspends.
+
+    A BaseException so that `except Exception` in workflow code cannot swallow it.
+    """

@@ -1,0 +1,149 @@
+"""The durable record of every run: the run, its steps, and the waits it suspends on."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
+
+
+class StepKind(models.TextChoices):
+    STEP = "step"
+    LLM = "llm"
+    TOOL = "tool"
+    AGENT = "agent"
+    SUSPEND = "suspend"
+    SLEEP = "sleep"
+
+
+class StepStatus(models.TextChoices):
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class WaitStatus(models.TextChoices):
+    WAITING = "waiting"
+    RESUMED = "resumed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class WorkflowRun(models.Model):
+    """One execution of a workflow. `lease_*` says which worker may execute it now."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow_id = models.CharField(max_length=100)
+    input = models.JSONField()
+    output = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=RunStatus, default=RunStatus.PENDING)
+    error = models.TextField(blank=True)
+    error_traceback = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="How many times a worker has started executing this run."
+    )
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    usage = models.JSONField(default=dict, blank=True, help_text="Model token usage, summed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="run_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="run_status_created_idx"),
+            models.Index(fields=["workflow_id", "-created_at"], name="run_workflow_created_idx"),
+            # The reaper: running runs whose lease expired, pending runs never picked up.
+            models.Index(fields=["status", "lease_expires_at"], name="run_status_lease_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} {self.id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+
+class StepRecord(models.Model):
+    """A completed (or finally failed) step: its output is what replay returns."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    key = models.CharField(max_length=255)
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=10, choices=StepKind, default=StepKind.STEP)
+    status = models.CharField(max_length=10, choices=StepStatus)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    output_type = models.CharField(
+        max_length=255, blank=True, help_text="Import path of the pydantic model of the output."
+    )
+    error = models.TextField(blank=True)
+    error_traceback = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    meta = models.JSONField(default=dict, blank=True, help_text="Model, latency, token usage.")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key"], name="step_unique_run_key"),
+        ]
+        indexes = [models.Index(fields=["run", "position"], name="step_run_position_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds() * 1000
+
+
+class Wait(models.Model):
+    """A run suspended at `key` until someone resumes it or `deadline` passes."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="waits")
+    key = models.CharField(max_length=255)
+    position = models.PositiveIntegerField()
+    kind = models.CharField(
+        max_length=10,
+        choices=[(StepKind.SUSPEND.value, "suspend"), (StepKind.SLEEP.value, "sleep")],
+        default=StepKind.SUSPEND,
+    )
+    data = models.JSONField(default=dict, blank=True)
+    deadline = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=WaitStatus, default=WaitStatus.WAITING)
+    resume_data = models.JSONField(null=True, blank=True)
+    resumed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deadline"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key"], name="wait_unique_run_key"),
+        ]
+        indexes = [models.Index(fields=["status", "deadline"], name="wait_status_deadline_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.key} ({self.status})"

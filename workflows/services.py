@@ -1,0 +1,245 @@
+"""Writes: starting, resuming, cancelling, retrying and reaping runs.
+
+Each function is one transaction; every state change that needs a worker enqueues the
+run inside that transaction (see `queue.run_enqueue`).
+"""
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from pydantic import BaseModel, ValidationError
+
+from .errors import (
+    PayloadError,
+    RunStateError,
+    WaitAlreadyDecidedError,
+    WaitExpiredError,
+    WaitNotFoundError,
+)
+from .models import (
+    RunStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    Wait,
+    WaitStatus,
+    WorkflowRun,
+)
+from .queue import run_enqueue
+from .registry import workflow_get
+
+logger = logging.getLogger(__name__)
+
+
+def workflow_payload_validate(
+    *, workflow_id: str, payload: BaseModel | dict[str, Any]
+) -> BaseModel:
+    """The payload as the workflow's input model, or `PayloadError` with field errors."""
+    definition = workflow_get(workflow_id)
+    raw = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    try:
+        return definition.input_model.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise PayloadError(workflow_id, errors) from None
+
+
+def workflow_start(workflow_id: str, payload: BaseModel | dict[str, Any]) -> WorkflowRun:
+    """Create a run of `workflow_id` and queue it. Nothing is written if the payload
+    does not fit the workflow's input model (`PayloadError`) or the id is unknown."""
+    model = workflow_payload_validate(workflow_id=workflow_id, payload=payload)
+    with transaction.atomic():
+        run = WorkflowRun.objects.create(
+            workflow_id=workflow_id, input=model.model_dump(mode="json")
+        )
+        run_enqueue(run.id)
+    return run
+
+
+def _release_wait(
+    *,
+    run_id: UUID | str,
+    key: str,
+    status: WaitStatus,
+    data: dict[str, Any],
+    by: AbstractBaseUser | None,
+    now: datetime,
+    require_before_deadline: bool,
+) -> Wait:
+    """Move one wait out of `waiting`, record the suspend step's result and queue the
+    run, atomically. The conditional UPDATE decides races: exactly one caller wins."""
+    waits = Wait.objects.filter(run_id=run_id, key=key, status=WaitStatus.WAITING)
+    if require_before_deadline:
+        waits = waits.filter(deadline__gt=now)
+    won = waits.update(status=status, resume_data=data, resumed_by=by, resumed_at=now)
+    if not won:
+        wait = Wait.objects.filter(run_id=run_id, key=key).first()
+        if wait is None:
+            raise WaitNotFoundError(f"Run {run_id} has no wait {key!r}")
+        if wait.status == WaitStatus.WAITING:
+            raise WaitExpiredError(
+                f"The wait {key!r} of run {run_id} expired at {wait.deadline:%Y-%m-%d %H:%M:%S} "
+                "UTC; it can no longer be decided"
+            )
+        who = f" by {wait.resumed_by}" if wait.resumed_by_id else ""
+        when = f" at {wait.resumed_at:%Y-%m-%d %H:%M:%S} UTC" if wait.resumed_at else ""
+        raise WaitAlreadyDecidedError(
+            f"The wait {key!r} of run {run_id} was already {wait.status}{who}{when}"
+        )
+    wait = Wait.objects.select_related("resumed_by").get(run_id=run_id, key=key)
+    timed_out = status == WaitStatus.EXPIRED
+    if wait.kind == StepKind.SLEEP:
+        output = None
+    else:
+        output = {
+            "data": data,
+            "resumed_by": by.get_username() if by is not None else None,
+            "resumed_at": now.isoformat(),
+            "timed_out": timed_out,
+        }
+    StepRecord.objects.create(
+        run_id=run_id,
+        key=key,
+        position=wait.position,
+        kind=wait.kind,
+        status=StepStatus.COMPLETED,
+        input=wait.data,
+        output=output,
+        started_at=wait.created_at,
+        finished_at=now,
+    )
+    WorkflowRun.objects.filter(pk=run_id, status=RunStatus.SUSPENDED).update(
+        status=RunStatus.PENDING, updated_at=now
+    )
+    run_enqueue(run_id)
+    return wait
+
+
+def run_resume(
+    run_id: UUID | str,
+    key: str,
+    data: dict[str, Any] | None = None,
+    *,
+    by: AbstractBaseUser | None = None,
+) -> Wait:
+    """Resume a run suspended at `key` with `data`.
+
+    Only a wait still `waiting` and before its deadline can be resumed; otherwise
+    `WaitAlreadyDecidedError`, `WaitExpiredError` or `WaitNotFoundError` says why.
+    """
+    with transaction.atomic():
+        return _release_wait(
+            run_id=run_id,
+            key=key,
+            status=WaitStatus.RESUMED,
+            data=data or {},
+            by=by,
+            now=timezone.now(),
+            require_before_deadline=True,
+        )
+
+
+def waits_expire(*, now: datetime | None = None) -> list[Wait]:
+    """Resume every wait past its deadline with `{"data": {}, "timed_out": True}`
+    (a sleep simply ends). Run by the periodic task and `manage.py expire_waits`."""
+    now = now or timezone.now()
+    expired = []
+    due = Wait.objects.filter(status=WaitStatus.WAITING, deadline__lte=now)
+    for run_id, key in due.values_list("run_id", "key"):
+        try:
+            with transaction.atomic():
+                expired.append(
+                    _release_wait(
+                        run_id=run_id,
+                        key=key,
+                        status=WaitStatus.EXPIRED,
+                        data={},
+                        by=None,
+                        now=now,
+                        require_before_deadline=False,
+                    )
+                )
+        except (WaitAlreadyDecidedError, WaitExpiredError):
+            continue  # decided between our SELECT and UPDATE
+    return expired
+
+
+def run_cancel(run_id: UUID | str) -> WorkflowRun:
+    """Cancel a pending, running or suspended run and its open waits. A worker executing
+    it stops at its next step commit."""
+    now = timezone.now()
+    with transaction.atomic():
+        cancelled = WorkflowRun.objects.filter(
+            pk=run_id, status__in=[RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED]
+        ).update(
+            status=RunStatus.CANCELLED,
+            lease_owner="",
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+        )
+        run = WorkflowRun.objects.get(pk=run_id)
+        if not cancelled:
+            raise RunStateError(f"Run {run_id} is {run.status}; only active runs can be cancelled")
+        Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING).update(
+            status=WaitStatus.CANCELLED, resumed_at=now
+        )
+    return run
+
+
+def run_retry(run_id: UUID | str) -> WorkflowRun:
+    """Re-run a failed run from its last completed step: completed steps stay recorded
+    (and are not run again), the failed step is forgotten and runs anew."""
+    now = timezone.now()
+    with transaction.atomic():
+        retried = WorkflowRun.objects.filter(pk=run_id, status=RunStatus.FAILED).update(
+            status=RunStatus.PENDING,
+            error="",
+            error_traceback="",
+            finished_at=None,
+            updated_at=now,
+        )
+        run = WorkflowRun.objects.get(pk=run_id)
+        if not retried:
+            raise RunStateError(f"Run {run_id} is {run.status}; only failed runs can be retried")
+        StepRecord.objects.filter(run_id=run_id, status=StepStatus.FAILED).delete()
+        run_enqueue(run_id)
+    return run
+
+
+def runs_reap(*, now: datetime | None = None) -> list[UUID]:
+    """Re-queue runs whose worker died: `running` with an expired lease, and `pending`
+    runs whose task never reached a worker (only possible with a broker outside the
+    database). Returns the ids re-queued."""
+    now = now or timezone.now()
+    stale_pending = now - timedelta(seconds=settings.WORKFLOWS_PENDING_REQUEUE_SECONDS)
+    requeued = []
+    candidates = list(
+        WorkflowRun.objects.filter(
+            Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+            | Q(status=RunStatus.PENDING, updated_at__lt=stale_pending)
+        ).values_list("pk", flat=True)
+    )
+    for run_id in candidates:
+        with transaction.atomic():
+            expired_lease = WorkflowRun.objects.filter(
+                pk=run_id, status=RunStatus.RUNNING, lease_expires_at__lt=now
+            ).update(
+                status=RunStatus.PENDING, lease_owner="", lease_expires_at=None, updated_at=now
+            )
+            stale = WorkflowRun.objects.filter(
+                pk=run_id, status=RunStatus.PENDING, updated_at__lt=stale_pending
+            ).update(updated_at=now)
+            if expired_lease or stale:
+                run_enqueue(run_id)
+                requeued.append(run_id)
+    if requeued:
+        logger.warning("re-queued %d run(s) whose worker died: %s", len(requeued), requeued)
+    return requeued
