@@ -179,6 +179,22 @@ else:
 # Modules imported at start-up so that their @workflow functions are registered.
 WORKFLOWS_MODULES = ["orders.order_processing", *env_list("WORKFLOWS_EXTRA_MODULES", [])]
 WORKFLOWS_LEASE_SECONDS = env_int("WORKFLOWS_LEASE_SECONDS", 60)
+# A pending run not picked up within this many seconds is queued again by the reaper
+# (its task was lost between commit and a broker outside the database).
+WORKFLOWS_PENDING_REQUEUE_SECONDS = env_int("WORKFLOWS_PENDING_REQUEUE_SECONDS", 600)
+
+# --- Model provider -------------------------------------------------------------------
+# `openai` speaks Chat Completions through the official SDK to OPENAI_BASE_URL (OpenAI,
+# vLLM, Ollama, llama.cpp...). `simulated` is a deterministic offline stand-in: the
+# default without an API key in development, and only on explicit request in production.
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")
+OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 2)
+OPENAI_TIMEOUT = float(env_str("OPENAI_TIMEOUT", "60"))
+LLM_PROVIDER = env_str("LLM_PROVIDER") or ("openai" if OPENAI_API_KEY or not DEBUG else "simulated")
+if LLM_PROVIDER not in {"openai", "simulated"}:
+    raise ImproperlyConfigured(f"LLM_PROVIDER must be openai or simulated, not {LLM_PROVIDER!r}")
+SIMULATED_MODEL_LATENCY = float(env_str("SIMULATED_MODEL_LATENCY", "0"))
 
 # --- Logging --------------------------------------------------------------------------
 LOGGING = {
@@ -189,6 +205,3 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django_q": {"level": env_str("Q_LOG_LEVEL", "WARNING")}},
 }
-# A pending run not picked up within this many seconds is queued again by the reaper
-# (its task was lost between commit and a broker outside the database).
-WORKFLOWS_PENDING_REQUEUE_SECONDS = env_int("WORKFLOWS_PENDING_REQUEUE_SECONDS", 600)

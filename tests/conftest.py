@@ -4,6 +4,7 @@ import pytest
 
 # Importing registers the test workflows in this process; qcluster subprocesses import
 # them through WORKFLOWS_EXTRA_MODULES (see tests/support/cluster.py).
+import tests.workflows.agents.sample_agents  # noqa: F401
 import tests.workflows.sample_workflows  # noqa: F401
 from workflows import queue
 from workflows.executor import run_execute
@@ -28,3 +29,22 @@ def queue_capture(monkeypatch: pytest.MonkeyPatch) -> QueueCapture:
     capture = QueueCapture()
     monkeypatch.setattr(queue, "_send", capture.sent.append)
     return capture
+
+
+@pytest.fixture(scope="session")
+def openai_server_session():
+    from tests.support.openai_server import OpenAITestServer
+
+    with OpenAITestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_server(openai_server_session, settings):
+    """A scripted OpenAI-compatible server, with the service pointed at it."""
+    openai_server_session.reset()
+    settings.LLM_PROVIDER = "openai"
+    settings.OPENAI_API_KEY = "sk-test-not-a-real-key"
+    settings.OPENAI_BASE_URL = openai_server_session.base_url
+    settings.OPENAI_MAX_RETRIES = 0
+    return openai_server_session

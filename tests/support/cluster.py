@@ -35,7 +35,7 @@ class QCluster:
             **os.environ,
             "DATABASE_URL": test_database_url(),
             "DATABASE_CONN_MAX_AGE": "600",
-            "WORKFLOWS_EXTRA_MODULES": "tests.workflows.sample_workflows",
+            "WORKFLOWS_EXTRA_MODULES": "tests.workflows.sample_workflows,tests.workflows.agents.sample_agents",
             "Q_WORKERS": str(workers),
             "Q_SYNC": "0",
             "PYTHONUNBUFFERED": "1",

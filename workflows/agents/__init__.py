@@ -1,0 +1,24 @@
+"""The agent runtime: `Agent`, `@tool`, and the `openai` and `simulated` providers."""
+
+from .agent import Agent, AgentInvocation, agents_all
+from .providers import SimulatedTurn, TransientModelError, simulated_model
+from .tools import Tool, ToolContext, ToolError, tool
+from .types import AgentResult, ModelRequest, ModelResponse, ToolCallRecord, Usage
+
+__all__ = [
+    "Agent",
+    "AgentInvocation",
+    "AgentResult",
+    "ModelRequest",
+    "ModelResponse",
+    "SimulatedTurn",
+    "Tool",
+    "ToolCallRecord",
+    "ToolContext",
+    "ToolError",
+    "TransientModelError",
+    "Usage",
+    "agents_all",
+    "simulated_model",
+    "tool",
+]

@@ -1,0 +1,331 @@
+"""`Agent`: a model with tools and an output schema, run as durable steps inside a run.
+
+```python
+@tool(description="Look up a word")
+async def define(ctx: ToolContext, input: Word) -> Definition: ...
+
+agent = Agent(id="lexicographer", provider="openai", model="gpt-4o-mini",
+              system_prompt="Define words.", tools=[define], output_schema=Answer)
+
+@workflow(id="define_word")
+async def define_word(ctx: WorkflowContext, payload: Word) -> Answer:
+    result = await ctx.step.agent_invoke_and_wait("define", agent.with_input(payload.word))
+    return result.result
+```
+
+Every model call is a step `<key>/llm/<n>` and every tool call a step
+`<key>/tool/<n>/<name>`; the agent's result is the step `<key>` itself. A crash anywhere
+in the loop repeats neither a finished model call nor a finished tool call.
+"""
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import NonRetryableError
+from ..models import StepKind
+from ..retry import NO_RETRY, RetryPolicy
+from .providers import Provider, TransientModelError, provider_for, provider_name
+from .tools import Tool, ToolContext
+from .types import AgentResult, Message, ModelRequest, ModelResponse, ToolCallRecord, Usage
+
+if TYPE_CHECKING:
+    from ..context import WorkflowContext
+
+MODEL_RETRY = RetryPolicy(
+    max_attempts=3, initial_interval=1.0, max_interval=20.0, retry_on=(TransientModelError,)
+)
+
+_agents: dict[str, "Agent"] = {}
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        id: str,
+        provider: str,
+        model: str,
+        system_prompt: str,
+        tools: list[Tool] | tuple[Tool, ...] = (),
+        output_schema: type[BaseModel] | None = None,
+        max_steps: int = 10,
+        max_tool_errors: int = 3,
+        provider_base_url: str | None = None,
+        model_retry: RetryPolicy = MODEL_RETRY,
+        description: str = "",
+    ) -> None:
+        names = [t.name for t in tools]
+        if len(names) != len(set(names)):
+            raise ValueError(f"Agent {id!r} has two tools with the same name: {names}")
+        self.id = id
+        self.provider = provider
+        self.model = model
+        self.system_prompt = system_prompt
+        self.tools = {t.name: t for t in tools}
+        self.output_schema = output_schema
+        self.max_steps = max_steps
+        self.max_tool_errors = max_tool_errors
+        self.provider_base_url = provider_base_url
+        self.model_retry = model_retry
+        self.description = description
+        _agents[id] = self
+
+    def __repr__(self) -> str:
+        return f"Agent(id={self.id!r}, provider={self.provider!r}, model={self.model!r})"
+
+    @property
+    def effective_provider(self) -> str:
+        return provider_name(self.provider)
+
+    def with_input(self, text: str) -> "AgentInvocation":
+        return AgentInvocation(agent=self, input=text)
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        return [t.schema() for t in self.tools.values()]
+
+    def response_format(self) -> dict[str, Any] | None:
+        if self.output_schema is None:
+            return None
+        from openai.lib._pydantic import to_strict_json_schema
+
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": self.output_schema.__name__,
+                "strict": True,
+                "schema": to_strict_json_schema(self.output_schema),
+            },
+        }
+
+
+def agents_all() -> list[Agent]:
+    return sorted(_agents.values(), key=lambda a: a.id)
+
+
+@dataclass(frozen=True)
+class AgentInvocation:
+    agent: Agent
+    input: str
+
+    async def invoke(self, ctx: "WorkflowContext", key: str) -> AgentResult:
+        provider = provider_for(self.agent.provider, base_url=self.agent.provider_base_url)
+        try:
+            return await _AgentLoop(self.agent, ctx, key, self.input, provider).run()
+        finally:
+            await provider.close()
+
+
+def _errors_text(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+class _AgentLoop:
+    def __init__(
+        self,
+        agent: Agent,
+        ctx: "WorkflowContext",
+        key: str,
+        user_input: str,
+        provider: Provider,
+    ) -> None:
+        self.agent = agent
+        self.ctx = ctx
+        self.key = key
+        self.user_input = user_input
+        self.provider = provider
+        self.messages: list[Message] = [
+            {"role": "system", "content": agent.system_prompt},
+            {"role": "user", "content": user_input},
+        ]
+        self.tool_calls: list[ToolCallRecord] = []
+        self.usage = Usage()
+        self.model_calls = 0
+
+    async def run(self) -> AgentResult:
+        final, text, failure = await self._converse()
+        summary = {
+            "result": final,
+            "text": text,
+            "tool_calls": [c.model_dump(mode="json") for c in self.tool_calls],
+            "usage": self.usage.model_dump(),
+            "messages": self.messages,
+        }
+
+        def finish() -> dict[str, Any]:
+            if failure:
+                raise NonRetryableError(failure)
+            return summary
+
+        data = await self.ctx.step.call(
+            self.key,
+            finish,
+            kind=StepKind.AGENT,
+            input={"agent": self.agent.id, "input": self.user_input},
+            retry=NO_RETRY,
+            meta=lambda _: {"agent": self.agent.id, "total_usage": self.usage.model_dump()},
+        )
+        schema = self.agent.output_schema
+        return AgentResult(
+            agent_id=self.agent.id,
+            result=schema.model_validate(data["result"]) if schema else data["result"],
+            text=data["text"],
+            tool_calls=data["tool_calls"],
+            usage=data["usage"],
+            messages=data["messages"],
+        )
+
+    async def _converse(self) -> tuple[Any, str | None, str | None]:
+        """Model → tools → model … Returns (final JSON-ready result, text, failure)."""
+        agent = self.agent
+        tool_errors = 0
+        corrected = False
+        while self.model_calls < agent.max_steps:
+            response = await self._model_call()
+            self.messages.append(response.message)
+            if response.tool_calls:
+                for call in response.tool_calls:
+                    record = await self._tool_call(call)
+                    tool_errors += record.error is not None
+                if tool_errors > agent.max_tool_errors:
+                    return (
+                        None,
+                        None,
+                        (
+                            f"Agent {agent.id!r} gave up after {tool_errors} failed tool calls "
+                            f"(max_tool_errors={agent.max_tool_errors}); last error: "
+                            f"{self.tool_calls[-1].error}"
+                        ),
+                    )
+                continue
+            text = response.message.get("content") or ""
+            if agent.output_schema is None:
+                return text, text, None
+            try:
+                output = agent.output_schema.model_validate_json(text)
+                return output.model_dump(mode="json"), text, None
+            except ValidationError as exc:
+                if corrected:
+                    return (
+                        None,
+                        text,
+                        (
+                            f"Agent {agent.id!r}: the final answer did not match "
+                            f"{agent.output_schema.__name__} after a corrective turn: "
+                            f"{_errors_text(exc)}"
+                        ),
+                    )
+                corrected = True
+                self.messages.append(
+                    {
+                        "role": "user",
+                        "content": (
+                            f"Your answer does not match the required JSON schema "
+                            f"{agent.output_schema.__name__}: {_errors_text(exc)}. Reply again "
+                            "with only a JSON object that matches the schema."
+                        ),
+                    }
+                )
+        return (
+            None,
+            None,
+            (
+                f"Agent {agent.id!r} reached max_steps={agent.max_steps} model calls without a "
+                "final answer"
+            ),
+        )
+
+    async def _model_call(self) -> ModelResponse:
+        self.model_calls += 1
+        request = ModelRequest(
+            agent_id=self.agent.id,
+            model=self.agent.model,
+            messages=list(self.messages),
+            tools=self.agent.tool_schemas(),
+            response_format=self.agent.response_format(),
+        )
+        response: ModelResponse = await self.ctx.step.call(
+            f"{self.key}/llm/{self.model_calls}",
+            self.provider.complete,
+            request,
+            kind=StepKind.LLM,
+            input=request.model_dump(mode="json"),
+            retry=self.agent.model_retry,
+            meta=lambda r: {
+                "model": r.model,
+                "provider": self.provider.name,
+                "latency_ms": round(r.latency_ms, 1),
+                "finish_reason": r.finish_reason,
+                "usage": r.usage.model_dump(),
+            },
+        )
+        self.usage = self.usage + response.usage
+        return response
+
+    async def _tool_call(self, call: dict[str, Any]) -> ToolCallRecord:
+        name = str(call.get("function", {}).get("name", ""))
+        raw_arguments = str(call.get("function", {}).get("arguments", ""))
+        safe_name = re.sub(r"[^\w.-]", "_", name)[:64] or "unnamed"
+        step_key = f"{self.key}/tool/{len(self.tool_calls) + 1}/{safe_name}"
+        tool = self.agent.tools.get(name)
+        tool_ctx = ToolContext(
+            run_id=self.ctx.run_id,
+            workflow_id=self.ctx.workflow_id,
+            agent_id=self.agent.id,
+            step_key=step_key,
+        )
+
+        async def execute() -> dict[str, Any]:
+            if tool is None:
+                known = ", ".join(self.agent.tools) or "none"
+                return {"error": f"Unknown tool {name!r}. Available tools: {known}."}
+            try:
+                arguments = tool.input_model.model_validate_json(raw_arguments)
+            except ValidationError as exc:
+                return {"error": f"Invalid arguments for {name}: {_errors_text(exc)}"}
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    output = await tool(tool_ctx, arguments)
+                    return {
+                        "output": tool.output_model.model_validate(output).model_dump(mode="json")
+                    }
+                except Exception as exc:
+                    if tool.retry.should_retry(exc, attempt):
+                        await asyncio.sleep(tool.retry.delay(attempt))
+                        continue
+                    prefix = "" if isinstance(exc, NonRetryableError) else f"{type(exc).__name__}: "
+                    return {"error": f"{prefix}{exc}", "attempts": attempt}
+
+        try:
+            shown_arguments: Any = json.loads(raw_arguments)
+        except ValueError:
+            shown_arguments = raw_arguments
+        outcome = await self.ctx.step.call(
+            step_key,
+            execute,
+            kind=StepKind.TOOL,
+            input={"tool": name, "call_id": call.get("id"), "arguments": shown_arguments},
+            retry=NO_RETRY,
+            meta=lambda o: {"error": True} if "error" in o else {},
+        )
+        record = ToolCallRecord(
+            id=str(call.get("id", "")),
+            name=name,
+            arguments=raw_arguments,
+            output=outcome.get("output"),
+            error=outcome.get("error"),
+        )
+        self.tool_calls.append(record)
+        content = {"error": record.error} if record.error else record.output
+        self.messages.append(
+            {"role": "tool", "tool_call_id": record.id, "content": json.dumps(content)}
+        )
+        return record

@@ -1,0 +1,218 @@
+"""Model providers: `openai` (the official SDK, any compatible server) and `simulated`
+(a deterministic stand-in registered per agent, for offline runs and tests).
+
+A provider turns a `ModelRequest` into a `ModelResponse` and classifies failures:
+`TransientModelError` is retried by the model step's retry policy, `NonRetryableError`
+fails the step at once.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import openai
+from django.conf import settings
+
+from ..errors import NonRetryableError
+from .types import Message, ModelRequest, ModelResponse, Usage
+
+logger = logging.getLogger(__name__)
+
+
+class TransientModelError(Exception):
+    """Rate limit, timeout, connection or server error: worth another attempt."""
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+    async def close(self) -> None: ...
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+class OpenAIProvider:
+    """Chat Completions through the official `openai` SDK.
+
+    Honours `OPENAI_API_KEY` and `OPENAI_BASE_URL` (so vLLM, Ollama, llama.cpp or any
+    compatible server works) and a per-agent `base_url`. The SDK retries 429/5xx and
+    timeouts `OPENAI_MAX_RETRIES` times within one attempt of the step.
+    """
+
+    name = "openai"
+
+    def __init__(self, *, base_url: str | None = None, api_key: str | None = None) -> None:
+        self.api_key = api_key or settings.OPENAI_API_KEY
+        self.base_url = base_url or settings.OPENAI_BASE_URL or None
+        self._client: openai.AsyncOpenAI | None = None
+
+    def client(self) -> openai.AsyncOpenAI:
+        # Created lazily inside the event loop of the agent invocation that uses it.
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                api_key=self.api_key or "missing",
+                base_url=self.base_url,
+                max_retries=settings.OPENAI_MAX_RETRIES,
+                timeout=settings.OPENAI_TIMEOUT,
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        if not self.api_key:
+            raise NonRetryableError(
+                "No API key for the openai provider: set OPENAI_API_KEY "
+                "(or LLM_PROVIDER=simulated to run without a model)"
+            )
+        arguments: dict[str, Any] = {"model": request.model, "messages": request.messages}
+        if request.tools:
+            arguments["tools"] = request.tools
+        if request.response_format:
+            arguments["response_format"] = request.response_format
+        started = time.perf_counter()
+        try:
+            completion = await self.client().chat.completions.create(**arguments)
+        except openai.AuthenticationError:
+            raise NonRetryableError(
+                "The model server refused the API key (HTTP 401): set OPENAI_API_KEY to a "
+                "valid key for " + (self.base_url or "api.openai.com")
+            ) from None
+        except (
+            openai.RateLimitError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+            openai.InternalServerError,
+        ) as exc:
+            raise TransientModelError(
+                _scrub(f"{type(exc).__name__}: {exc}", self.api_key)
+            ) from None
+        except openai.APIStatusError as exc:
+            raise NonRetryableError(
+                _scrub(f"The model server answered HTTP {exc.status_code}: {exc}", self.api_key)
+            ) from None
+        latency_ms = (time.perf_counter() - started) * 1000
+        choice = completion.choices[0]
+        message: Message = {"role": "assistant", "content": choice.message.content}
+        if choice.message.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": call.function.arguments,
+                    },
+                }
+                for call in choice.message.tool_calls
+            ]
+        usage = completion.usage
+        return ModelResponse(
+            message=message,
+            finish_reason=choice.finish_reason,
+            model=completion.model,
+            usage=Usage(
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+            ),
+            latency_ms=latency_ms,
+        )
+
+
+# --- simulated ----------------------------------------------------------------------
+
+
+@dataclass
+class SimulatedTurn:
+    """What a simulated model answers: text, tool calls, or both."""
+
+    content: str | None = None
+    tool_calls: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
+
+
+SimulatedModel = Callable[[list[Message], ModelRequest], SimulatedTurn]
+_simulated_models: dict[str, SimulatedModel] = {}
+
+
+def simulated_model(agent_id: str) -> Callable[[SimulatedModel], SimulatedModel]:
+    """Register the stand-in model for an agent: a plain function from the conversation
+    so far (and the request, for its tools and schema) to the next assistant turn."""
+
+    def decorator(fn: SimulatedModel) -> SimulatedModel:
+        _simulated_models[agent_id] = fn
+        return fn
+
+    return decorator
+
+
+def _count_tokens(messages: list[Message]) -> int:
+    return sum(len(json.dumps(m).split()) for m in messages)
+
+
+class SimulatedProvider:
+    name = "simulated"
+
+    async def close(self) -> None:
+        pass
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        model = _simulated_models.get(request.agent_id)
+        if model is None:
+            raise NonRetryableError(
+                f"No simulated model is registered for agent {request.agent_id!r}: "
+                "decorate one with @simulated_model, or use LLM_PROVIDER=openai"
+            )
+        started = time.perf_counter()
+        if settings.SIMULATED_MODEL_LATENCY:
+            await asyncio.sleep(settings.SIMULATED_MODEL_LATENCY)
+        turn = model(request.messages, request)
+        # Ids derived from the conversation length keep the simulation deterministic.
+        turn_number = len(request.messages)
+        message: Message = {"role": "assistant", "content": turn.content}
+        if turn.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{turn_number}_{i}",
+                    "type": "function",
+                    "function": {
+                        "name": name,
+                        "arguments": args if isinstance(args, str) else json.dumps(args),
+                    },
+                }
+                for i, (name, args) in enumerate(turn.tool_calls, start=1)
+            ]
+        return ModelResponse(
+            message=message,
+            finish_reason="tool_calls" if turn.tool_calls else "stop",
+            model=f"simulated:{request.model}",
+            usage=Usage(
+                prompt_tokens=_count_tokens(request.messages),
+                completion_tokens=_count_tokens([message]),
+            ),
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+
+def provider_name(agent_provider: str) -> str:
+    """The provider an agent actually uses: `LLM_PROVIDER=simulated` overrides all."""
+    return "simulated" if settings.LLM_PROVIDER == "simulated" else agent_provider
+
+
+def provider_for(agent_provider: str, *, base_url: str | None = None) -> Provider:
+    name = provider_name(agent_provider)
+    if name == "simulated":
+        return SimulatedProvider()
+    if name == "openai":
+        return OpenAIProvider(base_url=base_url)
+    raise NonRetryableError(f"Unknown model provider {name!r} (known: openai, simulated)")
