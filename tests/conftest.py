@@ -1,13 +1,17 @@
 """Fixtures shared by the whole suite."""
 
+from importlib import import_module
+
 import pytest
+
+from tests.support.cluster import TEST_WORKFLOW_MODULES
+from workflows import queue
+from workflows.executor import run_execute
 
 # Importing registers the test workflows in this process; qcluster subprocesses import
 # them through WORKFLOWS_EXTRA_MODULES (see tests/support/cluster.py).
-import tests.workflows.agents.sample_agents  # noqa: F401
-import tests.workflows.sample_workflows  # noqa: F401
-from workflows import queue
-from workflows.executor import run_execute
+for module in TEST_WORKFLOW_MODULES:
+    import_module(module)
 
 
 class QueueCapture:

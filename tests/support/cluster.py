@@ -11,6 +11,7 @@ from pathlib import Path
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
+TEST_WORKFLOW_MODULES = ["tests.workflows.sample_workflows", "tests.workflows.agents.sample_agents"]
 
 
 def test_database_url() -> str:
@@ -35,7 +36,7 @@ class QCluster:
             **os.environ,
             "DATABASE_URL": test_database_url(),
             "DATABASE_CONN_MAX_AGE": "600",
-            "WORKFLOWS_EXTRA_MODULES": "tests.workflows.sample_workflows,tests.workflows.agents.sample_agents",
+            "WORKFLOWS_EXTRA_MODULES": ",".join(TEST_WORKFLOW_MODULES),
             "Q_WORKERS": str(workers),
             "Q_SYNC": "0",
             "PYTHONUNBUFFERED": "1",
