@@ -1,1 +1,176 @@
-"""Placeholder until the order workflow lands."""
+"""The `order_processing` workflow: the Polos seed's flow, made safe for real money.
+
+    ≤ threshold:  agent charges → agent emails → completed
+    > threshold:  agent charges → suspend at `fraud_review` (24 h by default)
+                    approved  → agent emails (`send_confirmation`) → completed
+                    rejected  → refund → rejected
+                    timed out → refund → rejected (review_timeout)
+    declined:     failed, no email, no review
+
+The model drives the tools, but the workflow checks what actually happened (a step
+reads the order back) and enforces policy itself: it charges if the agent did not,
+requires the review above the threshold whatever the agent asked for, and sends the
+confirmation if the agent did not.
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from pydantic import BaseModel
+
+from workflows import RetryPolicy, WorkflowContext, workflow
+
+from .agents import approved_prompt, order_agent, start_prompt
+from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID, Order, OrderStatus
+from .payments import PaymentDeclinedError, TransientPaymentError
+from .schemas import OrderAgentOutput, OrderPayload, OrderResult, OrderSnapshot
+from .services import (
+    order_charge,
+    order_confirm,
+    order_finish,
+    order_refund,
+    order_review_open,
+    order_snapshot,
+)
+
+# Gateway outages are retried with backoff; once spent, the run fails and `retry_run`
+# continues it from here.
+PAYMENT_RETRY = RetryPolicy(
+    max_attempts=5, initial_interval=1.0, max_interval=30.0, retry_on=(TransientPaymentError,)
+)
+
+
+class FraudPolicy(BaseModel):
+    """The workflow's own decision, recorded in the trace beside the agent's request."""
+
+    review_required: bool
+    threshold: Decimal
+    agent_requested_review: bool
+    overrides_agent: bool
+
+
+def _charge_directly(order_id: str, idempotency_key: str) -> OrderSnapshot:
+    order = Order.objects.get(order_id=order_id)
+    try:
+        order_charge(order=order, idempotency_key=idempotency_key)
+    except PaymentDeclinedError:
+        pass  # recorded on the order by order_charge
+    return order_snapshot(order_id=order_id)
+
+
+def _confirm(order_id: str) -> OrderSnapshot:
+    order_confirm(order=Order.objects.get(order_id=order_id))
+    return order_snapshot(order_id=order_id)
+
+
+def _fraud_policy(amount: Decimal, agent_output: OrderAgentOutput) -> FraudPolicy:
+    required = amount > settings.FRAUD_REVIEW_THRESHOLD
+    requested = agent_output.action_requested == "fraud_review"
+    return FraudPolicy(
+        review_required=required,
+        threshold=settings.FRAUD_REVIEW_THRESHOLD,
+        agent_requested_review=requested,
+        overrides_agent=required != requested,
+    )
+
+
+def _finish(
+    order_id: str,
+    status: OrderStatus,
+    reason: str = "",
+    fraud_approved: bool | None = None,
+) -> OrderResult:
+    order_finish(order_id=order_id, status=status, reason=reason, fraud_approved=fraud_approved)
+    order = Order.objects.get(order_id=order_id)
+    return OrderResult(
+        order_id=order.order_id,
+        status=order.status,
+        charge_id=order.charge_id or None,
+        fraud_review_required=order.fraud_review_required,
+        fraud_approved=order.fraud_approved,
+        email_sent=order.email_sent,
+        refund_id=order.refund_id or None,
+        failure_reason=order.failure_reason or None,
+    )
+
+
+@workflow(id=ORDER_WORKFLOW_ID, description="Charge, confirm, and hold large orders for review.")
+async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> OrderResult:
+    amount = f"{payload.amount:.2f}"
+    result = await ctx.step.agent_invoke_and_wait(
+        "start_order",
+        order_agent.with_input(
+            start_prompt(
+                order_id=payload.order_id,
+                customer_id=payload.customer_id,
+                amount=amount,
+                currency=payload.currency,
+                email=payload.customer_email,
+            )
+        ),
+    )
+    output: OrderAgentOutput = result.result
+    order = await ctx.step.run("check_order", order_snapshot, order_id=payload.order_id)
+
+    if order.charge_id is None and order.status != OrderStatus.FAILED:
+        # The agent did not charge (it skipped the tool, or the gateway was down).
+        order = await ctx.step.run(
+            "charge",
+            _charge_directly,
+            payload.order_id,
+            ctx.idempotency_key("charge"),
+            retry=PAYMENT_RETRY,
+        )
+    if order.charge_id is None:
+        return await ctx.step.run(
+            "finish", _finish, payload.order_id, OrderStatus.FAILED, order.failure_reason or ""
+        )
+
+    policy = await ctx.step.run("fraud_policy", _fraud_policy, payload.amount, output)
+    if not policy.review_required:
+        if not order.email_sent:
+            await ctx.step.run("confirm", _confirm, payload.order_id)
+        return await ctx.step.run("finish", _finish, payload.order_id, OrderStatus.COMPLETED)
+
+    await ctx.step.run("open_review", order_review_open, order_id=payload.order_id)
+    resume_data = await ctx.step.suspend(
+        FRAUD_REVIEW_KEY,
+        data={
+            "order_id": payload.order_id,
+            "customer_id": payload.customer_id,
+            "amount": amount,
+            "currency": payload.currency,
+            "charge_id": order.charge_id,
+            "message": output.status_message,
+        },
+        timeout=settings.FRAUD_REVIEW_TIMEOUT,
+    )
+    if not resume_data.get("data", {}).get("approved", False):
+        await ctx.step.run(
+            "refund",
+            order_refund,
+            order_id=payload.order_id,
+            idempotency_key=ctx.idempotency_key("refund"),
+            retry=PAYMENT_RETRY,
+        )
+        reason = "review_timeout" if resume_data.get("timed_out") else "review_rejected"
+        return await ctx.step.run(
+            "finish", _finish, payload.order_id, OrderStatus.REJECTED, reason, False
+        )
+
+    await ctx.step.agent_invoke_and_wait(
+        "send_confirmation",
+        order_agent.with_input(
+            approved_prompt(
+                order_id=payload.order_id,
+                charge_id=order.charge_id,
+                amount=amount,
+                currency=payload.currency,
+                email=payload.customer_email,
+            )
+        ),
+    )
+    order = await ctx.step.run("check_confirmation", order_snapshot, order_id=payload.order_id)
+    if not order.email_sent:
+        await ctx.step.run("confirm", _confirm, payload.order_id)
+    return await ctx.step.run("finish", _finish, payload.order_id, OrderStatus.COMPLETED, "", True)

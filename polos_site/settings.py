@@ -7,6 +7,7 @@ that `manage.py check --deploy` asks for.
 """
 
 import os
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import dj_database_url
@@ -38,6 +39,14 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
 
 
+def env_decimal(name: str, default: str) -> Decimal:
+    raw = env_str(name, default)
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal amount, not {raw!r}") from None
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = env_str(name)
     return [item.strip() for item in raw.split(",") if item.strip()] if raw else default
@@ -64,6 +73,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "workflows",
     "orders",
@@ -195,6 +205,70 @@ LLM_PROVIDER = env_str("LLM_PROVIDER") or ("openai" if OPENAI_API_KEY or not DEB
 if LLM_PROVIDER not in {"openai", "simulated"}:
     raise ImproperlyConfigured(f"LLM_PROVIDER must be openai or simulated, not {LLM_PROVIDER!r}")
 SIMULATED_MODEL_LATENCY = float(env_str("SIMULATED_MODEL_LATENCY", "0"))
+
+# --- Orders -------------------------------------------------------------------------
+# Orders above the threshold (strictly) wait for a fraud reviewer; an undecided review
+# is treated as a rejection after the timeout.
+FRAUD_REVIEW_THRESHOLD = env_decimal("FRAUD_REVIEW_THRESHOLD", "1000.00")
+FRAUD_REVIEW_TIMEOUT = env_int("FRAUD_REVIEW_TIMEOUT", 86_400)
+ORDER_MAX_AMOUNT = env_decimal("ORDER_MAX_AMOUNT", "100000.00")
+ORDER_CURRENCIES = env_list("ORDER_CURRENCIES", ["usd", "eur", "gbp"])
+
+# --- Payments ---------------------------------------------------------------------------
+# `stripe` charges through the official SDK (STRIPE_API_BASE points it at another
+# server); `simulated` is an offline stand-in, the default only without a key in
+# development.
+STRIPE_API_KEY = env_str("STRIPE_API_KEY")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE")
+STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
+PAYMENT_GATEWAY = env_str("PAYMENT_GATEWAY") or (
+    "stripe" if STRIPE_API_KEY or not DEBUG else "simulated"
+)
+if PAYMENT_GATEWAY not in {"stripe", "simulated"}:
+    raise ImproperlyConfigured(
+        f"PAYMENT_GATEWAY must be stripe or simulated, not {PAYMENT_GATEWAY!r}"
+    )
+
+# --- Email ------------------------------------------------------------------------------
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30)
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+EMAIL_MESSAGE_ID_DOMAIN = env_str("EMAIL_MESSAGE_ID_DOMAIN", "orders.localhost")
+
+# --- API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/minute")},
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Order processing API",
+    "DESCRIPTION": "Submit orders, follow their workflow runs, decide fraud reviews.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 # --- Logging --------------------------------------------------------------------------
 LOGGING = {

@@ -64,6 +64,18 @@ def _return_annotation(fn: Callable[..., Any]) -> Any:
         return None
 
 
+def _describe_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A step's arguments as the trace shows them (a repr where JSON cannot hold them)."""
+    described: dict[str, Any] = {}
+    for name, values in (("args", list(args)), ("kwargs", kwargs)):
+        if values:
+            try:
+                described[name] = serialization.to_jsonable_python(values)
+            except Exception:
+                described[name] = repr(values)
+    return described
+
+
 class StepContext:
     """`ctx.step`: the durable operations a workflow may perform."""
 
@@ -136,6 +148,8 @@ class StepContext:
         if record is not None:
             return serialization.load(record.output, annotation, record.output_type)
 
+        if input is None and (args or kwargs):
+            input = _describe_arguments(args, kwargs)
         policy = retry or DEFAULT_RETRY
         started_at = timezone.now()
         attempt = 0

@@ -1,0 +1,238 @@
+"""The order agent, its two tools, and its simulated stand-in model.
+
+The tools act on the run's own order, never on the model's numbers: arguments that do
+not match the order go back to the model as a refusal, and policy (the fraud threshold,
+no confirmation before approval) is enforced here as well as in the prompt.
+"""
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from workflows.agents import Agent, ModelRequest, SimulatedTurn, ToolContext, simulated_model, tool
+
+from .schemas import (
+    ChargeStripeInput,
+    ChargeStripeOutput,
+    OrderAgentOutput,
+    SendEmailInput,
+    SendEmailOutput,
+)
+from .services import order_charge, order_check_arguments, order_confirm, order_for_run
+
+
+@tool(description="Charge a customer using Stripe payment processing")
+async def charge_stripe(ctx: ToolContext, input: ChargeStripeInput) -> ChargeStripeOutput:
+    def charge() -> ChargeStripeOutput:
+        order = order_for_run(ctx.run_id)
+        order_check_arguments(
+            order=order, customer_id=input.customer_id, amount=input.amount, currency=input.currency
+        )
+        result = order_charge(order=order, idempotency_key=ctx.idempotency_key)
+        return ChargeStripeOutput(
+            charge_id=result.charge_id,
+            status=result.status,
+            amount=result.amount,
+            currency=result.currency,
+        )
+
+    return await sync_to_async(charge)()
+
+
+@tool(description="Send order confirmation email to customer")
+async def send_confirmation_email(ctx: ToolContext, input: SendEmailInput) -> SendEmailOutput:
+    def send() -> SendEmailOutput:
+        order = order_for_run(ctx.run_id)
+        order_check_arguments(
+            order=order, order_id=input.order_id, email=input.email, amount=input.amount
+        )
+        record = order_confirm(order=order)
+        return SendEmailOutput(sent=True, message_id=record.message_id)
+
+    return await sync_to_async(send)()
+
+
+SYSTEM_PROMPT = f"""You are an order processing assistant that handles payments and confirmations.
+
+RULES:
+1. When asked to process a payment, use the charge_stripe tool first
+2. After charging:
+   - If amount > ${settings.FRAUD_REVIEW_THRESHOLD}: Set action_requested='fraud_review' (human \
+review needed) and DO NOT SEND confirmation email.
+   - If amount <= ${settings.FRAUD_REVIEW_THRESHOLD}: Immediately send confirmation email using \
+send_confirmation_email tool
+3. In the case of fraud review:
+   - When you receive fraud review approval, send the confirmation email
+   - When you receive fraud review rejection, just report the rejection (no email)
+4. If a tool answers with an error, do not retry with other values: report the error.
+
+Always respond with structured output indicating:
+- action: last action that you did ('charge' or 'email')
+- action_details: relevant IDs and amounts for the action
+- action_requested: 'fraud_review' if needed, otherwise null
+- status_message: human-readable summary"""
+
+order_agent = Agent(
+    id="order_agent",
+    provider="openai",
+    model="gpt-4o-mini",
+    system_prompt=SYSTEM_PROMPT,
+    tools=[charge_stripe, send_confirmation_email],
+    output_schema=OrderAgentOutput,
+    description="Charges the customer, then confirms by email or asks for fraud review.",
+)
+
+
+def start_prompt(*, order_id: str, customer_id: str, amount: str, currency: str, email: str) -> str:
+    return (
+        f"Process payment for order {order_id}. "
+        f"Charge customer {customer_id} for {amount} {currency.upper()}. "
+        f"Customer email is {email}."
+    )
+
+
+def approved_prompt(
+    *, order_id: str, charge_id: str, amount: str, currency: str, email: str
+) -> str:
+    return (
+        f"Fraud review APPROVED for order {order_id}. "
+        f"Charge ID: {charge_id}, Amount: {amount} {currency.upper()}. "
+        f"Now send confirmation email to {email}."
+    )
+
+
+# --- the simulated order agent --------------------------------------------------------
+
+_START = re.compile(
+    r"Process payment for order (?P<order_id>\S+)\. Charge customer (?P<customer_id>\S+) "
+    r"for (?P<amount>[\d.]+) (?P<currency>[A-Z]{3})\. Customer email is (?P<email>\S+)\.$"
+)
+_APPROVED = re.compile(
+    r"Fraud review APPROVED for order (?P<order_id>\S+)\. Charge ID: (?P<charge_id>\S+), "
+    r"Amount: (?P<amount>[\d.]+) (?P<currency>[A-Z]{3})\. "
+    r"Now send confirmation email to (?P<email>\S+)\.$"
+)
+
+
+def _tool_results(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The latest result of each tool, by tool name."""
+    names = {
+        call["id"]: call["function"]["name"]
+        for m in messages
+        if m["role"] == "assistant"
+        for call in m.get("tool_calls") or []
+    }
+    return {
+        names.get(m["tool_call_id"], "?"): json.loads(m["content"])
+        for m in messages
+        if m["role"] == "tool"
+    }
+
+
+def _answer(
+    action: str, status_message: str, requested: str | None = None, **details: Any
+) -> SimulatedTurn:
+    return SimulatedTurn(
+        content=json.dumps(
+            {
+                "action": action,
+                "action_details": details,
+                "action_requested": requested,
+                "status_message": status_message,
+            }
+        )
+    )
+
+
+@simulated_model("order_agent")
+def simulated_order_agent(messages: list[dict[str, Any]], request: ModelRequest) -> SimulatedTurn:
+    """Follows the system prompt's RULES on the conversation it is given."""
+    prompt = next(m["content"] for m in messages if m["role"] == "user")
+    results = _tool_results(messages)
+    approved = _APPROVED.match(prompt)
+    if approved:
+        order = approved.groupdict()
+        email = results.get("send_confirmation_email")
+        if email is None:
+            return SimulatedTurn(
+                tool_calls=[
+                    (
+                        "send_confirmation_email",
+                        {
+                            "email": order["email"],
+                            "order_id": order["order_id"],
+                            "amount": order["amount"],
+                        },
+                    )
+                ]
+            )
+        if "error" in email:
+            return _answer("email", f"Could not send the confirmation: {email['error']}")
+        return _answer(
+            "email",
+            f"Fraud review approved; confirmation sent to {order['email']}.",
+            email_sent_to=order["email"],
+            message_id=email["message_id"],
+        )
+
+    started = _START.match(prompt)
+    if not started:
+        return _answer("complete", "I can only process payments for orders.")
+    order = started.groupdict()
+    charge = results.get("charge_stripe")
+    if charge is None:
+        return SimulatedTurn(
+            tool_calls=[
+                (
+                    "charge_stripe",
+                    {
+                        "customer_id": order["customer_id"],
+                        "amount": order["amount"],
+                        "currency": order["currency"].lower(),
+                    },
+                )
+            ]
+        )
+    if "error" in charge:
+        return _answer("charge", f"Payment failed: {charge['error']}")
+    if Decimal(order["amount"]) > settings.FRAUD_REVIEW_THRESHOLD:
+        return _answer(
+            "charge",
+            f"Charged {order['amount']} {order['currency']}; amount is over the fraud "
+            "threshold, so a human must review the order before confirmation.",
+            requested="fraud_review",
+            charge_id=charge["charge_id"],
+            amount=order["amount"],
+        )
+    email = results.get("send_confirmation_email")
+    if email is None:
+        return SimulatedTurn(
+            tool_calls=[
+                (
+                    "send_confirmation_email",
+                    {
+                        "email": order["email"],
+                        "order_id": order["order_id"],
+                        "amount": order["amount"],
+                    },
+                )
+            ]
+        )
+    if "error" in email:
+        return _answer(
+            "email",
+            f"Charged, but the confirmation failed: {email['error']}",
+            charge_id=charge["charge_id"],
+        )
+    return _answer(
+        "email",
+        f"Charged {order['amount']} {order['currency']} and sent the confirmation.",
+        charge_id=charge["charge_id"],
+        amount=order["amount"],
+        email_sent_to=order["email"],
+        message_id=email["message_id"],
+    )

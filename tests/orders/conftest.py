@@ -1,0 +1,47 @@
+"""Fixtures of the orders tests: users, and starting orders through the service."""
+
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Group, Permission, User
+
+from orders.models import Order
+from orders.schemas import OrderPayload
+from orders.services import order_create
+
+
+@pytest.fixture
+def reviewer(db) -> User:
+    # Transactional tests flush the tables, the data migration's group included.
+    group, _ = Group.objects.get_or_create(name="Fraud reviewers")
+    group.permissions.add(Permission.objects.get(codename="decide_fraud_review"))
+    user = User.objects.create_user("rita", password="review-pass-123", is_staff=True)
+    user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def staff_without_permission(db) -> User:
+    return User.objects.create_user("sam", password="staff-pass-123", is_staff=True)
+
+
+@pytest.fixture
+def place_order():
+    def place(
+        amount: str,
+        *,
+        order_id: str | None = None,
+        customer_id: str = "cus_good",
+        email: str = "ada@example.com",
+    ) -> Order:
+        order, _ = order_create(
+            payload=OrderPayload(
+                order_id=order_id or f"ord-{amount.replace('.', '-')}",
+                customer_id=customer_id,
+                customer_email=email,
+                amount=Decimal(amount),
+            )
+        )
+        return order
+
+    return place

@@ -1,0 +1,101 @@
+"""Every path of the order flow, in-process, with the simulated model and gateway."""
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from orders.models import FraudReview, Order, ReviewState
+from orders.services import ReviewError, review_decide
+from workflows.models import RunStatus, StepRecord
+from workflows.services import waits_expire
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def simulated(settings):
+    settings.LLM_PROVIDER = "simulated"
+    settings.PAYMENT_GATEWAY = "simulated"
+
+
+def reload(order: Order) -> Order:
+    order.refresh_from_db()
+    order.run.refresh_from_db()
+    return order
+
+
+def test_small_order_is_charged_and_confirmed(queue_capture, place_order):
+    order = place_order("250.00")
+    assert queue_capture.drain() == ["completed"]
+    order = reload(order)
+    assert order.status == "completed" and order.charge_id.startswith("pi_sim")
+    assert order.run.output["email_sent"] is True
+    [message] = mail.outbox
+    assert message.to == ["ada@example.com"]
+    assert "250.00 USD" in message.body and order.charge_id in message.body
+    keys = list(StepRecord.objects.filter(run=order.run).values_list("key", flat=True))
+    assert keys[:5] == [
+        "start_order/llm/1",
+        "start_order/tool/1/charge_stripe",
+        "start_order/llm/2",
+        "start_order/tool/2/send_confirmation_email",
+        "start_order/llm/3",
+    ]
+
+
+def test_exactly_the_threshold_needs_no_review(queue_capture, place_order):
+    order = reload(place_order("1000.00"))
+    queue_capture.drain()
+    order = reload(order)
+    assert order.status == "completed" and not order.fraud_review_required
+    assert len(mail.outbox) == 1
+
+
+def test_above_threshold_waits_then_approval_confirms(queue_capture, place_order, reviewer):
+    order = place_order("1000.01")
+    assert queue_capture.drain() == ["suspended"]
+    order = reload(order)
+    assert order.status == "awaiting_review" and mail.outbox == []
+    review = FraudReview.objects.get(run=order.run)
+    assert review.data["amount"] == "1000.01" and review.data["charge_id"] == order.charge_id
+
+    review_decide(order=order, approved=True, by=reviewer, note="known customer")
+    assert queue_capture.drain() == ["completed"]
+    order = reload(order)
+    assert order.status == "completed" and order.fraud_approved is True
+    assert len(mail.outbox) == 1 and order.refund_id == ""
+    review.refresh_from_db()
+    assert review.state == ReviewState.APPROVED and review.note == "known customer"
+
+
+def test_rejection_refunds_and_sends_nothing(queue_capture, place_order, reviewer):
+    order = place_order("2500.00")
+    queue_capture.drain()
+    review_decide(order=order, approved=False, by=reviewer)
+    queue_capture.drain()
+    order = reload(order)
+    assert order.status == "rejected" and order.refund_id.startswith("re_sim")
+    assert order.failure_reason == "review_rejected" and mail.outbox == []
+    with pytest.raises(ReviewError, match="already decided"):
+        review_decide(order=order, approved=True, by=reviewer)
+
+
+def test_review_timeout_refunds(queue_capture, place_order, reviewer):
+    order = place_order("5000.00")
+    queue_capture.drain()
+    waits_expire(now=timezone.now() + timedelta(days=1, seconds=1))
+    queue_capture.drain()
+    order = reload(order)
+    assert order.status == "rejected" and order.failure_reason == "review_timeout"
+    assert order.refund_id and mail.outbox == []
+
+
+def test_decline_fails_the_order_without_email(queue_capture, place_order):
+    order = place_order("42.13")
+    queue_capture.drain()
+    order = reload(order)
+    assert order.run.status == RunStatus.COMPLETED
+    assert order.status == "failed" and order.charge_id == ""
+    assert "insufficient_funds" in order.failure_reason and mail.outbox == []
