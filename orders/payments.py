@@ -112,7 +112,8 @@ class StripeGateway:
 
     def _default_payment_method(self, customer_id: str) -> str:
         customer = self._call(self.client.v1.customers.retrieve, customer_id)
-        method = (customer.get("invoice_settings") or {}).get("default_payment_method")
+        settings_ = customer.to_dict().get("invoice_settings") or {}
+        method = settings_.get("default_payment_method")
         if not method:
             raise PaymentDeclinedError(
                 f"customer {customer_id} has no default payment method",

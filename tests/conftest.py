@@ -52,3 +52,40 @@ def openai_server(openai_server_session, settings):
     settings.OPENAI_BASE_URL = openai_server_session.base_url
     settings.OPENAI_MAX_RETRIES = 0
     return openai_server_session
+
+
+@pytest.fixture(scope="session")
+def stripe_server_session():
+    from tests.support.stripe_server import StripeServer
+
+    with StripeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stripe_server(stripe_server_session, settings):
+    """A Stripe-compatible server, with the service's `stripe` gateway pointed at it."""
+    stripe_server_session.reset()
+    settings.PAYMENT_GATEWAY = "stripe"
+    settings.STRIPE_API_KEY = "sk_test_local"
+    settings.STRIPE_API_BASE = stripe_server_session.base_url
+    return stripe_server_session
+
+
+@pytest.fixture(scope="session")
+def smtp_server_session():
+    from tests.support.smtp_server import SMTPTestServer
+
+    server = SMTPTestServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_server_session, settings):
+    """A local SMTP server, with Django's SMTP backend pointed at it."""
+    smtp_server_session.reset()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = smtp_server_session.port
+    return smtp_server_session

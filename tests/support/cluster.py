@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,8 @@ class QCluster:
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        # The cluster's output, for a failing test to show (pytest prints it on failure).
+        self.log = tempfile.TemporaryFile()
 
     def start(self) -> "QCluster":
         self.process = subprocess.Popen(
@@ -50,8 +53,8 @@ class QCluster:
             cwd=ROOT,
             env=self.env,
             start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -68,6 +71,10 @@ class QCluster:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def __enter__(self) -> "QCluster":
         return self.start()

@@ -80,6 +80,7 @@ _KEY_RE = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _PART_RE = re.compile(r"\[([^\[\]]*)\]")
 _PI_PATH = re.compile(r"^/v1/payment_intents/(?P<id>[^/]+)$")
 _REFUND_PATH = re.compile(r"^/v1/refunds/(?P<id>[^/]+)$")
+_CUSTOMER_PATH = re.compile(r"^/v1/customers/(?P<id>[^/]+)$")
 _CURRENCY_RE = re.compile(r"^[a-zA-Z]{3}$")
 _REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 
@@ -564,11 +565,32 @@ class StripeServer:
             return self._retrieve(self._payment_intents, "payment_intent", match["id"])
         if method == "GET" and (match := _REFUND_PATH.match(path)):
             return self._retrieve(self._refunds, "refund", match["id"])
+        if method == "GET" and (match := _CUSTOMER_PATH.match(path)):
+            return self._customer(match["id"]), False
         return _invalid(
             f"Unrecognized request URL ({method}: {path}). Please see "
             "https://stripe.com/docs or we can help at https://support.stripe.com/.",
             status=404,
         ), False
+
+    @staticmethod
+    def _customer(customer_id: str) -> _Response:
+        """Every customer exists, with a default card, except `cus_missing`."""
+        if customer_id == "cus_missing":
+            return _invalid(
+                f"No such customer: '{customer_id}'",
+                param="id",
+                code="resource_missing",
+                status=404,
+            )
+        return _Response(
+            200,
+            {
+                "id": customer_id,
+                "object": "customer",
+                "invoice_settings": {"default_payment_method": f"pm_card_{customer_id}"},
+            },
+        )
 
     @staticmethod
     def _retrieve(

@@ -1,0 +1,60 @@
+"""A local SMTP server (aiosmtpd) that records every message it receives."""
+
+import email
+import email.policy
+import socket
+import threading
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.lock:
+            self.messages.append(message)
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 Message accepted for delivery"
+
+
+class SMTPTestServer:
+    def __init__(self) -> None:
+        self._recorder = _Recorder()
+        # aiosmtpd connects to its own port to check it started, so port 0 won't do.
+        self._controller = Controller(self._recorder, hostname="127.0.0.1", port=_free_port())
+
+    def start(self) -> "SMTPTestServer":
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    @property
+    def port(self) -> int:
+        return self._controller.port
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self._recorder.lock:
+            return list(self._recorder.messages)
+
+    def messages_to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if address in m["To"]]
+
+    def reset(self) -> None:
+        with self._recorder.lock:
+            self._recorder.messages.clear()
+            self._recorder.envelopes.clear()
