@@ -2,11 +2,16 @@
 
 import email
 import email.policy
+import logging
 import socket
 import threading
 from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
+
+# aiosmtpd logs every connection at INFO, from its own thread, after pytest's capture
+# of a test may have closed.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def _free_port() -> int:

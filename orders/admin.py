@@ -1,0 +1,476 @@
+"""Orders and the fraud-review queue in admin.
+
+Nothing here is edited through forms: orders are read-only records, and a review is
+decided only through `review_decide`, from the "Approve/Reject selected" actions (with
+a confirmation page, like `delete_selected`) or the Approve/Reject buttons of a
+review's page. Users holding the decide permission (the "Fraud reviewers" group) may
+also view the queue and the orders, without any model's view permission.
+"""
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.timesince import timeuntil
+
+from workflows.models import StepKind, StepRecord, WaitStatus
+
+from .models import EmailRecord, FraudReview, Order, ReviewState
+from .services import DECIDE_PERMISSION, ReviewError, review_decide
+
+AGENT_STEP_PREFIX = "start_order/"
+EMPTY = "—"
+STATE_COLOURS = {
+    ReviewState.PENDING: "#b26b00",
+    ReviewState.APPROVED: "#1e7e34",
+    ReviewState.REJECTED: "#ba2121",
+    ReviewState.EXPIRED: "#666",
+    ReviewState.CANCELLED: "#666",
+}
+
+
+def can_decide(request: HttpRequest) -> bool:
+    return request.user.has_perm(DECIDE_PERMISSION)
+
+
+def time_left(review: FraudReview, now: Any = None) -> str:
+    """Humanized time until the deadline; "expired" past it; "—" once decided."""
+    now = now or timezone.now()
+    if review.status == WaitStatus.EXPIRED or (
+        review.status == WaitStatus.WAITING and review.deadline <= now
+    ):
+        return "expired"
+    if review.status == WaitStatus.WAITING:
+        return timeuntil(review.deadline, now, depth=2)
+    return EMPTY
+
+
+def state_badge(review: FraudReview) -> str:
+    state = review.state
+    return format_html(
+        '<span class="review-state" style="display:inline-block;padding:1px 8px;'
+        'border-radius:9px;color:#fff;background:{};font-size:11px;font-weight:600">{}</span>',
+        STATE_COLOURS.get(state, "#666"),
+        state.label,
+    )
+
+
+def amount_text(review: FraudReview) -> str:
+    return f"{review.data.get('amount', '?')} {str(review.data.get('currency', '')).upper()}"
+
+
+def _compact(value: Any, limit: int = 1500) -> str:
+    """A JSON value (or a JSON text) on as few lines as it takes, truncated."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return Truncator(value).chars(limit)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return Truncator(text).chars(limit)
+
+
+def agent_trace(run_id: Any) -> list[dict[str, Any]]:
+    """The order agent's model messages and tool calls, in order, for the review page."""
+    entries: list[dict[str, Any]] = []
+    steps = StepRecord.objects.filter(run_id=run_id, key__startswith=AGENT_STEP_PREFIX)
+    for step in steps.order_by("position"):
+        output = step.output if isinstance(step.output, dict) else {}
+        if step.kind == StepKind.LLM:
+            message = output.get("message") or {}
+            calls = [
+                {
+                    "name": (call.get("function") or {}).get("name", "?"),
+                    "arguments": _compact((call.get("function") or {}).get("arguments")),
+                }
+                for call in message.get("tool_calls") or []
+            ]
+            entries.append(
+                {
+                    "key": step.key,
+                    "kind": "llm",
+                    "content": _compact(message.get("content")),
+                    "tool_calls": calls,
+                    "error": step.error,
+                }
+            )
+        elif step.kind == StepKind.TOOL:
+            step_input = step.input if isinstance(step.input, dict) else {}
+            entries.append(
+                {
+                    "key": step.key,
+                    "kind": "tool",
+                    "tool": step_input.get("tool") or step.key.rsplit("/", 1)[-1],
+                    "arguments": _compact(step_input.get("arguments")),
+                    "output": _compact(output.get("output")),
+                    "error": output.get("error") or step.error,
+                }
+            )
+    return entries
+
+
+class ReviewStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return list(ReviewState.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        value = self.value()
+        if value in ReviewState.values:
+            return queryset.in_state(value)
+        return queryset
+
+
+@admin.register(FraudReview)
+class FraudReviewAdmin(admin.ModelAdmin):
+    list_display = (
+        "order_column",
+        "customer_column",
+        "amount_column",
+        "charge_column",
+        "waiting_since",
+        "time_left_column",
+        "message_column",
+        "state_column",
+    )
+    list_display_links = ("order_column",)
+    list_filter = (ReviewStateFilter,)
+    search_fields = ("run__order__order_id", "run__order__customer_id")
+    search_help_text = "Search by order id or customer id."
+    actions = ["approve_selected", "reject_selected"]
+    change_form_template = "admin/orders/fraudreview/change_form.html"
+    decide_confirmation_template = "admin/orders/fraudreview/decide_confirmation.html"
+
+    # --- permissions: nobody adds, edits or deletes; reviewers view and decide --------
+
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        return can_decide(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or can_decide(request)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or can_decide(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    # --- the queue: pending first, then the oldest deadline -------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Annotated before ModelAdmin.get_queryset's ordering, which sorts on it.
+        queryset = (
+            self.model._default_manager.get_queryset()
+            .select_related("resumed_by")
+            .annotate(
+                pending_first=Case(
+                    When(status=WaitStatus.WAITING, then=Value(0)),
+                    default=Value(1),
+                    output_field=IntegerField(),
+                )
+            )
+        )
+        return queryset.order_by(*self.get_ordering(request))
+
+    def get_ordering(self, request: HttpRequest) -> list[str]:
+        return ["pending_first", "deadline"]
+
+    @admin.display(description="order")
+    def order_column(self, review: FraudReview) -> str:
+        return review.data.get("order_id", "?")
+
+    @admin.display(description="customer")
+    def customer_column(self, review: FraudReview) -> str:
+        return review.data.get("customer_id", EMPTY)
+
+    @admin.display(description="amount")
+    def amount_column(self, review: FraudReview) -> str:
+        return amount_text(review)
+
+    @admin.display(description="charge id")
+    def charge_column(self, review: FraudReview) -> str:
+        return review.data.get("charge_id") or EMPTY
+
+    @admin.display(description="waiting since", ordering="created_at")
+    def waiting_since(self, review: FraudReview) -> Any:
+        return review.created_at
+
+    @admin.display(description="time left", ordering="deadline")
+    def time_left_column(self, review: FraudReview) -> str:
+        return time_left(review)
+
+    @admin.display(description="agent's message")
+    def message_column(self, review: FraudReview) -> str:
+        return Truncator(review.data.get("message") or EMPTY).chars(90)
+
+    @admin.display(description="state", ordering="status")
+    def state_column(self, review: FraudReview) -> str:
+        return state_badge(review)
+
+    # --- actions: confirm, then decide each review through the service ---------------
+
+    @admin.action(description="Approve selected", permissions=["decide"])
+    def approve_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._decide_selected(request, queryset, approved=True)
+
+    @admin.action(description="Reject selected", permissions=["decide"])
+    def reject_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._decide_selected(request, queryset, approved=False)
+
+    def _decide_selected(
+        self, request: HttpRequest, queryset: QuerySet, *, approved: bool
+    ) -> HttpResponse | None:
+        action = "approve_selected" if approved else "reject_selected"
+        verb = "approved" if approved else "rejected"
+        reviews = list(queryset)
+        if not request.POST.get("post"):
+            return self._confirmation(request, reviews, action=action, approved=approved)
+        note = request.POST.get("note", "").strip()
+        orders = {o.run_id: o for o in Order.objects.filter(run_id__in=[r.run_id for r in reviews])}
+        decided: list[str] = []
+        for review in reviews:
+            order = orders.get(review.run_id)
+            if order is None:
+                self.message_user(request, f"{review} has no order.", messages.ERROR)
+                continue
+            try:
+                review_decide(order=order, approved=approved, by=request.user, note=note)
+            except ReviewError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+                continue
+            self.log_change(request, review, f"{verb.capitalize()}. {note}".strip())
+            decided.append(order.order_id)
+        if decided:
+            count = len(decided)
+            self.message_user(
+                request,
+                f"{count} review{'' if count == 1 else 's'} {verb}: {', '.join(decided)}.",
+                messages.SUCCESS,
+            )
+        return None
+
+    def _confirmation(
+        self, request: HttpRequest, reviews: list[FraudReview], *, action: str, approved: bool
+    ) -> TemplateResponse:
+        opts = self.opts
+        title = "Approve fraud reviews" if approved else "Reject fraud reviews"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "subtitle": None,
+            "approve": approved,
+            "rows": [
+                {
+                    "review": review,
+                    "order_id": review.data.get("order_id", "?"),
+                    "customer_id": review.data.get("customer_id", ""),
+                    "amount": amount_text(review),
+                    "state": review.state,
+                    "open": review.is_open,
+                    "time_left": time_left(review),
+                }
+                for review in reviews
+            ],
+            "open_count": sum(1 for review in reviews if review.is_open),
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "opts": opts,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.decide_confirmation_template, context)
+
+    # --- the review page and its decide URL ---------------------------------------
+
+    def _url_name(self, view: str) -> str:
+        return f"{self.opts.app_label}_{self.opts.model_name}_{view}"
+
+    def _url(self, review: FraudReview, view: str) -> str:
+        return reverse(
+            f"admin:{self._url_name(view)}",
+            args=[quote(review.pk)],
+            current_app=self.admin_site.name,
+        )
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<path:object_id>/decide/",
+                self.admin_site.admin_view(self.decide_view),
+                name=self._url_name("decide"),
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        review = self.get_object(request, unquote(object_id))
+        if review is None or not self.has_view_permission(request, review):
+            return super().change_view(request, object_id, form_url, extra_context)
+        order = Order.objects.filter(run_id=review.run_id).first()
+        context = {
+            "title": f"Fraud review of order {review.data.get('order_id', '?')}",
+            "subtitle": None,
+            "review": review,
+            "order": order,
+            "amount": amount_text(review),
+            "state_badge": state_badge(review),
+            "time_left": time_left(review),
+            "trace": agent_trace(review.run_id),
+            "trace_url": f"/runs/{review.run_id}/",
+            "decided": review.status == WaitStatus.RESUMED,
+            "deadline_passed": review.status == WaitStatus.WAITING and not review.is_open,
+            "can_decide": review.is_open and self.has_decide_permission(request),
+            "decide_url": self._url(review, "decide"),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, context)
+
+    def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_decide_permission(request):
+            raise PermissionDenied
+        review = self.get_object(request, unquote(object_id))
+        if review is None:
+            raise Http404("No such fraud review")
+        page = self._url(review, "change")
+        decision = request.POST.get("decision")
+        if decision not in ("approve", "reject"):
+            self.message_user(request, "Choose Approve or Reject.", messages.ERROR)
+            return HttpResponseRedirect(page)
+        approved = decision == "approve"
+        note = request.POST.get("note", "").strip()
+        order = Order.objects.get(run_id=review.run_id)
+        try:
+            review_decide(order=order, approved=approved, by=request.user, note=note)
+        except ReviewError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(page)
+        verb = "Approved" if approved else "Rejected"
+        self.log_change(request, review, f"{verb}. {note}".strip())
+        self.message_user(
+            request, f"{verb} the review of order {order.order_id}.", messages.SUCCESS
+        )
+        return HttpResponseRedirect(page)
+
+
+# --- orders ---------------------------------------------------------------------------
+
+
+def can_view_orders(request: HttpRequest) -> bool:
+    return request.user.has_perm("orders.view_order") or can_decide(request)
+
+
+class EmailRecordInline(admin.TabularInline):
+    model = EmailRecord
+    fields = ("kind", "recipient", "subject", "status", "message_id", "created_at", "sent_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or can_view_orders(request)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = (
+        "order_id",
+        "customer_id",
+        "amount",
+        "currency",
+        "status",
+        "charge_id",
+        "refund_id",
+        "created_at",
+    )
+    list_filter = ("status", "currency")
+    search_fields = ("order_id", "customer_id", "customer_email")
+    date_hierarchy = "created_at"
+    inlines = [EmailRecordInline]
+    fieldsets = (
+        (None, {"fields": ("order_id", "customer_id", "customer_email", "amount", "currency")}),
+        (
+            "Status",
+            {
+                "fields": (
+                    "status",
+                    "failure_reason",
+                    "fraud_review_required",
+                    "fraud_approved",
+                    "fraud_review_link",
+                )
+            },
+        ),
+        (
+            "Payment",
+            {"fields": ("charge_id", "charged_amount", "charged_at", "refund_id", "refunded_at")},
+        ),
+        ("Record", {"fields": ("run", "idempotency_key", "created_at", "updated_at")}),
+    )
+    readonly_fields = flatten_fieldsets(fieldsets)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or can_decide(request)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or can_decide(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="fraud review")
+    def fraud_review_link(self, order: Order) -> str:
+        review = FraudReview.objects.filter(run_id=order.run_id).first() if order.run_id else None
+        if review is None:
+            return EMPTY
+        url = reverse("admin:orders_fraudreview_change", args=[quote(review.pk)])
+        return format_html('{} <a href="{}">open the review</a>', state_badge(review), url)

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from .views import OrderDetailApi, OrderListCreateApi, OrderReviewDecideApi, RunDetailApi
+
+app_name = "api"
+
+urlpatterns = [
+    path("orders/", OrderListCreateApi.as_view(), name="order-list"),
+    path("orders/<str:order_id>/", OrderDetailApi.as_view(), name="order-detail"),
+    path("orders/<str:order_id>/review/", OrderReviewDecideApi.as_view(), name="order-review"),
+    path("runs/<uuid:run_id>/", RunDetailApi.as_view(), name="run-detail"),
+]

@@ -1,0 +1,226 @@
+"""The intake API. Views translate HTTP to service calls (writes) and selector calls
+(reads) and back; no business rule lives here."""
+
+from typing import Any
+from uuid import UUID
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from orders.models import Order, OrderStatus
+from orders.schemas import OrderPayload
+from orders.selectors import order_get, orders_list, run_get_with_steps
+from orders.services import (
+    DECIDE_PERMISSION,
+    OrderConflictError,
+    ReviewError,
+    order_create,
+    review_decide,
+)
+
+from .serializers import (
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    ErrorOutputSerializer,
+    OrderCreateInputSerializer,
+    OrderListFilterSerializer,
+    OrderOutputSerializer,
+    ReviewDecisionInputSerializer,
+    RunOutputSerializer,
+)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class ConflictError(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state of the resource."
+    default_code = "conflict"
+
+
+class CanDecideFraudReview(BasePermission):
+    message = "You may not decide fraud reviews."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm(DECIDE_PERMISSION))
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(response=ErrorOutputSerializer, description=description)
+
+
+FIELD_ERRORS = OpenApiResponse(
+    response=OpenApiTypes.OBJECT,
+    description="Invalid input: each field maps to its list of error messages.",
+)
+UNAUTHENTICATED = _error("No valid token (`Authorization: Token <key>`).")
+THROTTLED = _error("Too many requests; retry after the `Retry-After` seconds.")
+ORDER_NOT_FOUND = _error("No order with that id.")
+
+
+def _order_response(request: Request, order: Order, code: int = status.HTTP_200_OK) -> Response:
+    data = OrderOutputSerializer(order, context={"request": request}).data
+    return Response(data, status=code)
+
+
+class OrderListCreateApi(GenericAPIView):
+    parser_classes = [JSONParser]
+
+    def get_queryset(self) -> QuerySet[Order]:
+        filters = OrderListFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return orders_list(status=filters.validated_data.get("status"))
+
+    @extend_schema(
+        operation_id="orders_list",
+        summary="List orders",
+        parameters=[
+            OpenApiParameter(
+                "status",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                enum=[choice.value for choice in OrderStatus],
+                description="Only orders in this status.",
+            )
+        ],
+        responses={
+            200: OrderOutputSerializer(many=True),
+            400: FIELD_ERRORS,
+            401: UNAUTHENTICATED,
+            429: THROTTLED,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        data = OrderOutputSerializer(page, many=True, context={"request": request}).data
+        return self.get_paginated_response(data)
+
+    @extend_schema(
+        operation_id="orders_create",
+        summary="Submit an order",
+        description=(
+            "Creates the order and starts its workflow. Repeating a request with the same "
+            "body (or the same `Idempotency-Key` and body) returns the existing order with "
+            "200 and starts nothing; the same order id or key with another body is a 409."
+        ),
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                required=False,
+                description=f"Client-chosen key, at most {IDEMPOTENCY_KEY_MAX_LENGTH} "
+                "characters, that makes retries safe.",
+            )
+        ],
+        request=OrderCreateInputSerializer,
+        responses={
+            201: OpenApiResponse(OrderOutputSerializer, description="Created; its run started."),
+            200: OpenApiResponse(OrderOutputSerializer, description="A repeat: existing order."),
+            400: FIELD_ERRORS,
+            401: UNAUTHENTICATED,
+            409: _error("The order id or idempotency key was used with another body."),
+            429: THROTTLED,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER, "").strip() or None
+        if idempotency_key and len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise exceptions.ValidationError(
+                {
+                    IDEMPOTENCY_HEADER: [
+                        f"Ensure this header has no more than {IDEMPOTENCY_KEY_MAX_LENGTH} "
+                        "characters."
+                    ]
+                }
+            )
+        serializer = OrderCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            order, created = order_create(
+                payload=OrderPayload(**serializer.validated_data),
+                idempotency_key=idempotency_key,
+            )
+        except OrderConflictError as exc:
+            raise ConflictError(str(exc)) from exc
+        order = order_get(order_id=order.order_id)
+        return _order_response(
+            request, order, status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class OrderDetailApi(APIView):
+    @extend_schema(
+        operation_id="orders_retrieve",
+        summary="Get an order",
+        responses={
+            200: OrderOutputSerializer,
+            401: UNAUTHENTICATED,
+            404: ORDER_NOT_FOUND,
+            429: THROTTLED,
+        },
+    )
+    def get(self, request: Request, order_id: str) -> Response:
+        return _order_response(request, order_get(order_id=order_id))
+
+
+class OrderReviewDecideApi(APIView):
+    permission_classes = [IsAuthenticated, CanDecideFraudReview]
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        operation_id="orders_review_decide",
+        summary="Approve or reject an order's fraud review",
+        description=(
+            "Needs the `orders.decide_fraud_review` permission. Resumes the order's "
+            "workflow; the response is the order as it is right after the decision."
+        ),
+        request=ReviewDecisionInputSerializer,
+        responses={
+            200: OrderOutputSerializer,
+            400: FIELD_ERRORS,
+            401: UNAUTHENTICATED,
+            403: _error("The user may not decide fraud reviews."),
+            404: ORDER_NOT_FOUND,
+            409: _error("Nothing to decide: no review, already decided, or expired."),
+            429: THROTTLED,
+        },
+    )
+    def post(self, request: Request, order_id: str) -> Response:
+        serializer = ReviewDecisionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        order = order_get(order_id=order_id)
+        decision: dict[str, Any] = serializer.validated_data
+        try:
+            review_decide(
+                order=order, approved=decision["approved"], note=decision["note"], by=request.user
+            )
+        except DjangoPermissionDenied as exc:
+            raise exceptions.PermissionDenied(str(exc)) from exc
+        except ReviewError as exc:
+            raise ConflictError(str(exc)) from exc
+        return _order_response(request, order_get(order_id=order_id))
+
+
+class RunDetailApi(APIView):
+    @extend_schema(
+        operation_id="runs_retrieve",
+        summary="Get a workflow run with its steps and waits",
+        responses={
+            200: RunOutputSerializer,
+            401: UNAUTHENTICATED,
+            404: _error("No run with that id."),
+            429: THROTTLED,
+        },
+    )
+    def get(self, request: Request, run_id: UUID) -> Response:
+        run = run_get_with_steps(run_id=run_id)
+        return Response(RunOutputSerializer(run).data)

@@ -1,0 +1,99 @@
+"""Reads of the orders domain: what the API (and any other reader) shows of orders, their
+runs and their fraud reviews. Writes live in `orders.services`."""
+
+from datetime import datetime
+from typing import TypedDict
+from uuid import UUID
+
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+
+from workflows.models import StepRecord, Wait, WorkflowRun
+
+from .models import EmailRecord, EmailStatus, FraudReview, Order
+from .services import order_review
+
+
+class ReviewInfo(TypedDict):
+    state: str
+    decided_by: str | None
+    decided_at: datetime | None
+    note: str
+    deadline: datetime
+
+
+def _orders() -> QuerySet[Order]:
+    # One query for the page, plus one for all its reviews: `email_sent` and the review
+    # would otherwise cost two queries per order.
+    return (
+        Order.objects.select_related("run")
+        .annotate(
+            email_sent_annotated=Exists(
+                EmailRecord.objects.filter(order=OuterRef("pk"), status=EmailStatus.SENT)
+            )
+        )
+        .prefetch_related(
+            Prefetch(
+                "run__waits",
+                queryset=FraudReview.objects.select_related("resumed_by"),
+                to_attr="fraud_reviews",
+            )
+        )
+    )
+
+
+def order_get(*, order_id: str) -> Order:
+    """The order with that client-chosen id, or `Http404` (a 404 in views and the API)."""
+    return get_object_or_404(_orders(), order_id=order_id)
+
+
+def orders_list(*, status: str | None = None) -> QuerySet[Order]:
+    """Orders, newest first, optionally only those in `status`; runs joined, reviews
+    prefetched, so that listing a page costs a constant number of queries."""
+    orders = _orders()
+    if status:
+        orders = orders.filter(status=status)
+    return orders
+
+
+def order_email_sent(order: Order) -> bool:
+    """Whether the confirmation went out, from the list's annotation when there is one."""
+    annotated = getattr(order, "email_sent_annotated", None)
+    return order.email_sent if annotated is None else bool(annotated)
+
+
+def run_get_with_steps(*, run_id: UUID | str) -> WorkflowRun:
+    """The run with its steps in execution order and its waits (with who resumed them),
+    loaded in three queries; `Http404` if there is no such run."""
+    runs = WorkflowRun.objects.prefetch_related(
+        Prefetch("steps", queryset=StepRecord.objects.order_by("position")),
+        Prefetch("waits", queryset=Wait.objects.select_related("resumed_by").order_by("position")),
+    )
+    try:
+        return runs.get(pk=run_id)
+    except (WorkflowRun.DoesNotExist, ValueError, TypeError) as exc:
+        raise Http404(f"No run {run_id}") from exc
+
+
+def _order_fraud_review(order: Order) -> FraudReview | None:
+    run = order.run
+    if run is not None and hasattr(run, "fraud_reviews"):
+        return run.fraud_reviews[0] if run.fraud_reviews else None
+    return order_review(order)
+
+
+def order_review_info(order: Order) -> ReviewInfo | None:
+    """The order's fraud review as clients see it, or None when the order never needed
+    one. Read from the run's wait (the review's only record), so it cannot disagree
+    with the suspended workflow."""
+    review = _order_fraud_review(order)
+    if review is None:
+        return None
+    return ReviewInfo(
+        state=str(review.state),
+        decided_by=review.resumed_by.get_username() if review.resumed_by else None,
+        decided_at=review.resumed_at,
+        note=review.note,
+        deadline=review.deadline,
+    )
