@@ -148,6 +148,11 @@ def bench_env(database_url: str, workers: int) -> dict[str, str]:
         "WORKFLOWS_EXTRA_MODULES": "bench.bench_workflows",
         "DATABASE_URL": database_url,
         "DATABASE_CONN_MAX_AGE": "600",
+        # Production settings: DEBUG's query log and cursor wrapper are not measured.
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-any-deployment-0123456789",
+        "LLM_PROVIDER": "simulated",
+        "PAYMENT_GATEWAY": "simulated",
         "Q_WORKERS": str(workers),
         "Q_SYNC": "0",
         "PYTHONUNBUFFERED": "1",

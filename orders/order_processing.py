@@ -29,6 +29,7 @@ from .services import (
     order_confirm,
     order_finish,
     order_refund,
+    order_register_run,
     order_review_open,
     order_snapshot,
 )
@@ -97,6 +98,7 @@ def _finish(
 @workflow(id=ORDER_WORKFLOW_ID, description="Charge, confirm, and hold large orders for review.")
 async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> OrderResult:
     amount = f"{payload.amount:.2f}"
+    await ctx.step.run("register_order", order_register_run, payload=payload, run_id=ctx.run_id)
     result = await ctx.step.agent_invoke_and_wait(
         "start_order",
         order_agent.with_input(

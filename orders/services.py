@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 from decimal import Decimal
+from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -92,6 +93,27 @@ def order_create(
             f"Order {existing.order_id} already exists with a different request body"
         )
     return existing, False
+
+
+def order_register_run(*, payload: OrderPayload, run_id: UUID) -> None:
+    """Make sure the run's order exists: a run started outside `order_create` (the
+    start-a-run page, another client of the engine) creates its order here."""
+    payload = payload.model_copy(update={"currency": payload.currency.lower()})
+    order, _ = Order.objects.get_or_create(
+        order_id=payload.order_id,
+        defaults={
+            "customer_id": payload.customer_id,
+            "customer_email": payload.customer_email,
+            "amount": payload.amount,
+            "currency": payload.currency,
+            "request_fingerprint": _fingerprint(payload),
+            "run_id": run_id,
+        },
+    )
+    if order.run_id != run_id:
+        raise NonRetryableError(
+            f"Order {payload.order_id} already exists and belongs to run {order.run_id}"
+        )
 
 
 def _order_find(*, order_id: str, idempotency_key: str | None) -> Order | None:

@@ -36,7 +36,8 @@ def test_small_order_is_charged_and_confirmed(queue_capture, place_order):
     assert message.to == ["ada@example.com"]
     assert "250.00 USD" in message.body and order.charge_id in message.body
     keys = list(StepRecord.objects.filter(run=order.run).values_list("key", flat=True))
-    assert keys[:5] == [
+    assert keys[:6] == [
+        "register_order",
         "start_order/llm/1",
         "start_order/tool/1/charge_stripe",
         "start_order/llm/2",
@@ -99,3 +100,25 @@ def test_decline_fails_the_order_without_email(queue_capture, place_order):
     assert order.run.status == RunStatus.COMPLETED
     assert order.status == "failed" and order.charge_id == ""
     assert "insufficient_funds" in order.failure_reason and mail.outbox == []
+
+
+def test_run_started_outside_the_api_creates_its_order(queue_capture):
+    from workflows import workflow_start
+
+    payload = {
+        "order_id": "from-form-1",
+        "customer_id": "cus_good",
+        "customer_email": "bo@example.com",
+        "amount": "99.50",
+    }
+    run = workflow_start("order_processing", payload)
+    assert queue_capture.drain() == ["completed"]
+    order = Order.objects.get(order_id="from-form-1")
+    assert order.run_id == run.id and order.status == "completed"
+
+    # The same order id in another run is refused rather than charged twice.
+    second = workflow_start("order_processing", payload)
+    assert queue_capture.drain() == ["failed"]
+    second.refresh_from_db()
+    assert "already exists and belongs to run" in second.error
+    assert len(mail.outbox) == 1
