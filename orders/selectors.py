@@ -1,15 +1,18 @@
 """Reads of the orders domain: what the API (and any other reader) shows of orders, their
 runs and their fraud reviews. Writes live in `orders.services`."""
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict
 from uuid import UUID
 
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django_q.brokers import get_broker
 
-from workflows.models import StepRecord, Wait, WorkflowRun
+from workflows.models import RunStatus, StepRecord, Wait, WorkflowRun
 
 from .models import EmailRecord, EmailStatus, FraudReview, Order
 from .services import order_review
@@ -72,7 +75,7 @@ def run_get_with_steps(*, run_id: UUID | str) -> WorkflowRun:
     )
     try:
         return runs.get(pk=run_id)
-    except (WorkflowRun.DoesNotExist, ValueError, TypeError) as exc:
+    except (WorkflowRun.DoesNotExist, ValueError, TypeError, DjangoValidationError) as exc:
         raise Http404(f"No run {run_id}") from exc
 
 
@@ -96,4 +99,31 @@ def order_review_info(order: Order) -> ReviewInfo | None:
         decided_at=review.resumed_at,
         note=review.note,
         deadline=review.deadline,
+    )
+
+
+@dataclass(frozen=True)
+class OpsOverview:
+    """What an operator checks first: is work piling up, is anything stuck or waiting."""
+
+    queue: str
+    queued_tasks: int
+    runs_by_status: dict[str, int]
+    pending_reviews: int
+    oldest_pending_review: FraudReview | None
+
+
+def ops_overview() -> OpsOverview:
+    broker = get_broker()
+    counts = dict.fromkeys(RunStatus.values, 0)
+    counts.update(
+        WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("id"))
+    )
+    pending = FraudReview.objects.pending()
+    return OpsOverview(
+        queue=broker.info(),
+        queued_tasks=broker.queue_size(),
+        runs_by_status=counts,
+        pending_reviews=pending.count(),
+        oldest_pending_review=pending.order_by("created_at").first(),
     )

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install into .venv and run the whole suite: lint, migrations check, pytest on SQLite,
-# then pytest again on PostgreSQL when one answers at $TEST_POSTGRES_URL.
+# Install into .venv and run the whole suite: lint and migrations checks, then pytest on
+# SQLite; again on PostgreSQL and the queue tests again on the Redis broker, when those
+# servers are installed (started here if they are not running); skipped, saying so,
+# when they are not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
@@ -8,9 +10,16 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 unset DATABASE_URL REDIS_URL
 
+# The browser tests drive Debian's Chromium; install it where this user can.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing Debian's chromium for the browser tests"
+  { apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; } \
+    >/dev/null 2>&1 || echo "   chromium could not be installed: the browser tests will skip"
+fi
+
 .venv/bin/ruff check .
-.venv/bin/python manage.py makemigrations --check --dry-run >/dev/null \
-  || { echo "models and migrations disagree: run makemigrations"; exit 1; }
+.venv/bin/python manage.py makemigrations --check --dry-run >/dev/null 2>&1 \
+  || { echo "models and migrations disagree: run manage.py makemigrations"; exit 1; }
 
 echo "== test suite on SQLite"
 .venv/bin/python -m pytest "$@"
@@ -20,5 +29,13 @@ if .venv/bin/python scripts/service_up.py postgres "$PG_URL"; then
   echo "== test suite on PostgreSQL ($PG_URL)"
   DATABASE_URL="$PG_URL" .venv/bin/python -m pytest "$@"
 else
-  echo "== PostgreSQL: SKIPPED (no server answers at $PG_URL)"
+  echo "== PostgreSQL: SKIPPED (not installed, or no server answers at $PG_URL)"
+fi
+
+REDIS_TEST_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
+if .venv/bin/python scripts/service_up.py redis "$REDIS_TEST_URL"; then
+  echo "== queue tests on the Redis broker ($REDIS_TEST_URL)"
+  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest -m qcluster "$@"
+else
+  echo "== Redis: SKIPPED (not installed, or no server answers at $REDIS_TEST_URL)"
 fi

@@ -8,5 +8,6 @@ urlpatterns = [
     path("orders/", OrderListCreateApi.as_view(), name="order-list"),
     path("orders/<str:order_id>/", OrderDetailApi.as_view(), name="order-detail"),
     path("orders/<str:order_id>/review/", OrderReviewDecideApi.as_view(), name="order-review"),
-    path("runs/<uuid:run_id>/", RunDetailApi.as_view(), name="run-detail"),
+    # A malformed id must get the API's JSON 404, not the URL resolver's HTML one.
+    path("runs/<str:run_id>/", RunDetailApi.as_view(), name="run-detail"),
 ]

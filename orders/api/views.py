@@ -2,7 +2,6 @@
 (reads) and back; no business rule lives here."""
 
 from typing import Any
-from uuid import UUID
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import QuerySet
@@ -73,6 +72,8 @@ def _order_response(request: Request, order: Order, code: int = status.HTTP_200_
 
 class OrderListCreateApi(GenericAPIView):
     parser_classes = [JSONParser]
+    # Used by OPTIONS (DRF's metadata) to describe the POST body.
+    serializer_class = OrderCreateInputSerializer
 
     def get_queryset(self) -> QuerySet[Order]:
         filters = OrderListFilterSerializer(data=self.request.query_params)
@@ -221,6 +222,6 @@ class RunDetailApi(APIView):
             429: THROTTLED,
         },
     )
-    def get(self, request: Request, run_id: UUID) -> Response:
+    def get(self, request: Request, run_id: str) -> Response:
         run = run_get_with_steps(run_id=run_id)
         return Response(RunOutputSerializer(run).data)

@@ -4,6 +4,7 @@ Step executions are counted in a file named by the payload (`journal`), one line
 execution, so that a count survives a worker killed with SIGKILL.
 """
 
+import os
 import time
 from pathlib import Path
 
@@ -133,3 +134,23 @@ async def memoized_values(ctx: WorkflowContext, payload: ApprovalInput) -> Appro
     return ApprovalOutput(
         approved=True, timed_out=False, resumed_by=None, prepared=Doubled(value=0)
     )
+
+
+class ExclusiveInput(BaseModel):
+    journal: str
+    steps: int = 4
+    step_seconds: float = 0.05
+
+
+@workflow(id="test.exclusive", description="Journals entering and leaving each step.")
+async def exclusive(ctx: WorkflowContext, payload: ExclusiveInput) -> CountingOutput:
+    for i in range(payload.steps):
+
+        def work(i: int = i) -> int:
+            journal_append(payload.journal, f"{os.getpid()} enter {i}")
+            time.sleep(payload.step_seconds)
+            journal_append(payload.journal, f"{os.getpid()} exit {i}")
+            return i
+
+        await ctx.step.run(f"step-{i}", work)
+    return CountingOutput(total=payload.steps)

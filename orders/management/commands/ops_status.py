@@ -1,0 +1,27 @@
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+from django.utils.timesince import timesince, timeuntil
+
+from orders.selectors import ops_overview
+
+
+class Command(BaseCommand):
+    help = "Show queue depth, runs by status and the oldest pending fraud review."
+
+    def handle(self, *args: object, **options: object) -> None:
+        overview = ops_overview()
+        self.stdout.write(f"queue ({overview.queue}): {overview.queued_tasks} task(s) waiting")
+        self.stdout.write(
+            "runs: " + ", ".join(f"{s} {n}" for s, n in overview.runs_by_status.items())
+        )
+        oldest = overview.oldest_pending_review
+        if oldest is None:
+            self.stdout.write("fraud reviews: none pending")
+            return
+        now = timezone.now()
+        left = timeuntil(oldest.deadline, now) if oldest.deadline > now else "expired"
+        self.stdout.write(
+            f"fraud reviews: {overview.pending_reviews} pending; oldest is order "
+            f"{oldest.data.get('order_id')}, waiting {timesince(oldest.created_at, now)}, "
+            f"{left} left"
+        )
