@@ -1,10 +1,21 @@
 import logging
+import os
+import sys
 from importlib import import_module
 
 from django.apps import AppConfig
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+SERVER_COMMANDS = {"runserver", "serve", "qcluster"}
+
+
+def _serves_requests_or_tasks() -> bool:
+    """Whether this process is a web server or a worker: only those announce which model
+    provider they use (one line at start-up, not one per management command)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return "gunicorn" in program or bool(SERVER_COMMANDS & set(sys.argv[1:2]))
 
 
 class WorkflowsConfig(AppConfig):
@@ -17,6 +28,8 @@ class WorkflowsConfig(AppConfig):
         # and every worker must see the same registry, so import them here.
         for module in getattr(settings, "WORKFLOWS_MODULES", []):
             import_module(module)
+        if not _serves_requests_or_tasks():
+            return
         if settings.LLM_PROVIDER == "simulated":
             reason = "asked for" if settings.OPENAI_API_KEY else "no OPENAI_API_KEY is set"
             logger.info("LLM provider: simulated (%s); agents use their stand-in models", reason)
