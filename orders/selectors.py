@@ -4,15 +4,12 @@ runs and their fraud reviews. Writes live in `orders.services`."""
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict
-from uuid import UUID
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
-from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django_q.brokers import get_broker
 
-from workflows.models import RunStatus, StepRecord, Wait, WorkflowRun
+from workflows.models import RunStatus, WorkflowRun
 
 from .models import EmailRecord, EmailStatus, FraudReview, Order
 from .services import order_review
@@ -64,19 +61,6 @@ def order_email_sent(order: Order) -> bool:
     """Whether the confirmation went out, from the list's annotation when there is one."""
     annotated = getattr(order, "email_sent_annotated", None)
     return order.email_sent if annotated is None else bool(annotated)
-
-
-def run_get_with_steps(*, run_id: UUID | str) -> WorkflowRun:
-    """The run with its steps in execution order and its waits (with who resumed them),
-    loaded in three queries; `Http404` if there is no such run."""
-    runs = WorkflowRun.objects.prefetch_related(
-        Prefetch("steps", queryset=StepRecord.objects.order_by("position")),
-        Prefetch("waits", queryset=Wait.objects.select_related("resumed_by").order_by("position")),
-    )
-    try:
-        return runs.get(pk=run_id)
-    except (WorkflowRun.DoesNotExist, ValueError, TypeError, DjangoValidationError) as exc:
-        raise Http404(f"No run {run_id}") from exc
 
 
 def _order_fraud_review(order: Order) -> FraudReview | None:

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from orders.models import Order, OrderStatus
 from orders.schemas import OrderPayload
-from orders.selectors import order_get, orders_list, run_get_with_steps
+from orders.selectors import order_get, orders_list
 from orders.services import (
     DECIDE_PERMISSION,
     OrderConflictError,
@@ -25,6 +25,7 @@ from orders.services import (
     order_create,
     review_decide,
 )
+from workflows.selectors import run_get_with_steps
 
 from .serializers import (
     IDEMPOTENCY_KEY_MAX_LENGTH,

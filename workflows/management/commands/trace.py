@@ -7,10 +7,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Model, Prefetch
+from django.db.models import Model
+from django.http import Http404
 from django.utils import timezone
 
 from workflows.models import StepKind, StepRecord, StepStatus, Wait, WorkflowRun
+from workflows.selectors import run_get_with_steps
 
 ABRIDGE = 60
 # An agent's model and tool calls: `<agent key>/llm/<n>`, `<agent key>/tool/<n>/<name>`.
@@ -26,13 +28,9 @@ def run_id_parse(value: str) -> uuid.UUID:
 
 def run_with_history(value: str) -> WorkflowRun:
     """The run with its steps and waits in position order, or a one-line CommandError."""
-    runs = WorkflowRun.objects.prefetch_related(
-        Prefetch("steps", queryset=StepRecord.objects.order_by("position")),
-        Prefetch("waits", queryset=Wait.objects.select_related("resumed_by").order_by("position")),
-    )
     try:
-        return runs.get(pk=run_id_parse(value))
-    except WorkflowRun.DoesNotExist:
+        return run_get_with_steps(run_id=run_id_parse(value))
+    except Http404:
         raise CommandError(f"No run {value}") from None
 
 

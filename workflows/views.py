@@ -1,0 +1,282 @@
+"""The staff console: runs, a run's trace, the registered workflows and agents, and a
+form to start a run. Views stay thin: reads live in `selectors`, writes in `services`.
+
+Linking a suspended run to the page where its wait is decided
+-------------------------------------------------------------
+`workflows` knows nothing of the apps that suspend runs, so the trace page asks
+`WAIT_LINKS`, a registry keyed by wait key, for a link to wherever a wait is decided.
+Another app registers into it, typically from its `AppConfig.ready()`::
+
+    from django.urls import reverse
+    from workflows.views import WAIT_LINKS
+
+    WAIT_LINKS["fraud_review"] = lambda wait: reverse(
+        "admin:orders_fraudreview_change", args=[wait.pk]
+    )
+
+The callable receives the `Wait` and returns a URL, or None for no link. The link is
+labelled after the key ("Open the fraud review"). A callable that raises is logged
+and skipped: the trace page never breaks because of it.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.timesince import timeuntil
+from django.views.decorators.http import require_http_methods
+
+from .agents import agents_all
+from .errors import PayloadError, UnknownWorkflowError
+from .forms import WorkflowStartForm
+from .models import RunStatus, Wait, WorkflowRun
+from .registry import WorkflowDefinition, workflow_get, workflows_all
+from .selectors import (
+    LIVE_RUN_STATUSES,
+    RunTrace,
+    ago_text,
+    duration_text,
+    pretty_json,
+    run_status_counts,
+    run_trace,
+    run_workflow_ids,
+    runs_list,
+    schema_example,
+    schema_fields,
+    usage_total,
+)
+from .services import workflow_start
+
+logger = logging.getLogger(__name__)
+
+WaitLink = Callable[[Wait], str | None]
+WAIT_LINKS: dict[str, WaitLink] = {}
+"""Wait key → callable giving the URL where such a wait is decided (see above)."""
+
+RUNS_PER_PAGE = 50
+STATUS_FILTERS = ["all", *(s.value for s in RunStatus)]
+
+
+def _is_fragment(request: HttpRequest) -> bool:
+    return request.GET.get("fragment") == "1"
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRow:
+    run: WorkflowRun
+
+    @property
+    def short_id(self) -> str:
+        return str(self.run.id)[:8]
+
+    @property
+    def duration(self) -> str:
+        run = self.run
+        if run.started_at is None:
+            return "—"
+        end = run.finished_at or timezone.now()
+        return duration_text((end - run.started_at).total_seconds())
+
+    @property
+    def unfinished(self) -> bool:
+        return self.run.finished_at is None
+
+    @property
+    def created_ago(self) -> str:
+        return ago_text(self.run.created_at)
+
+    @property
+    def tokens(self) -> int:
+        return usage_total(self.run.usage)
+
+
+@staff_member_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    status = status if status in STATUS_FILTERS and status != "all" else ""
+    workflow_id = request.GET.get("workflow", "").strip()
+    search = request.GET.get("q", "").strip()
+
+    runs = runs_list(status=status, workflow_id=workflow_id, search=search)
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    rows = [RunRow(run) for run in page.object_list]
+    counts = run_status_counts(workflow_id=workflow_id, search=search)
+
+    def query(**changes: str) -> str:
+        params = request.GET.copy()
+        params.pop("fragment", None)
+        for name, value in changes.items():
+            if value:
+                params[name] = value
+            else:
+                params.pop(name, None)
+        encoded = params.urlencode()
+        return f"?{encoded}" if encoded else "?"
+
+    context = {
+        "rows": rows,
+        "page": page,
+        "status": status or "all",
+        "status_chips": [
+            {
+                "value": value,
+                "count": counts.get(value, 0),
+                "url": query(status="" if value == "all" else value, page=""),
+                "active": value == (status or "all"),
+            }
+            for value in STATUS_FILTERS
+        ],
+        "workflow_id": workflow_id,
+        "workflow_ids": sorted({*run_workflow_ids(), *(d.id for d in workflows_all())}),
+        "search": search,
+        "is_live": any(row.run.status in LIVE_RUN_STATUSES for row in rows),
+        "prev_url": query(page=str(page.previous_page_number())) if page.has_previous() else "",
+        "next_url": query(page=str(page.next_page_number())) if page.has_next() else "",
+        "filtered": bool(status or workflow_id or search),
+    }
+    template = "workflows/_run_results.html" if _is_fragment(request) else "workflows/run_list.html"
+    return render(request, template, context)
+
+
+def _wait_link(wait: Wait) -> dict[str, str] | None:
+    make = WAIT_LINKS.get(wait.key)
+    if make is None:
+        return None
+    try:
+        url = make(wait)
+    except Exception:
+        logger.exception("WAIT_LINKS[%r] failed for wait %s", wait.key, wait.pk)
+        return None
+    if not url:
+        return None
+    return {"url": url, "label": f"Open the {wait.key.replace('_', ' ')}"}
+
+
+def _time_left(wait: Wait) -> str:
+    now = timezone.now()
+    if wait.deadline <= now:
+        return "deadline passed"
+    return timeuntil(wait.deadline, now, depth=2)
+
+
+def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
+    run = trace.run
+    selected = trace.step(request.GET.get("step")) or trace.default_step()
+    open_wait = trace.open_wait
+    duration = None
+    if run.started_at:
+        end = run.finished_at or timezone.now()
+        duration = duration_text((end - run.started_at).total_seconds())
+    return {
+        "trace": trace,
+        "run": run,
+        "selected": selected,
+        "duration": duration,
+        "tokens": usage_total(run.usage),
+        "input_json": pretty_json(run.input),
+        "output_json": pretty_json(run.output) if run.output is not None else "",
+        "admin_url": reverse("admin:workflows_workflowrun_change", args=[run.pk]),
+        "open_wait": open_wait,
+        "open_wait_json": pretty_json(open_wait.data) if open_wait else "",
+        "open_wait_time_left": _time_left(open_wait) if open_wait else "",
+        "open_wait_link": _wait_link(open_wait) if open_wait else None,
+        "is_live": trace.is_live,
+    }
+
+
+@staff_member_required
+def run_detail(request: HttpRequest, run_id: UUID) -> HttpResponse:
+    trace = run_trace(run_id=run_id)
+    context = _trace_context(request, trace)
+    fragment = request.GET.get("fragment")
+    if fragment == "detail":
+        return render(request, "workflows/_step_detail.html", context)
+    if fragment == "1":
+        return render(request, "workflows/_run_trace.html", context)
+    return render(request, "workflows/run_detail.html", context)
+
+
+# --- workflows and agents ----------------------------------------------------------------
+
+
+def _workflow_entry(definition: WorkflowDefinition) -> dict[str, Any]:
+    return {
+        "id": definition.id,
+        "description": definition.description,
+        "input_name": definition.input_model.__name__,
+        "input_fields": schema_fields(definition.input_model),
+        "output_name": definition.output_model.__name__ if definition.output_model else "None",
+        "output_fields": schema_fields(definition.output_model),
+        "start_url": reverse("workflows:workflow_start", args=[definition.id]),
+    }
+
+
+@staff_member_required
+def workflow_list(request: HttpRequest) -> HttpResponse:
+    agents = [
+        {
+            "agent": agent,
+            "provider_text": (
+                agent.provider
+                if agent.provider == agent.effective_provider
+                else f"{agent.provider} → {agent.effective_provider}"
+            ),
+            "simulated": agent.effective_provider == "simulated",
+            "tools": [
+                {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "input_name": tool.input_model.__name__,
+                    "fields": schema_fields(tool.input_model),
+                }
+                for tool in agent.tools.values()
+            ],
+            "output_name": agent.output_schema.__name__ if agent.output_schema else "text",
+        }
+        for agent in agents_all()
+    ]
+    return render(
+        request,
+        "workflows/workflow_list.html",
+        {"workflows": [_workflow_entry(d) for d in workflows_all()], "agents": agents},
+    )
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def workflow_start_view(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    try:
+        definition = workflow_get(workflow_id)
+    except UnknownWorkflowError as exc:
+        raise Http404(str(exc)) from exc
+
+    if request.method == "POST":
+        form = WorkflowStartForm(request.POST)
+        if form.is_valid():
+            try:
+                run = workflow_start(workflow_id, form.cleaned_data["payload"])
+            except PayloadError as exc:
+                form.add_payload_errors(exc.errors)
+            else:
+                return redirect("workflows:run_detail", run_id=run.id)
+    else:
+        example = json.dumps(schema_example(definition.input_model), indent=2, default=str)
+        form = WorkflowStartForm(initial={"payload": example})
+
+    return render(
+        request,
+        "workflows/workflow_start.html",
+        {"workflow": _workflow_entry(definition), "form": form},
+    )
