@@ -145,13 +145,13 @@ class ReviewStateFilter(admin.SimpleListFilter):
 class FraudReviewAdmin(admin.ModelAdmin):
     list_display = (
         "order_column",
-        "customer_column",
-        "amount_column",
-        "charge_column",
-        "waiting_since",
-        "time_left_column",
-        "message_column",
         "state_column",
+        "amount_column",
+        "customer_column",
+        "time_left_column",
+        "waiting_since",
+        "message_column",
+        "charge_column",
     )
     list_display_links = ("order_column",)
     list_filter = (ReviewStateFilter,)
@@ -227,7 +227,7 @@ class FraudReviewAdmin(admin.ModelAdmin):
 
     @admin.display(description="agent's message")
     def message_column(self, review: FraudReview) -> str:
-        return Truncator(review.data.get("message") or EMPTY).chars(90)
+        return Truncator(review.data.get("message") or EMPTY).chars(60)
 
     @admin.display(description="state", ordering="status")
     def state_column(self, review: FraudReview) -> str:
