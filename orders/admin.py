@@ -141,8 +141,25 @@ class ReviewStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReadOnlyForReviewersMixin:
+    """Records nobody adds or edits here, which fraud reviewers may view without holding
+    the model's view permission (their group holds only the decide permission)."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or can_decide(request)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or can_decide(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(FraudReview)
-class FraudReviewAdmin(admin.ModelAdmin):
+class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     list_display = (
         "order_column",
         "state_column",
@@ -165,18 +182,6 @@ class FraudReviewAdmin(admin.ModelAdmin):
 
     def has_decide_permission(self, request: HttpRequest) -> bool:
         return can_decide(request)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return super().has_view_permission(request, obj) or can_decide(request)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return super().has_module_permission(request) or can_decide(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -415,7 +420,7 @@ class EmailRecordInline(admin.TabularInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     list_display = (
         "order_id",
         "customer_id",
@@ -451,18 +456,6 @@ class OrderAdmin(admin.ModelAdmin):
         ("Record", {"fields": ("run", "idempotency_key", "created_at", "updated_at")}),
     )
     readonly_fields = flatten_fieldsets(fieldsets)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return super().has_view_permission(request, obj) or can_decide(request)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return super().has_module_permission(request) or can_decide(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

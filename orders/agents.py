@@ -148,6 +148,17 @@ def _answer(
     )
 
 
+def _confirmation_call(order: dict[str, str]) -> SimulatedTurn:
+    return SimulatedTurn(
+        tool_calls=[
+            (
+                "send_confirmation_email",
+                {"email": order["email"], "order_id": order["order_id"], "amount": order["amount"]},
+            )
+        ]
+    )
+
+
 @simulated_model("order_agent")
 def simulated_order_agent(messages: list[dict[str, Any]], request: ModelRequest) -> SimulatedTurn:
     """Follows the system prompt's RULES on the conversation it is given."""
@@ -158,18 +169,7 @@ def simulated_order_agent(messages: list[dict[str, Any]], request: ModelRequest)
         order = approved.groupdict()
         email = results.get("send_confirmation_email")
         if email is None:
-            return SimulatedTurn(
-                tool_calls=[
-                    (
-                        "send_confirmation_email",
-                        {
-                            "email": order["email"],
-                            "order_id": order["order_id"],
-                            "amount": order["amount"],
-                        },
-                    )
-                ]
-            )
+            return _confirmation_call(order)
         if "error" in email:
             return _answer("email", f"Could not send the confirmation: {email['error']}")
         return _answer(
@@ -210,18 +210,7 @@ def simulated_order_agent(messages: list[dict[str, Any]], request: ModelRequest)
         )
     email = results.get("send_confirmation_email")
     if email is None:
-        return SimulatedTurn(
-            tool_calls=[
-                (
-                    "send_confirmation_email",
-                    {
-                        "email": order["email"],
-                        "order_id": order["order_id"],
-                        "amount": order["amount"],
-                    },
-                )
-            ]
-        )
+        return _confirmation_call(order)
     if "error" in email:
         return _answer(
             "email",

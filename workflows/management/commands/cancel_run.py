@@ -1,32 +1,10 @@
-import uuid
-from typing import Any
-
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-
-from workflows.errors import RunStateError
-from workflows.models import WorkflowRun
+from workflows.management.run_command import RunStateCommand
 from workflows.services import run_cancel
 
 
-class Command(BaseCommand):
+class Command(RunStateCommand):
     help = (
         "Cancel a pending, running or suspended run and its open waits. A worker "
         "executing it stops at its next step commit."
     )
-
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("run_id", help="The run's id (a UUID).")
-
-    def handle(self, *args: Any, **options: Any) -> None:
-        value = options["run_id"]
-        try:
-            run_id = uuid.UUID(value)
-        except ValueError:
-            raise CommandError(f"{value!r} is not a run id (a UUID)") from None
-        try:
-            run = run_cancel(run_id)
-        except WorkflowRun.DoesNotExist:
-            raise CommandError(f"No run {value}") from None
-        except RunStateError as exc:
-            raise CommandError(str(exc)) from None
-        self.stdout.write(f"run {run.id} ({run.workflow_id}) is now {run.status}")
+    operation = run_cancel
