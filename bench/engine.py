@@ -344,9 +344,11 @@ def _sql_shape(sql: str) -> str:
     if not words:
         return ""
     verb = words[0].upper()
-    for marker in ("FROM", "INTO", "UPDATE"):
-        if marker in words[:-1]:
-            return f"{verb} {words[words.index(marker) + 1]}"
+    # The verb's own table: INSERT INTO t, UPDATE t, SELECT .. FROM t (the first FROM:
+    # the step insert's fence subquery names the run table later in the statement).
+    marker = {"INSERT": "INTO", "UPDATE": "UPDATE"}.get(verb, "FROM")
+    if marker in words[:-1]:
+        return f"{verb} {words[words.index(marker) + 1]}"
     return " ".join(words[:2])
 
 

@@ -353,7 +353,7 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             "state_badge": state_badge(review),
             "time_left": time_left(review),
             "trace": agent_trace(review.run_id),
-            "trace_url": f"/runs/{review.run_id}/",
+            "trace_url": reverse("workflows:run_detail", args=[review.run_id]),
             "decided": review.status == WaitStatus.RESUMED,
             "deadline_passed": review.status == WaitStatus.WAITING and not review.is_open,
             "can_decide": review.is_open and self.has_decide_permission(request),

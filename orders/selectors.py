@@ -100,9 +100,7 @@ class OpsOverview:
 def ops_overview() -> OpsOverview:
     broker = get_broker()
     counts = dict.fromkeys(RunStatus.values, 0)
-    counts.update(
-        WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("id"))
-    )
+    counts.update(WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("id")))
     pending = FraudReview.objects.pending()
     return OpsOverview(
         queue=broker.info(),

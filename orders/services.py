@@ -38,6 +38,7 @@ from .schemas import OrderPayload, OrderSnapshot
 logger = logging.getLogger(__name__)
 
 DECIDE_PERMISSION = "orders.decide_fraud_review"
+REVIEW_NOTE_MAX_LENGTH = 1000
 
 
 class OrderConflictError(Exception):
@@ -275,6 +276,11 @@ def review_decide(
     """
     if not by.has_perm(DECIDE_PERMISSION):
         raise PermissionDenied(f"{by.get_username()} may not decide fraud reviews")
+    note = note.strip()
+    if len(note) > REVIEW_NOTE_MAX_LENGTH:
+        raise ReviewError(f"The note is too long (at most {REVIEW_NOTE_MAX_LENGTH} characters)")
+    if "\x00" in note:
+        raise ReviewError("The note contains a NUL character")
     try:
         run_resume(order.run_id, FRAUD_REVIEW_KEY, {"approved": approved, "note": note}, by=by)
     except WaitNotFoundError:

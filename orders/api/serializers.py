@@ -123,8 +123,9 @@ class OrderOutputSerializer(serializers.Serializer):
         return {
             "self": request.build_absolute_uri(order_url),
             "run": request.build_absolute_uri(run_url),
-            # The trace page is served outside the API, at a fixed path.
-            "trace": f"/runs/{order.run_id}/",
+            "trace": request.build_absolute_uri(
+                reverse("workflows:run_detail", args=[order.run_id])
+            ),
         }
 
 

@@ -80,7 +80,7 @@ def test_create_returns_201_with_the_order_and_starts_its_run(api, queue_capture
         "links": {
             "self": "http://testserver/api/orders/ord-1/",
             "run": f"http://testserver/api/runs/{run_id}/",
-            "trace": f"/runs/{run_id}/",
+            "trace": f"http://testserver/runs/{run_id}/",
         },
     }
     assert body["created_at"] and body["updated_at"]

@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.urls import reverse
 from django.utils import timezone
 
 from orders.models import Order, OrderStatus
@@ -243,7 +244,7 @@ class Command(BaseCommand):
                     decision,
                     order.charge_id or "—",
                     "yes" if order_email_sent(order) else "no",
-                    f"{base_url.rstrip('/')}/runs/{order.run_id}/",
+                    base_url.rstrip("/") + reverse("workflows:run_detail", args=[order.run_id]),
                 ]
             )
         headers = ["order", "amount", "outcome", "review", "charge id", "email", "trace"]

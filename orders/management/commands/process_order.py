@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
+from django.urls import reverse
 
 from orders.api.serializers import OrderCreateInputSerializer
 from orders.models import Order
@@ -107,7 +108,7 @@ class Command(BaseCommand):
                 ("order", f"{order.order_id} ({news})"),
                 ("status", order.status),
                 ("run", str(order.run_id)),
-                ("trace", f"/runs/{order.run_id}/"),
+                ("trace", reverse("workflows:run_detail", args=[order.run_id])),
             ]
         )
         if not options["wait"]:
