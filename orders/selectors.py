@@ -2,11 +2,12 @@
 runs and their fraud reviews. Writes live in `orders.services`."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypedDict
 
 from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from django_q.brokers import get_broker
 
 from workflows.models import RunStatus, WorkflowRun
@@ -95,6 +96,7 @@ class OpsOverview:
     runs_by_status: dict[str, int]
     pending_reviews: int
     oldest_pending_review: FraudReview | None
+    confirmations_in_doubt: list[str]
 
 
 def ops_overview() -> OpsOverview:
@@ -108,4 +110,10 @@ def ops_overview() -> OpsOverview:
         runs_by_status=counts,
         pending_reviews=pending.count(),
         oldest_pending_review=pending.order_by("created_at").first(),
+        # A claim older than a minute is no send in progress: its worker died.
+        confirmations_in_doubt=list(
+            EmailRecord.objects.filter(
+                status=EmailStatus.SENDING, created_at__lt=timezone.now() - timedelta(minutes=1)
+            ).values_list("order__order_id", flat=True)
+        ),
     )

@@ -19,19 +19,22 @@ from workflows import (
     WaitExpiredError,
     WaitNotFoundError,
     run_resume,
+    run_retry,
     workflow_start,
 )
+from workflows.models import RunStatus, WorkflowRun
 
 from .models import (
     FRAUD_REVIEW_KEY,
     ORDER_WORKFLOW_ID,
     EmailRecord,
+    EmailStatus,
     FraudReview,
     Order,
     OrderStatus,
     ReviewState,
 )
-from .notifications import order_confirmation_send
+from .notifications import CONFIRMATION, order_confirmation_send
 from .payments import Charge, PaymentDeclinedError, payment_gateway
 from .schemas import OrderPayload, OrderSnapshot
 
@@ -47,6 +50,10 @@ class OrderConflictError(Exception):
 
 class OrderMismatchError(NonRetryableError):
     """A tool was asked to act on something other than the run's own order."""
+
+
+class ConfirmationNotUncertainError(Exception):
+    """There is no confirmation email in doubt for this order."""
 
 
 class ReviewError(Exception):
@@ -264,6 +271,26 @@ def order_finish(
         fraud_approved=fraud_approved,
         updated_at=timezone.now(),
     )
+
+
+def order_confirmation_resolve(*, order: Order, sent: bool) -> WorkflowRun | None:
+    """Settle a confirmation left uncertain by a dead worker (see
+    `ConfirmationUncertainError`): `sent=True` records it as sent (the mail log shows it
+    left), `sent=False` releases the claim so it is sent again. The order's failed run,
+    if any, is then retried from its last completed step."""
+    updated = EmailRecord.objects.filter(order=order, kind=CONFIRMATION, status=EmailStatus.SENDING)
+    if sent:
+        settled = updated.update(status=EmailStatus.SENT, sent_at=timezone.now())
+    else:
+        settled = updated.delete()[0]
+    if not settled:
+        raise ConfirmationNotUncertainError(f"Order {order.order_id} has no confirmation in doubt")
+    if (
+        order.run_id
+        and WorkflowRun.objects.filter(pk=order.run_id, status=RunStatus.FAILED).exists()
+    ):
+        return run_retry(order.run_id)
+    return None
 
 
 def review_decide(

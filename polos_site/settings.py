@@ -193,9 +193,9 @@ else:
 # Modules imported at start-up so that their @workflow functions are registered.
 WORKFLOWS_MODULES = ["orders.order_processing", *env_list("WORKFLOWS_EXTRA_MODULES", [])]
 WORKFLOWS_LEASE_SECONDS = env_int("WORKFLOWS_LEASE_SECONDS", 60)
-# A pending run not picked up within this many seconds is queued again by the reaper
-# (its task was lost between commit and a broker outside the database).
-WORKFLOWS_PENDING_REQUEUE_SECONDS = env_int("WORKFLOWS_PENDING_REQUEUE_SECONDS", 600)
+# A run pending this long while the queue is empty lost its task (a killed cluster held
+# it); the reaper queues it again.
+WORKFLOWS_PENDING_REQUEUE_SECONDS = env_int("WORKFLOWS_PENDING_REQUEUE_SECONDS", 60)
 
 # --- Model provider -------------------------------------------------------------------
 # `openai` speaks Chat Completions through the official SDK to OPENAI_BASE_URL (OpenAI,

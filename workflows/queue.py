@@ -35,6 +35,11 @@ def run_enqueue(run_id: UUID | str) -> None:
         transaction.on_commit(functools.partial(_send, str(run_id)))
 
 
+def queue_depth() -> int:
+    """Tasks waiting to be handed to a worker (not counting those a cluster holds)."""
+    return _broker().queue_size()
+
+
 def _send(run_id: str) -> None:
     async_task(EXECUTE_TASK, run_id, task_name=f"run {run_id}", broker=_broker())
     logger.debug("queued run %s", run_id)

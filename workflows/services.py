@@ -32,7 +32,7 @@ from .models import (
     WaitStatus,
     WorkflowRun,
 )
-from .queue import run_enqueue
+from .queue import queue_depth, run_enqueue
 from .registry import workflow_get
 
 logger = logging.getLogger(__name__)
@@ -215,29 +215,31 @@ def run_retry(run_id: UUID | str) -> WorkflowRun:
 
 
 def runs_reap(*, now: datetime | None = None) -> list[UUID]:
-    """Re-queue runs whose worker died: `running` with an expired lease, and `pending`
-    runs whose task never reached a worker (only possible with a broker outside the
-    database). Returns the ids re-queued."""
+    """Re-queue runs whose worker died. Returns the ids re-queued.
+
+    - `running` with an expired lease: the worker died mid-segment.
+    - `pending` for longer than WORKFLOWS_PENDING_REQUEUE_SECONDS while the queue has
+      nothing left to hand out: the run's task was lost. A cluster takes several tasks
+      at a time, so a cluster killed with SIGKILL takes its unstarted tasks with it
+      (django-q2 hands them out again only after its `retry`, 12 minutes); with a broker
+      outside the database, a task can also be lost between commit and send. While the
+      queue still holds tasks, a pending run is simply waiting its turn.
+    """
     now = now or timezone.now()
     stale_pending = now - timedelta(seconds=settings.WORKFLOWS_PENDING_REQUEUE_SECONDS)
+    lost = Q(status=RunStatus.PENDING, updated_at__lt=stale_pending)
+    dead = Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+    candidates = list(WorkflowRun.objects.filter(dead | lost).values_list("pk", flat=True))
+    pending_tasks_lost = bool(candidates) and queue_depth() == 0
     requeued = []
-    candidates = list(
-        WorkflowRun.objects.filter(
-            Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
-            | Q(status=RunStatus.PENDING, updated_at__lt=stale_pending)
-        ).values_list("pk", flat=True)
-    )
     for run_id in candidates:
         with transaction.atomic():
-            expired_lease = WorkflowRun.objects.filter(
-                pk=run_id, status=RunStatus.RUNNING, lease_expires_at__lt=now
-            ).update(
+            revived = WorkflowRun.objects.filter(dead, pk=run_id).update(
                 status=RunStatus.PENDING, lease_owner="", lease_expires_at=None, updated_at=now
             )
-            stale = WorkflowRun.objects.filter(
-                pk=run_id, status=RunStatus.PENDING, updated_at__lt=stale_pending
-            ).update(updated_at=now)
-            if expired_lease or stale:
+            if not revived and pending_tasks_lost:
+                revived = WorkflowRun.objects.filter(lost, pk=run_id).update(updated_at=now)
+            if revived:
                 run_enqueue(run_id)
                 requeued.append(run_id)
     if requeued:

@@ -334,3 +334,18 @@ def test_reaper_requeues_expired_lease_and_completed_steps_are_kept(queue_captur
     assert queue_capture.drain() == ["completed"]
     assert journal_lines(journal) == ["step-1", "step-2"]
     assert runs_reap() == []
+
+
+def test_reaper_requeues_pending_runs_whose_task_was_lost(queue_capture, monkeypatch):
+
+    run = workflow_start("test.counting", {"steps": 1})
+    queue_capture.sent.clear()  # the task went to a cluster that was then killed
+    long_ago = timezone.now() - timedelta(minutes=5)
+    WorkflowRun.objects.filter(pk=run.id).update(updated_at=long_ago)
+
+    monkeypatch.setattr("workflows.services.queue_depth", lambda: 3)
+    assert runs_reap() == []  # other tasks are still queued: it is waiting its turn
+
+    monkeypatch.setattr("workflows.services.queue_depth", lambda: 0)
+    assert runs_reap() == [run.id]
+    assert queue_capture.drain() == ["completed"]

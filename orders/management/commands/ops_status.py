@@ -14,6 +14,11 @@ class Command(BaseCommand):
         self.stdout.write(
             "runs: " + ", ".join(f"{s} {n}" for s, n in overview.runs_by_status.items())
         )
+        if overview.confirmations_in_doubt:
+            self.stdout.write(
+                "confirmations in doubt (see `resolve_confirmation`): "
+                + ", ".join(overview.confirmations_in_doubt)
+            )
         oldest = overview.oldest_pending_review
         if oldest is None:
             self.stdout.write("fraud reviews: none pending")

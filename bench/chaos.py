@@ -1,0 +1,702 @@
+#!/usr/bin/env python
+"""Chaos run of the order flow: orders through real qcluster processes SIGKILLed at random.
+
+    python bench/chaos.py [--orders N=500] [--kills K=10] [--seed S] [--workers W=2]
+                          [--database-url URL] [--model-latency SECONDS=0.05]
+                          [--timeout S=600]
+
+It owns everything it uses: its database (a temp SQLite file, or a database `bench_chaos`
+created, and dropped at the end, on the PostgreSQL server of `--database-url`; the
+database named in the URL is only used to issue CREATE/DROP DATABASE), a local
+Stripe-compatible server and a local SMTP server (from `tests/support`), and the qcluster
+processes. Orders go in through `orders.services.order_create` in K+1 waves; after each
+of the first K waves the whole cluster (sentinel and workers) is SIGKILLed at a random
+moment, a new one is started with a 2 s lease, and once the dead leases have expired the
+runs are reaped from here. Large orders are approved or rejected (`review_decide`) as they
+reach their review. At the end it prints the invariants and exits 1 if one is broken
+(2 on a setup error). See bench/README.md, section "Chaos".
+"""
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_DATABASE = "bench_chaos"
+LEASE_SECONDS = 2
+# A killed cluster takes with it the tasks its pusher had dequeued from the ORM broker;
+# the reaper re-queues such runs once pending this long while the queue is empty.
+PENDING_REQUEUE_SECONDS = 3
+_T0 = time.monotonic()
+
+
+class ChaosError(Exception):
+    """A setup failure reported as one line, exit status 2."""
+
+
+def log(message: str) -> None:
+    print(f"[chaos {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=500, help="orders submitted")
+    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs of the whole cluster")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the schedule (random)")
+    parser.add_argument("--workers", type=int, default=2, help="Q_WORKERS of each qcluster")
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="sqlite (default: a temp file) or postgres://... (bench_chaos is created there)",
+    )
+    parser.add_argument(
+        "--model-latency", type=float, default=0.05, help="seconds per simulated model call"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600, help="seconds for the orders to settle at the end"
+    )
+    args = parser.parse_args(argv)
+    if args.orders < 10 or args.kills < 0 or args.workers < 1:
+        parser.error("--orders must be at least 10, --kills at least 0, --workers at least 1")
+    if args.seed is None:
+        args.seed = random.randrange(2**32)
+    return args
+
+
+# -- the database, the servers and the clusters this run owns ----------------------------
+
+
+def _display_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
+
+
+class ChaosDatabase:
+    def __init__(self, url: str) -> None:
+        self.source_url = url
+        scheme = urlsplit(url).scheme if url else "sqlite"
+        self.is_postgres = scheme in {"postgres", "postgresql", "pgsql"}
+        if not self.is_postgres and scheme != "sqlite":
+            raise ChaosError(f"unsupported --database-url scheme {scheme!r} (sqlite or postgres)")
+        self.sqlite_path = Path(tempfile.gettempdir()) / f"bench-chaos-{os.getpid()}.sqlite3"
+        self.url = ""
+
+    def _admin(self, *statements: str) -> None:
+        import psycopg
+
+        parts = urlsplit(self.source_url)
+        if parts.path.lstrip("/") in {"", PG_DATABASE}:
+            parts = parts._replace(path="/postgres")
+        conninfo = urlunsplit(parts._replace(scheme="postgresql"))
+        try:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
+                for statement in statements:
+                    connection.execute(statement)
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ChaosError(
+                f"PostgreSQL unreachable at {_display_url(self.source_url)}: {reason}"
+            ) from None
+
+    def create(self) -> str:
+        if self.is_postgres:
+            self._admin(
+                f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)",
+                f"CREATE DATABASE {PG_DATABASE}",
+            )
+            self.url = urlunsplit(urlsplit(self.source_url)._replace(path=f"/{PG_DATABASE}"))
+        else:
+            self._remove_sqlite_files()
+            self.url = f"sqlite:///{self.sqlite_path}"
+        return self.url
+
+    def drop(self) -> None:
+        if not self.url:
+            return
+        if self.is_postgres:
+            with contextlib.suppress(ChaosError):
+                self._admin(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
+        else:
+            self._remove_sqlite_files()
+
+    def _remove_sqlite_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.sqlite_path}{suffix}").unlink()
+
+
+def cluster_env(args: argparse.Namespace, database_url: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "polos_site.settings",
+        "DATABASE_URL": database_url,
+        "DATABASE_CONN_MAX_AGE": "600",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "chaos-only-secret-key-not-for-any-deployment-0123456789",
+        "LLM_PROVIDER": "simulated",
+        "SIMULATED_MODEL_LATENCY": str(args.model_latency),
+        "PAYMENT_GATEWAY": "stripe",
+        "STRIPE_API_KEY": "sk_test_local",
+        "Q_WORKERS": str(args.workers),
+        "Q_SYNC": "0",
+        "WORKFLOWS_LEASE_SECONDS": str(LEASE_SECONDS),
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("REDIS_URL", "WORKFLOWS_EXTRA_MODULES", "TEST_SQLITE_PATH"):
+        env.pop(name, None)  # the ORM broker on this database; only the order workflow
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    try:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        raise ChaosError("manage.py migrate took longer than 300 s") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
+        raise ChaosError(f"manage.py migrate failed: {lines[-1]}")
+
+
+class Cluster:
+    """`manage.py qcluster` in its own process group: `kill()` SIGKILLs all of it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM the qcluster process; SIGKILL the group if it has not exited in 15 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=15)
+        self.kill()
+
+
+# -- the experiment (after django.setup()) -------------------------------------------------
+
+PATH_SHARES = [  # (path, share of the orders)
+    ("small", 0.40),
+    ("threshold", 0.10),
+    ("approve", 0.18),
+    ("reject", 0.18),
+    ("declined", 0.14),
+]
+TERMINAL = ("completed", "rejected", "failed")
+
+
+@dataclass(frozen=True)
+class Planned:
+    order_id: str
+    amount: str
+    customer_id: str
+    path: str  # small | threshold | approve | reject | declined
+
+    @property
+    def expected_status(self) -> str:
+        return {"reject": "rejected", "declined": "failed"}.get(self.path, "completed")
+
+    @property
+    def charged(self) -> bool:
+        return self.path != "declined"
+
+    @property
+    def emailed(self) -> bool:
+        return self.expected_status == "completed"
+
+    @property
+    def subject(self) -> str:
+        return f"Your order {self.order_id} is confirmed"
+
+
+def plan_orders(n: int, rng: random.Random) -> list[Planned]:
+    paths: list[str] = []
+    for path, share in PATH_SHARES[1:]:
+        paths += [path] * max(1, round(n * share))
+    paths = [*(["small"] * (n - len(paths))), *paths][:n]
+    rng.shuffle(paths)
+
+    def amount(path: str) -> str:
+        if path == "threshold":
+            return "1000.00"
+        if path in ("approve", "reject"):
+            return f"{rng.randint(1001, 9999)}.{rng.randint(0, 99):02d}"
+        if path == "declined":
+            return f"{rng.choice([rng.randint(5, 999), rng.randint(1001, 9999)])}.00"
+        return f"{rng.randint(5, 999)}.{rng.randint(0, 99):02d}"
+
+    return [
+        Planned(
+            order_id=f"chaos-{i:05d}",
+            amount=amount(path),
+            customer_id="cus_declined" if path == "declined" else f"cus_{i:05d}",
+            path=path,
+        )
+        for i, path in enumerate(paths)
+    ]
+
+
+class Experiment:
+    def __init__(self, env: dict[str, str], log_dir: Path, reviewer: Any) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.reviewer = reviewer
+        self.clusters: list[Cluster] = []
+        self.decisions: dict[str, bool] = {}
+        self.decided: set[str] = set()
+        self.kills: list[int] = []  # runs `running` at each kill
+        self.held_tasks: set[int] = set()  # tasks the killed clusters had dequeued
+        self.reaped_running: set[Any] = set()
+        self.reaped_pending: set[Any] = set()
+        self.resolved: list[str] = []
+
+    def start_cluster(self) -> None:
+        path = self.log_dir / f"qcluster-{len(self.clusters)}.log"
+        self.clusters.append(Cluster(self.env, path))
+
+    def kill_and_restart(self) -> None:
+        from django.utils import timezone
+        from django_q.models import OrmQ
+
+        from workflows.models import RunStatus, WorkflowRun
+
+        self.kills.append(WorkflowRun.objects.filter(status=RunStatus.RUNNING).count())
+        self.clusters[-1].kill()
+        held = OrmQ.objects.filter(lock__gt=timezone.now()).values_list("pk", flat=True)
+        self.held_tasks |= set(held)
+        self.start_cluster()
+
+    def submit(self, planned: list[Planned]) -> None:
+        from orders.schemas import OrderPayload
+        from orders.services import order_create
+
+        for p in planned:
+            order_create(
+                payload=OrderPayload(
+                    order_id=p.order_id,
+                    customer_id=p.customer_id,
+                    customer_email=f"{p.order_id}@example.com",
+                    amount=Decimal(p.amount),
+                )
+            )
+            if p.path in ("approve", "reject"):
+                self.decisions[p.order_id] = p.path == "approve"
+
+    def decide_reviews(self) -> None:
+        from orders.models import Order
+        from orders.services import ReviewError, review_decide
+
+        due = Order.objects.filter(
+            order_id__in=set(self.decisions) - self.decided,
+            status="awaiting_review",
+            run__status="suspended",
+        )
+        for order in due:
+            with contextlib.suppress(ReviewError):
+                review_decide(
+                    order=order, approved=self.decisions[order.order_id], by=self.reviewer
+                )
+                self.decided.add(order.order_id)
+
+    def reap(self) -> None:
+        from django.test import override_settings
+        from django.utils import timezone
+
+        from workflows.models import RunStatus, WorkflowRun
+        from workflows.services import runs_reap
+
+        now = timezone.now()
+        expired = set(
+            WorkflowRun.objects.filter(
+                status=RunStatus.RUNNING, lease_expires_at__lt=now
+            ).values_list("pk", flat=True)
+        )
+        with override_settings(WORKFLOWS_PENDING_REQUEUE_SECONDS=PENDING_REQUEUE_SECONDS):
+            reaped = set(runs_reap(now=now))
+        self.reaped_running |= reaped & expired
+        self.reaped_pending |= reaped - expired
+
+    def resolve_confirmations_in_doubt(self, smtp: Any) -> None:
+        """The operator's part: a run failed because its confirmation is in doubt (its
+        worker died between claim and SMTP); the mail server says whether it left."""
+        from orders.models import Order
+        from orders.services import order_confirmation_resolve
+        from workflows.models import RunStatus
+
+        received = {m["Message-ID"].strip() for m in smtp.messages}
+        for order in Order.objects.filter(
+            run__status=RunStatus.FAILED, run__error__contains="ConfirmationUncertainError"
+        ):
+            sent = order.emails.get().message_id in received
+            order_confirmation_resolve(order=order, sent=sent)
+            self.resolved.append(order.order_id)
+
+    def pump(self, seconds: float) -> None:
+        """Decide the reviews that come due during `seconds`."""
+        until = time.monotonic() + seconds
+        while True:
+            self.decide_reviews()
+            if time.monotonic() >= until:
+                return
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+
+    def pump_until_working(self, timeout: float) -> None:
+        from workflows.models import RunStatus, WorkflowRun
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if WorkflowRun.objects.filter(status=RunStatus.RUNNING).exists():
+                return
+            self.pump(0.05)
+
+    def settled(self, planned: list[Planned]) -> int:
+        from orders.models import Order
+
+        return Order.objects.filter(
+            order_id__in=[p.order_id for p in planned],
+            status__in=TERMINAL,
+            run__status__in=["completed", "failed", "cancelled"],
+        ).count()
+
+
+def reviewer_user() -> Any:
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("chaos-reviewer", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="decide_fraud_review"))
+    return User.objects.get(pk=user.pk)
+
+
+# -- the invariants ----------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    expected: str
+    observed: str
+    ok: bool | None  # None: reported, not an invariant
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.ok is None else ("ok" if self.ok else "BROKEN")
+
+
+def check(planned: list[Planned], stripe: Any, smtp: Any) -> tuple[list[Row], list[str]]:
+    from django.db.models import Q
+
+    from orders.models import Order
+    from workflows.models import RunStatus, Wait, WaitStatus, WorkflowRun
+
+    orders = {
+        o.order_id: o
+        for o in Order.objects.filter(order_id__in=[p.order_id for p in planned]).select_related(
+            "run"
+        )
+    }
+    claims = dict(
+        Order.objects.filter(emails__isnull=False).values_list("order_id", "emails__status")
+    )
+    intents = stripe.successful_charges()
+    charges = Counter(pi["metadata"].get("order_id") for pi in intents)
+    intent_ids = {pi["id"] for pi in intents}
+    refunds = Counter(r["payment_intent"] for r in stripe.refunds.values())
+    emails = Counter(m["Subject"] for m in smtp.messages)
+
+    wrong_state, wrong_charge, wrong_refund, wrong_email = [], [], [], []
+    states: Counter[str] = Counter()
+    for p in planned:
+        order = orders[p.order_id]
+        label = order.status + ("+approved" if order.fraud_approved else "")
+        states[label] += 1
+        expected_label = p.expected_status + ("+approved" if p.path == "approve" else "")
+        if label != expected_label or order.run.status != RunStatus.COMPLETED:
+            wrong_state.append(f"{p.order_id}: {label}/{order.run.status}, {p.path} path")
+        if charges[p.order_id] != int(p.charged) or (
+            p.charged and order.charge_id not in intent_ids
+        ):
+            wrong_charge.append(f"{p.order_id}: {charges[p.order_id]} charges")
+        refunded = refunds[order.charge_id] if order.charge_id else 0
+        if refunded != int(p.path == "reject"):
+            wrong_refund.append(f"{p.order_id}: {refunded} refunds")
+        sent = emails[p.subject]
+        if sent != int(p.emailed):
+            wrong_email.append(f"{p.order_id}: {sent} emails, claim {claims.get(p.order_id)}")
+
+    expected_states = Counter(
+        p.expected_status + ("+approved" if p.path == "approve" else "") for p in planned
+    )
+    running_without_lease = WorkflowRun.objects.filter(status=RunStatus.RUNNING).filter(
+        Q(lease_owner="") | Q(lease_expires_at__isnull=True)
+    )
+    rejected = [p for p in planned if p.path == "reject"]
+    rows = [
+        Row(
+            f"orders {state}",
+            str(expected_states[state]),
+            str(states[state]),
+            states[state] == expected_states[state],
+        )
+        for state in ("completed", "completed+approved", "rejected", "failed")
+    ]
+    other = sum(n for s, n in states.items() if s not in expected_states)
+    rows += [
+        Row("orders in another state", "0", str(other), other == 0),
+        Row("orders not in their path's state", "0", str(len(wrong_state)), not wrong_state),
+        Row(
+            "successful charges per order, max",
+            "1",
+            str(max(charges.values(), default=0)),
+            max(charges.values(), default=0) <= 1,
+        ),
+        Row(
+            "successful charges, total",
+            str(sum(p.charged for p in planned)),
+            str(len(intents)),
+            len(intents) == sum(p.charged for p in planned),
+        ),
+        Row("orders without exactly their charges", "0", str(len(wrong_charge)), not wrong_charge),
+        Row(
+            "refunds per order, max",
+            "1",
+            str(max(refunds.values(), default=0)),
+            max(refunds.values(), default=0) <= 1,
+        ),
+        Row(
+            "refunds, total (one per rejected order)",
+            str(len(rejected)),
+            str(sum(refunds.values())),
+            sum(refunds.values()) == len(rejected),
+        ),
+        Row("orders without exactly their refunds", "0", str(len(wrong_refund)), not wrong_refund),
+        Row(
+            "confirmation emails per order, max",
+            "1",
+            str(max(emails.values(), default=0)),
+            max(emails.values(), default=0) <= 1,
+        ),
+        Row(
+            "confirmation emails, total",
+            str(sum(p.emailed for p in planned)),
+            str(sum(emails.values())),
+            None,
+        ),
+        Row(
+            "orders with an unexpected email count (else)",
+            "0",
+            str(len(wrong_email)),
+            not wrong_email,
+        ),
+        Row(
+            "runs running without a lease",
+            "0",
+            str(running_without_lease.count()),
+            not running_without_lease.exists(),
+        ),
+        Row(
+            "waits without a deadline",
+            "0",
+            str(Wait.objects.filter(deadline__isnull=True).count()),
+            not Wait.objects.filter(deadline__isnull=True).exists(),
+        ),
+        Row(
+            "waits still waiting",
+            "0",
+            str(Wait.objects.filter(status=WaitStatus.WAITING).count()),
+            not Wait.objects.filter(status=WaitStatus.WAITING).exists(),
+        ),
+        Row(
+            "failed runs",
+            "0",
+            str(WorkflowRun.objects.filter(status=RunStatus.FAILED).count()),
+            not WorkflowRun.objects.filter(status=RunStatus.FAILED).exists(),
+        ),
+        Row("Stripe server errors", "0", str(len(stripe.errors)), not stripe.errors),
+    ]
+    details = [*wrong_state, *wrong_charge, *wrong_refund, *wrong_email]
+    return rows, details
+
+
+def render(rows: list[Row]) -> str:
+    header = ["invariant", "expected", "observed", "verdict"]
+    table = [[r.name, r.expected, r.observed, r.verdict] for r in rows]
+    widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(4)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        for line in table
+    ]
+    return "\n".join(lines)
+
+
+def database_label() -> str:
+    import sqlite3
+
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        version = connection.pg_version
+        return f"PostgreSQL {version // 10000}.{version % 10000}"
+    return f"SQLite {sqlite3.sqlite_version} (WAL)"
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    database = ChaosDatabase(args.database_url)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
+    experiment: Experiment | None = None
+    stripe = smtp = None
+    keep_logs = True
+    try:
+        url = database.create()
+        env = cluster_env(args, url)
+        shown = _display_url(url) if database.is_postgres else url
+        log(f"seed {args.seed}; database {shown}: migrating")
+        migrate(env)
+
+        sys.path.insert(0, str(ROOT))
+        from tests.support.smtp_server import SMTPTestServer
+        from tests.support.stripe_server import StripeServer
+
+        stripe = StripeServer().start()
+        smtp = SMTPTestServer().start()
+        env.update(
+            STRIPE_API_BASE=stripe.base_url, EMAIL_HOST="127.0.0.1", EMAIL_PORT=str(smtp.port)
+        )
+        os.environ.update(env)
+        import django
+
+        django.setup()
+        import logging
+
+        logging.getLogger("django-q").setLevel(logging.WARNING)
+        logging.getLogger("orders").setLevel(logging.WARNING)
+        logging.getLogger("workflows").setLevel(logging.ERROR)
+
+        rng = random.Random(args.seed)
+        planned = plan_orders(args.orders, rng)
+        waves = [planned[i :: args.kills + 1] for i in range(args.kills + 1)]
+        experiment = Experiment(env, log_dir, reviewer_user())
+        label = database_label()
+        log(
+            f"{label}: {args.orders} orders in {len(waves)} waves, {args.kills} kills, "
+            f"{args.workers} workers, lease {LEASE_SECONDS} s (logs: {log_dir})"
+        )
+        started = time.monotonic()
+        experiment.start_cluster()
+        for n, wave in enumerate(waves[: args.kills], start=1):
+            experiment.submit(wave)
+            experiment.pump_until_working(timeout=15)
+            experiment.pump(rng.uniform(0.3, 1.5))
+            experiment.kill_and_restart()
+            experiment.pump(LEASE_SECONDS + 0.2)
+            experiment.reap()
+            log(
+                f"kill {n}: {experiment.kills[-1]} runs were running; "
+                f"{experiment.settled(planned)}/{len(planned)} orders settled"
+            )
+        experiment.submit(waves[-1])
+        deadline = time.monotonic() + args.timeout
+        while (done := experiment.settled(planned)) < len(planned):
+            if time.monotonic() > deadline:
+                log(f"only {done}/{len(planned)} orders settled within {args.timeout:g} s")
+                break
+            experiment.pump(1.0)
+            experiment.reap()
+            experiment.resolve_confirmations_in_doubt(smtp)
+        elapsed = time.monotonic() - started
+        experiment.clusters[-1].stop()
+        log(f"{experiment.settled(planned)}/{len(planned)} orders settled after {elapsed:.1f} s")
+
+        rows, details = check(planned, stripe, smtp)
+        broken = [r for r in rows if r.ok is False]
+        hits = sum(1 for k in experiment.kills if k)
+        print(
+            f"{label}, {args.orders} orders, {args.kills} kills (seed {args.seed}), "
+            f"{args.workers} workers, lease {LEASE_SECONDS} s, model latency "
+            f"{args.model_latency:g} s"
+        )
+        print(render(rows))
+        print(
+            f"{elapsed:.1f} s from the first cluster start to the last order settled "
+            f"({args.orders / elapsed:.1f} orders/s); {hits}/{len(experiment.kills)} kills "
+            f"hit running runs ({sum(experiment.kills)} in all), the killed clusters held "
+            f"{len(experiment.held_tasks)} dequeued tasks; re-queued "
+            f"{len(experiment.reaped_running)} runs with a dead lease and "
+            f"{len(experiment.reaped_pending)} pending runs whose task was lost; "
+            f"confirmations in doubt settled by the operator step: {len(experiment.resolved)}"
+        )
+        for line in details[:50]:
+            print(f"  {line}")
+        keep_logs = bool(broken)
+        if broken:
+            print(f"BROKEN: {', '.join(r.name for r in broken)} (qcluster logs: {log_dir})")
+            return 1
+        return 0
+    except ChaosError as exc:
+        print(f"bench/chaos.py: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if experiment is not None:
+            for cluster in experiment.clusters:
+                cluster.kill()
+        for server in (stripe, smtp):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
+        if "django" in sys.modules:
+            from django.db import connections
+
+            with contextlib.suppress(Exception):
+                connections.close_all()
+        database.drop()
+        if not keep_logs:
+            for path in log_dir.glob("*"):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                log_dir.rmdir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.http import Http404
+
+from orders.selectors import order_get
+from orders.services import ConfirmationNotUncertainError, order_confirmation_resolve
+
+
+class Command(BaseCommand):
+    help = (
+        "Settle an order's confirmation email left in doubt by a worker that died while "
+        "sending it (its run failed with ConfirmationUncertainError). Check the mail log "
+        "for the Message-ID the error names: --sent if it left, --resend if not. The run "
+        "is then retried."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("order_id", help="The order's id.")
+        outcome = parser.add_mutually_exclusive_group(required=True)
+        outcome.add_argument("--sent", action="store_true", help="The mail log shows it left.")
+        outcome.add_argument("--resend", action="store_true", help="It did not leave: send it.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            order = order_get(order_id=options["order_id"])
+        except Http404:
+            raise CommandError(f"No order {options['order_id']!r}") from None
+        try:
+            run = order_confirmation_resolve(order=order, sent=options["sent"])
+        except ConfirmationNotUncertainError as exc:
+            raise CommandError(str(exc)) from None
+        action = "recorded as sent" if options["sent"] else "released to be sent again"
+        retried = f"; run {run.id} retried" if run else ""
+        self.stdout.write(f"order {order.order_id}: confirmation {action}{retried}")

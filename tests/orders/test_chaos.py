@@ -1,0 +1,323 @@
+"""Chaos: real `qcluster` processes SIGKILLed at random moments while ~24 orders run.
+
+Every path of the order flow runs through real parts (the `stripe` SDK against the local
+Stripe-compatible server, Django's SMTP backend against the local SMTP server, the
+simulated model with a little latency so that kills land inside runs). The test kills the
+whole cluster (sentinel and workers) 4-6 times at random intervals, starts a new one with a
+2 s lease each time and, once the dead cluster's leases have expired, reaps from here, as
+the scheduled reaper would. At the end every order must be in the state its path calls for
+with exactly one charge, at most the refunds and emails that path allows, and nothing left
+stranded. The seed is printed (shown on failure); `CHAOS_SEED=<n>` replays a schedule.
+
+A killed cluster takes with it the tasks its pusher had already dequeued from the ORM
+broker; the reaper re-queues such runs once they have been pending for
+WORKFLOWS_PENDING_REQUEUE_SECONDS (3 s here) while the queue has nothing left to hand out.
+
+Charges, refunds and emails are never accepted twice. A worker killed between claiming a
+confirmation and handing it to SMTP leaves it in doubt: the run fails saying so, and the
+test does what an operator would (orders.services.order_confirmation_resolve, after
+looking for the Message-ID at the mail server), after which the run completes.
+"""
+
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from django.db.models import Q
+from django.test import override_settings
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from orders.models import Order, OrderStatus
+from orders.schemas import OrderPayload
+from orders.services import (
+    ReviewError,
+    order_confirmation_resolve,
+    order_create,
+    review_decide,
+)
+from tests.support.cluster import QCluster
+from workflows.models import RunStatus, StepRecord, Wait, WaitStatus, WorkflowRun
+from workflows.services import runs_reap
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+
+LEASE_SECONDS = 2
+PENDING_REQUEUE_SECONDS = 3
+FINISH_TIMEOUT = 40.0
+
+
+@dataclass(frozen=True)
+class Planned:
+    order_id: str
+    amount: str
+    customer_id: str
+    path: str  # small | threshold | approve | reject | declined
+
+    @property
+    def email(self) -> str:
+        return f"{self.order_id}@example.com"
+
+    @property
+    def expected_status(self) -> str:
+        return {
+            "small": OrderStatus.COMPLETED,
+            "threshold": OrderStatus.COMPLETED,
+            "approve": OrderStatus.COMPLETED,
+            "reject": OrderStatus.REJECTED,
+            "declined": OrderStatus.FAILED,
+        }[self.path]
+
+    @property
+    def charged(self) -> bool:
+        return self.path != "declined"
+
+    @property
+    def emailed(self) -> bool:
+        return self.expected_status == OrderStatus.COMPLETED
+
+
+def plan_orders(rng: random.Random) -> list[Planned]:
+    paths = (
+        [("small", f"{rng.randint(5, 999)}.{rng.randint(0, 99):02d}") for _ in range(10)]
+        + [("threshold", "1000.00")] * 3
+        + [("approve", f"{rng.randint(1001, 9000)}.00") for _ in range(4)]
+        + [("reject", f"{rng.randint(1001, 9000)}.50") for _ in range(4)]
+        + [("declined", f"{rng.choice([40, 700, 2500])}.00") for _ in range(3)]
+    )
+    rng.shuffle(paths)
+    return [
+        Planned(
+            order_id=f"chaos-{i:02d}",
+            amount=amount,
+            customer_id="cus_declined" if path == "declined" else f"cus_{i:02d}",
+            path=path,
+        )
+        for i, (path, amount) in enumerate(paths)
+    ]
+
+
+class Chaos:
+    """The test's side of the experiment: submits orders, decides reviews, kills and
+    restarts clusters, reaps."""
+
+    def __init__(self, env: dict[str, str], reviewer) -> None:
+        self.env = env
+        self.reviewer = reviewer
+        self.clusters: list[QCluster] = []
+        self.decided: set[str] = set()
+        self.decisions: dict[str, bool] = {}
+        self.kills: list[str] = []
+        self.held: set[int] = set()  # broker tasks the killed clusters had dequeued
+        self.reaped_running: set = set()
+        self.reaped_pending: set = set()
+        self.resolved: list[str] = []
+
+    @property
+    def cluster(self) -> QCluster:
+        return self.clusters[-1]
+
+    def start_cluster(self) -> None:
+        self.clusters.append(QCluster(env=self.env).start())
+
+    def kill_and_restart(self) -> None:
+        in_flight = WorkflowRun.objects.filter(status=RunStatus.RUNNING).count()
+        committed = StepRecord.objects.count()
+        self.cluster.kill()
+        held = set(OrmQ.objects.filter(lock__gt=timezone.now()).values_list("pk", flat=True))
+        self.kills.append(
+            f"{in_flight} running/{committed} steps/{len(held - self.held)} tasks dequeued"
+        )
+        self.held |= held
+        self.start_cluster()
+
+    def submit(self, planned: list[Planned]) -> None:
+        for p in planned:
+            order_create(
+                payload=OrderPayload(
+                    order_id=p.order_id,
+                    customer_id=p.customer_id,
+                    customer_email=p.email,
+                    amount=Decimal(p.amount),
+                )
+            )
+            if p.path in ("approve", "reject"):
+                self.decisions[p.order_id] = p.path == "approve"
+
+    def decide_reviews(self) -> None:
+        waiting = Order.objects.filter(
+            order_id__in=set(self.decisions) - self.decided,
+            status=OrderStatus.AWAITING_REVIEW,
+            run__status=RunStatus.SUSPENDED,
+        )
+        for order in waiting:
+            try:
+                review_decide(
+                    order=order, approved=self.decisions[order.order_id], by=self.reviewer
+                )
+            except ReviewError:
+                continue
+            self.decided.add(order.order_id)
+
+    def reap(self) -> None:
+        now = timezone.now()
+        expired = set(
+            WorkflowRun.objects.filter(
+                status=RunStatus.RUNNING, lease_expires_at__lt=now
+            ).values_list("pk", flat=True)
+        )
+        with override_settings(WORKFLOWS_PENDING_REQUEUE_SECONDS=PENDING_REQUEUE_SECONDS):
+            reaped = set(runs_reap(now=now))
+        self.reaped_running |= reaped & expired
+        self.reaped_pending |= reaped - expired
+
+    def resolve_confirmations_in_doubt(self, smtp_server) -> None:
+        """The operator's part: a run failed because its confirmation is in doubt; the mail
+        server says whether it left, and the confirmation is settled accordingly."""
+        received = {m["Message-ID"].strip() for m in smtp_server.messages}
+        for order in Order.objects.filter(
+            run__status=RunStatus.FAILED, run__error__contains="ConfirmationUncertainError"
+        ):
+            sent = order.emails.get().message_id in received
+            order_confirmation_resolve(order=order, sent=sent)
+            self.resolved.append(f"{order.order_id} ({'sent' if sent else 'resent'})")
+
+    def pump(self, until: float) -> None:
+        """Decide the reviews that are due until the monotonic time `until`."""
+        while True:
+            self.decide_reviews()
+            if time.monotonic() >= until:
+                return
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+
+    def pump_until_working(self, timeout: float) -> None:
+        """Decide reviews until the cluster is executing a run (or `timeout` passes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if WorkflowRun.objects.filter(status=RunStatus.RUNNING).exists():
+                return
+            self.pump(time.monotonic() + 0.05)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- qcluster {i} ---\n{c.output()[-3000:]}" for i, c in enumerate(self.clusters)
+        )
+
+
+def all_settled(planned: list[Planned]) -> bool:
+    terminal = Order.objects.filter(
+        order_id__in=[p.order_id for p in planned],
+        status__in=[OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.FAILED],
+        run__status__in=[RunStatus.COMPLETED, RunStatus.FAILED],
+    )
+    return terminal.count() == len(planned)
+
+
+def evidence(order: Order, stripe_server) -> str:
+    keys = list(StepRecord.objects.filter(run_id=order.run_id).values_list("key", flat=True))
+    requests = [
+        f"{r.method} {r.path} key={r.idempotency_key} status={r.status} replayed={r.replayed}"
+        for r in stripe_server.requests
+        if r.params.get("metadata", {}).get("order_id") == order.order_id
+        or (order.charge_id and r.params.get("payment_intent") == order.charge_id)
+    ]
+    return (
+        f"order {order.order_id} ({order.amount}, {order.status}, charge {order.charge_id or '-'}, "
+        f"run {order.run_id} {order.run.status} attempts={order.run.attempts} "
+        f"error={order.run.error!r}); steps {keys}; stripe {requests}"
+    )
+
+
+def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_server, reviewer):
+    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
+    print(f"chaos seed: CHAOS_SEED={seed}")
+    rng = random.Random(seed)
+    env = {
+        "LLM_PROVIDER": "simulated",
+        "SIMULATED_MODEL_LATENCY": "0.2",
+        "PAYMENT_GATEWAY": "stripe",
+        "STRIPE_API_KEY": "sk_test_local",
+        "STRIPE_API_BASE": stripe_server.base_url,
+        "EMAIL_HOST": "127.0.0.1",
+        "EMAIL_PORT": str(smtp_server.port),
+        "WORKFLOWS_LEASE_SECONDS": str(LEASE_SECONDS),
+        "LOG_LEVEL": "WARNING",
+    }
+    planned = plan_orders(rng)
+    kills = rng.randint(4, 6)
+    batches = [planned[i :: kills + 1] for i in range(kills + 1)]
+    chaos = Chaos(env, reviewer)
+    started = time.monotonic()
+    try:
+        chaos.start_cluster()
+        for batch in batches[:kills]:
+            chaos.submit(batch)
+            chaos.pump_until_working(timeout=10)  # a new cluster takes ~1-2 s to start
+            chaos.pump(time.monotonic() + rng.uniform(0.3, 1.5))
+            chaos.kill_and_restart()
+            chaos.pump(time.monotonic() + LEASE_SECONDS + 0.2)  # the dead leases expire
+            chaos.reap()
+        chaos.submit(batches[kills])
+        deadline = time.monotonic() + FINISH_TIMEOUT
+        while not all_settled(planned) and time.monotonic() < deadline:
+            chaos.pump(time.monotonic() + 1.0)
+            chaos.reap()
+            chaos.resolve_confirmations_in_doubt(smtp_server)
+        chaos.cluster.stop()
+    finally:
+        for cluster in chaos.clusters:
+            cluster.kill()
+    elapsed = time.monotonic() - started
+    print(
+        f"{len(planned)} orders, {kills} kills ({'; '.join(chaos.kills)}), "
+        f"re-queued {len(chaos.reaped_running)} runs with a dead lease and "
+        f"{len(chaos.reaped_pending)} pending runs whose task was lost, "
+        f"confirmations in doubt settled: {chaos.resolved or 'none'}, {elapsed:.1f} s"
+    )
+
+    orders = {o.order_id: o for o in Order.objects.select_related("run")}
+    charges = Counter(pi["metadata"].get("order_id") for pi in stripe_server.successful_charges())
+    emails = Counter(m["Subject"] for m in smtp_server.messages)
+    refunds = Counter(r["payment_intent"] for r in stripe_server.refunds.values())
+    problems = []
+    for p in planned:
+        order = orders[p.order_id]
+        found = []
+        if order.status != p.expected_status or order.run.status != RunStatus.COMPLETED:
+            found.append(f"ended {order.status} (run {order.run.status}), {p.path} path")
+        if p.path == "approve" and order.fraud_approved is not True:
+            found.append("approval not recorded")
+        if p.path == "reject" and order.failure_reason != "review_rejected":
+            found.append(f"rejection reason {order.failure_reason!r}")
+        if charges[p.order_id] != int(p.charged):
+            found.append(f"{charges[p.order_id]} successful charges")
+        if p.charged and order.charge_id not in {
+            pi["id"] for pi in stripe_server.successful_charges()
+        }:
+            found.append("charge_id is not a successful PaymentIntent")
+        refunded = refunds[order.charge_id] if order.charge_id else 0
+        if refunded != int(p.path == "reject"):
+            found.append(f"{refunded} refunds")
+        sent = emails[f"Your order {p.order_id} is confirmed"]
+        if sent != int(p.emailed):
+            found.append(f"{sent} confirmation emails ({list(order.emails.values('status'))})")
+        if found:
+            problems.append(f"{'; '.join(found)}: {evidence(order, stripe_server)}")
+
+    assert problems == [], f"seed {seed}\n" + "\n".join(problems) + "\n" + chaos.logs()
+    assert set(orders) == {p.order_id for p in planned}
+    assert sum(charges.values()) == sum(p.charged for p in planned)
+    assert sum(refunds.values()) == sum(p.path == "reject" for p in planned)
+    assert sum(emails.values()) == sum(p.emailed for p in planned)
+    assert stripe_server.errors == []
+    stranded = WorkflowRun.objects.filter(status=RunStatus.RUNNING).filter(
+        Q(lease_owner="") | Q(lease_expires_at__isnull=True)
+    )
+    assert list(stranded.values_list("pk", flat=True)) == []
+    assert not Wait.objects.filter(deadline__isnull=True).exists()
+    assert not Wait.objects.filter(status=WaitStatus.WAITING).exists()
+    assert list(WorkflowRun.objects.filter(status=RunStatus.FAILED).values_list("error")) == []
