@@ -1,0 +1,619 @@
+"""Shared parts of bench/orders.py and bench/latency.py: the order flow end to end.
+
+Orders go in through the HTTP API served by gunicorn (production settings) and are
+executed by `manage.py qcluster` workers; both run in their own process groups. The
+benchmark process itself only reads the database (after `django.setup()`) to time what
+happened, using the timestamps the engine stores (same machine clock as the client's).
+
+Run as a script, `bench/` comes first on `sys.path`, where `orders` would name
+bench/orders.py instead of the Django app: call `fix_sys_path()` before importing Django.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/test"
+SECRET_KEY = "bench-only-secret-key-not-for-any-deployment-0123456789abcdef"
+REVIEWERS_GROUP = "Fraud reviewers"
+_T0 = time.monotonic()
+
+
+def fix_sys_path() -> None:
+    """Drop bench/ from sys.path (it would shadow the `orders` app) and add the project."""
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+fix_sys_path()
+
+from bench.engine import (  # noqa: E402  (re-exported for the scripts)
+    BenchError,
+    Cluster,
+    cpu_busy,
+    cpu_sample,
+    measure_commit_rate,
+    migrate,
+    percentile,
+)
+
+__all__ = [
+    "BenchError",
+    "Cluster",
+    "cpu_busy",
+    "cpu_sample",
+    "measure_commit_rate",
+    "migrate",
+    "percentile",
+]
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM ends the benchmark like Ctrl-C: cleanup runs, then exit status 130."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while cleaning up (stopping servers, dropping the database):
+    a second Ctrl-C must not leave processes or a database behind. They are delivered
+    when the block ends."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def make_logger(name: str) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        print(f"[{name} {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def display_url(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- the database the benchmark owns ----------------------------------------------------
+
+
+class OwnDatabase:
+    """A temp SQLite file, or database `name` (re)created on the PostgreSQL server of
+    `server_url` (whose own database is only used to issue CREATE/DROP DATABASE)."""
+
+    def __init__(self, kind: str, name: str, server_url: str = DEFAULT_POSTGRES_URL) -> None:
+        if kind not in {"sqlite", "postgres"}:
+            raise BenchError(f"unknown database {kind!r} (sqlite or postgres)")
+        self.kind = kind
+        self.name = name
+        self.server_url = server_url
+        scheme = urlsplit(server_url).scheme
+        if kind == "postgres" and scheme not in {"postgres", "postgresql", "pgsql"}:
+            raise BenchError(f"not a PostgreSQL URL: {display_url(server_url)}")
+        self.sqlite_path = Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.sqlite3"
+        self.url = ""
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.kind == "postgres"
+
+    def _admin(self, *statements: str) -> None:
+        import psycopg
+
+        parts = urlsplit(self.server_url)
+        if parts.path.lstrip("/") in {"", self.name}:
+            parts = parts._replace(path="/postgres")
+        conninfo = urlunsplit(parts._replace(scheme="postgresql"))
+        try:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+                for statement in statements:
+                    conn.execute(statement)
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise BenchError(
+                f"PostgreSQL unreachable at {display_url(self.server_url)}: {reason}"
+            ) from None
+
+    def create(self) -> str:
+        if self.is_postgres:
+            self._admin(
+                f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)", f"CREATE DATABASE {self.name}"
+            )
+            self.url = urlunsplit(urlsplit(self.server_url)._replace(path=f"/{self.name}"))
+        else:
+            self._remove_sqlite_files()
+            self.url = f"sqlite:///{self.sqlite_path}"
+        return self.url
+
+    def drop(self) -> None:
+        if not self.url:
+            return
+        if self.is_postgres:
+            with contextlib.suppress(BenchError):
+                self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        else:
+            self._remove_sqlite_files()
+
+    def _remove_sqlite_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.sqlite_path}{suffix}").unlink()
+
+    def label(self) -> str:
+        """After django.setup(): the server's version."""
+        import sqlite3
+
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            version = connection.pg_version
+            return f"PostgreSQL {version // 10000}.{version % 10000}"
+        return f"SQLite {sqlite3.sqlite_version}"
+
+
+def service_env(database_url: str, workers: int, model_latency: float = 0.0) -> dict[str, str]:
+    """Production settings for gunicorn, the qcluster and this process."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "polos_site.settings",
+        "DATABASE_URL": database_url,
+        "DATABASE_CONN_MAX_AGE": "600",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": SECRET_KEY,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "DJANGO_SECURE_COOKIES": "0",
+        "DJANGO_HSTS_SECONDS": "0",
+        "API_THROTTLE_RATE": "100000/minute",
+        "LLM_PROVIDER": "simulated",
+        "PAYMENT_GATEWAY": "simulated",
+        "SIMULATED_MODEL_LATENCY": f"{model_latency:g}",
+        "Q_WORKERS": str(workers),
+        "Q_SYNC": "0",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("REDIS_URL", "OPENAI_API_KEY", "STRIPE_API_KEY", "EMAIL_HOST"):
+        env.pop(name, None)  # the ORM broker, the simulated model/gateway, console email
+    env.pop("WORKFLOWS_EXTRA_MODULES", None)
+    return env
+
+
+def setup_django(env: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    import django
+
+    django.setup()
+
+
+def create_accounts() -> tuple[str, str]:
+    """A client user and a fraud reviewer, with their API tokens."""
+    from django.contrib.auth.models import Group, User
+    from rest_framework.authtoken.models import Token
+
+    client = User.objects.create_user("bench-client")
+    reviewer = User.objects.create_user("bench-reviewer")
+    try:
+        reviewer.groups.add(Group.objects.get(name=REVIEWERS_GROUP))
+    except Group.DoesNotExist:
+        raise BenchError(f"no group {REVIEWERS_GROUP!r} after migrate") from None
+    return Token.objects.create(user=client).key, Token.objects.create(user=reviewer).key
+
+
+# -- the processes -----------------------------------------------------------------------
+
+
+class WebServer:
+    """gunicorn (2 sync workers) in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.workers = workers
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        import requests
+
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        if not gunicorn.exists():
+            raise BenchError(f"{gunicorn} not found: pip install -r requirements.txt")
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(gunicorn),
+                    "polos_site.wsgi",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    str(self.workers),
+                    "--timeout",
+                    "60",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if (code := self.process.poll()) is not None:
+                raise BenchError(f"gunicorn exited with status {code}: {self.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise BenchError(f"gunicorn did not answer /healthz within {timeout:g} s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # the arbiter stops its workers
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def log_tail(self, lines: int = 3) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            return " | ".join(text[-lines:])
+        return ""
+
+
+def start_cluster(env: dict[str, str], log_path: Path) -> Cluster:
+    cluster = Cluster(env, log_path)
+    cluster.start()
+    return cluster
+
+
+# -- the orders ----------------------------------------------------------------------------
+
+
+def order_mix(n: int, prefix: str) -> list[dict[str, str]]:
+    """Deterministic mix: 10 % over the threshold (suspend), 5 % exactly 1000.00, 1 in 40
+    declined by the simulated gateway (cents .13), the rest small."""
+    orders = []
+    for i in range(n):
+        if i % 10 == 5:
+            amount = Decimal("1000.01") + 250 * (i % 7)
+        elif i % 20 == 3:
+            amount = Decimal("1000.00")
+        elif i % 40 == 17:
+            amount = Decimal(f"{20 + i % 50}.13")
+        else:
+            cents = (i * 7) % 100
+            amount = Decimal(f"{5 + (i * 37) % 400}.{14 if cents == 13 else cents:02d}")
+        orders.append(
+            {
+                "order_id": f"{prefix}-{i:05d}",
+                "customer_id": f"cus_bench_{i % 97}",
+                "customer_email": f"buyer{i}@example.com",
+                "amount": f"{amount:.2f}",
+                "currency": "usd",
+            }
+        )
+    return orders
+
+
+def expected_status(amount: str) -> str:
+    """What the order should end as (before any review)."""
+    value = Decimal(amount)
+    if value.as_tuple().exponent == -2 and str(value).endswith(".13"):
+        return "failed"
+    return "awaiting_review" if value > Decimal("1000.00") else "completed"
+
+
+@dataclass
+class Submission:
+    order_id: str
+    amount: str
+    sent: float  # client clock, just before the request
+    answered: float = 0.0
+    http_status: int = 0
+    run_id: str = ""
+    error: str = ""
+
+
+@dataclass
+class Api:
+    base_url: str
+    client_token: str
+    reviewer_token: str
+    _local: threading.local = field(default_factory=threading.local)
+
+    def _session(self) -> Any:
+        import requests
+
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def submit(self, payload: dict[str, str]) -> Submission:
+        import requests
+
+        sub = Submission(order_id=payload["order_id"], amount=payload["amount"], sent=time.time())
+        try:
+            response = self._session().post(
+                f"{self.base_url}/api/orders/",
+                json=payload,
+                headers={"Authorization": f"Token {self.client_token}"},
+                timeout=60,
+            )
+        except requests.RequestException as exc:
+            sub.answered, sub.error = time.time(), f"{type(exc).__name__}: {exc}"
+            return sub
+        sub.answered, sub.http_status = time.time(), response.status_code
+        if response.status_code == 201:
+            sub.run_id = response.json().get("run_id") or ""
+        else:
+            sub.error = response.text[:200]
+        return sub
+
+    def decide(self, order_id: str, approved: bool = True) -> tuple[float, int, str]:
+        """POST the review decision; (client time of the response, status, error text)."""
+        import requests
+
+        try:
+            response = self._session().post(
+                f"{self.base_url}/api/orders/{order_id}/review/",
+                json={"approved": approved, "note": "bench"},
+                headers={"Authorization": f"Token {self.reviewer_token}"},
+                timeout=60,
+            )
+        except requests.RequestException as exc:
+            return time.time(), 0, f"{type(exc).__name__}: {exc}"
+        answered = time.time()
+        return answered, response.status_code, "" if response.ok else response.text[:200]
+
+
+def submit_all(api: Api, payloads: list[dict[str, str]], clients: int) -> list[Submission]:
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        submissions = list(pool.map(api.submit, payloads))
+    bad = [s for s in submissions if s.http_status != 201 or not s.run_id]
+    if bad:
+        first = bad[0]
+        raise BenchError(
+            f"{len(bad)}/{len(submissions)} submissions failed, e.g. {first.order_id}: "
+            f"HTTP {first.http_status} {first.error}"
+        )
+    return submissions
+
+
+SETTLED_RUN_STATUSES = ("completed", "failed", "suspended", "cancelled")
+
+
+def wait_runs(
+    run_ids: list[str],
+    statuses: Iterable[str],
+    timeout: float,
+    processes: Iterable[Any],
+    what: str,
+    poll: float = 0.1,
+) -> None:
+    """Poll the database until every run is in one of `statuses`."""
+    from workflows.models import WorkflowRun
+
+    wanted = list(statuses)
+    deadline = time.monotonic() + timeout
+    while True:
+        done = WorkflowRun.objects.filter(pk__in=run_ids, status__in=wanted).count()
+        if done == len(run_ids):
+            return
+        for process in processes:
+            if (code := process.exited()) is not None:
+                name = type(process).__name__
+                raise BenchError(f"{name} exited with status {code}: {process.log_tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"only {done}/{len(run_ids)} {what} within {timeout:g} s")
+        time.sleep(poll)
+
+
+@dataclass
+class Settled:
+    order_id: str
+    run_id: str
+    order_status: str
+    run_status: str
+    started: float  # run.started_at
+    settled: float  # run.finished_at, or the suspend wait's created_at
+    suspended: bool
+
+
+def _ts(value: datetime | None) -> float:
+    return value.timestamp() if value is not None else float("nan")
+
+
+def settled_orders(submissions: list[Submission]) -> dict[str, Settled]:
+    """By order id: how and when each order's run settled (first segment)."""
+    from orders.models import FRAUD_REVIEW_KEY, Order
+    from workflows.models import Wait
+
+    ids = [s.order_id for s in submissions]
+    rows = Order.objects.filter(order_id__in=ids).values_list(
+        "order_id", "run_id", "status", "run__status", "run__started_at", "run__finished_at"
+    )
+    suspends = dict(
+        Wait.objects.filter(run__order__order_id__in=ids, key=FRAUD_REVIEW_KEY).values_list(
+            "run__order__order_id", "created_at"
+        )
+    )
+    result = {}
+    for order_id, run_id, order_status, run_status, started, finished in rows:
+        suspended_at = suspends.get(order_id)
+        result[order_id] = Settled(
+            order_id=order_id,
+            run_id=str(run_id),
+            order_status=order_status,
+            run_status=run_status,
+            started=_ts(started),
+            settled=_ts(suspended_at if suspended_at is not None else finished),
+            suspended=suspended_at is not None,
+        )
+    return result
+
+
+def check_outcomes(submissions: list[Submission], settled: dict[str, Settled]) -> list[str]:
+    """Orders that did not end as the mix intends (one line each)."""
+    wrong = []
+    for sub in submissions:
+        got = settled.get(sub.order_id)
+        want = expected_status(sub.amount)
+        if got is None or got.order_status != want:
+            status = got.order_status if got else "missing"
+            run = got.run_status if got else "-"
+            wrong.append(f"{sub.order_id} ({sub.amount}): {status} (run {run}), expected {want}")
+    return wrong
+
+
+def steps_between(start: float, end: float) -> int:
+    """StepRecords whose finished_at falls in [start, end] (epoch seconds)."""
+    from workflows.models import StepRecord
+
+    return StepRecord.objects.filter(
+        finished_at__gte=datetime.fromtimestamp(start, UTC),
+        finished_at__lte=datetime.fromtimestamp(end, UTC),
+    ).count()
+
+
+def llm_calls(run_ids: list[str], until: float | None = None) -> int:
+    from workflows.models import StepRecord
+
+    steps = StepRecord.objects.filter(run_id__in=run_ids, kind="llm")
+    if until is not None:
+        steps = steps.filter(finished_at__lte=datetime.fromtimestamp(until, UTC))
+    return steps.count()
+
+
+def review_sequential(
+    api: Api, orders: list[Settled], timeout: float, processes: Iterable[Any]
+) -> list[float]:
+    """Approve each suspended order in turn and wait for its run to complete: seconds
+    from the review POST's response to the run's finished_at, per order."""
+    from workflows.models import WorkflowRun
+
+    processes = list(processes)
+    latencies = []
+    for order in orders:
+        answered, status, error = api.decide(order.order_id)
+        if status != 200:
+            raise BenchError(f"review of {order.order_id}: HTTP {status} {error}")
+        deadline = time.monotonic() + timeout
+        while True:
+            run = WorkflowRun.objects.filter(pk=order.run_id).values("status", "finished_at")[0]
+            if run["status"] in ("completed", "failed"):
+                break
+            for process in processes:
+                if (code := process.exited()) is not None:
+                    raise BenchError(f"{type(process).__name__} exited with status {code}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{order.order_id} not completed {timeout:g} s after approval")
+            time.sleep(0.005)
+        if run["status"] != "completed":
+            raise BenchError(f"{order.order_id}: run {run['status']} after approval")
+        latencies.append(run["finished_at"].timestamp() - answered)
+    return latencies
+
+
+def review_all_at_once(
+    api: Api, orders: list[Settled], clients: int, timeout: float, processes: Iterable[Any]
+) -> list[float]:
+    """Approve every suspended order concurrently; the same latencies as above."""
+    from workflows.models import WorkflowRun
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        answers = list(pool.map(lambda o: api.decide(o.order_id), orders))
+    for order, (_, status, error) in zip(orders, answers, strict=True):
+        if status != 200:
+            raise BenchError(f"review of {order.order_id}: HTTP {status} {error}")
+    run_ids = [o.run_id for o in orders]
+    wait_runs(run_ids, ("completed", "failed"), timeout, processes, "approved runs finished")
+    finished = {
+        str(run_id): at
+        for run_id, at in WorkflowRun.objects.filter(pk__in=run_ids).values_list(
+            "id", "finished_at"
+        )
+    }
+    return [
+        finished[order.run_id].timestamp() - answered
+        for order, (answered, _, _) in zip(orders, answers, strict=True)
+    ]
+
+
+def concurrency(intervals: list[tuple[float, float]]) -> tuple[int, float, float]:
+    """(max, time-weighted mean, window) of how many intervals overlap, over the window
+    from the first start to the last end."""
+    intervals = [(a, b) for a, b in intervals if b >= a]
+    if not intervals:
+        return 0, 0.0, 0.0
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    start, end = events[0][0], events[-1][0]
+    current = peak = 0
+    area, last = 0.0, start
+    for moment, delta in events:
+        area += current * (moment - last)
+        last = moment
+        current += delta
+        peak = max(peak, current)
+    window = end - start
+    return peak, (area / window if window > 0 else float(peak)), window
+
+
+def ms(values: list[float], p: float) -> float:
+    return percentile(values, p) * 1000
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    return "\n".join(out)
