@@ -31,9 +31,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.engine import BenchDatabase, BenchError, display_url  # noqa: E402
+
 PG_DATABASE = "bench_chaos"
 LEASE_SECONDS = 2
 # A killed cluster takes with it the tasks its pusher had dequeued from the ORM broker;
@@ -42,7 +46,7 @@ PENDING_REQUEUE_SECONDS = 3
 _T0 = time.monotonic()
 
 
-class ChaosError(Exception):
+class ChaosError(BenchError):
     """A setup failure reported as one line, exit status 2."""
 
 
@@ -76,67 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- the database, the servers and the clusters this run owns ----------------------------
-
-
-def _display_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    return urlunsplit(parts)
-
-
-class ChaosDatabase:
-    def __init__(self, url: str) -> None:
-        self.source_url = url
-        scheme = urlsplit(url).scheme if url else "sqlite"
-        self.is_postgres = scheme in {"postgres", "postgresql", "pgsql"}
-        if not self.is_postgres and scheme != "sqlite":
-            raise ChaosError(f"unsupported --database-url scheme {scheme!r} (sqlite or postgres)")
-        self.sqlite_path = Path(tempfile.gettempdir()) / f"bench-chaos-{os.getpid()}.sqlite3"
-        self.url = ""
-
-    def _admin(self, *statements: str) -> None:
-        import psycopg
-
-        parts = urlsplit(self.source_url)
-        if parts.path.lstrip("/") in {"", PG_DATABASE}:
-            parts = parts._replace(path="/postgres")
-        conninfo = urlunsplit(parts._replace(scheme="postgresql"))
-        try:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
-                for statement in statements:
-                    connection.execute(statement)
-        except psycopg.OperationalError as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise ChaosError(
-                f"PostgreSQL unreachable at {_display_url(self.source_url)}: {reason}"
-            ) from None
-
-    def create(self) -> str:
-        if self.is_postgres:
-            self._admin(
-                f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)",
-                f"CREATE DATABASE {PG_DATABASE}",
-            )
-            self.url = urlunsplit(urlsplit(self.source_url)._replace(path=f"/{PG_DATABASE}"))
-        else:
-            self._remove_sqlite_files()
-            self.url = f"sqlite:///{self.sqlite_path}"
-        return self.url
-
-    def drop(self) -> None:
-        if not self.url:
-            return
-        if self.is_postgres:
-            with contextlib.suppress(ChaosError):
-                self._admin(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
-        else:
-            self._remove_sqlite_files()
-
-    def _remove_sqlite_files(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{self.sqlite_path}{suffix}").unlink()
 
 
 def cluster_env(args: argparse.Namespace, database_url: str) -> dict[str, str]:
@@ -583,7 +526,7 @@ def database_label() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    database = ChaosDatabase(args.database_url)
+    database = BenchDatabase(args.database_url, PG_DATABASE)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
     experiment: Experiment | None = None
     stripe = smtp = None
@@ -591,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = database.create()
         env = cluster_env(args, url)
-        shown = _display_url(url) if database.is_postgres else url
+        shown = display_url(url) if database.is_postgres else url
         log(f"seed {args.seed}; database {shown}: migrating")
         migrate(env)
 
@@ -674,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"BROKEN: {', '.join(r.name for r in broken)} (qcluster logs: {log_dir})")
             return 1
         return 0
-    except ChaosError as exc:
+    except BenchError as exc:
         print(f"bench/chaos.py: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +24,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
@@ -45,20 +43,24 @@ def fix_sys_path() -> None:
 fix_sys_path()
 
 from bench.engine import (  # noqa: E402  (re-exported for the scripts)
+    BenchDatabase,
     BenchError,
     Cluster,
     cpu_busy,
     cpu_sample,
+    display_url,
     measure_commit_rate,
     migrate,
     percentile,
 )
 
 __all__ = [
+    "BenchDatabase",
     "BenchError",
     "Cluster",
     "cpu_busy",
     "cpu_sample",
+    "display_url",
     "measure_commit_rate",
     "migrate",
     "percentile",
@@ -94,14 +96,6 @@ def make_logger(name: str) -> Callable[[str], None]:
     return log
 
 
-def display_url(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    return urlunsplit(parts)
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -111,67 +105,14 @@ def free_port() -> int:
 # -- the database the benchmark owns ----------------------------------------------------
 
 
-class OwnDatabase:
-    """A temp SQLite file, or database `name` (re)created on the PostgreSQL server of
-    `server_url` (whose own database is only used to issue CREATE/DROP DATABASE)."""
+class OwnDatabase(BenchDatabase):
+    """`BenchDatabase` chosen by kind: a temp SQLite file, or database `name` on the
+    PostgreSQL server of `server_url`."""
 
     def __init__(self, kind: str, name: str, server_url: str = DEFAULT_POSTGRES_URL) -> None:
         if kind not in {"sqlite", "postgres"}:
             raise BenchError(f"unknown database {kind!r} (sqlite or postgres)")
-        self.kind = kind
-        self.name = name
-        self.server_url = server_url
-        scheme = urlsplit(server_url).scheme
-        if kind == "postgres" and scheme not in {"postgres", "postgresql", "pgsql"}:
-            raise BenchError(f"not a PostgreSQL URL: {display_url(server_url)}")
-        self.sqlite_path = Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.sqlite3"
-        self.url = ""
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.kind == "postgres"
-
-    def _admin(self, *statements: str) -> None:
-        import psycopg
-
-        parts = urlsplit(self.server_url)
-        if parts.path.lstrip("/") in {"", self.name}:
-            parts = parts._replace(path="/postgres")
-        conninfo = urlunsplit(parts._replace(scheme="postgresql"))
-        try:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-                for statement in statements:
-                    conn.execute(statement)
-        except psycopg.OperationalError as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise BenchError(
-                f"PostgreSQL unreachable at {display_url(self.server_url)}: {reason}"
-            ) from None
-
-    def create(self) -> str:
-        if self.is_postgres:
-            self._admin(
-                f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)", f"CREATE DATABASE {self.name}"
-            )
-            self.url = urlunsplit(urlsplit(self.server_url)._replace(path=f"/{self.name}"))
-        else:
-            self._remove_sqlite_files()
-            self.url = f"sqlite:///{self.sqlite_path}"
-        return self.url
-
-    def drop(self) -> None:
-        if not self.url:
-            return
-        if self.is_postgres:
-            with contextlib.suppress(BenchError):
-                self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        else:
-            self._remove_sqlite_files()
-
-    def _remove_sqlite_files(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{self.sqlite_path}{suffix}").unlink()
+        super().__init__(server_url if kind == "postgres" else "", name)
 
     def label(self) -> str:
         """After django.setup(): the server's version."""

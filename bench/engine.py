@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- the database this benchmark owns -------------------------------------------------
 
 
-def _display_url(url: str) -> str:
+def display_url(url: str) -> str:
     """The URL without its password."""
     parts = urlsplit(url)
     if parts.password:
@@ -84,20 +84,23 @@ def _display_url(url: str) -> str:
 
 
 class BenchDatabase:
-    """Creates the benchmark's own database and removes it on `drop()`."""
+    """A benchmark's own database, removed on `drop()`: a temp SQLite file, or database
+    `name` (re)created on the PostgreSQL server of `url`, whose own database is only
+    used to issue CREATE/DROP DATABASE. Shared by every script under bench/."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, name: str = PG_BENCH_DB) -> None:
         self.source_url = url
+        self.name = name
         scheme = urlsplit(url).scheme if url else "sqlite"
         self.is_postgres = scheme in {"postgres", "postgresql", "pgsql"}
         if not self.is_postgres and scheme != "sqlite":
-            raise BenchError(f"unsupported --database-url scheme {scheme!r} (sqlite or postgres)")
-        self.sqlite_path = Path(tempfile.gettempdir()) / f"bench-engine-{os.getpid()}.sqlite3"
+            raise BenchError(f"unsupported database URL scheme {scheme!r} (sqlite or postgres)")
+        self.sqlite_path = Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.sqlite3"
         self.url = ""
 
     def _admin_conninfo(self) -> str:
         parts = urlsplit(self.source_url)
-        if parts.path.lstrip("/") in {"", PG_BENCH_DB}:
+        if parts.path.lstrip("/") in {"", self.name}:
             parts = parts._replace(path="/postgres")
         return urlunsplit(parts._replace(scheme="postgresql"))
 
@@ -111,16 +114,16 @@ class BenchDatabase:
         except psycopg.OperationalError as exc:
             reason = " ".join(str(exc).split())[:200]
             raise BenchError(
-                f"PostgreSQL unreachable at {_display_url(self.source_url)}: {reason}"
+                f"PostgreSQL unreachable at {display_url(self.source_url)}: {reason}"
             ) from None
 
     def create(self) -> str:
         if self.is_postgres:
             self._admin(
-                f"DROP DATABASE IF EXISTS {PG_BENCH_DB} WITH (FORCE)",
-                f"CREATE DATABASE {PG_BENCH_DB}",
+                f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)",
+                f"CREATE DATABASE {self.name}",
             )
-            self.url = urlunsplit(urlsplit(self.source_url)._replace(path=f"/{PG_BENCH_DB}"))
+            self.url = urlunsplit(urlsplit(self.source_url)._replace(path=f"/{self.name}"))
         else:
             self._remove_sqlite_files()
             self.url = f"sqlite:///{self.sqlite_path}"
@@ -131,7 +134,7 @@ class BenchDatabase:
             return
         if self.is_postgres:
             with contextlib.suppress(BenchError):
-                self._admin(f"DROP DATABASE IF EXISTS {PG_BENCH_DB} WITH (FORCE)")
+                self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
         else:
             self._remove_sqlite_files()
 
@@ -477,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         env = bench_env(url, args.workers)
         os.environ.update(env)
         os.environ.pop("REDIS_URL", None)
-        log(f"database {_display_url(url) if database.is_postgres else url}: migrating")
+        log(f"database {display_url(url) if database.is_postgres else url}: migrating")
         migrate(env)
 
         sys.path.insert(0, str(ROOT))
