@@ -1,0 +1,59 @@
+"""Settings come from the environment: production defaults are safe, and the deploy
+checklist passes with the production variables set."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION = {
+    "DJANGO_DEBUG": "0",
+    "DJANGO_SECRET_KEY": "a-long-random-production-secret-key-0123456789-abcdefghijklmnop",
+    "DJANGO_ALLOWED_HOSTS": "orders.example.com",
+    "DATABASE_URL": "sqlite:////tmp/settings-check.sqlite3",
+}
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "OPENAI_", "STRIPE_", "LLM_", "PAYMENT_"))
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_deploy_is_clean_with_production_variables():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_never_falls_back_to_simulated_providers():
+    code = (
+        "from django.conf import settings; print(settings.LLM_PROVIDER, settings.PAYMENT_GATEWAY)"
+    )
+    result = manage("shell", "-c", code, env=PRODUCTION)
+    assert result.stdout.split()[-2:] == ["openai", "stripe"], result.stderr
+    asked = manage(
+        "shell",
+        "-c",
+        code,
+        env={**PRODUCTION, "LLM_PROVIDER": "simulated", "PAYMENT_GATEWAY": "simulated"},
+    )
+    assert asked.stdout.split()[-2:] == ["simulated", "simulated"], asked.stderr
+
+
+def test_production_without_a_secret_key_refuses_to_start():
+    env = {k: v for k, v in PRODUCTION.items() if k != "DJANGO_SECRET_KEY"}
+    result = manage("check", env=env)
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG=0" in result.stderr
