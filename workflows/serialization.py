@@ -1,5 +1,6 @@
 """Turning step outputs into JSON and back into the types the workflow code expects."""
 
+import functools
 import importlib
 from typing import Any
 
@@ -9,6 +10,19 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from .errors import StepOutputError
 
 _NO_ANNOTATION = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation)
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    """Building a TypeAdapter costs more than using it: keep one per annotation."""
+    try:
+        return _cached_adapter(annotation)
+    except TypeError:  # an unhashable annotation
+        return TypeAdapter(annotation)
 
 
 def type_path(value: Any) -> str:
@@ -23,7 +37,7 @@ def dump(key: str, value: Any, annotation: Any = _NO_ANNOTATION) -> Any:
     """JSON-ready form of a step's output; a clear error naming the step otherwise."""
     try:
         if annotation is not _NO_ANNOTATION and annotation is not None:
-            return TypeAdapter(annotation).dump_python(value, mode="json")
+            return _adapter(annotation).dump_python(value, mode="json")
         return to_jsonable_python(value)
     except (PydanticSerializationError, TypeError, ValueError) as exc:
         raise StepOutputError(
@@ -35,7 +49,7 @@ def dump(key: str, value: Any, annotation: Any = _NO_ANNOTATION) -> Any:
 def load(data: Any, annotation: Any = _NO_ANNOTATION, stored_type: str = "") -> Any:
     """Rebuild a stored output, preferring the caller's annotation over the stored type."""
     if annotation is not _NO_ANNOTATION and annotation is not None:
-        return TypeAdapter(annotation).validate_python(data)
+        return _adapter(annotation).validate_python(data)
     if stored_type and data is not None:
         module_name, _, qualname = stored_type.partition(":")
         try:

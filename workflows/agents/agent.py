@@ -19,6 +19,7 @@ in the loop repeats neither a finished model call nor a finished tool call.
 """
 
 import asyncio
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -85,9 +86,13 @@ class Agent:
     def with_input(self, text: str) -> "AgentInvocation":
         return AgentInvocation(agent=self, input=text)
 
+    # Both are sent with every model call and cost ~1 ms each to build from the pydantic
+    # models, which do not change: build them once.
+    @functools.cached_property
     def tool_schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self.tools.values()]
 
+    @functools.cached_property
     def response_format(self) -> dict[str, Any] | None:
         if self.output_schema is None:
             return None
@@ -247,8 +252,8 @@ class _AgentLoop:
             agent_id=self.agent.id,
             model=self.agent.model,
             messages=list(self.messages),
-            tools=self.agent.tool_schemas(),
-            response_format=self.agent.response_format(),
+            tools=self.agent.tool_schemas,
+            response_format=self.agent.response_format,
         )
         response: ModelResponse = await self.ctx.step.call(
             f"{self.key}/llm/{self.model_calls}",
