@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.engine import BenchDatabase, BenchError, display_url  # noqa: E402
+from bench.engine import BenchDatabase, BenchError, display_url, migrate  # noqa: E402
 
 PG_DATABASE = "bench_chaos"
 LEASE_SECONDS = 2
@@ -103,23 +103,6 @@ def cluster_env(args: argparse.Namespace, database_url: str) -> dict[str, str]:
     for name in ("REDIS_URL", "WORKFLOWS_EXTRA_MODULES", "TEST_SQLITE_PATH"):
         env.pop(name, None)  # the ORM broker on this database; only the order workflow
     return env
-
-
-def migrate(env: dict[str, str]) -> None:
-    try:
-        done = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except subprocess.TimeoutExpired:
-        raise ChaosError("manage.py migrate took longer than 300 s") from None
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
-        raise ChaosError(f"manage.py migrate failed: {lines[-1]}")
 
 
 class Cluster:

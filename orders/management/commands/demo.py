@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import reverse
 from django.utils import timezone
 
+from orders.management.arguments import positive_seconds
 from orders.models import Order, OrderStatus
 from orders.schemas import OrderPayload
 from orders.selectors import order_email_sent, order_review_info, orders_list
@@ -58,16 +59,6 @@ def bounded_int(value: str) -> int:
     if not 1 <= number <= 500:
         raise argparse.ArgumentTypeError(f"{value} is not between 1 and 500")
     return number
-
-
-def positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
-    return seconds
 
 
 def demo_reviewer() -> Any:

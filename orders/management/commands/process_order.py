@@ -1,4 +1,3 @@
-import argparse
 import json
 import time
 from typing import Any
@@ -8,6 +7,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.urls import reverse
 
 from orders.api.serializers import OrderCreateInputSerializer
+from orders.management.arguments import positive_seconds
 from orders.models import Order
 from orders.schemas import OrderPayload
 from orders.services import OrderConflictError, order_create
@@ -23,16 +23,6 @@ OPTION_OF_FIELD = {
     "amount": "--amount",
     "currency": "--currency",
 }
-
-
-def positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
-    return seconds
 
 
 def payload_validate(data: dict[str, Any]) -> OrderPayload:
