@@ -151,6 +151,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 LOGIN_URL = "admin:login"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "polos_site.reporting.SafeReporterFilter"
 
 # --- Security (production) ------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = (

@@ -57,3 +57,13 @@ def test_production_without_a_secret_key_refuses_to_start():
     result = manage("check", env=env)
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG=0" in result.stderr
+
+
+def test_error_pages_hide_credentials_in_connection_urls(settings):
+    from polos_site.reporting import SafeReporterFilter
+
+    settings.REDIS_URL = "redis://:hunter2@cache.internal:6379/0"
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "redis": settings.REDIS_URL}
+    settings.STRIPE_API_KEY = "sk_live_secret"
+    shown = SafeReporterFilter().get_safe_settings()
+    assert "hunter2" not in str(shown) and "sk_live_secret" not in str(shown)
