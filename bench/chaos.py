@@ -28,7 +28,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -198,127 +197,14 @@ def plan_orders(n: int, rng: random.Random) -> list[Planned]:
     ]
 
 
-class Experiment:
-    def __init__(self, env: dict[str, str], log_dir: Path, reviewer: Any) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.reviewer = reviewer
-        self.clusters: list[Cluster] = []
-        self.decisions: dict[str, bool] = {}
-        self.decided: set[str] = set()
-        self.kills: list[int] = []  # runs `running` at each kill
-        self.held_tasks: set[int] = set()  # tasks the killed clusters had dequeued
-        self.reaped_running: set[Any] = set()
-        self.reaped_pending: set[Any] = set()
-        self.resolved: list[str] = []
+def settled_count(planned: list[Planned]) -> int:
+    from orders.models import Order
 
-    def start_cluster(self) -> None:
-        path = self.log_dir / f"qcluster-{len(self.clusters)}.log"
-        self.clusters.append(Cluster(self.env, path))
-
-    def kill_and_restart(self) -> None:
-        from django.utils import timezone
-        from django_q.models import OrmQ
-
-        from workflows.models import RunStatus, WorkflowRun
-
-        self.kills.append(WorkflowRun.objects.filter(status=RunStatus.RUNNING).count())
-        self.clusters[-1].kill()
-        held = OrmQ.objects.filter(lock__gt=timezone.now()).values_list("pk", flat=True)
-        self.held_tasks |= set(held)
-        self.start_cluster()
-
-    def submit(self, planned: list[Planned]) -> None:
-        from orders.schemas import OrderPayload
-        from orders.services import order_create
-
-        for p in planned:
-            order_create(
-                payload=OrderPayload(
-                    order_id=p.order_id,
-                    customer_id=p.customer_id,
-                    customer_email=f"{p.order_id}@example.com",
-                    amount=Decimal(p.amount),
-                )
-            )
-            if p.path in ("approve", "reject"):
-                self.decisions[p.order_id] = p.path == "approve"
-
-    def decide_reviews(self) -> None:
-        from orders.models import Order
-        from orders.services import ReviewError, review_decide
-
-        due = Order.objects.filter(
-            order_id__in=set(self.decisions) - self.decided,
-            status="awaiting_review",
-            run__status="suspended",
-        )
-        for order in due:
-            with contextlib.suppress(ReviewError):
-                review_decide(
-                    order=order, approved=self.decisions[order.order_id], by=self.reviewer
-                )
-                self.decided.add(order.order_id)
-
-    def reap(self) -> None:
-        from django.test import override_settings
-        from django.utils import timezone
-
-        from workflows.models import RunStatus, WorkflowRun
-        from workflows.services import runs_reap
-
-        now = timezone.now()
-        expired = set(
-            WorkflowRun.objects.filter(
-                status=RunStatus.RUNNING, lease_expires_at__lt=now
-            ).values_list("pk", flat=True)
-        )
-        with override_settings(WORKFLOWS_PENDING_REQUEUE_SECONDS=PENDING_REQUEUE_SECONDS):
-            reaped = set(runs_reap(now=now))
-        self.reaped_running |= reaped & expired
-        self.reaped_pending |= reaped - expired
-
-    def resolve_confirmations_in_doubt(self, smtp: Any) -> None:
-        """The operator's part: a run failed because its confirmation is in doubt (its
-        worker died between claim and SMTP); the mail server says whether it left."""
-        from orders.models import Order
-        from orders.services import order_confirmation_resolve
-        from workflows.models import RunStatus
-
-        received = {m["Message-ID"].strip() for m in smtp.messages}
-        for order in Order.objects.filter(
-            run__status=RunStatus.FAILED, run__error__contains="ConfirmationUncertainError"
-        ):
-            sent = order.emails.get().message_id in received
-            order_confirmation_resolve(order=order, sent=sent)
-            self.resolved.append(order.order_id)
-
-    def pump(self, seconds: float) -> None:
-        """Decide the reviews that come due during `seconds`."""
-        until = time.monotonic() + seconds
-        while True:
-            self.decide_reviews()
-            if time.monotonic() >= until:
-                return
-            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
-
-    def pump_until_working(self, timeout: float) -> None:
-        from workflows.models import RunStatus, WorkflowRun
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if WorkflowRun.objects.filter(status=RunStatus.RUNNING).exists():
-                return
-            self.pump(0.05)
-
-    def settled(self, planned: list[Planned]) -> int:
-        from orders.models import Order
-
-        return Order.objects.filter(
-            order_id__in=[p.order_id for p in planned],
-            status__in=TERMINAL,
-            run__status__in=["completed", "failed", "cancelled"],
-        ).count()
+    return Order.objects.filter(
+        order_id__in=[p.order_id for p in planned],
+        status__in=TERMINAL,
+        run__status__in=["completed", "failed", "cancelled"],
+    ).count()
 
 
 def reviewer_user() -> Any:
@@ -511,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     database = BenchDatabase(args.database_url, PG_DATABASE)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
-    experiment: Experiment | None = None
+    experiment: Any = None
     stripe = smtp = None
     keep_logs = True
     try:
@@ -543,7 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.seed)
         planned = plan_orders(args.orders, rng)
         waves = [planned[i :: args.kills + 1] for i in range(args.kills + 1)]
-        experiment = Experiment(env, log_dir, reviewer_user())
+        from tests.support.chaos import ChaosDriver
+
+        experiment = ChaosDriver(
+            start_cluster=lambda n: Cluster(env, log_dir / f"qcluster-{n}.log"),
+            reviewer=reviewer_user(),
+            pending_requeue_seconds=PENDING_REQUEUE_SECONDS,
+        )
         label = database_label()
         log(
             f"{label}: {args.orders} orders in {len(waves)} waves, {args.kills} kills, "
@@ -560,11 +452,11 @@ def main(argv: list[str] | None = None) -> int:
             experiment.reap()
             log(
                 f"kill {n}: {experiment.kills[-1]} runs were running; "
-                f"{experiment.settled(planned)}/{len(planned)} orders settled"
+                f"{settled_count(planned)}/{len(planned)} orders settled"
             )
         experiment.submit(waves[-1])
         deadline = time.monotonic() + args.timeout
-        while (done := experiment.settled(planned)) < len(planned):
+        while (done := settled_count(planned)) < len(planned):
             if time.monotonic() > deadline:
                 log(f"only {done}/{len(planned)} orders settled within {args.timeout:g} s")
                 break
@@ -573,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             experiment.resolve_confirmations_in_doubt(smtp)
         elapsed = time.monotonic() - started
         experiment.clusters[-1].stop()
-        log(f"{experiment.settled(planned)}/{len(planned)} orders settled after {elapsed:.1f} s")
+        log(f"{settled_count(planned)}/{len(planned)} orders settled after {elapsed:.1f} s")
 
         rows, details = check(planned, stripe, smtp)
         broken = [r for r in rows if r.ok is False]

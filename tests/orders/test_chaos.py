@@ -24,25 +24,14 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from decimal import Decimal
 
 import pytest
 from django.db.models import Q
-from django.test import override_settings
-from django.utils import timezone
-from django_q.models import OrmQ
 
 from orders.models import Order, OrderStatus
-from orders.schemas import OrderPayload
-from orders.services import (
-    ReviewError,
-    order_confirmation_resolve,
-    order_create,
-    review_decide,
-)
+from tests.support.chaos import ChaosDriver
 from tests.support.cluster import QCluster
 from workflows.models import RunStatus, StepRecord, Wait, WaitStatus, WorkflowRun
-from workflows.services import runs_reap
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
 
@@ -57,10 +46,6 @@ class Planned:
     amount: str
     customer_id: str
     path: str  # small | threshold | approve | reject | declined
-
-    @property
-    def email(self) -> str:
-        return f"{self.order_id}@example.com"
 
     @property
     def expected_status(self) -> str:
@@ -101,111 +86,8 @@ def plan_orders(rng: random.Random) -> list[Planned]:
     ]
 
 
-class Chaos:
-    """The test's side of the experiment: submits orders, decides reviews, kills and
-    restarts clusters, reaps."""
-
-    def __init__(self, env: dict[str, str], reviewer) -> None:
-        self.env = env
-        self.reviewer = reviewer
-        self.clusters: list[QCluster] = []
-        self.decided: set[str] = set()
-        self.decisions: dict[str, bool] = {}
-        self.kills: list[str] = []
-        self.held: set[int] = set()  # broker tasks the killed clusters had dequeued
-        self.reaped_running: set = set()
-        self.reaped_pending: set = set()
-        self.resolved: list[str] = []
-
-    @property
-    def cluster(self) -> QCluster:
-        return self.clusters[-1]
-
-    def start_cluster(self) -> None:
-        self.clusters.append(QCluster(env=self.env).start())
-
-    def kill_and_restart(self) -> None:
-        in_flight = WorkflowRun.objects.filter(status=RunStatus.RUNNING).count()
-        committed = StepRecord.objects.count()
-        self.cluster.kill()
-        held = set(OrmQ.objects.filter(lock__gt=timezone.now()).values_list("pk", flat=True))
-        self.kills.append(
-            f"{in_flight} running/{committed} steps/{len(held - self.held)} tasks dequeued"
-        )
-        self.held |= held
-        self.start_cluster()
-
-    def submit(self, planned: list[Planned]) -> None:
-        for p in planned:
-            order_create(
-                payload=OrderPayload(
-                    order_id=p.order_id,
-                    customer_id=p.customer_id,
-                    customer_email=p.email,
-                    amount=Decimal(p.amount),
-                )
-            )
-            if p.path in ("approve", "reject"):
-                self.decisions[p.order_id] = p.path == "approve"
-
-    def decide_reviews(self) -> None:
-        waiting = Order.objects.filter(
-            order_id__in=set(self.decisions) - self.decided,
-            status=OrderStatus.AWAITING_REVIEW,
-            run__status=RunStatus.SUSPENDED,
-        )
-        for order in waiting:
-            try:
-                review_decide(
-                    order=order, approved=self.decisions[order.order_id], by=self.reviewer
-                )
-            except ReviewError:
-                continue
-            self.decided.add(order.order_id)
-
-    def reap(self) -> None:
-        now = timezone.now()
-        expired = set(
-            WorkflowRun.objects.filter(
-                status=RunStatus.RUNNING, lease_expires_at__lt=now
-            ).values_list("pk", flat=True)
-        )
-        with override_settings(WORKFLOWS_PENDING_REQUEUE_SECONDS=PENDING_REQUEUE_SECONDS):
-            reaped = set(runs_reap(now=now))
-        self.reaped_running |= reaped & expired
-        self.reaped_pending |= reaped - expired
-
-    def resolve_confirmations_in_doubt(self, smtp_server) -> None:
-        """The operator's part: a run failed because its confirmation is in doubt; the mail
-        server says whether it left, and the confirmation is settled accordingly."""
-        received = {m["Message-ID"].strip() for m in smtp_server.messages}
-        for order in Order.objects.filter(
-            run__status=RunStatus.FAILED, run__error__contains="ConfirmationUncertainError"
-        ):
-            sent = order.emails.get().message_id in received
-            order_confirmation_resolve(order=order, sent=sent)
-            self.resolved.append(f"{order.order_id} ({'sent' if sent else 'resent'})")
-
-    def pump(self, until: float) -> None:
-        """Decide the reviews that are due until the monotonic time `until`."""
-        while True:
-            self.decide_reviews()
-            if time.monotonic() >= until:
-                return
-            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
-
-    def pump_until_working(self, timeout: float) -> None:
-        """Decide reviews until the cluster is executing a run (or `timeout` passes)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if WorkflowRun.objects.filter(status=RunStatus.RUNNING).exists():
-                return
-            self.pump(time.monotonic() + 0.05)
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- qcluster {i} ---\n{c.output()[-3000:]}" for i, c in enumerate(self.clusters)
-        )
+def cluster_logs(clusters: list[QCluster]) -> str:
+    return "\n".join(f"--- qcluster {i} ---\n{c.output()[-3000:]}" for i, c in enumerate(clusters))
 
 
 def all_settled(planned: list[Planned]) -> bool:
@@ -250,30 +132,35 @@ def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_serve
     planned = plan_orders(rng)
     kills = rng.randint(4, 6)
     batches = [planned[i :: kills + 1] for i in range(kills + 1)]
-    chaos = Chaos(env, reviewer)
+    chaos = ChaosDriver(
+        start_cluster=lambda n: QCluster(env=env).start(),
+        reviewer=reviewer,
+        pending_requeue_seconds=PENDING_REQUEUE_SECONDS,
+    )
     started = time.monotonic()
     try:
         chaos.start_cluster()
         for batch in batches[:kills]:
             chaos.submit(batch)
             chaos.pump_until_working(timeout=10)  # a new cluster takes ~1-2 s to start
-            chaos.pump(time.monotonic() + rng.uniform(0.3, 1.5))
+            chaos.pump(rng.uniform(0.3, 1.5))
             chaos.kill_and_restart()
-            chaos.pump(time.monotonic() + LEASE_SECONDS + 0.2)  # the dead leases expire
+            chaos.pump(LEASE_SECONDS + 0.2)  # the dead leases expire
             chaos.reap()
         chaos.submit(batches[kills])
         deadline = time.monotonic() + FINISH_TIMEOUT
         while not all_settled(planned) and time.monotonic() < deadline:
-            chaos.pump(time.monotonic() + 1.0)
+            chaos.pump(1.0)
             chaos.reap()
             chaos.resolve_confirmations_in_doubt(smtp_server)
-        chaos.cluster.stop()
+        chaos.clusters[-1].stop()
     finally:
         for cluster in chaos.clusters:
             cluster.kill()
     elapsed = time.monotonic() - started
     print(
-        f"{len(planned)} orders, {kills} kills ({'; '.join(chaos.kills)}), "
+        f"{len(planned)} orders, {kills} kills (runs running at each: {chaos.kills}; "
+        f"{len(chaos.held_tasks)} dequeued tasks lost), "
         f"re-queued {len(chaos.reaped_running)} runs with a dead lease and "
         f"{len(chaos.reaped_pending)} pending runs whose task was lost, "
         f"confirmations in doubt settled: {chaos.resolved or 'none'}, {elapsed:.1f} s"
@@ -308,7 +195,9 @@ def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_serve
         if found:
             problems.append(f"{'; '.join(found)}: {evidence(order, stripe_server)}")
 
-    assert problems == [], f"seed {seed}\n" + "\n".join(problems) + "\n" + chaos.logs()
+    assert problems == [], (
+        f"seed {seed}\n" + "\n".join(problems) + "\n" + cluster_logs(chaos.clusters)
+    )
     assert set(orders) == {p.order_id for p in planned}
     assert sum(charges.values()) == sum(p.charged for p in planned)
     assert sum(refunds.values()) == sum(p.path == "reject" for p in planned)
