@@ -24,10 +24,8 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
-from django.utils.timesince import timeuntil
 
 from workflows.models import StepKind, StepRecord, WaitStatus
 
@@ -49,16 +47,11 @@ def can_decide(request: HttpRequest) -> bool:
     return request.user.has_perm(DECIDE_PERMISSION)
 
 
-def time_left(review: FraudReview, now: Any = None) -> str:
+def time_left(review: FraudReview) -> str:
     """Humanized time until the deadline; "expired" past it; "—" once decided."""
-    now = now or timezone.now()
-    if review.status == WaitStatus.EXPIRED or (
-        review.status == WaitStatus.WAITING and review.deadline <= now
-    ):
+    if review.status == WaitStatus.EXPIRED:
         return "expired"
-    if review.status == WaitStatus.WAITING:
-        return timeuntil(review.deadline, now, depth=2)
-    return EMPTY
+    return review.time_left_text() if review.status == WaitStatus.WAITING else EMPTY
 
 
 def state_badge(review: FraudReview) -> str:

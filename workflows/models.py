@@ -1,9 +1,12 @@
 """The durable record of every run: the run, its steps, and the waits it suspends on."""
 
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+from django.utils.timesince import timeuntil
 
 
 class RunStatus(models.TextChoices):
@@ -147,3 +150,8 @@ class Wait(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.key} ({self.status})"
+
+    def time_left_text(self, now: datetime | None = None) -> str:
+        """ "3 hours, 12 minutes" until the deadline, or "expired" past it."""
+        now = now or timezone.now()
+        return timeuntil(self.deadline, now, depth=2) if self.deadline > now else "expired"

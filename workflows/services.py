@@ -93,7 +93,7 @@ def _release_wait(
         raise WaitAlreadyDecidedError(
             f"The wait {key!r} of run {run_id} was already {wait.status}{who}{when}"
         )
-    wait = Wait.objects.select_related("resumed_by").get(run_id=run_id, key=key)
+    wait = Wait.objects.select_related("resumed_by", "run").get(run_id=run_id, key=key)
     timed_out = status == WaitStatus.EXPIRED
     if wait.kind == StepKind.SLEEP:
         output = None

@@ -32,7 +32,6 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.timesince import timeuntil
 from django.views.decorators.http import require_http_methods
 
 from .agents import agents_all
@@ -164,13 +163,6 @@ def _wait_link(wait: Wait) -> dict[str, str] | None:
     return {"url": url, "label": f"Open the {wait.key.replace('_', ' ')}"}
 
 
-def _time_left(wait: Wait) -> str:
-    now = timezone.now()
-    if wait.deadline <= now:
-        return "deadline passed"
-    return timeuntil(wait.deadline, now, depth=2)
-
-
 def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
     run = trace.run
     selected = trace.step(request.GET.get("step")) or trace.default_step()
@@ -190,7 +182,7 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
         "admin_url": reverse("admin:workflows_workflowrun_change", args=[run.pk]),
         "open_wait": open_wait,
         "open_wait_json": pretty_json(open_wait.data) if open_wait else "",
-        "open_wait_time_left": _time_left(open_wait) if open_wait else "",
+        "open_wait_time_left": open_wait.time_left_text() if open_wait else "",
         "open_wait_link": _wait_link(open_wait) if open_wait else None,
         "is_live": trace.is_live,
     }

@@ -1,6 +1,5 @@
 from django.core.management.base import BaseCommand
-from django.utils import timezone
-from django.utils.timesince import timesince, timeuntil
+from django.utils.timesince import timesince
 
 from orders.selectors import ops_overview
 
@@ -23,10 +22,8 @@ class Command(BaseCommand):
         if oldest is None:
             self.stdout.write("fraud reviews: none pending")
             return
-        now = timezone.now()
-        left = timeuntil(oldest.deadline, now) if oldest.deadline > now else "expired"
         self.stdout.write(
             f"fraud reviews: {overview.pending_reviews} pending; oldest is order "
-            f"{oldest.data.get('order_id')}, waiting {timesince(oldest.created_at, now)}, "
-            f"{left} left"
+            f"{oldest.data.get('order_id')}, waiting {timesince(oldest.created_at)}, "
+            f"{oldest.time_left_text()} left"
         )
