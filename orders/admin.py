@@ -30,6 +30,7 @@ from django.utils.text import Truncator
 from workflows.models import StepKind, StepRecord, WaitStatus
 
 from .models import EmailRecord, FraudReview, Order, ReviewState
+from .money import amount_display
 from .services import DECIDE_PERMISSION, ReviewError, review_decide
 
 AGENT_STEP_PREFIX = "start_order/"
@@ -65,6 +66,7 @@ def state_badge(review: FraudReview) -> str:
 
 
 def amount_text(review: FraudReview) -> str:
+    """The amount as the workflow recorded it, already in the currency's decimals."""
     return f"{review.data.get('amount', '?')} {str(review.data.get('currency', '')).upper()}"
 
 
@@ -416,20 +418,21 @@ class EmailRecordInline(admin.TabularInline):
 class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     list_display = (
         "order_id",
+        "client",
         "customer_id",
-        "amount",
-        "currency",
+        "amount_column",
         "status",
         "charge_id",
         "refund_id",
         "created_at",
     )
     list_filter = ("status", "currency")
+    list_select_related = ("client",)
     search_fields = ("order_id", "customer_id", "customer_email")
     date_hierarchy = "created_at"
     inlines = [EmailRecordInline]
     fieldsets = (
-        (None, {"fields": ("order_id", "customer_id", "customer_email", "amount", "currency")}),
+        (None, {"fields": ("order_id", "customer_id", "customer_email", "amount_column")}),
         (
             "Status",
             {
@@ -444,14 +447,32 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         ),
         (
             "Payment",
-            {"fields": ("charge_id", "charged_amount", "charged_at", "refund_id", "refunded_at")},
+            {
+                "fields": (
+                    "charge_id",
+                    "charged_amount_column",
+                    "charged_at",
+                    "refund_id",
+                    "refunded_at",
+                )
+            },
         ),
-        ("Record", {"fields": ("run", "idempotency_key", "created_at", "updated_at")}),
+        ("Record", {"fields": ("client", "run", "idempotency_key", "created_at", "updated_at")}),
     )
     readonly_fields = flatten_fieldsets(fieldsets)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_column(self, order: Order) -> str:
+        return amount_display(order.amount, order.currency)
+
+    @admin.display(description="charged amount")
+    def charged_amount_column(self, order: Order) -> str:
+        if order.charged_amount is None:
+            return EMPTY
+        return amount_display(order.charged_amount, order.currency)
 
     @admin.display(description="fraud review")
     def fraud_review_link(self, order: Order) -> str:

@@ -10,11 +10,11 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-
+from workflows import run_sync
 from workflows.agents import Agent, ModelRequest, SimulatedTurn, ToolContext, simulated_model, tool
 
+from .money import amount_plain
+from .policy import fraud_review_required, fraud_review_threshold
 from .schemas import (
     ChargeStripeInput,
     ChargeStripeOutput,
@@ -32,7 +32,7 @@ async def charge_stripe(ctx: ToolContext, input: ChargeStripeInput) -> ChargeStr
         order_check_arguments(
             order=order, customer_id=input.customer_id, amount=input.amount, currency=input.currency
         )
-        result = order_charge(order=order, idempotency_key=ctx.idempotency_key)
+        result = order_charge(order=order)  # the order's key, not this tool call's
         return ChargeStripeOutput(
             charge_id=result.charge_id,
             status=result.status,
@@ -40,7 +40,7 @@ async def charge_stripe(ctx: ToolContext, input: ChargeStripeInput) -> ChargeStr
             currency=result.currency,
         )
 
-    return await sync_to_async(charge)()
+    return await run_sync(charge)()
 
 
 @tool(description="Send order confirmation email to customer")
@@ -53,18 +53,19 @@ async def send_confirmation_email(ctx: ToolContext, input: SendEmailInput) -> Se
         record = order_confirm(order=order)
         return SendEmailOutput(sent=True, message_id=record.message_id)
 
-    return await sync_to_async(send)()
+    return await run_sync(send)()
 
 
-SYSTEM_PROMPT = f"""You are an order processing assistant that handles payments and confirmations.
+# No threshold here: it depends on the order's currency and on settings, so each
+# order's prompt states its own (`start_prompt`).
+SYSTEM_PROMPT = """You are an order processing assistant that handles payments and confirmations.
 
 RULES:
 1. When asked to process a payment, use the charge_stripe tool first
 2. After charging:
-   - If amount > ${settings.FRAUD_REVIEW_THRESHOLD}: Set action_requested='fraud_review' (human \
-review needed) and DO NOT SEND confirmation email.
-   - If amount <= ${settings.FRAUD_REVIEW_THRESHOLD}: Immediately send confirmation email using \
-send_confirmation_email tool
+   - If the amount is above the order's fraud review threshold (stated with the order): Set \
+action_requested='fraud_review' (human review needed) and DO NOT SEND confirmation email.
+   - Otherwise: Immediately send confirmation email using send_confirmation_email tool
 3. In the case of fraud review:
    - When you receive fraud review approval, send the confirmation email
    - When you receive fraud review rejection, just report the rejection (no email)
@@ -88,10 +89,17 @@ order_agent = Agent(
 
 
 def start_prompt(*, order_id: str, customer_id: str, amount: str, currency: str, email: str) -> str:
+    threshold = fraud_review_threshold(currency=currency)
+    code = currency.upper()
+    policy = (
+        f"Every {code} order needs fraud review."
+        if threshold is None
+        else f"The fraud review threshold is {amount_plain(threshold, currency)} {code}."
+    )
     return (
         f"Process payment for order {order_id}. "
         f"Charge customer {customer_id} for {amount} {currency.upper()}. "
-        f"Customer email is {email}."
+        f"Customer email is {email}. {policy}"
     )
 
 
@@ -109,7 +117,7 @@ def approved_prompt(
 
 _START = re.compile(
     r"Process payment for order (?P<order_id>\S+)\. Charge customer (?P<customer_id>\S+) "
-    r"for (?P<amount>[\d.]+) (?P<currency>[A-Z]{3})\. Customer email is (?P<email>\S+)\.$"
+    r"for (?P<amount>[\d.]+) (?P<currency>[A-Z]{3})\. Customer email is (?P<email>\S+)\.(?: .*)?$"
 )
 _APPROVED = re.compile(
     r"Fraud review APPROVED for order (?P<order_id>\S+)\. Charge ID: (?P<charge_id>\S+), "
@@ -199,7 +207,7 @@ def simulated_order_agent(messages: list[dict[str, Any]], request: ModelRequest)
         )
     if "error" in charge:
         return _answer("charge", f"Payment failed: {charge['error']}")
-    if Decimal(order["amount"]) > settings.FRAUD_REVIEW_THRESHOLD:
+    if fraud_review_required(amount=Decimal(order["amount"]), currency=order["currency"]):
         return _answer(
             "charge",
             f"Charged {order['amount']} {order['currency']}; amount is over the fraud "

@@ -7,6 +7,7 @@ review and the suspended workflow can never disagree.
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -25,7 +26,16 @@ class OrderStatus(models.TextChoices):
 
 
 class Order(models.Model):
-    order_id = models.CharField(max_length=64, unique=True)
+    # The API client (user) that submitted the order; its order ids and idempotency keys
+    # are its own. Null for orders started from the console or by commands.
+    client = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="orders",
+    )
+    order_id = models.CharField(max_length=64, db_index=True)
     customer_id = models.CharField(max_length=255)
     customer_email = models.EmailField()
     amount = models.DecimalField(max_digits=12, decimal_places=2)
@@ -37,7 +47,8 @@ class Order(models.Model):
     # What the client sent, hashed: a repeat with the same body is a retry, with another
     # body a conflict.
     request_fingerprint = models.CharField(max_length=64)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # NULL, not "", when absent: the unique constraints below must allow many of those.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     run = models.OneToOneField(
         WorkflowRun, null=True, blank=True, on_delete=models.PROTECT, related_name="order"
     )
@@ -59,6 +70,22 @@ class Order(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(amount__gt=0), name="order_amount_positive"),
+            # Per client; NULLs are distinct in a unique index, hence the partial ones for
+            # orders without a client.
+            models.UniqueConstraint(fields=["client", "order_id"], name="order_id_per_client"),
+            models.UniqueConstraint(
+                fields=["order_id"],
+                condition=models.Q(client__isnull=True),
+                name="order_id_without_client",
+            ),
+            models.UniqueConstraint(
+                fields=["client", "idempotency_key"], name="order_idempotency_key_per_client"
+            ),
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=models.Q(client__isnull=True),
+                name="order_idempotency_key_without_client",
+            ),
         ]
 
     def __str__(self) -> str:

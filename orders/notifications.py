@@ -11,6 +11,7 @@ from django.utils import timezone
 from workflows import NonRetryableError
 
 from .models import EmailRecord, EmailStatus, Order
+from .money import amount_grouped
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
         logger.info("order %s: confirmation already %s", order.order_id, existing.status)
         return existing
 
-    context = {"order": order, "amount": f"{order.amount:,.2f}", "currency": order.currency.upper()}
+    context = {
+        "order": order,
+        "amount": amount_grouped(order.amount, order.currency),
+        "currency": order.currency.upper(),
+    }
     message = EmailMultiAlternatives(
         subject=subject,
         body=render_to_string("emails/order_confirmation.txt", context),

@@ -21,13 +21,16 @@ from pydantic import BaseModel
 from workflows import RetryPolicy, WorkflowContext, workflow
 
 from .agents import approved_prompt, order_agent, start_prompt
-from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID, Order, OrderStatus
+from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID, OrderStatus
+from .money import amount_plain
 from .payments import PaymentDeclinedError, TransientPaymentError
+from .policy import fraud_review_required, fraud_review_threshold
 from .schemas import OrderAgentOutput, OrderPayload, OrderResult, OrderSnapshot
 from .services import (
     order_charge,
     order_confirm,
     order_finish,
+    order_for_run,
     order_refund,
     order_register_run,
     order_review_open,
@@ -45,44 +48,46 @@ class FraudPolicy(BaseModel):
     """The workflow's own decision, recorded in the trace beside the agent's request."""
 
     review_required: bool
-    threshold: Decimal
+    threshold: Decimal | None  # None: the currency has none, so every order is reviewed
+    currency: str = "usd"
     agent_requested_review: bool
     overrides_agent: bool
 
 
-def _charge_directly(order_id: str, idempotency_key: str) -> OrderSnapshot:
-    order = Order.objects.get(order_id=order_id)
+def _charge_directly(run_id: object) -> OrderSnapshot:
+    order = order_for_run(run_id)
     try:
-        order_charge(order=order, idempotency_key=idempotency_key)
+        order_charge(order=order)
     except PaymentDeclinedError:
         pass  # recorded on the order by order_charge
-    return order_snapshot(order_id=order_id)
+    return order_snapshot(run_id=run_id)
 
 
-def _confirm(order_id: str) -> OrderSnapshot:
-    order_confirm(order=Order.objects.get(order_id=order_id))
-    return order_snapshot(order_id=order_id)
+def _confirm(run_id: object) -> OrderSnapshot:
+    order_confirm(order=order_for_run(run_id))
+    return order_snapshot(run_id=run_id)
 
 
-def _fraud_policy(amount: Decimal, agent_output: OrderAgentOutput) -> FraudPolicy:
-    required = amount > settings.FRAUD_REVIEW_THRESHOLD
+def _fraud_policy(amount: Decimal, currency: str, agent_output: OrderAgentOutput) -> FraudPolicy:
+    required = fraud_review_required(amount=amount, currency=currency)
     requested = agent_output.action_requested == "fraud_review"
     return FraudPolicy(
         review_required=required,
-        threshold=settings.FRAUD_REVIEW_THRESHOLD,
+        threshold=fraud_review_threshold(currency=currency),
+        currency=currency,
         agent_requested_review=requested,
         overrides_agent=required != requested,
     )
 
 
 def _finish(
-    order_id: str,
+    run_id: object,
     status: OrderStatus,
     reason: str = "",
     fraud_approved: bool | None = None,
 ) -> OrderResult:
-    order_finish(order_id=order_id, status=status, reason=reason, fraud_approved=fraud_approved)
-    order = Order.objects.get(order_id=order_id)
+    order_finish(run_id=run_id, status=status, reason=reason, fraud_approved=fraud_approved)
+    order = order_for_run(run_id)
     return OrderResult(
         order_id=order.order_id,
         status=order.status,
@@ -97,7 +102,7 @@ def _finish(
 
 @workflow(id=ORDER_WORKFLOW_ID, description="Charge, confirm, and hold large orders for review.")
 async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> OrderResult:
-    amount = f"{payload.amount:.2f}"
+    amount = amount_plain(payload.amount, payload.currency)
     await ctx.step.run("register_order", order_register_run, payload=payload, run_id=ctx.run_id)
     result = await ctx.step.agent_invoke_and_wait(
         "start_order",
@@ -112,29 +117,30 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
         ),
     )
     output: OrderAgentOutput = result.result
-    order = await ctx.step.run("check_order", order_snapshot, order_id=payload.order_id)
+    order = await ctx.step.run("check_order", order_snapshot, run_id=ctx.run_id)
 
     if order.charge_id is None and order.status != OrderStatus.FAILED:
         # The agent did not charge (it skipped the tool, or the gateway was down).
         order = await ctx.step.run(
             "charge",
             _charge_directly,
-            payload.order_id,
-            ctx.idempotency_key("charge"),
+            ctx.run_id,
             retry=PAYMENT_RETRY,
         )
     if order.charge_id is None:
         return await ctx.step.run(
-            "finish", _finish, payload.order_id, OrderStatus.FAILED, order.failure_reason or ""
+            "finish", _finish, ctx.run_id, OrderStatus.FAILED, order.failure_reason or ""
         )
 
-    policy = await ctx.step.run("fraud_policy", _fraud_policy, payload.amount, output)
+    policy = await ctx.step.run(
+        "fraud_policy", _fraud_policy, payload.amount, payload.currency, output
+    )
     if not policy.review_required:
         if not order.email_sent:
-            await ctx.step.run("confirm", _confirm, payload.order_id)
-        return await ctx.step.run("finish", _finish, payload.order_id, OrderStatus.COMPLETED)
+            await ctx.step.run("confirm", _confirm, ctx.run_id)
+        return await ctx.step.run("finish", _finish, ctx.run_id, OrderStatus.COMPLETED)
 
-    await ctx.step.run("open_review", order_review_open, order_id=payload.order_id)
+    await ctx.step.run("open_review", order_review_open, run_id=ctx.run_id)
     resume_data = await ctx.step.suspend(
         FRAUD_REVIEW_KEY,
         data={
@@ -151,13 +157,12 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
         await ctx.step.run(
             "refund",
             order_refund,
-            order_id=payload.order_id,
-            idempotency_key=ctx.idempotency_key("refund"),
+            run_id=ctx.run_id,
             retry=PAYMENT_RETRY,
         )
         reason = "review_timeout" if resume_data.get("timed_out") else "review_rejected"
         return await ctx.step.run(
-            "finish", _finish, payload.order_id, OrderStatus.REJECTED, reason, False
+            "finish", _finish, ctx.run_id, OrderStatus.REJECTED, reason, False
         )
 
     await ctx.step.agent_invoke_and_wait(
@@ -172,7 +177,7 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
             )
         ),
     )
-    order = await ctx.step.run("check_confirmation", order_snapshot, order_id=payload.order_id)
+    order = await ctx.step.run("check_confirmation", order_snapshot, run_id=ctx.run_id)
     if not order.email_sent:
-        await ctx.step.run("confirm", _confirm, payload.order_id)
-    return await ctx.step.run("finish", _finish, payload.order_id, OrderStatus.COMPLETED, "", True)
+        await ctx.step.run("confirm", _confirm, ctx.run_id)
+    return await ctx.step.run("finish", _finish, ctx.run_id, OrderStatus.COMPLETED, "", True)

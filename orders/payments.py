@@ -1,21 +1,29 @@
 """Payment gateways: Stripe through the official SDK, and an offline simulation.
 
 Amounts are `Decimal` in major units here and integers in minor units (cents) at
-Stripe. Every create carries an idempotency key, so a retry after a lost answer
-replays the first result instead of charging again.
+Stripe.
+
+One order's charge is one operation, whoever attempts it: every attempt carries the
+order's own idempotency key (`payment_key`), and before creating anything the Stripe
+gateway looks for what an earlier attempt may have created (a lost answer, a crash).
+Refunds and captures follow the same rule.
 """
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import stripe
 from django.conf import settings
 
 from workflows import NonRetryableError
+
+from . import money
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,41 @@ class PaymentDeclinedError(NonRetryableError):
 
 class TransientPaymentError(Exception):
     """The gateway could not answer now (network, rate limit, 5xx): try again."""
+
+
+class _KeySpentError(TransientPaymentError):
+    """Stripe replayed a 500 stored under this key: that attempt is over, and every
+    retry with the same key would only replay it."""
+
+
+# How many keys one operation may go through after stored 500s (see `payment_key`).
+MAX_KEY_ATTEMPTS = 5
+# Stripe's clock may differ from ours: look for PaymentIntents created this long before
+# the order.
+LOOKUP_CLOCK_MARGIN = timedelta(hours=1)
+
+
+def payment_key(*, operation: str, order_id: str, run_id: object) -> str:
+    """The idempotency key of one operation ("charge", "refund", "capture") on one order.
+
+    Derived from the order itself (its id and its run's, which is unique even where
+    order ids are per client), so the agent's tool, the workflow's fallback, their
+    retries and replays all send the same key and Stripe replays the first result.
+    """
+    return f"{operation}:{order_id}:{run_id}"
+
+
+def attempt_key(key: str, attempt: int) -> str:
+    """The key of the operation's `attempt`-th key (1 is `key` itself).
+
+    Stripe stores a 500 under its key and replays it for 24 h, so one key alone could
+    wedge an order. The gateway moves to attempt n+1 only once Stripe *replayed*
+    attempt n's stored failure (so that request is over and cannot still be creating
+    something) and a lookup then proved that nothing exists. Every call walks again
+    from attempt 1, so the attempt needs no storage: spent keys answer at once with
+    their replay, and the key that worked replays its success.
+    """
+    return key if attempt == 1 else f"{key}:{attempt}"
 
 
 @dataclass(frozen=True)
@@ -63,19 +106,33 @@ class PaymentGateway(Protocol):
         currency: str,
         idempotency_key: str,
         metadata: dict[str, str],
+        created_since: datetime | None = None,
     ) -> Charge: ...
 
-    def refund(self, *, charge_id: str, amount: Decimal, idempotency_key: str) -> Refund: ...
+    def refund(
+        self,
+        *,
+        charge_id: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> Refund: ...
+
+    def capture(
+        self, *, charge_id: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> Charge: ...
+
+    def cancel(self, *, charge_id: str, idempotency_key: str) -> None: ...
 
 
-def to_minor_units(amount: Decimal) -> int:
-    if amount != amount.quantize(Decimal("0.01")):
-        raise ValueError(f"{amount} has more than two decimal places")
-    return int(amount * 100)
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """Stripe's integer amount: cents, or whole yen for zero-decimal currencies."""
+    return money.to_minor_units(amount, currency)
 
 
-def from_minor_units(amount: int) -> Decimal:
-    return (Decimal(amount) / 100).quantize(Decimal("0.01"))
+def from_minor_units(amount: int, currency: str) -> Decimal:
+    return money.from_minor_units(amount, currency)
 
 
 class StripeGateway:
@@ -104,6 +161,10 @@ class StripeGateway:
                 "Stripe refused the API key: set STRIPE_API_KEY to a valid secret key"
             ) from None
         except stripe.APIError as exc:
+            if _replayed(exc.headers):
+                raise _KeySpentError(
+                    f"Stripe replayed a stored error: {exc.user_message or exc}"
+                ) from None
             raise TransientPaymentError(f"Stripe error: {exc.user_message or exc}") from None
         except stripe.StripeError as exc:
             raise NonRetryableError(
@@ -121,6 +182,37 @@ class StripeGateway:
             )
         return method if isinstance(method, str) else method["id"]
 
+    def _listed(self, listing: Any, params: dict[str, Any], metadata: Mapping[str, str]) -> list:
+        """Every object of a Stripe list (all pages) that this operation made: its
+        metadata names the same order and run. Stripe's list is strongly consistent,
+        unlike its search, so what an earlier attempt created is there."""
+        page = self._call(listing, params={**params, "limit": 100})
+        return self._call(
+            lambda: [obj for obj in page.auto_paging_iter() if _made_for(obj, metadata)]
+        )
+
+    def _find_intent(
+        self, *, customer_id: str, metadata: Mapping[str, str], created_since: datetime | None
+    ) -> Any | None:
+        """The order's PaymentIntent, if an earlier attempt created one: a live one
+        first, else a declined one (that decline is the answer the attempt lost)."""
+        params: dict[str, Any] = {"customer": customer_id}
+        if created_since is not None:
+            params["created"] = {"gte": int((created_since - LOOKUP_CLOCK_MARGIN).timestamp())}
+        intents = self._listed(self.client.v1.payment_intents.list, params, metadata)
+        live = [
+            pi for pi in intents if pi.status in ("succeeded", "requires_capture", "processing")
+        ]
+        if len(live) > 1:
+            logger.error(
+                "order %s has %d PaymentIntents: %s",
+                metadata.get("order_id"),
+                len(live),
+                ", ".join(pi.id for pi in live),
+            )
+        declined = [pi for pi in intents if pi.to_dict().get("last_payment_error")]
+        return (live or declined or [None])[-1]  # the oldest: lists are newest first
+
     def charge(
         self,
         *,
@@ -129,38 +221,140 @@ class StripeGateway:
         currency: str,
         idempotency_key: str,
         metadata: dict[str, str],
+        created_since: datetime | None = None,
     ) -> Charge:
-        intent = self._call(
-            self.client.v1.payment_intents.create,
-            params={
-                "amount": to_minor_units(amount),
-                "currency": currency,
-                "customer": customer_id,
-                "payment_method": self._default_payment_method(customer_id),
-                "confirm": True,
-                "off_session": True,
-                "metadata": metadata,
-            },
-            options={"idempotency_key": f"charge:{idempotency_key}"},
-        )
-        if intent.status != "succeeded":
-            raise PaymentDeclinedError(f"payment is {intent.status}", code=intent.status)
-        return Charge(
-            charge_id=intent.id,
-            status=intent.status,
-            amount=from_minor_units(intent.amount),
-            currency=intent.currency,
-        )
+        """Charge once per key: recover the PaymentIntent an earlier attempt may have
+        created, else create it (see `attempt_key` for the keys after a stored 500)."""
+        payment_method = ""
+        for attempt in range(1, MAX_KEY_ATTEMPTS + 1):
+            intent = self._find_intent(
+                customer_id=customer_id, metadata=metadata, created_since=created_since
+            )
+            if intent is None:
+                payment_method = payment_method or self._default_payment_method(customer_id)
+                try:
+                    intent = self._call(
+                        self.client.v1.payment_intents.create,
+                        params={
+                            "amount": to_minor_units(amount, currency),
+                            "currency": currency,
+                            "customer": customer_id,
+                            "payment_method": payment_method,
+                            "confirm": True,
+                            "off_session": True,
+                            "metadata": metadata,
+                        },
+                        options={"idempotency_key": attempt_key(idempotency_key, attempt)},
+                    )
+                except _KeySpentError:
+                    continue
+            return _charge_of(intent)
+        raise TransientPaymentError(f"Stripe failed the charge under {MAX_KEY_ATTEMPTS} keys")
 
-    def refund(self, *, charge_id: str, amount: Decimal, idempotency_key: str) -> Refund:
-        refund = self._call(
-            self.client.v1.refunds.create,
-            params={"payment_intent": charge_id, "amount": to_minor_units(amount)},
-            options={"idempotency_key": f"refund:{idempotency_key}"},
-        )
-        return Refund(
-            refund_id=refund.id, status=refund.status, amount=from_minor_units(refund.amount)
-        )
+    def refund(
+        self,
+        *,
+        charge_id: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> Refund:
+        """Refund once per key: recover the refund an earlier attempt may have made."""
+        for attempt in range(1, MAX_KEY_ATTEMPTS + 1):
+            refunds = self._listed(
+                self.client.v1.refunds.list, {"payment_intent": charge_id}, metadata
+            )
+            live = [r for r in refunds if r.status not in ("failed", "canceled")]
+            refund = live[-1] if live else None
+            if refund is None:
+                try:
+                    refund = self._call(
+                        self.client.v1.refunds.create,
+                        params={
+                            "payment_intent": charge_id,
+                            "amount": to_minor_units(amount, currency),
+                            "metadata": metadata,
+                        },
+                        options={"idempotency_key": attempt_key(idempotency_key, attempt)},
+                    )
+                except _KeySpentError:
+                    continue
+            return Refund(
+                refund_id=refund.id,
+                status=refund.status,
+                amount=from_minor_units(refund.amount, refund.currency),
+            )
+        raise TransientPaymentError(f"Stripe failed the refund under {MAX_KEY_ATTEMPTS} keys")
+
+    def capture(
+        self, *, charge_id: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> Charge:
+        """Capture an authorization once: an intent already captured (by an attempt
+        whose answer was lost) is done."""
+        for attempt in range(1, MAX_KEY_ATTEMPTS + 1):
+            intent = self._call(self.client.v1.payment_intents.retrieve, charge_id)
+            if intent.status == "requires_capture":
+                try:
+                    intent = self._call(
+                        self.client.v1.payment_intents.capture,
+                        charge_id,
+                        params={"amount_to_capture": to_minor_units(amount, currency)},
+                        options={"idempotency_key": attempt_key(idempotency_key, attempt)},
+                    )
+                except _KeySpentError:
+                    continue
+            return _charge_of(intent)
+        raise TransientPaymentError(f"Stripe failed the capture under {MAX_KEY_ATTEMPTS} keys")
+
+    def cancel(self, *, charge_id: str, idempotency_key: str) -> None:
+        """Release an authorization once: an intent already cancelled is done; one
+        already captured must be refunded instead."""
+        for attempt in range(1, MAX_KEY_ATTEMPTS + 1):
+            intent = self._call(self.client.v1.payment_intents.retrieve, charge_id)
+            if intent.status == "canceled":
+                return
+            if intent.status == "succeeded":
+                raise NonRetryableError(f"{charge_id} is captured: refund it instead")
+            try:
+                self._call(
+                    self.client.v1.payment_intents.cancel,
+                    charge_id,
+                    options={"idempotency_key": attempt_key(idempotency_key, attempt)},
+                )
+                return
+            except _KeySpentError:
+                continue
+        raise TransientPaymentError(f"Stripe failed the cancel under {MAX_KEY_ATTEMPTS} keys")
+
+
+def _replayed(headers: Mapping[str, str] | None) -> bool:
+    """Whether Stripe answered with the result stored under the idempotency key."""
+    return any(
+        name.lower() == "idempotent-replayed" and value == "true"
+        for name, value in (headers or {}).items()
+    )
+
+
+def _made_for(obj: Any, metadata: Mapping[str, str]) -> bool:
+    theirs = obj.to_dict().get("metadata") or {}
+    keys = [k for k in ("order_id", "run_id") if k in metadata]
+    return bool(keys) and all(theirs.get(k) == metadata[k] for k in keys)
+
+
+def _charge_of(intent: Any) -> Charge:
+    if intent.status != "succeeded":
+        error = intent.to_dict().get("last_payment_error") or {}
+        if error:
+            code = error.get("decline_code") or error.get("code") or "card_declined"
+            raise PaymentDeclinedError(error.get("message") or "payment was declined", code=code)
+        raise PaymentDeclinedError(f"payment is {intent.status}", code=intent.status)
+    return Charge(
+        charge_id=intent.id,
+        status=intent.status,
+        amount=from_minor_units(intent.amount, intent.currency),
+        currency=intent.currency,
+    )
 
 
 def _simulated_id(prefix: str, key: str) -> str:
@@ -181,29 +375,52 @@ class SimulatedGateway:
         currency: str,
         idempotency_key: str,
         metadata: dict[str, str],
+        created_since: datetime | None = None,
     ) -> Charge:
-        to_minor_units(amount)
+        to_minor_units(amount, currency)
         if customer_id == SIMULATED_DECLINED_CUSTOMER:
             raise PaymentDeclinedError("Your card was declined.", code="generic_decline")
-        if to_minor_units(amount) % 100 == SIMULATED_DECLINED_CENTS:
+        if to_minor_units(amount, currency) % 100 == SIMULATED_DECLINED_CENTS:
             raise PaymentDeclinedError(
                 "Your card has insufficient funds.", code="insufficient_funds"
             )
-        charge_id = _simulated_id("pi", f"charge:{idempotency_key}")
+        charge_id = _simulated_id("pi", idempotency_key)
         logger.info("simulated charge %s: %s %s to %s", charge_id, amount, currency, customer_id)
         return Charge(charge_id=charge_id, status="succeeded", amount=amount, currency=currency)
 
-    def refund(self, *, charge_id: str, amount: Decimal, idempotency_key: str) -> Refund:
-        refund_id = _simulated_id("re", f"refund:{idempotency_key}")
+    def refund(
+        self,
+        *,
+        charge_id: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> Refund:
+        refund_id = _simulated_id("re", idempotency_key)
         logger.info("simulated refund %s of %s", refund_id, charge_id)
         return Refund(refund_id=refund_id, status="succeeded", amount=amount)
 
+    def capture(
+        self, *, charge_id: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> Charge:
+        logger.info("simulated capture of %s", charge_id)
+        return Charge(charge_id=charge_id, status="succeeded", amount=amount, currency=currency)
+
+    def cancel(self, *, charge_id: str, idempotency_key: str) -> None:
+        logger.info("simulated cancel of %s", charge_id)
+
 
 @cache
-def _gateway(name: str, api_base: str, api_key: str) -> PaymentGateway:
+def _gateway(name: str, api_base: str, api_key: str, retries: int) -> PaymentGateway:
     return StripeGateway() if name == "stripe" else SimulatedGateway()
 
 
 def payment_gateway() -> PaymentGateway:
     """The configured gateway (`PAYMENT_GATEWAY`), one per process and configuration."""
-    return _gateway(settings.PAYMENT_GATEWAY, settings.STRIPE_API_BASE, settings.STRIPE_API_KEY)
+    return _gateway(
+        settings.PAYMENT_GATEWAY,
+        settings.STRIPE_API_BASE,
+        settings.STRIPE_API_KEY,
+        settings.STRIPE_MAX_NETWORK_RETRIES,
+    )

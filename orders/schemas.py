@@ -3,19 +3,60 @@
 Money is `Decimal` throughout (the seed's floats cannot hold cents exactly).
 """
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from . import rules
+
+
+def _refusal(exc: rules.OrderRuleError) -> PydanticCustomError:
+    """The rule's message as the field's error, without pydantic's "Value error, "."""
+    return PydanticCustomError("order_rule", "{reason}", {"reason": str(exc)})
+
+
+def _rule(check: Callable[[Any], Any], *, before: bool = False) -> AfterValidator | BeforeValidator:
+    """A domain rule as a pydantic validator: its message becomes the field's error."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except rules.OrderRuleError as exc:
+            raise _refusal(exc) from None
+
+    return BeforeValidator(validate) if before else AfterValidator(validate)
 
 
 class OrderPayload(BaseModel):
-    """Input of the `order_processing` workflow."""
+    """Input of the `order_processing` workflow, and the one place where an order's
+    rules (`orders.rules`) are applied: every door builds one of these."""
 
-    order_id: str
-    customer_id: str
-    customer_email: EmailStr
-    amount: Decimal = Field(gt=0, decimal_places=2)
-    currency: str = "usd"
+    order_id: Annotated[str, _rule(rules.order_id_check)]
+    customer_id: Annotated[str, _rule(rules.customer_id_check)]
+    customer_email: Annotated[
+        str, _rule(rules.email_check), Field(json_schema_extra={"format": "email"})
+    ]
+    # Before `amount`, whose range and decimals depend on it.
+    currency: Annotated[str, _rule(rules.currency_check)] = "usd"
+    amount: Annotated[Decimal, _rule(rules.amount_parse, before=True)]
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_rules(cls, amount: Decimal, info: ValidationInfo) -> Decimal:
+        try:
+            return rules.amount_check(amount, info.data.get("currency"))
+        except rules.OrderRuleError as exc:
+            raise _refusal(exc) from None
 
 
 class OrderResult(BaseModel):

@@ -4,13 +4,18 @@ runs and their fraud reviews. Writes live in `orders.services`."""
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypedDict
+from uuid import UUID
 
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django_q.brokers import get_broker
 
 from workflows.models import RunStatus, WorkflowRun
+from workflows.selectors import run_get_with_steps
 
 from .models import EmailRecord, EmailStatus, FraudReview, Order
 from .services import order_review
@@ -44,9 +49,35 @@ def _orders() -> QuerySet[Order]:
     )
 
 
-def order_get(*, order_id: str) -> Order:
-    """The order with that client-chosen id, or `Http404` (a 404 in views and the API)."""
-    return get_object_or_404(_orders(), order_id=order_id)
+def order_get(*, order_id: str, client: AbstractBaseUser | None = None) -> Order:
+    """For staff tools (commands): the order with that id, the `client`'s if given.
+    `Http404` if none; without a client, `Order.MultipleObjectsReturned` when clients
+    share the id, so that a command never acts on a guess."""
+    orders = _orders() if client is None else _orders().filter(client=client)
+    return get_object_or_404(orders, order_id=order_id)
+
+
+def order_get_for(*, client: AbstractBaseUser, order_id: str) -> Order:
+    """The API client's own order with that id, or `Http404`: another client's order is
+    not found either, so ids never leak between clients."""
+    return get_object_or_404(_orders(), client=client, order_id=order_id)
+
+
+def order_list_for(*, client: AbstractBaseUser, status: str | None = None) -> QuerySet[Order]:
+    """The API client's own orders, as `orders_list` gives them."""
+    return orders_list(status=status).filter(client=client)
+
+
+def run_get_for(*, client: AbstractBaseUser, run_id: UUID | str) -> WorkflowRun:
+    """The run of one of the API client's orders, with its steps and waits; `Http404`
+    for another client's run, a run without an order, or a malformed id."""
+    try:
+        owned = Order.objects.filter(client=client, run_id=run_id).exists()
+    except (ValueError, ValidationError):
+        owned = False
+    if not owned:
+        raise Http404(f"No run {run_id}")
+    return run_get_with_steps(run_id=run_id)
 
 
 def orders_list(*, status: str | None = None) -> QuerySet[Order]:

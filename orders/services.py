@@ -7,7 +7,6 @@ import logging
 from decimal import Decimal
 from uuid import UUID
 
-from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
@@ -35,7 +34,8 @@ from .models import (
     ReviewState,
 )
 from .notifications import CONFIRMATION, order_confirmation_send
-from .payments import Charge, PaymentDeclinedError, payment_gateway
+from .payments import Charge, PaymentDeclinedError, payment_gateway, payment_key
+from .policy import fraud_review_required
 from .schemas import OrderPayload, OrderSnapshot
 
 logger = logging.getLogger(__name__)
@@ -66,21 +66,31 @@ def _fingerprint(payload: OrderPayload) -> str:
 
 
 def order_create(
-    *, payload: OrderPayload, idempotency_key: str | None = None
+    *,
+    payload: OrderPayload,
+    client: AbstractBaseUser | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[Order, bool]:
-    """Create the order and start its workflow in one transaction, or return the existing
-    order for a repeat of the same request. Returns (order, created).
+    """Create the order for `client` (None: the console's or a command's) and start its
+    workflow in one transaction, or return the existing order for a repeat of the same
+    request. Returns (order, created).
 
-    Raises `OrderConflictError` when the order id or idempotency key was used with a
-    different body.
+    Order ids and idempotency keys are the client's own: only its orders are repeats or
+    conflicts. Raises `OrderConflictError` when the client used the order id or
+    idempotency key with a different body.
     """
-    payload = payload.model_copy(update={"currency": payload.currency.lower()})
+    # Validated again: a payload built with `model_construct` or `model_copy(update=...)`
+    # skipped the order rules, and no door may. Raises pydantic's ValidationError.
+    payload = OrderPayload.model_validate(payload.model_dump())
     fingerprint = _fingerprint(payload)
-    existing = _order_find(order_id=payload.order_id, idempotency_key=idempotency_key)
+    existing = _order_find(
+        client=client, order_id=payload.order_id, idempotency_key=idempotency_key
+    )
     if existing is None:
         try:
             with transaction.atomic():
                 order = Order.objects.create(
+                    client=client,
                     order_id=payload.order_id,
                     customer_id=payload.customer_id,
                     customer_email=payload.customer_email,
@@ -93,7 +103,9 @@ def order_create(
                 order.save(update_fields=["run"])
             return order, True
         except IntegrityError:  # a concurrent request created it first
-            existing = _order_find(order_id=payload.order_id, idempotency_key=idempotency_key)
+            existing = _order_find(
+                client=client, order_id=payload.order_id, idempotency_key=idempotency_key
+            )
             if existing is None:
                 raise
     if existing.request_fingerprint != fingerprint:
@@ -107,7 +119,11 @@ def order_register_run(*, payload: OrderPayload, run_id: UUID) -> None:
     """Make sure the run's order exists: a run started outside `order_create` (the
     start-a-run page, another client of the engine) creates its order here."""
     payload = payload.model_copy(update={"currency": payload.currency.lower()})
+    if Order.objects.filter(run_id=run_id).exists():
+        return  # `order_create` made it with its run
+    # Started outside the API: the order has no client.
     order, _ = Order.objects.get_or_create(
+        client=None,
         order_id=payload.order_id,
         defaults={
             "customer_id": payload.customer_id,
@@ -124,20 +140,23 @@ def order_register_run(*, payload: OrderPayload, run_id: UUID) -> None:
         )
 
 
-def _order_find(*, order_id: str, idempotency_key: str | None) -> Order | None:
+def _order_find(
+    *, client: AbstractBaseUser | None, order_id: str, idempotency_key: str | None
+) -> Order | None:
+    orders = Order.objects.filter(client=client)
     if idempotency_key:
-        by_key = Order.objects.filter(idempotency_key=idempotency_key).first()
+        by_key = orders.filter(idempotency_key=idempotency_key).first()
         if by_key is not None:
             return by_key
-    return Order.objects.filter(order_id=order_id).first()
+    return orders.filter(order_id=order_id).first()
 
 
 def order_for_run(run_id: object) -> Order:
     return Order.objects.get(run_id=run_id)
 
 
-def order_snapshot(*, order_id: str) -> OrderSnapshot:
-    order = Order.objects.get(order_id=order_id)
+def order_snapshot(*, run_id: object) -> OrderSnapshot:
+    order = order_for_run(run_id)
     return OrderSnapshot(
         order_id=order.order_id,
         amount=order.amount,
@@ -149,8 +168,18 @@ def order_snapshot(*, order_id: str) -> OrderSnapshot:
     )
 
 
-def order_charge(*, order: Order, idempotency_key: str) -> Charge:
+def _order_payment_metadata(order: Order) -> dict[str, str]:
+    """What Stripe keeps on the order's PaymentIntent and refund: how a later attempt
+    recognises what an earlier one created."""
+    return {"order_id": order.order_id, "run_id": str(order.run_id)}
+
+
+def order_charge(*, order: Order) -> Charge:
     """Charge the order's own amount, once. A second call returns the first charge.
+
+    Whoever calls (the agent's tool, the workflow's fallback, a retry or a replay), it
+    is one operation: the key comes from the order, and the gateway recovers the
+    PaymentIntent that an attempt with a lost answer may have created.
 
     A decline marks the order failed with the reason and raises `PaymentDeclinedError`;
     transient gateway errors propagate for the caller's retry policy.
@@ -170,8 +199,11 @@ def order_charge(*, order: Order, idempotency_key: str) -> Charge:
             customer_id=order.customer_id,
             amount=order.amount,
             currency=order.currency,
-            idempotency_key=idempotency_key,
-            metadata={"order_id": order.order_id, "run_id": str(order.run_id)},
+            idempotency_key=payment_key(
+                operation="charge", order_id=order.order_id, run_id=order.run_id
+            ),
+            metadata=_order_payment_metadata(order),
+            created_since=order.created_at,
         )
     except PaymentDeclinedError as exc:
         Order.objects.filter(pk=order.pk, charge_id="").update(
@@ -214,10 +246,6 @@ def order_check_arguments(
         raise OrderMismatchError("Refused: " + "; ".join(problems) + ".")
 
 
-def fraud_review_required(order: Order) -> bool:
-    return order.amount > settings.FRAUD_REVIEW_THRESHOLD
-
-
 def order_review(order: Order) -> FraudReview | None:
     return FraudReview.objects.filter(run_id=order.run_id).first()
 
@@ -230,7 +258,7 @@ def order_confirm(*, order: Order) -> EmailRecord:
         raise OrderMismatchError("Refused: the order has not been charged yet.")
     if order.status in (OrderStatus.FAILED, OrderStatus.REJECTED):
         raise OrderMismatchError(f"Refused: the order is {order.status}.")
-    if fraud_review_required(order):
+    if fraud_review_required(amount=order.amount, currency=order.currency):
         review = order_review(order)
         if review is None or review.state != ReviewState.APPROVED:
             raise OrderMismatchError(
@@ -240,21 +268,27 @@ def order_confirm(*, order: Order) -> EmailRecord:
     return order_confirmation_send(order=order)
 
 
-def order_review_open(*, order_id: str) -> None:
-    Order.objects.filter(order_id=order_id).update(
+def order_review_open(*, run_id: object) -> None:
+    Order.objects.filter(run_id=run_id).update(
         status=OrderStatus.AWAITING_REVIEW, fraud_review_required=True, updated_at=timezone.now()
     )
 
 
-def order_refund(*, order_id: str, idempotency_key: str) -> str:
-    """Refund the order's charge in full; returns the refund id (the same on a retry)."""
-    order = Order.objects.get(order_id=order_id)
+def order_refund(*, run_id: object) -> str:
+    """Refund the order's charge in full, once; returns the refund id (the same on a
+    retry). The key comes from the order, and the gateway recovers a refund whose
+    answer was lost."""
+    order = order_for_run(run_id)
     if order.refund_id:
         return order.refund_id
     refund = payment_gateway().refund(
         charge_id=order.charge_id,
         amount=order.charged_amount or order.amount,
-        idempotency_key=idempotency_key,
+        currency=order.currency,
+        idempotency_key=payment_key(
+            operation="refund", order_id=order.order_id, run_id=order.run_id
+        ),
+        metadata=_order_payment_metadata(order),
     )
     Order.objects.filter(pk=order.pk, refund_id="").update(
         refund_id=refund.refund_id, refunded_at=timezone.now(), updated_at=timezone.now()
@@ -263,9 +297,9 @@ def order_refund(*, order_id: str, idempotency_key: str) -> str:
 
 
 def order_finish(
-    *, order_id: str, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
+    *, run_id: object, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
 ) -> None:
-    Order.objects.filter(order_id=order_id).update(
+    Order.objects.filter(run_id=run_id).update(
         status=status,
         failure_reason=reason[:255],
         fraud_approved=fraud_approved,

@@ -7,6 +7,7 @@ that `manage.py check --deploy` asks for.
 """
 
 import os
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -52,6 +53,23 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()] if raw else default
 
 
+def env_amounts(name: str) -> dict[str, Decimal]:
+    """ "usd:1000,jpy:150000" as {"usd": Decimal("1000"), "jpy": Decimal("150000")}."""
+    amounts = {}
+    for item in env_list(name, []):
+        currency, _, amount = item.partition(":")
+        try:
+            value = Decimal(amount.strip())
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if len(currency.strip()) != 3 or not value.is_finite() or value < 0:
+            raise ImproperlyConfigured(
+                f"{name} must look like usd:1000,jpy:150000, not {item!r} in it"
+            )
+        amounts[currency.strip().lower()] = value
+    return amounts
+
+
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
@@ -74,8 +92,11 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
+    # Before django_q: its `qcluster` command (many segments per worker, clean stop)
+    # replaces django-q2's.
     "workflows",
+    "django_q",
+    "axes",
     "orders",
 ]
 
@@ -89,6 +110,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "polos_site.urls"
@@ -121,6 +144,21 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# PostgreSQL: Django's connection pool, one per process, opened lazily (so after
+# django-q2 forks its workers; see workflows/apps.py). A process never holds more than
+# DATABASE_POOL_MAX_SIZE connections, whatever its threads do: a web process's request
+# threads and a worker's sync threads borrow one per request or call and give it back.
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 8)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+    "DATABASE_POOL", True
+):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 0,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 30),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
@@ -151,6 +189,21 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 LOGIN_URL = "admin:login"
+
+# --- Login throttling (django-axes) -----------------------------------------------------
+# After AXES_FAILURE_LIMIT wrong passwords for one username from one address, logins
+# (even with the right password) are refused with 429 for the cool-off. Attempts are
+# counted in the database, so every web process sees them; a success resets the count.
+# `manage.py axes_reset` lifts a lockout early. Behind a proxy every client shares its
+# address, so the lockout is effectively per username.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 DEFAULT_EXCEPTION_REPORTER_FILTER = "polos_site.reporting.SafeReporterFilter"
 
 # --- Security (production) ------------------------------------------------------------
@@ -182,6 +235,8 @@ Q_CLUSTER = {
     "ack_failures": True,
     "catch_up": False,
     "poll": 0.05,
+    # Tasks a worker process takes before it is replaced; it drains its segments first.
+    "recycle": env_int("Q_RECYCLE", 500),
     "label": "Task queue",
     "sync": env_bool("Q_SYNC", False),
 }
@@ -197,6 +252,29 @@ WORKFLOWS_LEASE_SECONDS = env_int("WORKFLOWS_LEASE_SECONDS", 60)
 # A run pending this long while the queue is empty lost its task (a killed cluster held
 # it); the reaper queues it again.
 WORKFLOWS_PENDING_REQUEUE_SECONDS = env_int("WORKFLOWS_PENDING_REQUEUE_SECONDS", 60)
+# Run segments one worker process keeps in flight on its event loop (workflows/runtime.py).
+WORKFLOWS_CONCURRENCY = env_int("WORKFLOWS_CONCURRENCY", 100)
+# Threads per worker process for sync work (ORM, Stripe, SMTP), each with a connection.
+WORKFLOWS_SYNC_THREADS = env_int("WORKFLOWS_SYNC_THREADS", 6)
+# On SIGTERM or recycle: how long in-flight segments may finish before their runs are
+# handed back to the queue. With the 5 s step grace the worker exits within 30 s.
+WORKFLOWS_DRAIN_SECONDS = env_int("WORKFLOWS_DRAIN_SECONDS", 20)
+# How long a task waits for a free slot before it goes back on the queue (below Q_TIMEOUT).
+WORKFLOWS_SLOT_WAIT_SECONDS = min(60, env_int("Q_TIMEOUT", 600) // 2)
+# The longest segment (start or resume to complete, fail or suspend), model calls included.
+WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("WORKFLOWS_SEGMENT_TIMEOUT_SECONDS", 600)
+# Cluster-wide caps on model calls in flight: "provider:model=N" or "provider=N", comma-
+# separated (workflows/limits.py). The simulated provider is not capped unless named.
+WORKFLOWS_MODEL_CONCURRENCY = {
+    name.strip(): int(limit)
+    for name, _, limit in (
+        item.partition("=") for item in env_list("WORKFLOWS_MODEL_CONCURRENCY", ["openai=100"])
+    )
+}
+# A slot whose holder died is free again after this long.
+WORKFLOWS_SLOT_TTL_SECONDS = env_int("WORKFLOWS_SLOT_TTL_SECONDS", 300)
+# How long one model call keeps waiting out 429s (Retry-After honoured) before it fails.
+WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS = env_int("WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS", 600)
 
 # --- Model provider -------------------------------------------------------------------
 # `openai` speaks Chat Completions through the official SDK to OPENAI_BASE_URL (OpenAI,
@@ -215,9 +293,15 @@ SIMULATED_MODEL_LATENCY = float(env_str("SIMULATED_MODEL_LATENCY", "0"))
 # Orders above the threshold (strictly) wait for a fraud reviewer; an undecided review
 # is treated as a rejection after the timeout.
 FRAUD_REVIEW_THRESHOLD = env_decimal("FRAUD_REVIEW_THRESHOLD", "1000.00")
+# Per currency, in its major units ("usd:1000,jpy:150000,eur:1000"). A currency not
+# listed falls back to FRAUD_REVIEW_THRESHOLD if it has two decimals (USD, EUR...); a
+# zero-decimal one (JPY...) must be listed, or all its orders are reviewed (see
+# orders.policy).
+FRAUD_REVIEW_THRESHOLDS = env_amounts("FRAUD_REVIEW_THRESHOLDS")
 FRAUD_REVIEW_TIMEOUT = env_int("FRAUD_REVIEW_TIMEOUT", 86_400)
 ORDER_MAX_AMOUNT = env_decimal("ORDER_MAX_AMOUNT", "100000.00")
-ORDER_CURRENCIES = env_list("ORDER_CURRENCIES", ["usd", "eur", "gbp"])
+# Lowercase ISO codes; three-decimal currencies and Stripe's special cases are refused.
+ORDER_CURRENCIES = [c.lower() for c in env_list("ORDER_CURRENCIES", ["usd", "eur", "gbp"])]
 
 # --- Payments ---------------------------------------------------------------------------
 # `stripe` charges through the official SDK (STRIPE_API_BASE points it at another
@@ -251,6 +335,25 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 EMAIL_MESSAGE_ID_DOMAIN = env_str("EMAIL_MESSAGE_ID_DOMAIN", "orders.localhost")
 
+# --- Cache ----------------------------------------------------------------------------
+# Shared by every web process, so the API throttles count each client's requests once,
+# not once per gunicorn worker: Redis when REDIS_URL is set, else a database table
+# (created by the orders migration 0004; `createcachetable` is not needed).
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "polos_cache",
+        }
+    }
+
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -260,7 +363,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/minute")},
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # `?limit=` is capped (orders.api.pagination): no request reads a whole table.
+    "DEFAULT_PAGINATION_CLASS": "orders.api.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -283,5 +387,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # django-q2 logs as "django-q".
-    "loggers": {"django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")}},
+    "loggers": {
+        "django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")},
+        # Not its start-up banner in every command's output; lockouts still log.
+        "axes.apps": {"level": "WARNING"},
+    },
 }

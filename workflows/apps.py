@@ -18,6 +18,20 @@ def _serves_requests_or_tasks() -> bool:
     return "gunicorn" in program or bool(SERVER_COMMANDS & set(sys.argv[1:2]))
 
 
+def _close_pools_before_fork() -> None:
+    """A forked child must not share its parent's pooled connections (one socket, two
+    processes): close the pools before django-q2 forks; each process opens its own on
+    first use."""
+    from django.db import connections
+
+    for alias in connections:
+        wrapper = connections[alias]
+        # `wrapper.pool` would open a pool; only close one that exists.
+        if alias in getattr(type(wrapper), "_connection_pools", {}):
+            wrapper.close()
+            wrapper.close_pool()
+
+
 class WorkflowsConfig(AppConfig):
     name = "workflows"
     verbose_name = "Workflows"
@@ -28,6 +42,7 @@ class WorkflowsConfig(AppConfig):
         # and every worker must see the same registry, so import them here.
         for module in getattr(settings, "WORKFLOWS_MODULES", []):
             import_module(module)
+        os.register_at_fork(before=_close_pools_before_fork)
         if not _serves_requests_or_tasks():
             return
         if settings.LLM_PROVIDER == "simulated":

@@ -7,7 +7,6 @@ goes on.
 """
 
 import asyncio
-import functools
 import inspect
 import traceback
 import uuid
@@ -15,9 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import serialization
@@ -27,6 +24,7 @@ from .errors import (
     StepFailedError,
     Suspended,
 )
+from .leases import lease_check, lease_fenced_insert
 from .models import (
     RunStatus,
     StepKind,
@@ -37,6 +35,7 @@ from .models import (
     WorkflowRun,
 )
 from .retry import RetryPolicy
+from .runtime import SegmentReleased, run_sync, segment_should_stop
 
 if TYPE_CHECKING:
     from .registry import WorkflowDefinition
@@ -54,40 +53,11 @@ class Invocation(Protocol):
     async def invoke(self, ctx: "WorkflowContext", key: str) -> Any: ...
 
 
-def lease_duration() -> timedelta:
-    return timedelta(seconds=settings.WORKFLOWS_LEASE_SECONDS)
-
-
 def _return_annotation(fn: Callable[..., Any]) -> Any:
     try:
         return get_type_hints(fn).get("return")
     except (NameError, TypeError):
         return None
-
-
-# The step commit is the engine's hot path. It is one statement, committed on its own:
-# insert the step only if this worker still holds the run's lease (the fence). As SQL
-# written once (with Django's own value adaptation) it costs one round trip and no
-# ORM work; through the ORM, with BEGIN/UPDATE/INSERT/COMMIT, it cost three to four
-# times the commit itself (bench/README.md). The lease is renewed by the heartbeat.
-_RUN_PK = WorkflowRun._meta.pk
-_STEP_FIELDS = [f for f in StepRecord._meta.concrete_fields if not f.primary_key]
-
-
-@functools.cache
-def _fenced_insert_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in _STEP_FIELDS)
-    values = ", ".join(["%s"] * len(_STEP_FIELDS))
-    # PostgreSQL: lock the run row, so that a concurrent take-over is waited for and
-    # seen. SQLite: writers are serialized, and a stale read fails with SQLITE_BUSY.
-    lock = " FOR UPDATE" if vendor == "postgresql" else ""
-    return (
-        f"INSERT INTO {quote(StepRecord._meta.db_table)} ({columns}) SELECT {values} "
-        f"WHERE EXISTS (SELECT 1 FROM {quote(WorkflowRun._meta.db_table)} "
-        f"WHERE {quote('id')} = %s AND {quote('lease_owner')} = %s "
-        f"AND {quote('status')} = %s{lock})"
-    )
 
 
 def _describe_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +143,8 @@ class StepContext:
         annotation = _return_annotation(fn)
         if record is not None:
             return serialization.load(record.output, annotation, record.output_type)
+        if segment_should_stop():
+            raise SegmentReleased(key)
 
         if input is None and (args or kwargs):
             input = _describe_arguments(args, kwargs)
@@ -212,18 +184,18 @@ class StepContext:
                 if inspect.iscoroutinefunction(fn):
                     result, record = await fn(*args, **kwargs), None
                 else:
-                    result, record = await sync_to_async(run_and_commit)()
+                    result, record = await run_sync(run_and_commit)()
                     if inspect.isawaitable(result):
                         result = await result
                 if record is None:
                     record = completed(result)
-                    await sync_to_async(self._ctx._commit_step)(record)
+                    await run_sync(self._ctx._commit_step)(record)
                 break
             except LeaseLostError:
                 raise
             except Exception as exc:
                 if policy.should_retry(exc, attempt):
-                    await asyncio.sleep(policy.delay(attempt))
+                    await asyncio.sleep(policy.delay(attempt, exc))
                     continue
                 await self._record_failure(key, position, kind, input, exc, attempt, started_at)
                 raise StepFailedError(key, exc, attempt) from exc
@@ -268,7 +240,7 @@ class StepContext:
         if record is not None:
             return record.output
         data = serialization.dump(key, data)
-        await sync_to_async(self._ctx._suspend)(key, position, kind, data, window)
+        await run_sync(self._ctx._suspend)(key, position, kind, data, window)
         raise Suspended(key)
 
     async def _record_failure(
@@ -285,7 +257,7 @@ class StepContext:
             stored_input = serialization.dump(key, input)
         except Exception:
             stored_input = None
-        await sync_to_async(self._ctx._commit_step)(
+        await run_sync(self._ctx._commit_step)(
             StepRecord(
                 run_id=self._ctx.run_id,
                 key=key,
@@ -334,26 +306,8 @@ class WorkflowContext:
 
     # The methods below run in the worker's synchronous thread (via sync_to_async).
 
-    def _fence(self) -> None:
-        """Renew the lease, or stop: another worker owns the run, or it was cancelled."""
-        renewed = WorkflowRun.objects.filter(
-            pk=self.run_id, lease_owner=self._lease_token, status=RunStatus.RUNNING
-        ).update(lease_expires_at=timezone.now() + lease_duration())
-        if not renewed:
-            raise LeaseLostError(f"Run {self.run_id} is no longer leased by this worker")
-
     def _commit_step(self, record: StepRecord) -> None:
-        params = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in _STEP_FIELDS]
-        params += [
-            _RUN_PK.get_db_prep_value(self.run_id, connection),
-            self._lease_token,
-            RunStatus.RUNNING.value,
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(_fenced_insert_sql(connection.vendor), params)
-            inserted = cursor.rowcount
-        if not inserted:
-            raise LeaseLostError(f"Run {self.run_id} is no longer leased by this worker")
+        lease_fenced_insert(record, self._lease_token)
         self._add_usage(record)
 
     def _suspend(
@@ -361,7 +315,7 @@ class WorkflowContext:
     ) -> None:
         now = timezone.now()
         with transaction.atomic():
-            self._fence()
+            lease_check(self.run_id, self._lease_token)
             Wait.objects.get_or_create(
                 run_id=self.run_id,
                 key=key,

@@ -1,118 +1,104 @@
 """Executing one segment of a run: from its start or resume point until it completes,
-fails or suspends. Called by the django-q2 task; safe to call twice at once."""
+fails or suspends. Safe to call twice at once: the lease decides who executes.
 
+`segment_execute` is the coroutine a worker's runtime runs, many at once (see
+`runtime.py`); `run_execute` runs one inline, for synchronous mode and tests.
+"""
+
+import asyncio
 import logging
-import threading
 import traceback
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
-from django.db import connection
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
+from django.conf import settings
 from django.utils import timezone
 
-from .context import WorkflowContext, lease_duration
+from .context import WorkflowContext
 from .errors import LeaseLostError, Suspended, UnknownWorkflowError
+from .leases import LeaseKeeper, lease_release, lease_take, lease_token
 from .models import RunStatus, StepRecord, StepStatus, WorkflowRun
-from .registry import workflow_get
+from .registry import WorkflowDefinition, workflow_get
+from .runtime import SegmentReleased, run_sync
+
+if TYPE_CHECKING:
+    from .runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
 
 
-def lease_acquire(run_id: str | uuid.UUID, token: str) -> bool:
-    """Take the run's lease with one conditional UPDATE: only a pending run, or a running
-    one whose lease has expired, can be taken. A duplicate delivery loses here."""
-    now = timezone.now()
-    return bool(
-        WorkflowRun.objects.filter(pk=run_id)
-        .filter(Q(status=RunStatus.PENDING) | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now))
-        .update(
-            status=RunStatus.RUNNING,
-            lease_owner=token,
-            lease_expires_at=now + lease_duration(),
-            attempts=F("attempts") + 1,
-            started_at=Coalesce(F("started_at"), now),
-            updated_at=now,
-        )
-    )
+class SegmentTimeoutError(Exception):
+    """A segment ran longer than WORKFLOWS_SEGMENT_TIMEOUT_SECONDS."""
 
 
-class _LeaseHeartbeat(threading.Thread):
-    """Renews the lease while one long step (a slow model call) runs; step commits renew
-    it too. Uses its own database connection, closed when it stops."""
-
-    def __init__(self, run_id: uuid.UUID, token: str) -> None:
-        super().__init__(name=f"lease-{run_id}", daemon=True)
-        self.run_id = run_id
-        self.token = token
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        interval = lease_duration().total_seconds() / 3
-        try:
-            while not self.stopped.wait(interval):
-                WorkflowRun.objects.filter(
-                    pk=self.run_id, lease_owner=self.token, status=RunStatus.RUNNING
-                ).update(lease_expires_at=timezone.now() + lease_duration())
-        except Exception:
-            logger.exception("lease heartbeat for run %s failed", self.run_id)
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
-
-
-def run_execute(run_id: str | uuid.UUID) -> str:
-    """Execute a run's next segment. Returns what happened, for logs and tests."""
-    token = uuid.uuid4().hex
-    if not lease_acquire(run_id, token):
-        logger.info("run %s: not pending or leased elsewhere; nothing to do", run_id)
-        return "skipped"
+def _segment_begin(run_id: uuid.UUID | str) -> tuple[WorkflowRun, list[StepRecord]]:
     run = WorkflowRun.objects.get(pk=run_id)
     history = list(
         StepRecord.objects.filter(run=run, status=StepStatus.COMPLETED).order_by("position")
     )
+    return run, history
+
+
+async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | None") -> str:
+    """Execute a run's next segment. Returns what happened, for logs and tests."""
+    token = lease_token()
+    if not await run_sync(lease_take)(run_id, token):
+        logger.info("run %s: not pending or leased elsewhere; nothing to do", run_id)
+        return "skipped"
+    run, history = await run_sync(_segment_begin)(run_id)
     try:
         definition = workflow_get(run.workflow_id)
     except UnknownWorkflowError as exc:
-        _finish_failed(run, token, exc, usage={})
+        await run_sync(_finish_failed)(run.id, token, exc, {})
         return "failed"
 
+    keeper = runtime.keeper if runtime is not None else LeaseKeeper()
     ctx = WorkflowContext(run=run, definition=definition, history=history, lease_token=token)
-    heartbeat = _LeaseHeartbeat(run.id, token)
-    heartbeat.start()
+    try:
+        with keeper.holding(run.id, token):
+            outcome = await asyncio.wait_for(
+                _segment_body(ctx, definition, run, token),
+                timeout=settings.WORKFLOWS_SEGMENT_TIMEOUT_SECONDS,
+            )
+    except TimeoutError:
+        limit = settings.WORKFLOWS_SEGMENT_TIMEOUT_SECONDS
+        exc = SegmentTimeoutError(f"The segment ran longer than {limit} s; retry_run continues it")
+        await run_sync(_finish_failed)(run.id, token, exc, ctx.usage)
+        return "failed"
+    finally:
+        if runtime is None:
+            await keeper.close()
+    return outcome
+
+
+async def _segment_body(
+    ctx: WorkflowContext, definition: WorkflowDefinition, run: WorkflowRun, token: str
+) -> str:
     try:
         payload = definition.input_model.model_validate(run.input)
-        result = async_to_sync(definition.fn)(ctx, payload)
+        result = await definition.fn(ctx, payload)
         output = _dump_output(definition.output_model, result)
     except Suspended:
         return "suspended"
+    except SegmentReleased:
+        released = await run_sync(lease_release)(run.id, token)
+        logger.info("run %s: handed back to the queue (worker stopping)", run.id)
+        return "released" if released else "lease_lost"
     except LeaseLostError:
-        logger.warning("run %s: lease lost (cancelled or taken over); stopping", run_id)
+        logger.warning("run %s: lease lost (cancelled or taken over); stopping", run.id)
         return "lease_lost"
     except Exception as exc:
-        logger.info("run %s failed: %s", run_id, exc)
-        _finish_failed(run, token, exc, usage=ctx.usage)
+        logger.info("run %s failed: %s", run.id, exc)
+        await run_sync(_finish_failed)(run.id, token, exc, ctx.usage)
         return "failed"
-    finally:
-        heartbeat.stop()
-
-    finished = WorkflowRun.objects.filter(
-        pk=run.id, lease_owner=token, status=RunStatus.RUNNING
-    ).update(
-        status=RunStatus.COMPLETED,
-        output=output,
-        usage=ctx.usage,
-        lease_owner="",
-        lease_expires_at=None,
-        finished_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
+    finished = await run_sync(_finish_completed)(run.id, token, output, ctx.usage)
     return "completed" if finished else "lease_lost"
+
+
+def run_execute(run_id: uuid.UUID | str) -> str:
+    """Execute a run's next segment inline, in this thread's transaction."""
+    return async_to_sync(segment_execute)(run_id, None)
 
 
 def _dump_output(model: Any, result: Any) -> Any:
@@ -121,9 +107,24 @@ def _dump_output(model: Any, result: Any) -> Any:
     return None
 
 
-def _finish_failed(run: WorkflowRun, token: str, exc: BaseException, usage: dict) -> None:
+def _finish_completed(run_id: uuid.UUID, token: str, output: Any, usage: dict) -> bool:
     now = timezone.now()
-    WorkflowRun.objects.filter(pk=run.id, lease_owner=token).update(
+    return bool(
+        WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
+            status=RunStatus.COMPLETED,
+            output=output,
+            usage=usage,
+            lease_owner="",
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def _finish_failed(run_id: uuid.UUID, token: str, exc: BaseException, usage: dict) -> None:
+    now = timezone.now()
+    WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
         status=RunStatus.FAILED,
         error=f"{type(exc).__name__}: {exc}",
         error_traceback="".join(traceback.format_exception(exc)),

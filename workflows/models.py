@@ -72,6 +72,9 @@ class WorkflowRun(models.Model):
             # The reaper: running runs whose lease expired, pending runs never picked up.
             models.Index(fields=["status", "lease_expires_at"], name="run_status_lease_idx"),
         ]
+        # Starting a run from the console sends whatever payload the form holds to a
+        # workflow (charges, emails): a permission of its own, not just staff status.
+        permissions = [("start_run", "Can start workflow runs from the console")]
 
     def __str__(self) -> str:
         return f"{self.workflow_id} {self.id} ({self.status})"
@@ -155,3 +158,22 @@ class Wait(models.Model):
         """ "3 hours, 12 minutes" until the deadline, or "expired" past it."""
         now = now or timezone.now()
         return timeuntil(self.deadline, now, depth=2) if self.deadline > now else "expired"
+
+
+class ConcurrencySlot(models.Model):
+    """One of the N cluster-wide slots of a capped resource (a provider's model), held
+    while one call runs. Shared by every process through the database; a holder that
+    died frees its slot when `expires_at` passes."""
+
+    resource = models.CharField(max_length=200)
+    number = models.PositiveIntegerField()
+    holder = models.CharField(max_length=64, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resource", "number"], name="slot_unique_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resource} #{self.number} ({self.holder or 'free'})"

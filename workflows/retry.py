@@ -37,8 +37,14 @@ class RetryPolicy:
             return False
         return isinstance(exc, self.retry_on)
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+    def delay(self, attempt: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based). An error that
+        says when to come back (`retry_after`, e.g. from an HTTP `Retry-After`) is
+        believed, within `max_interval`."""
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, (int, float)) and retry_after > 0:
+            base = min(float(retry_after), self.max_interval)
+            return base * (1 + random.uniform(0, self.jitter))
         base = min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval)
         return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))
 

@@ -1,14 +1,26 @@
 """django-q2 entry points. Thin: each calls one engine function."""
 
+from django.conf import settings
 from django.db import close_old_connections
 
 from .executor import run_execute
+from .queue import run_enqueue
+from .runtime import worker_runtime
 from .services import runs_reap, waits_expire
 
 
 def run_execute_task(run_id: str) -> str:
-    close_old_connections()
-    return run_execute(run_id)
+    """Execute a run's next segment: handed to this worker's runtime (many in flight
+    at once), or inline where there is none (synchronous mode)."""
+    runtime = worker_runtime()
+    if runtime is None:
+        close_old_connections()
+        return run_execute(run_id)
+    if runtime.submit(run_id, wait_seconds=settings.WORKFLOWS_SLOT_WAIT_SECONDS):
+        return "accepted"
+    # Stopping, or every slot stayed busy: back on the queue for another worker.
+    run_enqueue(run_id)
+    return "requeued"
 
 
 def runs_reap_task() -> int:

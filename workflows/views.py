@@ -27,6 +27,7 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -62,6 +63,8 @@ WAIT_LINKS: dict[str, WaitLink] = {}
 """Wait key → callable giving the URL where such a wait is decided (see above)."""
 
 RUNS_PER_PAGE = 50
+START_RUN_PERMISSION = "workflows.start_run"
+"""Starting a run sends a payload to a workflow's side effects: staff status is not enough."""
 STATUS_FILTERS = ["all", *(s.value for s in RunStatus)]
 
 
@@ -242,13 +245,19 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "workflows/workflow_list.html",
-        {"workflows": [_workflow_entry(d) for d in workflows_all()], "agents": agents},
+        {
+            "workflows": [_workflow_entry(d) for d in workflows_all()],
+            "agents": agents,
+            "can_start": request.user.has_perm(START_RUN_PERMISSION),
+        },
     )
 
 
 @staff_member_required
 @require_http_methods(["GET", "POST"])
 def workflow_start_view(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    if not request.user.has_perm(START_RUN_PERMISSION):
+        raise PermissionDenied(f"Starting runs needs the {START_RUN_PERMISSION} permission.")
     try:
         definition = workflow_get(workflow_id)
     except UnknownWorkflowError as exc:

@@ -1,66 +1,49 @@
 """Input and output shapes of the intake API. Validation only: the writes are
 `orders.services`, the reads `orders.selectors`."""
 
-from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
-from django.conf import settings
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from drf_spectacular.utils import extend_schema_field
 from pydantic import ValidationError as PydanticValidationError
 from rest_framework import serializers
 
 from orders.models import Order, OrderStatus, ReviewState
+from orders.money import amount_plain
+from orders.rules import payload_errors
 from orders.schemas import OrderPayload
 from orders.selectors import order_email_sent, order_review_info
 from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus
 
-ORDER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 
+class _Text(serializers.CharField):
+    """A string exactly as sent: no trimming, no checks of DRF's own (blank, NUL). What
+    a text may hold is for the order rules to say, the same at every door."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(trim_whitespace=False, allow_blank=True, **kwargs)
+        self.validators = []
+
+
 class OrderCreateInputSerializer(serializers.Serializer):
-    order_id = serializers.RegexField(
-        ORDER_ID_PATTERN,
-        max_length=64,
-        error_messages={
-            "invalid": "Use 1 to 64 characters among letters, digits, '_', '.', ':' and '-'."
-        },
-    )
-    customer_id = serializers.CharField(max_length=255)
-    customer_email = serializers.EmailField(max_length=254)
-    amount = serializers.DecimalField(max_digits=12, decimal_places=2)
-    currency = serializers.CharField(max_length=3, default="usd")
+    """The body of an order: shapes only. Its rules are the domain's (`orders.rules`,
+    applied by `OrderPayload`); their messages come back as this body's field errors."""
 
-    def validate_amount(self, value: Decimal) -> Decimal:
-        if value <= 0:
-            raise serializers.ValidationError("The amount must be greater than 0.")
-        maximum = Decimal(settings.ORDER_MAX_AMOUNT)
-        if value > maximum:
-            raise serializers.ValidationError(f"The amount must not be more than {maximum}.")
-        return value
-
-    def validate_currency(self, value: str) -> str:
-        currency = value.lower()
-        allowed = [c.lower() for c in settings.ORDER_CURRENCIES]
-        if currency not in allowed:
-            raise serializers.ValidationError(
-                f"Unknown currency {value!r}; use one of {', '.join(allowed)}."
-            )
-        return currency
+    order_id = _Text()
+    customer_id = _Text()
+    customer_email = _Text()
+    amount = serializers.DecimalField(max_digits=None, decimal_places=None)
+    currency = _Text(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        # The workflow's own input model has the last word (its e-mail check is stricter
-        # than Django's): refuse here, as field errors, what it would refuse later.
         try:
-            OrderPayload.model_validate(attrs)
+            payload = OrderPayload.model_validate(attrs)
         except PydanticValidationError as exc:
-            errors: dict[str, list[str]] = {}
-            for error in exc.errors(include_url=False, include_input=False):
-                field = str(error["loc"][0]) if error["loc"] else "non_field_errors"
-                errors.setdefault(field, []).append(error["msg"])
-            raise serializers.ValidationError(errors) from None
-        return attrs
+            raise serializers.ValidationError(payload_errors(exc)) from None
+        return payload.model_dump()
 
 
 class ReviewDecisionInputSerializer(serializers.Serializer):
@@ -86,11 +69,22 @@ class OrderLinksSerializer(serializers.Serializer):
     trace = serializers.CharField(allow_null=True, help_text="Path of the run's trace page (HTML).")
 
 
+def _order_url(order_id: str) -> str:
+    """The order's API path; an id the URL pattern cannot hold (a row older than the
+    rules) is percent-encoded rather than failing the whole list."""
+    try:
+        return reverse("api:order-detail", kwargs={"order_id": order_id})
+    except NoReverseMatch:
+        return reverse("api:order-detail", kwargs={"order_id": quote(order_id, safe="")})
+
+
 class OrderOutputSerializer(serializers.Serializer):
     order_id = serializers.CharField()
     customer_id = serializers.CharField()
     customer_email = serializers.EmailField()
-    amount = serializers.DecimalField(max_digits=12, decimal_places=2)
+    amount = serializers.SerializerMethodField(
+        help_text="In major units, with the currency's decimals: 49.90 USD, 500 JPY."
+    )
     currency = serializers.CharField()
     status = serializers.ChoiceField(choices=OrderStatus.choices)
     failure_reason = serializers.CharField(allow_blank=True)
@@ -105,6 +99,9 @@ class OrderOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
     links = serializers.SerializerMethodField()
 
+    def get_amount(self, order: Order) -> str:
+        return amount_plain(order.amount, order.currency)
+
     def get_email_sent(self, order: Order) -> bool:
         return order_email_sent(order)
 
@@ -116,7 +113,7 @@ class OrderOutputSerializer(serializers.Serializer):
     @extend_schema_field(OrderLinksSerializer)
     def get_links(self, order: Order) -> dict[str, str | None]:
         request = self.context["request"]
-        order_url = reverse("api:order-detail", kwargs={"order_id": order.order_id})
+        order_url = _order_url(order.order_id)
         if order.run_id is None:
             return {"self": request.build_absolute_uri(order_url), "run": None, "trace": None}
         run_url = reverse("api:run-detail", kwargs={"run_id": order.run_id})

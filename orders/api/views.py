@@ -1,5 +1,9 @@
 """The intake API. Views translate HTTP to service calls (writes) and selector calls
-(reads) and back; no business rule lives here."""
+(reads) and back; no business rule lives here.
+
+Every endpoint is per client: a token sees, reviews and deduplicates only the orders its
+user submitted, staff included. Another client's order or run is a 404. Staff see every
+order in the admin (with `orders.view_order`) and every run in the console."""
 
 from typing import Any
 
@@ -17,7 +21,7 @@ from rest_framework.views import APIView
 
 from orders.models import Order, OrderStatus
 from orders.schemas import OrderPayload
-from orders.selectors import order_get, orders_list
+from orders.selectors import order_get_for, order_list_for, run_get_for
 from orders.services import (
     DECIDE_PERMISSION,
     OrderConflictError,
@@ -25,8 +29,8 @@ from orders.services import (
     order_create,
     review_decide,
 )
-from workflows.selectors import run_get_with_steps
 
+from .pagination import MAX_PAGE_SIZE
 from .serializers import (
     IDEMPOTENCY_KEY_MAX_LENGTH,
     ErrorOutputSerializer,
@@ -63,7 +67,7 @@ FIELD_ERRORS = OpenApiResponse(
 )
 UNAUTHENTICATED = _error("No valid token (`Authorization: Token <key>`).")
 THROTTLED = _error("Too many requests; retry after the `Retry-After` seconds.")
-ORDER_NOT_FOUND = _error("No order with that id.")
+ORDER_NOT_FOUND = _error("No order of yours with that id.")
 
 
 def _order_response(request: Request, order: Order, code: int = status.HTTP_200_OK) -> Response:
@@ -79,11 +83,12 @@ class OrderListCreateApi(GenericAPIView):
     def get_queryset(self) -> QuerySet[Order]:
         filters = OrderListFilterSerializer(data=self.request.query_params)
         filters.is_valid(raise_exception=True)
-        return orders_list(status=filters.validated_data.get("status"))
+        return order_list_for(client=self.request.user, status=filters.validated_data.get("status"))
 
     @extend_schema(
         operation_id="orders_list",
-        summary="List orders",
+        summary="List your orders",
+        description=f"Your orders, newest first; `limit` is capped at {MAX_PAGE_SIZE}.",
         parameters=[
             OpenApiParameter(
                 "status",
@@ -111,7 +116,8 @@ class OrderListCreateApi(GenericAPIView):
         description=(
             "Creates the order and starts its workflow. Repeating a request with the same "
             "body (or the same `Idempotency-Key` and body) returns the existing order with "
-            "200 and starts nothing; the same order id or key with another body is a 409."
+            "200 and starts nothing; the same order id or key with another body is a 409. "
+            "Order ids and keys are yours: another client's are no repeat and no conflict."
         ),
         parameters=[
             OpenApiParameter(
@@ -149,11 +155,12 @@ class OrderListCreateApi(GenericAPIView):
         try:
             order, created = order_create(
                 payload=OrderPayload(**serializer.validated_data),
+                client=request.user,
                 idempotency_key=idempotency_key,
             )
         except OrderConflictError as exc:
             raise ConflictError(str(exc)) from exc
-        order = order_get(order_id=order.order_id)
+        order = order_get_for(client=request.user, order_id=order.order_id)
         return _order_response(
             request, order, status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -162,7 +169,7 @@ class OrderListCreateApi(GenericAPIView):
 class OrderDetailApi(APIView):
     @extend_schema(
         operation_id="orders_retrieve",
-        summary="Get an order",
+        summary="Get one of your orders",
         responses={
             200: OrderOutputSerializer,
             401: UNAUTHENTICATED,
@@ -171,7 +178,7 @@ class OrderDetailApi(APIView):
         },
     )
     def get(self, request: Request, order_id: str) -> Response:
-        return _order_response(request, order_get(order_id=order_id))
+        return _order_response(request, order_get_for(client=request.user, order_id=order_id))
 
 
 class OrderReviewDecideApi(APIView):
@@ -182,8 +189,9 @@ class OrderReviewDecideApi(APIView):
         operation_id="orders_review_decide",
         summary="Approve or reject an order's fraud review",
         description=(
-            "Needs the `orders.decide_fraud_review` permission. Resumes the order's "
-            "workflow; the response is the order as it is right after the decision."
+            "Needs the `orders.decide_fraud_review` permission, and the order must be "
+            "yours. Resumes the order's workflow; the response is the order as it is "
+            "right after the decision."
         ),
         request=ReviewDecisionInputSerializer,
         responses={
@@ -199,7 +207,7 @@ class OrderReviewDecideApi(APIView):
     def post(self, request: Request, order_id: str) -> Response:
         serializer = ReviewDecisionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        order = order_get(order_id=order_id)
+        order = order_get_for(client=request.user, order_id=order_id)
         decision: dict[str, Any] = serializer.validated_data
         try:
             review_decide(
@@ -209,20 +217,20 @@ class OrderReviewDecideApi(APIView):
             raise exceptions.PermissionDenied(str(exc)) from exc
         except ReviewError as exc:
             raise ConflictError(str(exc)) from exc
-        return _order_response(request, order_get(order_id=order_id))
+        return _order_response(request, order_get_for(client=request.user, order_id=order_id))
 
 
 class RunDetailApi(APIView):
     @extend_schema(
         operation_id="runs_retrieve",
-        summary="Get a workflow run with its steps and waits",
+        summary="Get the workflow run of one of your orders, with its steps and waits",
         responses={
             200: RunOutputSerializer,
             401: UNAUTHENTICATED,
-            404: _error("No run with that id."),
+            404: _error("No run of your orders with that id."),
             429: THROTTLED,
         },
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = run_get_with_steps(run_id=run_id)
+        run = run_get_for(client=request.user, run_id=run_id)
         return Response(RunOutputSerializer(run).data)

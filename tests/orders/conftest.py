@@ -33,14 +33,16 @@ def place_order():
         order_id: str | None = None,
         customer_id: str = "cus_good",
         email: str = "ada@example.com",
+        client: User | None = None,
     ) -> Order:
         order, _ = order_create(
+            client=client,
             payload=OrderPayload(
                 order_id=order_id or f"ord-{amount.replace('.', '-')}",
                 customer_id=customer_id,
                 customer_email=email,
                 amount=Decimal(amount),
-            )
+            ),
         )
         return order
 

@@ -66,18 +66,19 @@ class Planned:
         return self.expected_status == OrderStatus.COMPLETED
 
 
-def plan_orders(rng: random.Random) -> list[Planned]:
+def plan_orders(rng: random.Random, scale: int = 1) -> list[Planned]:
+    """24 orders over every path (times `scale`), in random order."""
     paths = (
-        [("small", f"{rng.randint(5, 999)}.{rng.randint(0, 99):02d}") for _ in range(10)]
-        + [("threshold", "1000.00")] * 3
-        + [("approve", f"{rng.randint(1001, 9000)}.00") for _ in range(4)]
-        + [("reject", f"{rng.randint(1001, 9000)}.50") for _ in range(4)]
-        + [("declined", f"{rng.choice([40, 700, 2500])}.00") for _ in range(3)]
+        [("small", f"{rng.randint(5, 999)}.{rng.randint(0, 99):02d}") for _ in range(10 * scale)]
+        + [("threshold", "1000.00")] * 3 * scale
+        + [("approve", f"{rng.randint(1001, 9000)}.00") for _ in range(4 * scale)]
+        + [("reject", f"{rng.randint(1001, 9000)}.50") for _ in range(4 * scale)]
+        + [("declined", f"{rng.choice([40, 700, 2500])}.00") for _ in range(3 * scale)]
     )
     rng.shuffle(paths)
     return [
         Planned(
-            order_id=f"chaos-{i:02d}",
+            order_id=f"chaos-{i:03d}",
             amount=amount,
             customer_id="cus_declined" if path == "declined" else f"cus_{i:02d}",
             path=path,
@@ -114,13 +115,18 @@ def evidence(order: Order, stripe_server) -> str:
     )
 
 
-def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_server, reviewer):
-    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
-    print(f"chaos seed: CHAOS_SEED={seed}")
-    rng = random.Random(seed)
-    env = {
+def chaos_seed() -> int:
+    """`CHAOS_SEED` replays a schedule; CI pins one (a failure there is then
+    reproducible), a developer's run draws a fresh one."""
+    if os.environ.get("CHAOS_SEED"):
+        return int(os.environ["CHAOS_SEED"])
+    return 20261126 if os.environ.get("CI") else random.randrange(2**32)
+
+
+def chaos_env(stripe_server, smtp_server, model_latency: float) -> dict[str, str]:
+    return {
         "LLM_PROVIDER": "simulated",
-        "SIMULATED_MODEL_LATENCY": "0.2",
+        "SIMULATED_MODEL_LATENCY": str(model_latency),
         "PAYMENT_GATEWAY": "stripe",
         "STRIPE_API_KEY": "sk_test_local",
         "STRIPE_API_BASE": stripe_server.base_url,
@@ -129,6 +135,23 @@ def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_serve
         "WORKFLOWS_LEASE_SECONDS": str(LEASE_SECONDS),
         "LOG_LEVEL": "WARNING",
     }
+
+
+def finish(chaos: ChaosDriver, planned: list[Planned], smtp_server, timeout: float) -> None:
+    """Let the last cluster settle every order, reaping and settling as operators do."""
+    deadline = time.monotonic() + timeout
+    while not all_settled(planned) and time.monotonic() < deadline:
+        chaos.pump(1.0)
+        chaos.reap()
+        chaos.resolve_confirmations_in_doubt(smtp_server)
+    chaos.clusters[-1].stop()
+
+
+def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_server, reviewer):
+    seed = chaos_seed()
+    print(f"chaos seed: CHAOS_SEED={seed}")
+    rng = random.Random(seed)
+    env = chaos_env(stripe_server, smtp_server, model_latency=0.2)
     planned = plan_orders(rng)
     kills = rng.randint(4, 6)
     batches = [planned[i :: kills + 1] for i in range(kills + 1)]
@@ -143,21 +166,53 @@ def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_serve
         for batch in batches[:kills]:
             chaos.submit(batch)
             chaos.pump_until_working(timeout=10)  # a new cluster takes ~1-2 s to start
-            chaos.pump(rng.uniform(0.3, 1.5))
+            chaos.pump(rng.uniform(0.05, 0.5))  # kills land inside runs
             chaos.kill_and_restart()
             chaos.pump(LEASE_SECONDS + 0.2)  # the dead leases expire
             chaos.reap()
         chaos.submit(batches[kills])
-        deadline = time.monotonic() + FINISH_TIMEOUT
-        while not all_settled(planned) and time.monotonic() < deadline:
-            chaos.pump(1.0)
-            chaos.reap()
-            chaos.resolve_confirmations_in_doubt(smtp_server)
-        chaos.clusters[-1].stop()
+        finish(chaos, planned, smtp_server, FINISH_TIMEOUT)
     finally:
         for cluster in chaos.clusters:
             cluster.kill()
-    elapsed = time.monotonic() - started
+    report(chaos, planned, kills, time.monotonic() - started)
+    assert_every_order_right(chaos, planned, stripe_server, smtp_server, seed)
+
+
+def test_a_hundred_runs_in_flight_per_worker_survive_sigkills(stripe_server, smtp_server, reviewer):
+    """One worker process holding 100+ runs at once (a 1 s model), killed with all of
+    them in flight, twice."""
+    seed = chaos_seed()
+    print(f"chaos seed: CHAOS_SEED={seed}")
+    rng = random.Random(seed)
+    env = {**chaos_env(stripe_server, smtp_server, model_latency=1.0), "Q_WORKERS": "1"}
+    planned = plan_orders(rng, scale=5)  # 120 orders
+    kills = 2
+    chaos = ChaosDriver(
+        start_cluster=lambda n: QCluster(workers=1, env=env).start(),
+        reviewer=reviewer,
+        pending_requeue_seconds=PENDING_REQUEUE_SECONDS,
+    )
+    started = time.monotonic()
+    try:
+        chaos.start_cluster()
+        chaos.submit(planned)
+        for _ in range(kills):
+            chaos.pump_until_running(at_least=100, timeout=60)
+            chaos.pump(rng.uniform(0.2, 1.0))
+            chaos.kill_and_restart()
+            chaos.pump(LEASE_SECONDS + 0.2)
+            chaos.reap()
+        finish(chaos, planned, smtp_server, 3 * FINISH_TIMEOUT)
+    finally:
+        for cluster in chaos.clusters:
+            cluster.kill()
+    report(chaos, planned, kills, time.monotonic() - started)
+    assert min(chaos.kills) >= 100, f"runs in flight at the kills: {chaos.kills}"
+    assert_every_order_right(chaos, planned, stripe_server, smtp_server, seed)
+
+
+def report(chaos: ChaosDriver, planned: list[Planned], kills: int, elapsed: float) -> None:
     print(
         f"{len(planned)} orders, {kills} kills (runs running at each: {chaos.kills}; "
         f"{len(chaos.held_tasks)} dequeued tasks lost), "
@@ -166,6 +221,10 @@ def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_serve
         f"confirmations in doubt settled: {chaos.resolved or 'none'}, {elapsed:.1f} s"
     )
 
+
+def assert_every_order_right(
+    chaos: ChaosDriver, planned: list[Planned], stripe_server, smtp_server, seed: int
+) -> None:
     orders = {o.order_id: o for o in Order.objects.select_related("run")}
     charges = Counter(pi["metadata"].get("order_id") for pi in stripe_server.successful_charges())
     emails = Counter(m["Subject"] for m in smtp_server.messages)

@@ -8,8 +8,8 @@ worker's lease; the test expires the lease, reaps, executes the run again and ch
 the customer was charged once and confirmed once:
 
     (a) before the Stripe call: the charge tool step started, nothing sent to Stripe;
-    (b) after Stripe answered, before the step committed: the retry sends the same
-        Idempotency-Key and Stripe replays the first PaymentIntent;
+    (b) after Stripe answered, before the step committed: the retry finds the first
+        PaymentIntent by listing the customer's, and creates nothing;
     (c) after the step committed, before the next model call: replay sends nothing.
 """
 
@@ -20,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from orders.models import Order
-from orders.payments import StripeGateway
+from orders.payments import StripeGateway, payment_key
 from workflows.context import StepContext, WorkflowContext
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 from workflows.services import runs_reap
@@ -43,6 +43,10 @@ def simulated_model(settings):
 
 def step_keys(order: Order) -> list[str]:
     return list(StepRecord.objects.filter(run_id=order.run_id).values_list("key", flat=True))
+
+
+def charge_key(order: Order) -> str:
+    return payment_key(operation="charge", order_id=order.order_id, run_id=order.run_id)
 
 
 def charge_requests(stripe_server) -> list:
@@ -113,14 +117,14 @@ def test_crash_before_stripe_call(
     monkeypatch.setattr(StripeGateway, "charge", crash_before_request)
     order = place_order("250.00")
     run = execute_until_crash(order, queue_capture)
-    assert crashed == [f"{run.id}:{CHARGE_STEP}"]
+    assert crashed == [charge_key(order)]
     assert stripe_server.requests == []
     assert step_keys(order) == ["register_order", "start_order/llm/1"]
 
     run = recover(run, queue_capture)
 
     [request] = charge_requests(stripe_server)
-    assert request.idempotency_key == f"charge:{run.id}:{CHARGE_STEP}"
+    assert request.idempotency_key == charge_key(order)
     assert not request.replayed
     assert_charged_and_confirmed_once(order, run, stripe_server, smtp_server)
 
@@ -131,7 +135,7 @@ def test_crash_after_stripe_answered_before_step_committed(
 ):
     """(b) Stripe created the PaymentIntent and answered; the worker dies before the tool
     step is committed. `gateway_answered`: before the order row records the charge, so
-    the re-executed tool calls Stripe again with the same key and gets a replay.
+    the re-executed tool looks the order's PaymentIntent up at Stripe and adopts it.
     `order_recorded`: after it (the fenced INSERT of the step fails), so the re-executed
     tool finds the charge on the order and sends nothing."""
     crashed: list[str] = []
@@ -167,16 +171,8 @@ def test_crash_after_stripe_answered_before_step_committed(
 
     run = recover(run, queue_capture)
 
-    requests = charge_requests(stripe_server)
-    key = f"charge:{run.id}:{CHARGE_STEP}"
-    if window == "gateway_answered":
-        first, second = requests
-        assert first.idempotency_key == second.idempotency_key == key
-        assert (first.replayed, second.replayed) == (False, True)
-        assert first.status == second.status == 200
-    else:
-        [request] = requests
-        assert request.idempotency_key == key
+    [request] = charge_requests(stripe_server)
+    assert request.idempotency_key == charge_key(order) and request.status == 200
     tool_step = StepRecord.objects.get(run=run, key=CHARGE_STEP)
     assert tool_step.output["output"]["charge_id"] == intent["id"]
     assert_charged_and_confirmed_once(order, run, stripe_server, smtp_server)
@@ -205,7 +201,7 @@ def test_crash_after_charge_step_committed(
     run = recover(run, queue_capture)
 
     [request] = charge_requests(stripe_server)
-    assert request.idempotency_key == f"charge:{run.id}:{CHARGE_STEP}"
+    assert request.idempotency_key == charge_key(order)
     assert step_keys(order)[:6] == [
         "register_order",
         "start_order/llm/1",

@@ -30,6 +30,7 @@ def test_unknown_user_is_a_command_error():
     assert not Token.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)  # the command closes its connection on exit
 def test_unknown_user_exits_non_zero_with_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         execute_from_command_line(["manage.py", "create_api_token", "nobody"])

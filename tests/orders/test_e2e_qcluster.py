@@ -9,6 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from orders.models import Order
+from orders.payments import payment_key
 from orders.services import review_decide
 from tests.support.cluster import QCluster, wait_until
 from workflows.services import waits_expire
@@ -54,7 +55,9 @@ def settled(order: Order, status: str, timeout: float = 30) -> Order:
 
 
 def charge_requests(stripe_server):
-    return [r for r in stripe_server.requests if r.path == "/v1/payment_intents"]
+    return [
+        r for r in stripe_server.requests if r.method == "POST" and r.path == "/v1/payment_intents"
+    ]
 
 
 def test_small_order_one_charge_one_email(cluster, stripe_server, smtp_server, place_order):
@@ -66,7 +69,9 @@ def test_small_order_one_charge_one_email(cluster, stripe_server, smtp_server, p
     assert intent["id"] == order.charge_id
     [request] = charge_requests(stripe_server)
     assert request.params["off_session"] == "true" and request.params["confirm"] == "true"
-    assert request.idempotency_key == f"charge:{order.run_id}:start_order/tool/1/charge_stripe"
+    assert request.idempotency_key == payment_key(
+        operation="charge", order_id=order.order_id, run_id=order.run_id
+    )
 
     [message] = smtp_server.messages
     assert message["To"] == "ada@example.com"
@@ -103,8 +108,12 @@ def test_large_order_rejected_is_refunded(
     order = settled(order, "rejected")
     [refund] = stripe_server.refunds_for(order.charge_id)
     assert refund["amount"] == 250000 and refund["id"] == order.refund_id
-    refund_request = next(r for r in stripe_server.requests if r.path == "/v1/refunds")
-    assert refund_request.idempotency_key == f"refund:{order.run_id}:refund"
+    refund_request = next(
+        r for r in stripe_server.requests if r.method == "POST" and r.path == "/v1/refunds"
+    )
+    assert refund_request.idempotency_key == payment_key(
+        operation="refund", order_id=order.order_id, run_id=order.run_id
+    )
     assert smtp_server.messages == []
 
 

@@ -94,7 +94,8 @@ def test_any_decision_sequence_decides_once(
 ):
     settings.LLM_PROVIDER = "simulated"
     settings.PAYMENT_GATEWAY = "simulated"
-    order = place_order("2500.00", order_id=f"fuzz-{next(order_numbers)}")
+    # The reviewer's own order: through the API a client decides only its own.
+    order = place_order("2500.00", order_id=f"fuzz-{next(order_numbers)}", client=reviewer)
     queue_capture.drain()
     review = FraudReview.objects.get(run=order.run)
 

@@ -123,8 +123,12 @@ class ChaosDriver:
 
     def pump_until_working(self, timeout: float) -> None:
         """Decide reviews until the cluster is executing a run (or `timeout` passes)."""
+        self.pump_until_running(at_least=1, timeout=timeout)
+
+    def pump_until_running(self, *, at_least: int, timeout: float) -> None:
+        """Decide reviews until `at_least` runs execute at once (or `timeout` passes)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if WorkflowRun.objects.filter(status=RunStatus.RUNNING).exists():
+            if WorkflowRun.objects.filter(status=RunStatus.RUNNING).count() >= at_least:
                 return
             self.pump(0.05)

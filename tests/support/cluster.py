@@ -12,7 +12,11 @@ from pathlib import Path
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_WORKFLOW_MODULES = ["tests.workflows.sample_workflows", "tests.workflows.agents.sample_agents"]
+TEST_WORKFLOW_MODULES = [
+    "tests.workflows.sample_workflows",
+    "tests.workflows.agents.sample_agents",
+    "tests.workflows.runtime_workflows",
+]
 
 
 def test_database_url() -> str:
@@ -64,13 +68,19 @@ class QCluster:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def stop(self) -> None:
+    def stop(self, *, timeout: float = 35) -> None:
+        """SIGTERM to the parent: the cluster drains (up to WORKFLOWS_DRAIN_SECONDS)."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def terminate_group(self) -> None:
+        """SIGTERM to every process of the cluster, as systemd's KillMode=control-group."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
 
     def output(self) -> str:
         self.log.seek(0)

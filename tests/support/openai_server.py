@@ -372,6 +372,9 @@ class OpenAITestServer:
         self._call_ids = itertools.count(1)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._fallback: ScriptItem | None = None
+        self._in_flight = 0
+        self.max_in_flight = 0  # most chat requests being answered at once
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -427,9 +430,17 @@ class OpenAITestServer:
         with self._lock:
             self._script.extend(items)
 
-    def reset(self) -> None:
-        """Forget the script, recorded requests, errors and id counters."""
+    def respond_with(self, item: ScriptItem | None) -> None:
+        """Answer every chat request the script does not cover with `item` (a callable
+        sees each request), instead of the "no scripted response" error."""
         with self._lock:
+            self._fallback = item
+
+    def reset(self) -> None:
+        """Forget the script, the fallback, recorded requests, errors and counters."""
+        with self._lock:
+            self._fallback = None
+            self.max_in_flight = 0
             self._script.clear()
             self._requests.clear()
             self._errors.clear()
@@ -477,8 +488,21 @@ class OpenAITestServer:
         with self._lock:
             self._requests.append(RecordedRequest(method, path, headers, parsed, body))
             is_chat = method == "POST" and path == CHAT_COMPLETIONS_PATH
-            if is_chat and isinstance(parsed, dict) and not parsed.get("stream") and self._script:
-                item = self._script.popleft()
+            if is_chat and isinstance(parsed, dict) and not parsed.get("stream"):
+                item = self._script.popleft() if self._script else self._fallback
+            if is_chat:
+                self._in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            self._answer(handler, method, path, parsed, item)
+        finally:
+            if is_chat:
+                with self._lock:
+                    self._in_flight -= 1
+
+    def _answer(
+        self, handler: _Handler, method: str, path: str, parsed: Any, item: ScriptItem | None
+    ) -> None:
 
         if method == "GET" and path == MODELS_PATH:
             self._send(handler, reply_raw(self._models_body()))

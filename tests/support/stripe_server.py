@@ -3,8 +3,9 @@
 The official ``stripe`` SDK talks real HTTP to it (never the internet): point a
 ``stripe.StripeClient`` at ``server.base_url`` through ``base_addresses``.  Only the
 parts of the v1 API the project uses are implemented: PaymentIntents (create,
-retrieve) and Refunds (create, retrieve), with Stripe's form encoding, Bearer
-auth, error bodies, idempotency keys and ``Request-Id`` headers.
+retrieve, list, capture, cancel) and Refunds (create, retrieve, list), with Stripe's
+form encoding, Bearer auth, error bodies, list objects, idempotency keys and
+``Request-Id`` headers.
 
 Usage::
 
@@ -38,11 +39,24 @@ Usage::
 Fault injection:
 
 * ``fail_next(n, status=500)``: the next ``n`` requests (any endpoint) get an
-  ``api_error`` answer before anything is done, so nothing is created or stored.
+  ``api_error`` answer before anything is done, so nothing is created or stored
+  (a failure in front of the API, such as a load balancer's 503).
 * ``fail_after_create_next(n)``: the next ``n`` requests that actually perform a
-  creation (a new PaymentIntent, including a declined one, or a new Refund) do it
-  and store the result under their idempotency key, but the client gets a 500
-  ("Stripe did it but the answer was lost").  A retry with the same key replays.
+  creation (a new PaymentIntent, including a declined one, a new Refund, a capture
+  or a cancel) do it and store the result under their idempotency key, then drop
+  the connection without answering ("Stripe did it but the answer was lost").  A
+  retry with the same key replays the stored result.  ``then_outage=seconds``
+  starts an outage right after (``None``: until ``end_outage()``).
+  ``fail_after_create_next(n, status=500)`` answers a 500 instead, and as at Stripe
+  that 500 is what the key stores: a retry with the same key replays the 500.
+* ``fail_stored_next(n, status=500)``: the next ``n`` creations fail inside the
+  endpoint: nothing is created and the 500 is stored under the idempotency key,
+  so every retry with that key gets the 500 again, as Stripe documents.
+* ``outage(seconds=None, status=None)``: until the window ends (``None``: until
+  ``end_outage()``), every request gets its connection dropped, or ``status``.
+
+Stored 500s carry ``Stripe-Should-Retry: false`` (retrying the key only replays
+them).  Replays carry ``Idempotent-Replayed: true``.
 
 The SDK waits at least ``stripe.HTTPClient.INITIAL_DELAY`` (0.5 s) between retries;
 tests can lower ``INITIAL_DELAY`` and ``MAX_DELAY`` on ``stripe.HTTPClient``.
@@ -52,6 +66,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import secrets
 import string
@@ -79,10 +94,13 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _KEY_RE = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _PART_RE = re.compile(r"\[([^\[\]]*)\]")
 _PI_PATH = re.compile(r"^/v1/payment_intents/(?P<id>[^/]+)$")
+_PI_ACTION_PATH = re.compile(r"^/v1/payment_intents/(?P<id>[^/]+)/(?P<action>capture|cancel)$")
 _REFUND_PATH = re.compile(r"^/v1/refunds/(?P<id>[^/]+)$")
 _CUSTOMER_PATH = re.compile(r"^/v1/customers/(?P<id>[^/]+)$")
 _CURRENCY_RE = re.compile(r"^[a-zA-Z]{3}$")
 _REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
+_CANCELLATION_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer", "abandoned"})
+_CREATED_FILTERS = ("gt", "gte", "lt", "lte")
 
 
 class FormError(ValueError):
@@ -145,6 +163,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     params: JSONDict
+    #: The HTTP status answered, or 0 when the connection was dropped unanswered.
     status: int
     replayed: bool
     request_id: str
@@ -159,6 +178,11 @@ class _Response:
     status: int
     body: JSONDict
     headers: dict[str, str] = field(default_factory=dict)
+    #: Close the connection without answering (the client sees a network error).
+    drop: bool = False
+
+
+_DROPPED = _Response(0, {}, drop=True)
 
 
 @dataclass(frozen=True)
@@ -169,6 +193,7 @@ class _StoredResult:
     status: int
     body: JSONDict
     request_id: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -198,6 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length > 0 else b""
         headers = {key.lower(): value for key, value in self.headers.items()}
         response = self.server.stripe.handle(self.command, self.path, headers, body)
+        if response.drop:
+            self.close_connection = True
+            return
         payload = json.dumps(response.body, indent=2).encode()
         self.send_response(response.status)
         for name, value in response.headers.items():
@@ -251,6 +279,14 @@ def _api_error(status: int) -> _Response:
         "An unknown error occurred while processing your request "
         "(injected by the local Stripe test server).",
     )
+
+
+def _stored_api_error(status: int) -> _Response:
+    """A failure inside the endpoint: Stripe stores it under the key and says that
+    retrying the same request is pointless (it would be replayed)."""
+    response = _api_error(status)
+    response.headers["Stripe-Should-Retry"] = "false"
+    return response
 
 
 def _parse_bool(params: JSONDict, name: str) -> bool | _Response:
@@ -308,7 +344,11 @@ class StripeServer:
         self._refunds: dict[str, JSONDict] = {}
         self._idempotency: dict[tuple[str, str], _StoredResult] = {}
         self._fail_next: list[tuple[int, bool | None]] = []
-        self._fail_after_create: list[int] = []
+        # (status or None to drop the connection, outage seconds after it or None)
+        self._fail_after_create: list[tuple[int | None, float | None]] = []
+        self._fail_stored: list[int] = []
+        self._outage_until: float | None = None
+        self._outage_status: int | None = None
         #: Customers whose confirmed PaymentIntents are declined with HTTP 402.
         self.decline_customers: set[str] = {"cus_declined"}
         #: ``decline_code`` used for those declines.
@@ -372,10 +412,37 @@ class StripeServer:
         with self._lock:
             self._fail_next.extend([(status, should_retry)] * n)
 
-    def fail_after_create_next(self, n: int = 1, status: int = 500) -> None:
-        """Perform the next ``n`` creations but answer ``status`` instead."""
+    def fail_after_create_next(
+        self, n: int = 1, status: int | None = None, *, then_outage: float | None = 0.0
+    ) -> None:
+        """Perform the next ``n`` creations, then drop the connection unanswered (or
+        answer ``status``, which the key then stores).  ``then_outage`` starts an
+        outage of that many seconds right after (``None``: until ``end_outage()``)."""
         with self._lock:
-            self._fail_after_create.extend([status] * n)
+            self._fail_after_create.extend([(status, then_outage)] * n)
+
+    def fail_stored_next(self, n: int = 1, status: int = 500) -> None:
+        """Fail the next ``n`` creations inside the endpoint: nothing is created, and
+        the ``status`` answer is stored under the idempotency key and replayed."""
+        with self._lock:
+            self._fail_stored.extend([status] * n)
+
+    def outage(self, seconds: float | None = None, *, status: int | None = None) -> None:
+        """Stripe is unreachable from now for ``seconds`` (``None``: until
+        ``end_outage()``): every request is dropped unanswered, or gets ``status``."""
+        with self._lock:
+            self._outage_until = time.monotonic() + (math.inf if seconds is None else seconds)
+            self._outage_status = status
+
+    def end_outage(self) -> None:
+        with self._lock:
+            self._outage_until = None
+            self._outage_status = None
+
+    @property
+    def in_outage(self) -> bool:
+        with self._lock:
+            return self._outage_until is not None and time.monotonic() < self._outage_until
 
     def reset(self) -> None:
         """Forget all objects, records, idempotency keys and pending faults."""
@@ -386,6 +453,9 @@ class StripeServer:
             self._idempotency.clear()
             self._fail_next.clear()
             self._fail_after_create.clear()
+            self._fail_stored.clear()
+            self._outage_until = None
+            self._outage_status = None
             self.decline_customers = {"cus_declined"}
             self.errors.clear()
 
@@ -447,6 +517,19 @@ class StripeServer:
                     self.errors.append(traceback.format_exc())
                     response = _api_error(500)
                     response.headers["Stripe-Should-Retry"] = "false"
+            if response.drop:
+                self._requests.append(
+                    RecordedRequest(
+                        method=method,
+                        path=path,
+                        headers=dict(headers),
+                        params=params,
+                        status=0,
+                        replayed=replayed,
+                        request_id=request_id,
+                    )
+                )
+                return response
             response.headers["Request-Id"] = request_id
             response.headers["Stripe-Version"] = headers.get("stripe-version", API_VERSION)
             if "idempotency-key" in headers:
@@ -476,6 +559,10 @@ class StripeServer:
         params: JSONDict,
         request_id: str,
     ) -> tuple[_Response, bool]:
+        if self.in_outage:
+            if self._outage_status is None:
+                return _DROPPED, False
+            return _api_error(self._outage_status), False
         if self._fail_next:
             status, should_retry = self._fail_next.pop(0)
             response = _api_error(status)
@@ -493,7 +580,19 @@ class StripeServer:
             if stored is not None:
                 return self._replay(stored, method, path, params, idempotency_key), True
 
-        response, performed = self._route(method, path, params)
+        if self._fail_stored and self._creates(method, path):
+            response, performed = _stored_api_error(self._fail_stored.pop(0)), True
+        else:
+            response, performed = self._route(method, path, params)
+        answer = response
+        if performed and self._fail_after_create:
+            status, then_outage = self._fail_after_create.pop(0)
+            if status is None:
+                answer = _DROPPED
+            else:
+                response = answer = _stored_api_error(status)
+            if then_outage is None or then_outage > 0:
+                self.outage(then_outage)
         if performed and idempotency_key:
             self._idempotency[(api_key, idempotency_key)] = _StoredResult(
                 method=method,
@@ -502,10 +601,17 @@ class StripeServer:
                 status=response.status,
                 body=copy.deepcopy(response.body),
                 request_id=request_id,
+                headers=dict(response.headers),
             )
-        if performed and self._fail_after_create:
-            return _api_error(self._fail_after_create.pop(0)), False
-        return response, False
+        return answer, False
+
+    @staticmethod
+    def _creates(method: str, path: str) -> bool:
+        """Whether the request would perform something (and so store its result)."""
+        return method == "POST" and (
+            path in ("/v1/payment_intents", "/v1/refunds")
+            or _PI_ACTION_PATH.match(path) is not None
+        )
 
     @staticmethod
     def _authenticate(headers: dict[str, str]) -> str | _Response:
@@ -552,7 +658,11 @@ class StripeServer:
         return _Response(
             stored.status,
             copy.deepcopy(stored.body),
-            {"Idempotent-Replayed": "true", "Original-Request": stored.request_id},
+            {
+                **stored.headers,
+                "Idempotent-Replayed": "true",
+                "Original-Request": stored.request_id,
+            },
         )
 
     def _route(self, method: str, path: str, params: JSONDict) -> tuple[_Response, bool]:
@@ -561,6 +671,14 @@ class StripeServer:
             return self._create_payment_intent(params)
         if method == "POST" and path == "/v1/refunds":
             return self._create_refund(params)
+        if method == "POST" and (match := _PI_ACTION_PATH.match(path)):
+            if match["action"] == "capture":
+                return self._capture(match["id"], params)
+            return self._cancel(match["id"], params)
+        if method == "GET" and path == "/v1/payment_intents":
+            return self._list(path, self._payment_intents, params, "customer"), False
+        if method == "GET" and path == "/v1/refunds":
+            return self._list(path, self._refunds, params, "payment_intent"), False
         if method == "GET" and (match := _PI_PATH.match(path)):
             return self._retrieve(self._payment_intents, "payment_intent", match["id"])
         if method == "GET" and (match := _REFUND_PATH.match(path)):
@@ -607,6 +725,84 @@ class StripeServer:
             ), False
         return _Response(200, copy.deepcopy(obj)), False
 
+    @staticmethod
+    def _list(path: str, objects: dict[str, JSONDict], params: JSONDict, owner: str) -> _Response:
+        """Stripe's list: newest first, ``limit`` (1 to 100, default 10),
+        ``starting_after``/``ending_before`` cursors, a ``created`` filter (an exact
+        timestamp or ``gt``/``gte``/``lt``/``lte``) and the ``owner`` filter
+        (``customer`` or ``payment_intent``).  Strongly consistent, as Stripe's list
+        is (its search is not)."""
+        limit_raw = params.get("limit", "10")
+        if not isinstance(limit_raw, str) or not limit_raw.isdigit():
+            return _invalid(f"Invalid integer: {limit_raw}", param="limit")
+        limit = int(limit_raw)
+        if not 1 <= limit <= 100:
+            return _invalid(
+                "This value must be greater than or equal to 1 and less than or equal to 100.",
+                param="limit",
+            )
+        # Newest first; objects created in the same second keep their reverse order.
+        ordered = sorted(
+            enumerate(objects.values()), key=lambda pair: (pair[1]["created"], pair[0])
+        )
+        found = [obj for _, obj in reversed(ordered)]
+        owner_id = params.get(owner)
+        if owner_id is not None:
+            if not isinstance(owner_id, str):
+                return _invalid("Invalid string", param=owner)
+            found = [obj for obj in found if obj.get(owner) == owner_id]
+        created = params.get("created")
+        if isinstance(created, str):
+            created = {"eq": created}
+        if created is not None:
+            if not isinstance(created, dict) or not all(
+                op in (*_CREATED_FILTERS, "eq") and isinstance(v, str) and v.isdigit()
+                for op, v in created.items()
+            ):
+                return _invalid("Invalid timestamp", param="created")
+            tests = {
+                "eq": lambda c, v: c == v,
+                "gt": lambda c, v: c > v,
+                "gte": lambda c, v: c >= v,
+                "lt": lambda c, v: c < v,
+                "lte": lambda c, v: c <= v,
+            }
+            found = [
+                obj
+                for obj in found
+                if all(tests[op](obj["created"], int(v)) for op, v in created.items())
+            ]
+        ids = [obj["id"] for obj in found]
+        for cursor in ("starting_after", "ending_before"):
+            cursor_id = params.get(cursor)
+            if cursor_id is not None and cursor_id not in objects:
+                kind = "payment_intent" if owner == "customer" else "refund"
+                return _invalid(
+                    f"No such {kind}: '{cursor_id}'",
+                    param=cursor,
+                    code="resource_missing",
+                    status=404,
+                )
+        if (cursor_id := params.get("starting_after")) is not None:
+            found = found[ids.index(cursor_id) + 1 :] if cursor_id in ids else []
+        elif (cursor_id := params.get("ending_before")) is not None:
+            found = found[: ids.index(cursor_id)] if cursor_id in ids else []
+            found = found[::-1]  # the page nearest the cursor, then back to newest first
+            has_more = len(found) > limit
+            page = found[:limit][::-1]
+            return _Response(
+                200, {"object": "list", "data": page, "has_more": has_more, "url": path}
+            )
+        return _Response(
+            200,
+            {
+                "object": "list",
+                "data": copy.deepcopy(found[:limit]),
+                "has_more": len(found) > limit,
+                "url": path,
+            },
+        )
+
     def _create_payment_intent(self, params: JSONDict) -> tuple[_Response, bool]:
         if "amount" not in params:
             return _missing("amount"), False
@@ -633,6 +829,12 @@ class StripeServer:
         payment_method = _optional_str(params, "payment_method")
         if isinstance(payment_method, _Response):
             return payment_method, False
+        capture_method = params.get("capture_method", "automatic")
+        if capture_method not in ("automatic", "automatic_async", "manual"):
+            return _invalid(
+                "Invalid capture_method: must be one of automatic, automatic_async, or manual",
+                param="capture_method",
+            ), False
         if off_session and not confirm:
             return _invalid(
                 "off_session can only be used when confirm=true.", param="off_session"
@@ -645,15 +847,19 @@ class StripeServer:
 
         intent_id = new_id("pi")
         status = "requires_payment_method"
-        if payment_method is not None:
-            status = "succeeded" if confirm else "requires_confirmation"
+        if payment_method is not None and not confirm:
+            status = "requires_confirmation"
+        elif payment_method is not None:
+            status = "requires_capture" if capture_method == "manual" else "succeeded"
         intent: JSONDict = {
             "id": intent_id,
             "object": "payment_intent",
             "amount": amount,
-            "amount_capturable": 0,
+            "amount_capturable": amount if status == "requires_capture" else 0,
             "amount_received": amount if status == "succeeded" else 0,
-            "capture_method": "automatic",
+            "canceled_at": None,
+            "cancellation_reason": None,
+            "capture_method": capture_method,
             "client_secret": f"{intent_id}_secret_{secrets.token_hex(12)}",
             "confirmation_method": "automatic",
             "created": int(time.time()),
@@ -690,10 +896,73 @@ class StripeServer:
         }
         intent["status"] = "requires_payment_method"
         intent["amount_received"] = 0
+        intent["amount_capturable"] = 0
         intent["last_payment_error"] = copy.deepcopy(error)
         self._payment_intents[intent["id"]] = intent
         error["payment_intent"] = copy.deepcopy(intent)
         return _Response(402, {"error": error})
+
+    def _intent_in(
+        self, intent_id: str, statuses: tuple[str, ...], action: str
+    ) -> JSONDict | _Response:
+        intent = self._payment_intents.get(intent_id)
+        if intent is None:
+            return _invalid(
+                f"No such payment_intent: '{intent_id}'",
+                param="intent",
+                code="resource_missing",
+                status=404,
+            )
+        if intent["status"] not in statuses:
+            return _invalid(
+                f"This PaymentIntent could not be {action} because it has a status of "
+                f"{intent['status']}. Only a PaymentIntent with one of the following "
+                f"statuses may be {action}: {', '.join(statuses)}.",
+                code="payment_intent_unexpected_state",
+            )
+        return intent
+
+    def _capture(self, intent_id: str, params: JSONDict) -> tuple[_Response, bool]:
+        intent = self._intent_in(intent_id, ("requires_capture",), "captured")
+        if isinstance(intent, _Response):
+            return intent, False
+        amount: int | _Response = intent["amount_capturable"]
+        if "amount_to_capture" in params:
+            amount = _parse_amount(params["amount_to_capture"], "amount_to_capture")
+            if isinstance(amount, _Response):
+                return amount, False
+            if amount > intent["amount_capturable"]:
+                return _invalid(
+                    "The amount to capture must be less than or equal to the capturable "
+                    f"amount ({intent['amount_capturable']}).",
+                    param="amount_to_capture",
+                ), False
+        intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        return _Response(200, copy.deepcopy(intent)), True
+
+    def _cancel(self, intent_id: str, params: JSONDict) -> tuple[_Response, bool]:
+        cancelable = (
+            "requires_payment_method",
+            "requires_capture",
+            "requires_confirmation",
+            "requires_action",
+            "processing",
+        )
+        intent = self._intent_in(intent_id, cancelable, "canceled")
+        if isinstance(intent, _Response):
+            return intent, False
+        reason = params.get("cancellation_reason")
+        if reason is not None and reason not in _CANCELLATION_REASONS:
+            return _invalid(
+                f"Invalid cancellation_reason: {reason}", param="cancellation_reason"
+            ), False
+        intent.update(
+            status="canceled",
+            amount_capturable=0,
+            canceled_at=int(time.time()),
+            cancellation_reason=reason,
+        )
+        return _Response(200, copy.deepcopy(intent)), True
 
     def _create_refund(self, params: JSONDict) -> tuple[_Response, bool]:
         intent_id = params.get("payment_intent")

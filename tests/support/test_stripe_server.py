@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -215,7 +216,7 @@ def test_stripe_should_retry_false_stops_sdk_retries(
     assert len(server.requests) == 1
 
 
-def test_fail_after_create_is_replayed_on_retry(
+def test_lost_answer_drops_the_connection_and_the_key_replays_the_success(
     server: StripeServer, make_client: ClientFactory
 ) -> None:
     server.fail_after_create_next(1)
@@ -225,20 +226,137 @@ def test_fail_after_create_is_replayed_on_retry(
     assert list(server.payment_intents) == [intent.id]
     assert len(server.successful_charges()) == 1
     assert [(r.status, r.replayed) for r in server.requests] == [
-        (500, False),
+        (0, False),  # no answer at all
         (200, True),
     ]
 
 
-def test_fail_after_create_without_key_reuse_would_double_charge(
+def test_lost_answer_without_key_reuse_would_double_charge(
     server: StripeServer, make_client: ClientFactory
 ) -> None:
     client = make_client()
     server.fail_after_create_next(1)
-    with pytest.raises(stripe.APIError):
+    with pytest.raises(stripe.APIConnectionError):
         charge(client, "attempt-1")
     charge(client, "attempt-2")
     assert len(server.successful_charges()) == 2
+
+
+def test_a_500_after_create_is_what_the_key_stores(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    """As at Stripe: the 500 is stored and replayed for the key, whatever was created."""
+    client = make_client(retries=2)
+    server.fail_after_create_next(1, status=500)
+    for _ in range(2):
+        with pytest.raises(stripe.APIError) as failed:
+            charge(client, "stored-500")
+        assert failed.value.http_status == 500
+    assert len(server.successful_charges()) == 1  # it was created all the same
+    # Stripe-Should-Retry: false, so the SDK sends each call once.
+    assert [(r.status, r.replayed) for r in server.requests] == [(500, False), (500, True)]
+    assert failed.value.headers["idempotent-replayed"] == "true"
+
+
+def test_fail_stored_creates_nothing_and_replays_the_500(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client(retries=2)
+    server.fail_stored_next(1)
+    for _ in range(2):
+        with pytest.raises(stripe.APIError):
+            charge(client, "wedged")
+    assert server.payment_intents == {}
+    assert [(r.status, r.replayed) for r in server.requests] == [(500, False), (500, True)]
+    assert charge(client, "wedged:2").status == "succeeded"  # another key goes through
+
+
+def test_outage_until_ended_then_for_a_window(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client(retries=1)
+    server.outage()
+    with pytest.raises(stripe.APIConnectionError):
+        charge(client, "during-outage")
+    server.end_outage()
+    server.outage(status=503)
+    with pytest.raises(stripe.APIError) as unavailable:
+        charge(client, "during-outage")
+    assert unavailable.value.http_status == 503
+    assert server.payment_intents == {}
+    server.outage(0.2)
+    assert server.in_outage
+    time.sleep(0.25)
+    assert not server.in_outage
+    assert charge(client, "during-outage").status == "succeeded"
+    assert [r.status for r in server.requests] == [0, 0, 503, 503, 200]
+
+
+def test_lost_answer_then_outage(server: StripeServer, make_client: ClientFactory) -> None:
+    client = make_client(retries=2)
+    server.fail_after_create_next(1, then_outage=None)
+    with pytest.raises(stripe.APIConnectionError):
+        charge(client, "lost-then-down")
+    assert [r.status for r in server.requests] == [0, 0, 0]
+    server.end_outage()
+    assert charge(client, "lost-then-down").last_response.headers["Idempotent-Replayed"] == "true"
+    assert len(server.successful_charges()) == 1
+
+
+def test_list_payment_intents_by_customer_newest_first_with_pages(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    mine = [charge(client, f"mine-{i}").id for i in range(3)]
+    charge(client, "theirs", customer="cus_other")
+
+    page = client.v1.payment_intents.list(params={"customer": "cus_123", "limit": 2})
+    assert page.object == "list" and page.url == "/v1/payment_intents"
+    assert [pi.id for pi in page.data] == mine[::-1][:2] and page.has_more
+    assert [pi.id for pi in page.auto_paging_iter()] == mine[::-1]
+    after = client.v1.payment_intents.list(
+        params={"customer": "cus_123", "starting_after": mine[1]}
+    )
+    assert [pi.id for pi in after.data] == [mine[0]] and not after.has_more
+    now = int(time.time())
+    assert client.v1.payment_intents.list(params={"created": {"gt": now + 60}}).data == []
+    assert len(client.v1.payment_intents.list(params={"created": {"gte": now - 60}}).data) == 4
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.payment_intents.list(params={"limit": 101})
+
+
+def test_list_refunds_of_a_payment_intent(server: StripeServer, make_client: ClientFactory) -> None:
+    client = make_client()
+    intent = charge(client, "to-list")
+    other = charge(client, "other")
+    first = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 100})
+    client.v1.refunds.create(params={"payment_intent": other.id})
+    second = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 200})
+    listed = client.v1.refunds.list(params={"payment_intent": intent.id})
+    assert [r.id for r in listed.data] == [second.id, first.id]
+
+
+def test_manual_capture_and_cancel(server: StripeServer, make_client: ClientFactory) -> None:
+    client = make_client()
+    held = charge(client, "hold", capture_method="manual")
+    assert (held.status, held.amount_capturable, held.amount_received) == (
+        "requires_capture",
+        1999,
+        0,
+    )
+    with pytest.raises(stripe.InvalidRequestError):  # nothing captured to refund yet
+        client.v1.refunds.create(params={"payment_intent": held.id})
+    captured = client.v1.payment_intents.capture(held.id, options={"idempotency_key": "cap"})
+    assert (captured.status, captured.amount_received) == ("succeeded", 1999)
+    with pytest.raises(stripe.InvalidRequestError) as again:
+        client.v1.payment_intents.capture(held.id)
+    assert again.value.code == "payment_intent_unexpected_state"
+
+    released = charge(client, "hold-2", capture_method="manual")
+    canceled = client.v1.payment_intents.cancel(released.id)
+    assert (canceled.status, canceled.amount_capturable) == ("canceled", 0)
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.payment_intents.capture(released.id)
 
 
 @pytest.mark.parametrize("api_key", ["sk_live_abcdef123456", "pk_test_abcdef"])

@@ -7,7 +7,7 @@ from datetime import timedelta
 from html import unescape
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -25,6 +25,16 @@ pytestmark = pytest.mark.django_db
 def staff() -> Client:
     client = Client()
     client.force_login(User.objects.create_user("staff", password="x", is_staff=True))
+    return client
+
+
+@pytest.fixture
+def operator() -> Client:
+    """Staff who may also start runs (`workflows.start_run`)."""
+    user = User.objects.create_user("operator", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="start_run"))
+    client = Client()
+    client.force_login(user)
     return client
 
 
@@ -275,35 +285,35 @@ def test_run_trace_nests_steps_and_places_bars():
 # --- start form ---------------------------------------------------------------------------
 
 
-def test_start_form_is_prefilled_from_the_input_schema(staff):
-    response = staff.get(reverse("workflows:workflow_start", args=["test.counting"]))
+def test_start_form_is_prefilled_from_the_input_schema(operator):
+    response = operator.get(reverse("workflows:workflow_start", args=["test.counting"]))
     assert response.status_code == 200
     payload = json.loads(response.context["form"]["payload"].value())
     assert payload["steps"] == 3 and "step_seconds" in payload
     assert "csrfmiddlewaretoken" in text(response)
 
 
-def test_start_form_example_for_required_fields(staff):
-    response = staff.get(reverse("workflows:workflow_start", args=["test.agent"]))
+def test_start_form_example_for_required_fields(operator):
+    response = operator.get(reverse("workflows:workflow_start", args=["test.agent"]))
     payload = json.loads(response.context["form"]["payload"].value())
     assert isinstance(payload["question"], str) and payload["agent"] == "test.calculator"
 
 
-def test_start_form_rejects_invalid_json(staff):
+def test_start_form_rejects_invalid_json(operator):
     url = reverse("workflows:workflow_start", args=["test.counting"])
-    response = staff.post(url, {"payload": '{"steps": 2,'})
+    response = operator.post(url, {"payload": '{"steps": 2,'})
     assert response.status_code == 200
     assert "not valid JSON" in text(response)
     assert not WorkflowRun.objects.exists()
 
-    response = staff.post(url, {"payload": "[1, 2]"})
+    response = operator.post(url, {"payload": "[1, 2]"})
     assert "must be a JSON object" in text(response)
     assert not WorkflowRun.objects.exists()
 
 
-def test_start_form_shows_field_errors_and_writes_nothing(staff, queue_capture):
+def test_start_form_shows_field_errors_and_writes_nothing(operator, queue_capture):
     url = reverse("workflows:workflow_start", args=["test.counting"])
-    response = staff.post(url, {"payload": '{"steps": "many"}'})
+    response = operator.post(url, {"payload": '{"steps": "many"}'})
     assert response.status_code == 200
     page = text(response)
     assert "Input should be a valid integer" in page
@@ -312,9 +322,9 @@ def test_start_form_shows_field_errors_and_writes_nothing(staff, queue_capture):
     assert not WorkflowRun.objects.exists() and queue_capture.sent == []
 
 
-def test_start_form_starts_a_run_and_redirects_to_its_trace(staff, queue_capture):
+def test_start_form_starts_a_run_and_redirects_to_its_trace(operator, queue_capture):
     url = reverse("workflows:workflow_start", args=["test.counting"])
-    response = staff.post(url, {"payload": '{"steps": 2}'})
+    response = operator.post(url, {"payload": '{"steps": 2}'})
     run = WorkflowRun.objects.get()
     assert response.status_code == 302
     assert response["Location"] == f"/runs/{run.id}/"
@@ -322,17 +332,17 @@ def test_start_form_starts_a_run_and_redirects_to_its_trace(staff, queue_capture
     assert queue_capture.sent == [str(run.id)]
 
 
-def test_start_form_of_an_unknown_workflow_is_404(staff):
-    assert staff.get("/workflows/no.such.workflow/start/").status_code == 404
-    assert staff.post("/workflows/no.such.workflow/start/", {"payload": "{}"}).status_code == 404
+def test_start_form_of_an_unknown_workflow_is_404(operator):
+    assert operator.get("/workflows/no.such.workflow/start/").status_code == 404
+    assert operator.post("/workflows/no.such.workflow/start/", {"payload": "{}"}).status_code == 404
 
 
 # --- workflows and agents -----------------------------------------------------------------
 
 
-def test_workflows_page_lists_workflows_and_agents(staff, settings):
+def test_workflows_page_lists_workflows_and_agents(operator, settings):
     settings.LLM_PROVIDER = "simulated"
-    page = text(staff.get(reverse("workflows:workflow_list")))
+    page = text(operator.get(reverse("workflows:workflow_list")))
     assert "test.counting" in page and "K steps, each journaled when it runs." in page
     assert reverse("workflows:workflow_start", args=["test.counting"]) in page
     assert "CountingInput" in page and "step_seconds" in page and "CountingOutput" in page

@@ -21,16 +21,26 @@ in the loop repeats neither a finished model call nor a finished tool call.
 import asyncio
 import functools
 import json
+import random
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
 from ..errors import NonRetryableError
+from ..limits import concurrency_limit, concurrency_slot
 from ..models import StepKind
 from ..retry import NO_RETRY, RetryPolicy
-from .providers import Provider, TransientModelError, provider_for, provider_name
+from .providers import (
+    Provider,
+    RateLimitedError,
+    TransientModelError,
+    provider_for,
+    provider_name,
+)
 from .tools import Tool, ToolContext
 from .types import AgentResult, Message, ModelRequest, ModelResponse, ToolCallRecord, Usage
 
@@ -152,6 +162,7 @@ class _AgentLoop:
         self.tool_calls: list[ToolCallRecord] = []
         self.usage = Usage()
         self.model_calls = 0
+        self.rate_limited = 0  # 429s of the current model call
 
     async def run(self) -> AgentResult:
         final, text, failure = await self._converse()
@@ -248,6 +259,7 @@ class _AgentLoop:
 
     async def _model_call(self) -> ModelResponse:
         self.model_calls += 1
+        self.rate_limited = 0
         request = ModelRequest(
             agent_id=self.agent.id,
             model=self.agent.model,
@@ -257,7 +269,7 @@ class _AgentLoop:
         )
         response: ModelResponse = await self.ctx.step.call(
             f"{self.key}/llm/{self.model_calls}",
-            self.provider.complete,
+            self._complete,
             request,
             kind=StepKind.LLM,
             input=request.model_dump(mode="json"),
@@ -268,10 +280,31 @@ class _AgentLoop:
                 "latency_ms": round(r.latency_ms, 1),
                 "finish_reason": r.finish_reason,
                 "usage": r.usage.model_dump(),
+                "rate_limited": self.rate_limited,
             },
         )
         self.usage = self.usage + response.usage
         return response
+
+    async def _complete(self, request: ModelRequest) -> ModelResponse:
+        """One model call within the cluster-wide cap of its provider and model. A 429
+        waits as long as the provider asks (the slot given back meanwhile) and does not
+        count as a failed attempt, for up to WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS."""
+        resource = f"{self.provider.name}:{request.model}"
+        limit = concurrency_limit(resource)
+        give_up_at = time.monotonic() + settings.WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS
+        pause = 1.0
+        while True:
+            try:
+                async with concurrency_slot(resource, limit=limit):
+                    return await self.provider.complete(request)
+            except RateLimitedError as exc:
+                self.rate_limited += 1
+                if time.monotonic() >= give_up_at:
+                    raise
+                wait = exc.retry_after or pause
+                pause = min(pause * 2, 30.0)
+            await asyncio.sleep(wait * random.uniform(1.0, 1.25))
 
     async def _tool_call(self, call: dict[str, Any]) -> ToolCallRecord:
         name = str(call.get("function", {}).get("name", ""))

@@ -24,7 +24,26 @@ logger = logging.getLogger(__name__)
 
 
 class TransientModelError(Exception):
-    """Rate limit, timeout, connection or server error: worth another attempt."""
+    """Timeout, connection or server error: worth another attempt."""
+
+
+class RateLimitedError(TransientModelError):
+    """The provider answered 429: come back after `retry_after` seconds (if it said)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds; HTTP dates are ignored)."""
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return float(headers[name]) / scale
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 class Provider(Protocol):
@@ -89,8 +108,12 @@ class OpenAIProvider:
                 "The model server refused the API key (HTTP 401): set OPENAI_API_KEY to a "
                 "valid key for " + (self.base_url or "api.openai.com")
             ) from None
+        except openai.RateLimitError as exc:
+            raise RateLimitedError(
+                _scrub(f"{type(exc).__name__}: {exc}", self.api_key),
+                retry_after=_retry_after(exc.response),
+            ) from None
         except (
-            openai.RateLimitError,
             openai.APITimeoutError,
             openai.APIConnectionError,
             openai.InternalServerError,

@@ -9,9 +9,12 @@ from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import reverse
 from django.utils import timezone
+from pydantic import ValidationError
 
 from orders.management.arguments import positive_seconds
 from orders.models import Order, OrderStatus
+from orders.money import amount_display
+from orders.rules import payload_error_text, payload_errors
 from orders.schemas import OrderPayload
 from orders.selectors import order_email_sent, order_review_info, orders_list
 from orders.services import ReviewError, order_create, review_decide
@@ -141,14 +144,17 @@ class Command(BaseCommand):
         stamp = timezone.now().strftime("%Y%m%d%H%M%S%f")[:-3]
         ids = []
         for n, sample in enumerate(samples, start=1):
-            order, _ = order_create(
-                payload=OrderPayload(
+            try:
+                payload = OrderPayload(
                     order_id=f"demo-{stamp}-{n}",
                     customer_id="cus_declined" if sample.declined_customer else f"cus_demo_{n}",
                     customer_email=f"customer{n}@example.com",
                     amount=Decimal(sample.amount),
                 )
-            )
+            except ValidationError as exc:  # e.g. ORDER_CURRENCIES without usd
+                problems = payload_error_text(payload_errors(exc))
+                raise CommandError(f"The demo orders break the order rules: {problems}") from None
+            order, _ = order_create(payload=payload)
             ids.append(order.order_id)
         return ids
 
@@ -164,7 +170,8 @@ class Command(BaseCommand):
         tty = self.stdout.isatty()
         try:
             while True:
-                orders = list(Order.objects.filter(order_id__in=ids).select_related("run"))
+                demo_orders = Order.objects.filter(client=None, order_id__in=ids)
+                orders = list(demo_orders.select_related("run"))
                 for order in orders:
                     if (
                         order.order_id not in decided
@@ -215,7 +222,7 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
     def summary(self, ids: list[str], base_url: str) -> None:
-        orders = {o.order_id: o for o in orders_list().filter(order_id__in=ids)}
+        orders = {o.order_id: o for o in orders_list().filter(client=None, order_id__in=ids)}
         rows = []
         for order_id in ids:
             order = orders[order_id]
@@ -230,7 +237,7 @@ class Command(BaseCommand):
             rows.append(
                 [
                     order.order_id,
-                    f"{order.amount} {order.currency.upper()}",
+                    amount_display(order.amount, order.currency),
                     outcome_of(order) if settled else f"({order.status})",
                     decision,
                     order.charge_id or "—",
@@ -242,7 +249,7 @@ class Command(BaseCommand):
         self.stdout.write("\n".join(table(headers, rows)))
 
     def verdict(self, ids: list[str], expected: dict[str, str]) -> None:
-        orders = {o.order_id: o for o in Order.objects.filter(order_id__in=ids)}
+        orders = {o.order_id: o for o in Order.objects.filter(client=None, order_id__in=ids)}
         off_path = [
             f"{i} ended {outcome_of(orders[i])}, expected {expected[i]}"
             for i in ids

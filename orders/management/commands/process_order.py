@@ -5,10 +5,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.urls import reverse
+from pydantic import ValidationError
 
-from orders.api.serializers import OrderCreateInputSerializer
 from orders.management.arguments import positive_seconds
+from orders.management.lookups import user_get
 from orders.models import Order
+from orders.rules import payload_error_text, payload_errors
 from orders.schemas import OrderPayload
 from orders.services import OrderConflictError, order_create
 from workflows.models import RunStatus, WorkflowRun
@@ -26,15 +28,12 @@ OPTION_OF_FIELD = {
 
 
 def payload_validate(data: dict[str, Any]) -> OrderPayload:
-    """The payload the API would accept for this body, or a one-line CommandError."""
-    serializer = OrderCreateInputSerializer(data=data)
-    if not serializer.is_valid():
-        problems = "; ".join(
-            f"{OPTION_OF_FIELD.get(field, field)}: {' '.join(str(m) for m in messages)}"
-            for field, messages in serializer.errors.items()
-        )
-        raise CommandError(f"Invalid order: {problems}")
-    return OrderPayload.model_validate(serializer.validated_data)
+    """The payload under the order rules the API applies, or a one-line CommandError."""
+    try:
+        return OrderPayload.model_validate(data)
+    except ValidationError as exc:
+        problems = payload_error_text(payload_errors(exc), OPTION_OF_FIELD)
+        raise CommandError(f"Invalid order: {problems}") from None
 
 
 def run_wait(run_id: Any, timeout: float) -> WorkflowRun:
@@ -67,6 +66,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--currency", default="usd", help="Currency code (default usd).")
         parser.add_argument(
+            "--client",
+            metavar="USERNAME",
+            help="Submit as this API client (its order ids and the API see the order); "
+            "by default the order has no client.",
+        )
+        parser.add_argument(
             "--wait",
             action="store_true",
             help="Wait until the run completes, fails or suspends, then print the result.",
@@ -88,8 +93,9 @@ class Command(BaseCommand):
                 "currency": options["currency"],
             }
         )
+        client = user_get(options["client"]) if options["client"] else None
         try:
-            order, created = order_create(payload=payload)
+            order, created = order_create(payload=payload, client=client)
         except OrderConflictError as exc:
             raise CommandError(str(exc)) from None
         news = "created" if created else "already existed: same request, nothing new started"
@@ -129,5 +135,6 @@ class Command(BaseCommand):
         if run.status == RunStatus.SUSPENDED:
             self.stdout.write(
                 f"The order awaits a fraud review: manage.py review {order.order_id} "
-                "--approve|--reject --user USERNAME"
+                + (f"--client {order.client.get_username()} " if order.client else "")
+                + "--approve|--reject --user USERNAME"
             )

@@ -1,9 +1,8 @@
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.http import Http404
 
-from orders.selectors import order_get
+from orders.management.lookups import add_client_argument, order_for_command
 from orders.services import ConfirmationNotUncertainError, order_confirmation_resolve
 
 
@@ -17,15 +16,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("order_id", help="The order's id.")
+        add_client_argument(parser)
         outcome = parser.add_mutually_exclusive_group(required=True)
         outcome.add_argument("--sent", action="store_true", help="The mail log shows it left.")
         outcome.add_argument("--resend", action="store_true", help="It did not leave: send it.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            order = order_get(order_id=options["order_id"])
-        except Http404:
-            raise CommandError(f"No order {options['order_id']!r}") from None
+        order = order_for_command(order_id=options["order_id"], client_username=options["client"])
         try:
             run = order_confirmation_resolve(order=order, sent=options["sent"])
         except ConfirmationNotUncertainError as exc:

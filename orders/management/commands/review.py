@@ -1,11 +1,9 @@
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.http import Http404
 
-from orders.selectors import order_get
+from orders.management.lookups import add_client_argument, order_for_command, user_get
 from orders.services import ReviewError, review_decide
 
 
@@ -18,6 +16,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("order_id", help="The order's id.")
+        add_client_argument(parser)
         decision = parser.add_mutually_exclusive_group(required=True)
         decision.add_argument("--approve", action="store_true", help="Approve the order.")
         decision.add_argument("--reject", action="store_true", help="Reject (and refund) it.")
@@ -26,15 +25,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         username: str = options["user"]
-        User = get_user_model()
-        try:
-            user = User._default_manager.get_by_natural_key(username)
-        except User.DoesNotExist:
-            raise CommandError(f"No user named {username!r}") from None
-        try:
-            order = order_get(order_id=options["order_id"])
-        except Http404:
-            raise CommandError(f"No order {options['order_id']!r}") from None
+        user = user_get(username)
+        order = order_for_command(order_id=options["order_id"], client_username=options["client"])
         approved = bool(options["approve"])
         try:
             review = review_decide(order=order, approved=approved, by=user, note=options["note"])

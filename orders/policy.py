@@ -1,0 +1,69 @@
+"""The fraud policy: which orders a person must review before they are confirmed.
+
+The threshold is an amount of money, so it is set per currency
+(`FRAUD_REVIEW_THRESHOLDS`): 5000 JPY is about 33 USD, not 5000. The service, the
+workflow and the simulated model all ask `fraud_review_required`, so they cannot
+disagree; the model's prompt is told the same threshold for each order.
+"""
+
+import logging
+from decimal import Decimal
+
+from django.conf import settings
+from django.core import checks
+
+from .money import CurrencyError, currency_decimals
+
+logger = logging.getLogger(__name__)
+
+# Without a threshold for a currency, every order in it is reviewed: the safe side.
+REVIEW_EVERYTHING = Decimal(0)
+
+
+def fraud_review_threshold(*, currency: str) -> Decimal | None:
+    """The amount above which an order in `currency` is reviewed, or None when none is
+    configured. Two-decimal currencies default to `FRAUD_REVIEW_THRESHOLD` (USD's)."""
+    currency = currency.lower()
+    thresholds = settings.FRAUD_REVIEW_THRESHOLDS
+    if currency in thresholds:
+        return Decimal(thresholds[currency])
+    try:
+        two_decimals = currency_decimals(currency) == 2
+    except CurrencyError:
+        return None
+    return Decimal(settings.FRAUD_REVIEW_THRESHOLD) if two_decimals else None
+
+
+def fraud_review_required(*, amount: Decimal, currency: str) -> bool:
+    """Whether an order of `amount` `currency` waits for a reviewer: strictly above the
+    currency's threshold, or always when the currency has none."""
+    threshold = fraud_review_threshold(currency=currency)
+    if threshold is None:
+        logger.warning(
+            "no fraud review threshold for %s (FRAUD_REVIEW_THRESHOLDS): reviewing the order",
+            currency.upper(),
+        )
+        threshold = REVIEW_EVERYTHING
+    return amount > threshold
+
+
+@checks.register(checks.Tags.compatibility)
+def check_currencies(**kwargs: object) -> list[checks.CheckMessage]:
+    """Every accepted currency can be charged and has a fraud threshold."""
+    problems: list[checks.CheckMessage] = []
+    for currency in settings.ORDER_CURRENCIES:
+        try:
+            currency_decimals(currency)
+        except CurrencyError as exc:
+            problems.append(checks.Error(f"ORDER_CURRENCIES: {exc}", id="orders.E001"))
+            continue
+        if fraud_review_threshold(currency=currency) is None:
+            problems.append(
+                checks.Warning(
+                    f"{currency.upper()} has no fraud review threshold, so every {currency.upper()}"
+                    " order waits for a reviewer.",
+                    hint=f"Add it to FRAUD_REVIEW_THRESHOLDS, e.g. {currency}:150000.",
+                    id="orders.W001",
+                )
+            )
+    return problems

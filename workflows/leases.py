@@ -1,0 +1,185 @@
+"""The run lease, from take to release: which worker may execute a run now.
+
+A run is executed by whoever holds its lease (`WorkflowRun.lease_owner` + expiry):
+
+- **take** (`lease_take`): one conditional UPDATE; only a pending run, or a running one
+  whose lease expired, can be taken. A duplicate delivery of the same task loses here.
+- **keep** (`LeaseKeeper`): one periodic UPDATE per process renews the leases of every
+  segment it has in flight, however many.
+- **fence** (`lease_fenced_insert`, `lease_check`): every step commit inserts its row only
+  if the lease is still held, in the same statement; a worker that lost the run (taken
+  over, cancelled) stops at its next step.
+- **release** (`lease_release`): a worker that stops with segments unfinished hands their
+  runs back (pending, queued again) so another worker continues at once.
+- **expiry** (`lease_expired`): the reaper re-queues running runs whose worker died.
+"""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .errors import LeaseLostError
+from .models import RunStatus, StepRecord, WorkflowRun
+from .queue import run_enqueue
+
+logger = logging.getLogger(__name__)
+
+
+def lease_duration() -> timedelta:
+    return timedelta(seconds=settings.WORKFLOWS_LEASE_SECONDS)
+
+
+def lease_token() -> str:
+    """A new owner token: one per executed segment."""
+    return uuid.uuid4().hex
+
+
+def lease_expired(now: datetime) -> Q:
+    """Running runs whose worker stopped renewing: the reaper takes them over."""
+    return Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+
+
+def lease_take(run_id: uuid.UUID | str, token: str) -> bool:
+    """Take the run's lease with one conditional UPDATE, or return False."""
+    now = timezone.now()
+    return bool(
+        WorkflowRun.objects.filter(pk=run_id)
+        .filter(Q(status=RunStatus.PENDING) | lease_expired(now))
+        .update(
+            status=RunStatus.RUNNING,
+            lease_owner=token,
+            lease_expires_at=now + lease_duration(),
+            attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), now),
+            updated_at=now,
+        )
+    )
+
+
+def lease_renew(tokens: list[str]) -> int:
+    """Extend every lease still held under `tokens`, in one UPDATE. Returns how many."""
+    if not tokens:
+        return 0
+    return WorkflowRun.objects.filter(lease_owner__in=tokens, status=RunStatus.RUNNING).update(
+        lease_expires_at=timezone.now() + lease_duration()
+    )
+
+
+def lease_check(run_id: uuid.UUID | str, token: str) -> None:
+    """Renew one lease, or raise `LeaseLostError`: for writes that are not a step row
+    (a suspend), inside their own transaction."""
+    renewed = WorkflowRun.objects.filter(
+        pk=run_id, lease_owner=token, status=RunStatus.RUNNING
+    ).update(lease_expires_at=timezone.now() + lease_duration())
+    if not renewed:
+        raise LeaseLostError(f"Run {run_id} is no longer leased by this worker")
+
+
+def lease_release(run_id: uuid.UUID | str, token: str) -> bool:
+    """Hand a run this worker could not finish back to the queue: pending again, its
+    task sent, in one transaction. Nothing happens if the lease was lost meanwhile."""
+    with transaction.atomic():
+        released = WorkflowRun.objects.filter(
+            pk=run_id, lease_owner=token, status=RunStatus.RUNNING
+        ).update(
+            status=RunStatus.PENDING,
+            lease_owner="",
+            lease_expires_at=None,
+            updated_at=timezone.now(),
+        )
+        if released:
+            run_enqueue(run_id)
+    return bool(released)
+
+
+# The step commit is the engine's hot path: one statement, committed on its own, that
+# inserts the step only if this worker still holds the run's lease. Written once as SQL
+# (with Django's own value adaptation) it costs one round trip and no ORM work; through
+# the ORM, with BEGIN/UPDATE/INSERT/COMMIT, it cost three to four times the commit
+# itself (bench/README.md).
+_RUN_PK = WorkflowRun._meta.pk
+_STEP_FIELDS = [f for f in StepRecord._meta.concrete_fields if not f.primary_key]
+
+
+@functools.cache
+def _fenced_insert_sql(vendor: str) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in _STEP_FIELDS)
+    values = ", ".join(["%s"] * len(_STEP_FIELDS))
+    # PostgreSQL: lock the run row, so that a concurrent take-over is waited for and
+    # seen. SQLite: writers are serialized, and a stale read fails with SQLITE_BUSY.
+    lock = " FOR UPDATE" if vendor == "postgresql" else ""
+    return (
+        f"INSERT INTO {quote(StepRecord._meta.db_table)} ({columns}) SELECT {values} "
+        f"WHERE EXISTS (SELECT 1 FROM {quote(WorkflowRun._meta.db_table)} "
+        f"WHERE {quote('id')} = %s AND {quote('lease_owner')} = %s "
+        f"AND {quote('status')} = %s{lock})"
+    )
+
+
+def lease_fenced_insert(record: StepRecord, token: str) -> None:
+    """Insert a step row if, and only if, `token` still holds its run's lease."""
+    params: list[Any] = [
+        f.get_db_prep_save(getattr(record, f.attname), connection) for f in _STEP_FIELDS
+    ]
+    params += [_RUN_PK.get_db_prep_value(record.run_id, connection), token, RunStatus.RUNNING]
+    with connection.cursor() as cursor:
+        cursor.execute(_fenced_insert_sql(connection.vendor), params)
+        inserted = cursor.rowcount
+    if not inserted:
+        raise LeaseLostError(f"Run {record.run_id} is no longer leased by this worker")
+
+
+class LeaseKeeper:
+    """Renews the leases of every segment a process has in flight, in one UPDATE every
+    third of the lease duration, from a task on the event loop that runs the segments.
+    A segment registers its token for as long as it runs (`holding`)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, uuid.UUID | str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def held(self) -> dict[str, uuid.UUID | str]:
+        """token → run id of the segments in flight."""
+        return dict(self._tokens)
+
+    @contextmanager
+    def holding(self, run_id: uuid.UUID | str, token: str) -> Iterator[None]:
+        self._tokens[token] = run_id
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._renew_forever())
+        try:
+            yield
+        finally:
+            self._tokens.pop(token, None)
+
+    async def close(self) -> None:
+        """Stop renewing (the process or the inline execution is done)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _renew_forever(self) -> None:
+        from .runtime import run_sync  # the runtime imports this module
+
+        interval = lease_duration().total_seconds() / 3
+        while self._tokens:
+            await asyncio.sleep(interval)
+            try:
+                await run_sync(lease_renew)(list(self._tokens))
+            except Exception:
+                logger.exception("renewing %d lease(s) failed; retrying", len(self._tokens))
