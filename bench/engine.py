@@ -23,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -212,14 +213,14 @@ class Cluster:
                 os.killpg(self.process.pid, sig)
 
     def stop(self) -> None:
-        """SIGTERM the qcluster process, SIGKILL the whole group after 15 s. (SIGTERM to
-        the group would also hit the sentinel, and the qcluster then hangs in join.)"""
+        """SIGTERM the qcluster process (it drains its workers' segments, 25 s at most),
+        SIGKILL the whole group after 35 s."""
         if self.process is None:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=35)
             except subprocess.TimeoutExpired:
                 pass
         self._signal_group(signal.SIGKILL)  # stray workers of the group, if any
@@ -231,6 +232,54 @@ class Cluster:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
             return " | ".join(text[-lines:])
         return ""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(x) for x in task.read_text().split()]
+    return found
+
+
+def _rss_kib(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+class WorkerMemory(threading.Thread):
+    """Samples every 0.2 s the resident memory of the qcluster's worker processes (the
+    sentinel's children that run django-q2's worker: the largest ones), keeping each
+    one's peak. `idle()` reads them once, before the load."""
+
+    def __init__(self, cluster_pid: int, workers: int) -> None:
+        super().__init__(daemon=True)
+        self.cluster_pid = cluster_pid
+        self.workers = workers
+        self.peaks: dict[int, int] = {}
+        self.done = threading.Event()
+
+    def sample(self) -> dict[int, int]:
+        processes = [
+            (rss, pid)
+            for sentinel in _children(self.cluster_pid)
+            for pid in _children(sentinel)
+            if (rss := _rss_kib(pid)) is not None
+        ]
+        return {pid: rss for rss, pid in sorted(processes, reverse=True)[: self.workers]}
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            for pid, rss in self.sample().items():
+                self.peaks[pid] = max(self.peaks.get(pid, 0), rss)
+
+    def stop(self) -> dict[int, int]:
+        self.done.set()
+        self.join()
+        return self.peaks
 
 
 def cpu_sample() -> tuple[int, int] | None:

@@ -2,7 +2,7 @@
 """The order flow with a slow model: throughput and latency when each model call waits.
 
     python bench/latency.py [--orders N=40] [--latencies 0.5,2] [--workers W=2]
-                            [--database sqlite|postgres]
+                            [--concurrency C=100] [--database sqlite|postgres]
                             [--postgres-url postgres://postgres@127.0.0.1:5432/test]
                             [--clients C=8] [--json]
 
@@ -12,9 +12,11 @@ subprocess, one gunicorn (2 workers, production settings) for the API; for each 
 latency a fresh `manage.py qcluster` with `SIMULATED_MODEL_LATENCY` set to it, warmed up
 with W orders, then N orders submitted through the API with C concurrent clients. Every
 configuration is bounded: the runs must settle within 30 s + 1.5 * the expected time
-(N * 3 model calls * latency ÷ W). The suspended orders are then approved all at once.
-The report adds how many runs each worker executes at a time (from the runs' `started_at`
-to their settle time). See bench/README.md, section "Latency".
+(N * 3 model calls * latency ÷ (W * C slots)). The suspended orders are then approved all
+at once. The report adds how many runs each worker executes at a time (from the runs'
+`started_at` to their settle time), the workers' resident memory idle and at peak (and so
+the memory one more run in flight costs) and the machine's CPU. See bench/README.md,
+section "Latency".
 """
 
 import argparse
@@ -42,6 +44,7 @@ from bench.common import (  # noqa: E402
     Cluster,
     OwnDatabase,
     WebServer,
+    WorkerMemory,
     check_outcomes,
     concurrency,
     cpu_busy,
@@ -87,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latencies", type=_float_list, default=[0.5, 2.0], help="seconds per model call"
     )
     parser.add_argument("--workers", type=int, default=2, help="Q_WORKERS of the qcluster")
+    parser.add_argument(
+        "--concurrency", type=int, default=100, help="WORKFLOWS_CONCURRENCY per worker"
+    )
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
@@ -97,15 +103,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bound(orders: int, calls: int, latency: float, workers: int) -> float:
+def bound(orders: int, calls: int, latency: float, slots: int) -> float:
     """Seconds allowed: 30 s + 1.5 * the time the model waits alone would take."""
-    return 30 + 1.5 * orders * calls * latency / workers
+    return 30 + 1.5 * orders * calls * latency / slots
 
 
 def run_latency(
     latency: float, args: argparse.Namespace, db_url: str, api: Api, web: WebServer
 ) -> dict[str, Any]:
-    env = service_env(db_url, args.workers, latency)
+    env = {
+        **service_env(db_url, args.workers, latency),
+        "WORKFLOWS_CONCURRENCY": str(args.concurrency),
+    }
     q_log = Path(tempfile.gettempdir()) / f"bench-latency-{os.getpid()}-qcluster.log"
     cluster = Cluster(env, q_log)
     keep_log = True
@@ -127,13 +136,17 @@ def run_latency(
         )
 
         payloads = order_mix(args.orders, f"bench-{tag}")
-        limit = bound(args.orders, CALLS_PER_ORDER, latency, args.workers)
+        limit = bound(args.orders, CALLS_PER_ORDER, latency, args.workers * args.concurrency)
         log(f"submitting {len(payloads)} orders (bounded to {limit:.0f} s)")
+        memory = WorkerMemory(cluster.process.pid, args.workers)
+        idle_rss = memory.sample()
+        memory.start()
         cpu_before = cpu_sample()
         submissions = submit_all(api, payloads, args.clients)
         run_ids = [s.run_id for s in submissions]
         wait_runs(run_ids, SETTLED_RUN_STATUSES, limit, processes, "orders settled", poll=0.05)
         cpu_after = cpu_sample()
+        peak_rss = memory.stop()
         settled = settled_orders(submissions)
         wrong = check_outcomes(submissions, settled)
 
@@ -148,7 +161,7 @@ def run_latency(
         calls_per_order = calls / len(submissions)
 
         suspended = [x for x in settled.values() if x.suspended]
-        review_limit = bound(len(suspended), 2, latency, args.workers)
+        review_limit = bound(len(suspended), 2, latency, args.workers * args.concurrency)
         log(
             f"approving {len(suspended)} suspended orders at once (bounded to {review_limit:.0f} s)"
         )
@@ -182,11 +195,20 @@ def run_latency(
             "resume_p50_s": percentile(resume, 50),
             "resume_p95_s": percentile(resume, 95),
             "cpu_busy": cpu_busy(cpu_before, cpu_after),
+            "worker_rss_idle_mib": max(idle_rss.values(), default=0) / 1024,
+            "worker_rss_peak_mib": max(peak_rss.values(), default=0) / 1024,
         }
-        # One run segment holds a worker process for its whole duration, model waits
-        # included: throughput ≈ workers ÷ (model calls per order * latency).
-        result["model_bound_orders_per_s"] = (
-            args.workers / (calls_per_order * latency) if latency > 0 else float("inf")
+        # What one more run in flight costs a worker: its memory growth under load over
+        # the runs it held at the peak.
+        growth = result["worker_rss_peak_mib"] - result["worker_rss_idle_mib"]
+        per_worker_peak = result["running_per_worker_max"]
+        result["rss_per_run_kib"] = growth * 1024 / per_worker_peak if per_worker_peak else 0
+        # With WORKFLOWS_CONCURRENCY segments per worker on one event loop, a model wait
+        # holds a slot, not a process: throughput ≤ slots ÷ (model calls per order *
+        # latency), before CPU and the database's commits become the limit.
+        slots = args.workers * args.concurrency
+        result["slot_bound_orders_per_s"] = (
+            slots / (calls_per_order * latency) if latency > 0 else float("inf")
         )
         return result
     except KeyboardInterrupt:
@@ -253,13 +275,15 @@ def render(report: dict[str, Any]) -> str:
         "workers",
         "orders",
         "orders/s",
-        "W ÷ (calls * latency)",
+        "slots ÷ (calls * latency)",
         "model calls/order",
         "e2e p50 s",
         "e2e p95 s",
         "run p50 s",
         "running/worker max",
         "running/worker mean",
+        "worker RSS idle→peak MiB",
+        "KiB per run in flight",
         "CPU busy",
     ]
     rows = []
@@ -271,13 +295,15 @@ def render(report: dict[str, Any]) -> str:
                 str(r["workers"]),
                 str(r["orders"]),
                 f"{r['orders_per_s']:.2f}",
-                f"{r['model_bound_orders_per_s']:.2f}",
+                f"{r['slot_bound_orders_per_s']:.1f}",
                 f"{r['llm_calls_per_order']:.2f}",
                 f"{r['e2e_p50_s']:.1f}",
                 f"{r['e2e_p95_s']:.1f}",
                 f"{r['run_p50_s']:.2f}",
                 f"{r['running_per_worker_max']:.2f}",
                 f"{r['running_per_worker_mean']:.2f}",
+                f"{r['worker_rss_idle_mib']:.0f}→{r['worker_rss_peak_mib']:.0f}",
+                f"{r['rss_per_run_kib']:.0f}",
                 f"{cpu * 100:.0f}%" if cpu is not None else "n/a",
             ]
         )
@@ -292,8 +318,8 @@ def render(report: dict[str, Any]) -> str:
         for wrong in r["wrong_outcomes"]:
             lines.append(f"  unexpected outcome: {wrong}")
     lines.append(
-        "limit: one run segment holds a worker process for its whole duration, model waits "
-        "included, so throughput ≈ workers ÷ (model calls per order * latency)"
+        "a model wait holds one of the worker's WORKFLOWS_CONCURRENCY slots, not the process: "
+        "throughput ≤ slots ÷ (model calls per order * latency) until CPU or commits bound it"
     )
     return "\n".join(lines)
 

@@ -10,10 +10,11 @@ also view the queue and the orders, without any model's view permission.
 import json
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 from django.http import (
     Http404,
@@ -22,16 +23,52 @@ from django.http import (
     HttpResponseNotAllowed,
     HttpResponseRedirect,
 )
+from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from workflows import NonRetryableError
 from workflows.models import StepKind, StepRecord, WaitStatus
 
-from .models import EmailRecord, FraudReview, Order, ReviewState
+from .client_webhooks import (
+    WebhookRetryError,
+    webhook_delivery_retry,
+    webhook_endpoint_create,
+    webhook_endpoint_enable,
+    webhook_endpoint_rotate_secret,
+    webhook_url_addresses,
+)
+from .models import (
+    EmailRecord,
+    FraudReview,
+    Order,
+    ReviewState,
+    StripeEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 from .money import amount_display
-from .services import DECIDE_PERMISSION, ReviewError, review_decide
+from .payments import TransientPaymentError
+from .risk import RiskSignals, review_risk_signals, reviews_with_risk
+from .selectors import (
+    ORDER_STATUS_CHOICES,
+    order_failure_shown,
+    order_status_shown,
+    orders_in_status,
+)
+from .services import (
+    CANCEL_PERMISSION,
+    DECIDE_PERMISSION,
+    OrderCancelError,
+    ReviewError,
+    order_cancel,
+    review_decide,
+)
 
 AGENT_STEP_PREFIX = "start_order/"
 EMPTY = "—"
@@ -164,6 +201,11 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         "waiting_since",
         "message_column",
         "charge_column",
+        "history_column",
+        "ratio_column",
+        "velocity_column",
+        "domain_column",
+        "stripe_risk_column",
     )
     list_display_links = ("order_column",)
     list_filter = (ReviewStateFilter,)
@@ -186,7 +228,7 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # Annotated before ModelAdmin.get_queryset's ordering, which sorts on it.
         queryset = (
-            self.model._default_manager.get_queryset()
+            reviews_with_risk(self.model._default_manager.get_queryset())
             .select_related("resumed_by")
             .annotate(
                 pending_first=Case(
@@ -232,6 +274,39 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     @admin.display(description="state", ordering="status")
     def state_column(self, review: FraudReview) -> str:
         return state_badge(review)
+
+    # --- risk signals, from the queryset's annotations (no query per row) -------------
+
+    @staticmethod
+    def _risk(review: FraudReview) -> RiskSignals | None:
+        if not hasattr(review, "_risk_signals"):
+            review._risk_signals = review_risk_signals(review=review)
+        return review._risk_signals
+
+    @admin.display(description="history")
+    def history_column(self, review: FraudReview) -> str:
+        risk = self._risk(review)
+        return risk.history_text if risk else EMPTY
+
+    @admin.display(description="vs. average")
+    def ratio_column(self, review: FraudReview) -> str:
+        risk = self._risk(review)
+        return risk.ratio_text if risk else EMPTY
+
+    @admin.display(description="other orders, 24 h")
+    def velocity_column(self, review: FraudReview) -> str:
+        risk = self._risk(review)
+        return risk.velocity_text if risk else EMPTY
+
+    @admin.display(description="email domain")
+    def domain_column(self, review: FraudReview) -> str:
+        risk = self._risk(review)
+        return risk.domain_text if risk else EMPTY
+
+    @admin.display(description="Stripe risk")
+    def stripe_risk_column(self, review: FraudReview) -> str:
+        risk = self._risk(review)
+        return risk.stripe_text if risk else EMPTY
 
     # --- actions: confirm, then decide each review through the service ---------------
 
@@ -321,6 +396,11 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     def get_urls(self) -> list:
         return [
             path(
+                "order/<int:order_pk>/",
+                self.admin_site.admin_view(self.by_order_view),
+                name=self._url_name("by_order"),
+            ),
+            path(
                 "<path:object_id>/decide/",
                 self.admin_site.admin_view(self.decide_view),
                 name=self._url_name("decide"),
@@ -348,6 +428,7 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             "state_badge": state_badge(review),
             "time_left": time_left(review),
             "trace": agent_trace(review.run_id),
+            "risk": self._risk(review),
             "trace_url": reverse("workflows:run_detail", args=[review.run_id]),
             "decided": review.status == WaitStatus.RESUMED,
             "deadline_passed": review.status == WaitStatus.WAITING and not review.is_open,
@@ -356,6 +437,23 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, context)
+
+    def by_order_view(self, request: HttpRequest, order_pk: int) -> HttpResponse:
+        """The reviewers' emails link here: the order's review, whichever run holds it
+        now (a fork moves the order), and before its wait is recorded, the queue."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        order = Order.objects.filter(pk=order_pk).first()
+        if order is None:
+            raise Http404("No such order")
+        review = FraudReview.objects.filter(run_id=order.run_id).first() if order.run_id else None
+        if review is None:
+            self.message_user(
+                request, f"Order {order.order_id} has no review yet.", messages.WARNING
+            )
+            changelist = reverse(f"admin:{self._url_name('changelist')}")
+            return HttpResponseRedirect(f"{changelist}?{urlencode({'q': order.order_id})}")
+        return HttpResponseRedirect(self._url(review, "change"))
 
     def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if request.method != "POST":
@@ -414,6 +512,22 @@ class EmailRecordInline(admin.TabularInline):
         return False
 
 
+class OrderStatusFilter(admin.SimpleListFilter):
+    """The status as shown: `needs attention` when the order's run stopped unsettled."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return list(ORDER_STATUS_CHOICES)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        value = self.value()
+        if value in dict(ORDER_STATUS_CHOICES):
+            return orders_in_status(queryset, value)
+        return queryset
+
+
 @admin.register(Order)
 class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     list_display = (
@@ -421,13 +535,15 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         "client",
         "customer_id",
         "amount_column",
-        "status",
+        "status_column",
+        "payment_status",
         "charge_id",
         "refund_id",
         "created_at",
     )
-    list_filter = ("status", "currency")
-    list_select_related = ("client",)
+    list_filter = (OrderStatusFilter, "payment_status", "currency")
+    list_select_related = ("client", "run")
+    actions = ["cancel_selected"]
     search_fields = ("order_id", "customer_id", "customer_email")
     date_hierarchy = "created_at"
     inlines = [EmailRecordInline]
@@ -437,8 +553,8 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             "Status",
             {
                 "fields": (
-                    "status",
-                    "failure_reason",
+                    "status_column",
+                    "failure_column",
                     "fraud_review_required",
                     "fraud_approved",
                     "fraud_review_link",
@@ -449,11 +565,14 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             "Payment",
             {
                 "fields": (
+                    "payment_status",
                     "charge_id",
                     "charged_amount_column",
                     "charged_at",
                     "refund_id",
                     "refunded_at",
+                    "radar_review",
+                    "stripe_events_link",
                 )
             },
         ),
@@ -463,6 +582,42 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(CANCEL_PERMISSION)
+
+    @admin.action(
+        description="Cancel selected orders (void or refund the payment)",
+        permissions=["cancel"],
+    )
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        done = []
+        for order in queryset:
+            try:
+                order = order_cancel(order=order, by=request.user)
+            except OrderCancelError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+                continue
+            except (TransientPaymentError, NonRetryableError) as exc:  # the gateway
+                self.message_user(
+                    request,
+                    f"Order {order.order_id} is cancelled but its payment was not released "
+                    f"({exc}); cancel it again to retry.",
+                    messages.ERROR,
+                )
+                continue
+            self.log_change(request, order, f"Cancelled; payment {order.payment_status}.")
+            done.append(f"{order.order_id} (payment {order.payment_status})")
+        if done:
+            self.message_user(request, f"Cancelled: {', '.join(done)}.", messages.SUCCESS)
+
+    @admin.display(description="status", ordering="status")
+    def status_column(self, order: Order) -> str:
+        return dict(ORDER_STATUS_CHOICES).get(order_status_shown(order), order.status)
+
+    @admin.display(description="failure reason")
+    def failure_column(self, order: Order) -> str:
+        return order_failure_shown(order) or EMPTY
 
     @admin.display(description="amount", ordering="amount")
     def amount_column(self, order: Order) -> str:
@@ -474,6 +629,14 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             return EMPTY
         return amount_display(order.charged_amount, order.currency)
 
+    @admin.display(description="Stripe events")
+    def stripe_events_link(self, order: Order) -> str:
+        count = order.stripe_events.count()
+        if not count:
+            return EMPTY
+        url = reverse("admin:orders_stripeevent_changelist") + f"?order__id__exact={order.pk}"
+        return format_html('<a href="{}">{} received</a>', url, count)
+
     @admin.display(description="fraud review")
     def fraud_review_link(self, order: Order) -> str:
         review = FraudReview.objects.filter(run_id=order.run_id).first() if order.run_id else None
@@ -481,3 +644,254 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             return EMPTY
         url = reverse("admin:orders_fraudreview_change", args=[quote(review.pk)])
         return format_html('{} <a href="{}">open the review</a>', state_badge(review), url)
+
+
+# --- Stripe's webhook events ------------------------------------------------------------
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(admin.ModelAdmin):
+    """Stripe's webhook events as received and applied (`orders.stripe_webhooks`): a
+    record of what Stripe told us and what it did to which order, never edited here."""
+
+    list_display = ("event_id", "type", "order_column", "outcome", "received_at")
+    list_filter = ("type",)
+    list_select_related = ("order",)
+    search_fields = ("event_id", "order__order_id", "order__charge_id")
+    search_help_text = "Search by event id, order id or PaymentIntent id."
+    date_hierarchy = "received_at"
+    fields = (
+        "event_id",
+        "type",
+        "order_column",
+        "outcome",
+        "received_at",
+        "processed_at",
+        "payload_column",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="order", ordering="order__order_id")
+    def order_column(self, event: StripeEvent) -> str:
+        if event.order is None:
+            return EMPTY
+        url = reverse("admin:orders_order_change", args=[quote(event.order.pk)])
+        return format_html('<a href="{}">{}</a>', url, event.order.order_id)
+
+    @admin.display(description="payload")
+    def payload_column(self, event: StripeEvent) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(event.payload, indent=2))
+
+
+# --- webhooks to API clients ------------------------------------------------------------
+
+# The one page that shows an endpoint's secret (after adding it, or rotating): rendered
+# once, never stored in a message or a log.
+SECRET_PAGE = engines["django"].from_string(
+    """{% extends "admin/base_site.html" %}
+{% block content %}
+<p>Copy each secret now: it is not shown again. Receivers verify signatures with it
+(see the README, "Webhooks to intake clients").</p>
+<table>
+  <tr><th>endpoint</th><th>secret</th></tr>
+  {% for endpoint in endpoints %}
+  <tr><td><a href="{{ endpoint.link }}">{{ endpoint.url }}</a></td>
+      <td><code>{{ endpoint.secret }}</code></td></tr>
+  {% endfor %}
+</table>
+{% endblock %}"""
+)
+
+
+def enabled_badge(endpoint: WebhookEndpoint) -> str:
+    colour, text = ("#1e7e34", "enabled") if endpoint.enabled else ("#ba2121", "DISABLED")
+    return format_html(
+        '<span style="display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;'
+        'background:{};font-size:11px;font-weight:600">{}</span>',
+        colour,
+        text,
+    )
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2048, assume_scheme="https")
+    events = forms.MultipleChoiceField(
+        choices=WebhookEvent.choices, widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("client", "url", "events")
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        try:
+            webhook_url_addresses(url)  # the domain's rule, as the API applies it
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["url"]) from None
+        return url
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """Endpoints of the API clients. The secret is never shown here except on the page
+    right after adding an endpoint or rotating its secret."""
+
+    form = WebhookEndpointForm
+    list_display = (
+        "url",
+        "client",
+        "events_column",
+        "state_column",
+        "disabled_reason",
+        "consecutive_failures",
+        "created_at",
+    )
+    list_filter = ("enabled",)
+    list_select_related = ("client",)
+    search_fields = ("url", "client__username")
+    actions = ["enable_selected", "rotate_secret_selected"]
+    readonly_fields = ("state_column", "disabled_reason", "consecutive_failures", "created_at")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is None:
+            return ("client", "url", "events")
+        return ("client", "url", "events", *self.readonly_fields)
+
+    @admin.display(description="events")
+    def events_column(self, endpoint: WebhookEndpoint) -> str:
+        return ", ".join(endpoint.events)
+
+    @admin.display(description="state", ordering="enabled")
+    def state_column(self, endpoint: WebhookEndpoint) -> str:
+        return enabled_badge(endpoint)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = webhook_endpoint_create(
+            client=obj.client, url=obj.url, events=form.cleaned_data["events"]
+        )
+        obj.pk, obj.secret, obj.created_at = created.pk, created.secret, created.created_at
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None) -> Any:
+        return self._secrets_page(request, [obj], "Webhook endpoint added")
+
+    def _secrets_page(
+        self, request: HttpRequest, endpoints: list[WebhookEndpoint], title: str
+    ) -> HttpResponse:
+        rows = [
+            {
+                "url": endpoint.url,
+                "secret": endpoint.secret,
+                "link": reverse("admin:orders_webhookendpoint_change", args=[endpoint.pk]),
+            }
+            for endpoint in endpoints
+        ]
+        context = {**self.admin_site.each_context(request), "title": title, "endpoints": rows}
+        response = HttpResponse(SECRET_PAGE.render(context, request))
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Enable selected endpoints (reset their failure count)")
+    def enable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for endpoint in queryset:
+            webhook_endpoint_enable(endpoint=endpoint)
+        self.message_user(request, f"Enabled {len(queryset)} endpoint(s).", messages.SUCCESS)
+
+    @admin.action(description="Rotate the secret of selected endpoints")
+    def rotate_secret_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+        rotated = [webhook_endpoint_rotate_secret(endpoint=endpoint) for endpoint in queryset]
+        return self._secrets_page(request, rotated, "New webhook secrets")
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    fields = ("number", "at", "status_code", "latency_ms", "response_head", "error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Every event sent to an endpoint, with its attempts. Retrying goes through
+    `webhook_delivery_retry` (as `manage.py webhooks_retry` does)."""
+
+    list_display = (
+        "event_type",
+        "event_id",
+        "endpoint_column",
+        "order",
+        "status",
+        "attempts",
+        "last_attempt_at",
+        "next_attempt_at",
+        "created_at",
+    )
+    list_filter = ("status", "event_type", "endpoint__enabled")
+    list_select_related = ("endpoint", "order")
+    search_fields = ("event_id", "order__order_id", "endpoint__url")
+    date_hierarchy = "created_at"
+    actions = ["retry_selected"]
+    inlines = [WebhookAttemptInline]
+    fields = (
+        "event_id",
+        "event_type",
+        "endpoint_column",
+        "order",
+        "status",
+        "attempts",
+        "last_attempt_at",
+        "next_attempt_at",
+        "run",
+        "created_at",
+        "payload_column",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="endpoint", ordering="endpoint__url")
+    def endpoint_column(self, delivery: WebhookDelivery) -> str:
+        endpoint = delivery.endpoint
+        url = reverse("admin:orders_webhookendpoint_change", args=[endpoint.pk])
+        state = "" if endpoint.enabled else format_html(" {}", enabled_badge(endpoint))
+        return format_html('<a href="{}">{}</a>{}', url, endpoint.url, state)
+
+    @admin.display(description="payload")
+    def payload_column(self, delivery: WebhookDelivery) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(delivery.payload, indent=2))
+
+    @admin.action(description="Retry selected deliveries")
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        retried = 0
+        for delivery in queryset:
+            try:
+                webhook_delivery_retry(delivery=delivery)
+            except WebhookRetryError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+                continue
+            retried += 1
+        if retried:
+            self.message_user(request, f"Retrying {retried} delivery(ies).", messages.SUCCESS)

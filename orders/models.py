@@ -23,6 +23,21 @@ class OrderStatus(models.TextChoices):
     COMPLETED = "completed"
     REJECTED = "rejected"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class PaymentStatus(models.TextChoices):
+    """Where the order's money is. Moves only through `orders.services` (see
+    `PAYMENT_TRANSITIONS` there), whether the service moved it or Stripe told us."""
+
+    NONE = "none", "no payment"
+    AUTHORIZED = "authorized"  # held on the card (review pending), not captured
+    CAPTURED = "captured"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    DISPUTED = "disputed"
+    CANCELED = "canceled"  # the hold was released: no charge at all
+    FAILED = "failed"  # declined, or the capture failed (expired authorization)
 
 
 class Order(models.Model):
@@ -52,11 +67,23 @@ class Order(models.Model):
     run = models.OneToOneField(
         WorkflowRun, null=True, blank=True, on_delete=models.PROTECT, related_name="order"
     )
-    charge_id = models.CharField(max_length=255, blank=True)
+    payment_status = models.CharField(
+        max_length=20, choices=PaymentStatus, default=PaymentStatus.NONE
+    )
+    # The PaymentIntent: authorized (held) or captured, as `payment_status` says.
+    charge_id = models.CharField(max_length=255, blank=True, db_index=True)  # Stripe webhooks
     charged_amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
     charged_at = models.DateTimeField(null=True, blank=True)
     refund_id = models.CharField(max_length=255, blank=True)
     refunded_at = models.DateTimeField(null=True, blank=True)
+    # Stripe Radar's review of the payment, from `review.opened`/`review.closed` webhooks
+    # ("open: rule", "closed: approved"...); blank when Radar never reviewed it.
+    radar_review = models.CharField(max_length=64, blank=True)
+    # Stripe's own evaluation of the charge (`outcome.risk_level`/`risk_score` of the
+    # PaymentIntent's latest charge), shown to fraud reviewers; blank/None when the
+    # gateway gave none (the simulated one, or Stripe did not score it).
+    stripe_risk_level = models.CharField(max_length=20, blank=True)
+    stripe_risk_score = models.PositiveSmallIntegerField(null=True, blank=True)
     fraud_review_required = models.BooleanField(default=False)
     fraud_approved = models.BooleanField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -64,9 +91,12 @@ class Order(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("cancel_order", "Can cancel orders (voids or refunds the payment)")]
         indexes = [
             models.Index(fields=["status", "-created_at"], name="order_status_created_idx"),
             models.Index(fields=["customer_id"], name="order_customer_idx"),
+            # The reviewers' risk signals: velocity by email (`orders.risk`).
+            models.Index(fields=["customer_email", "created_at"], name="order_email_created_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(amount__gt=0), name="order_amount_positive"),
@@ -129,6 +159,157 @@ class EmailRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.recipient} ({self.status})"
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event, stored once by its id: a redelivery finds the row and
+    changes nothing (see `orders.stripe_webhooks`)."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    # The order the event touched; SET_NULL so that events outlive what they describe.
+    order = models.ForeignKey(
+        Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="stripe_events"
+    )
+    outcome = models.CharField(max_length=255, blank=True)
+    payload = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = "Stripe event"
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+# --- Webhooks to the API clients (orders/client_webhooks.py) ----------------------------
+
+
+class WebhookEvent(models.TextChoices):
+    """The events an intake client may subscribe to: the one list of them."""
+
+    CREATED = "order.created"
+    AWAITING_REVIEW = "order.awaiting_review"
+    COMPLETED = "order.completed"
+    REJECTED = "order.rejected"
+    FAILED = "order.failed"
+    REFUNDED = "order.refunded"
+    DISPUTED = "order.disputed"
+    CANCELED = "order.canceled"
+
+
+# Which order status, and which payment status, each event announces.
+ORDER_STATUS_EVENTS: dict[str, WebhookEvent] = {
+    OrderStatus.AWAITING_REVIEW: WebhookEvent.AWAITING_REVIEW,
+    OrderStatus.COMPLETED: WebhookEvent.COMPLETED,
+    OrderStatus.REJECTED: WebhookEvent.REJECTED,
+    OrderStatus.FAILED: WebhookEvent.FAILED,
+    OrderStatus.CANCELLED: WebhookEvent.CANCELED,
+}
+PAYMENT_STATUS_EVENTS: dict[str, WebhookEvent] = {
+    PaymentStatus.REFUNDED: WebhookEvent.REFUNDED,
+    PaymentStatus.PARTIALLY_REFUNDED: WebhookEvent.REFUNDED,
+    PaymentStatus.DISPUTED: WebhookEvent.DISPUTED,
+}
+
+
+class WebhookEndpoint(models.Model):
+    """A URL an API client registered for some events. The secret is kept (every
+    delivery is signed with it) but shown only when it is made: at creation and on
+    rotation."""
+
+    client = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    url = models.URLField(max_length=2048)
+    events = models.JSONField(default=list, help_text="Event types sent to this URL.")
+    secret = models.CharField(max_length=100)
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=255, blank=True)
+    # Deliveries failed in a row (every attempt of the schedule spent); a delivered
+    # one resets it. At WEBHOOKS_DISABLE_AFTER the endpoint is disabled.
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return f"{self.url} ({'enabled' if self.enabled else 'disabled'})"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint, delivered by its own `webhook_delivery` run. Unique
+    per (endpoint, event id): the event id comes from the order and the event type, so
+    a step that emits again (a retry, a replay) finds the row and starts nothing."""
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_id = models.CharField(max_length=64)
+    event_type = models.CharField(max_length=40, choices=WebhookEvent)
+    order = models.ForeignKey(
+        Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="webhook_deliveries"
+    )
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=DeliveryStatus, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    run = models.ForeignKey(
+        WorkflowRun,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="webhook_deliveries",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "event_id"], name="webhook_delivery_once_per_endpoint"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="webhook_delivery_status_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} ({self.status})"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery, as the receiver answered it (or why it could not)."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_records"
+    )
+    number = models.PositiveIntegerField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    response_head = models.TextField(blank=True, help_text="The first bytes of the answer.")
+    error = models.TextField(blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        verbose_name = "webhook attempt"
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error[:40]}"
 
 
 class ReviewState(models.TextChoices):

@@ -1,11 +1,15 @@
-"""Confirmation emails, through Django's email framework, at most once per order."""
+"""Emails, through Django's email framework, each at most once per order and kind: the
+customer's confirmation, and the fraud reviewers' alert and reminder about its review."""
 
 import logging
+from datetime import UTC, datetime
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
 from workflows import NonRetryableError
@@ -16,6 +20,11 @@ from .money import amount_grouped
 logger = logging.getLogger(__name__)
 
 CONFIRMATION = "confirmation"
+# To the fraud reviewers, once per review each (an order has at most one review).
+REVIEW_ALERT = "review_alert"
+REVIEW_REMINDER = "review_reminder"
+REVIEWERS_GROUP = "Fraud reviewers"  # made by migration 0002
+EMAIL_RECIPIENT_MAX_LENGTH = 254  # EmailRecord.recipient
 
 
 class ConfirmationUncertainError(NonRetryableError):
@@ -84,3 +93,129 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
     record.sent_at = timezone.now()
     record.save(update_fields=["status", "sent_at"])
     return record
+
+
+# --- the fraud reviewers' alert and reminder -----------------------------------------
+
+
+def reviewer_addresses() -> list[str]:
+    """Who is told about reviews: the active members of the "Fraud reviewers" group
+    with an email address. Superusers only when the group has nobody to tell, so that
+    a review never opens unannounced, while a team whose reviewers are in the group
+    does not copy every administrator."""
+    users = get_user_model().objects.filter(is_active=True).exclude(email="")
+    members = users.filter(groups__name=REVIEWERS_GROUP)
+    addresses = sorted(set(members.values_list("email", flat=True)))
+    if not addresses:
+        addresses = sorted(set(users.filter(is_superuser=True).values_list("email", flat=True)))
+    return addresses
+
+
+def review_link(*, order: Order) -> str:
+    """The absolute address of the order's review page in admin (through a redirect by
+    order, so that the link exists before the run has recorded its wait)."""
+    path = reverse("admin:orders_fraudreview_by_order", args=[order.pk])
+    return f"{settings.SITE_URL.rstrip('/')}{path}"
+
+
+def review_message_id(*, order: Order, kind: str) -> str:
+    return f"<order-{order.pk}-{kind.replace('_', '-')}@{settings.EMAIL_MESSAGE_ID_DOMAIN}>"
+
+
+def review_email_send(*, order: Order, kind: str, deadline: datetime) -> EmailRecord | None:
+    """Tell the fraud reviewers that the order's review opened (`REVIEW_ALERT`) or that
+    its deadline is near (`REVIEW_REMINDER`), once. Never raises for the mail server:
+    a review must not fail its order's workflow over an email.
+
+    The same claim as the confirmation: the (order, kind) row is created `sending`
+    before the message leaves. A failed send is recorded `failed` with the error, and a
+    later call (the reminder sweep) claims it again. A row left `sending` by a worker
+    that died between claim and send is in doubt: it is logged, not sent again (a
+    duplicate alert is worse than the reminder that follows), and `ops_status` lists
+    it. Returns the record, or None when there is nobody to tell (nothing is claimed,
+    so the sweep tries again once someone is).
+    """
+    recipients = reviewer_addresses()
+    if not recipients:
+        logger.warning(
+            "order %s: nobody to send the %s to (no active %r member or superuser with an email)",
+            order.order_id,
+            kind,
+            REVIEWERS_GROUP,
+        )
+        return None
+    reminder = kind == REVIEW_REMINDER
+    subject = (
+        f"{'Reminder: review' if reminder else 'Review'} order {order.order_id} "
+        f"({amount_grouped(order.amount, order.currency)} {order.currency.upper()}) "
+        f"by {deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    # Rendered before the claim: only the send itself may stand between claim and mark.
+    context = {
+        "order": order,
+        "amount": amount_grouped(order.amount, order.currency),
+        "currency": order.currency.upper(),
+        "deadline": deadline,
+        "link": review_link(order=order),
+        "reminder": reminder,
+    }
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=render_to_string("emails/review_alert.txt", context),
+        to=recipients,
+        headers={"Message-ID": review_message_id(order=order, kind=kind)},
+    )
+    message.attach_alternative(render_to_string("emails/review_alert.html", context), "text/html")
+    record, claimed = _review_email_claim(
+        order=order, kind=kind, recipients=recipients, subject=subject
+    )
+    if record is None or not claimed:
+        return record
+    try:
+        message.send(fail_silently=False)
+    except Exception as exc:
+        logger.exception("order %s: the %s was not sent; the sweep retries", order.order_id, kind)
+        record.status = EmailStatus.FAILED
+        record.error = f"{type(exc).__name__}: {exc}"
+        record.save(update_fields=["status", "error"])
+        return record
+    record.status = EmailStatus.SENT
+    record.sent_at = timezone.now()
+    record.error = ""
+    record.save(update_fields=["status", "sent_at", "error"])
+    return record
+
+
+def _review_email_claim(
+    *, order: Order, kind: str, recipients: list[str], subject: str
+) -> tuple[EmailRecord | None, bool]:
+    """The (order, kind) record and whether this call claimed it (`sending`) and so may
+    send: a new record, or one that `failed` before. Otherwise the record as it is: sent,
+    or in doubt."""
+    message_id = review_message_id(order=order, kind=kind)
+    # One column for the addresses: the first ones, as many as fit.
+    recipient = ", ".join(recipients)
+    if len(recipient) > EMAIL_RECIPIENT_MAX_LENGTH:
+        recipient = recipient[: EMAIL_RECIPIENT_MAX_LENGTH - 3].rsplit(",", 1)[0] + ", …"
+    try:
+        with transaction.atomic():
+            record = EmailRecord.objects.create(
+                order=order, kind=kind, recipient=recipient, subject=subject, message_id=message_id
+            )
+        return record, True
+    except IntegrityError:
+        pass
+    claimed = EmailRecord.objects.filter(order=order, kind=kind, status=EmailStatus.FAILED).update(
+        status=EmailStatus.SENDING, recipient=recipient, subject=subject, created_at=timezone.now()
+    )
+    existing = EmailRecord.objects.filter(order=order, kind=kind).first()
+    if not claimed and existing is not None and existing.status == EmailStatus.SENDING:
+        logger.warning(
+            "order %s: the %s (Message-ID %s) was claimed at %s by a worker that stopped "
+            "before the mail server confirmed it; not sent again",
+            order.order_id,
+            kind,
+            existing.message_id,
+            existing.created_at,
+        )
+    return existing, bool(claimed)

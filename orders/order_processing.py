@@ -1,16 +1,22 @@
 """The `order_processing` workflow: the Polos seed's flow, made safe for real money.
 
-    ≤ threshold:  agent charges → agent emails → completed
-    > threshold:  agent charges → suspend at `fraud_review` (24 h by default)
-                    approved  → agent emails (`send_confirmation`) → completed
-                    rejected  → refund → rejected
-                    timed out → refund → rejected (review_timeout)
+    ≤ threshold:  agent charges (captured) → agent emails → completed
+    > threshold:  agent charges (authorized only: a hold) → suspend at `fraud_review`
+                    approved  → capture → agent emails (`send_confirmation`) → completed
+                                capture failed (the hold expired) → failed
+                    rejected  → cancel the hold → rejected
+                    timed out → cancel the hold → rejected (review_timeout)
     declined:     failed, no email, no review
 
 The model drives the tools, but the workflow checks what actually happened (a step
 reads the order back) and enforces policy itself: it charges if the agent did not,
 requires the review above the threshold whatever the agent asked for, and sends the
-confirmation if the agent did not.
+confirmation if the agent did not. An agent that fails (gives up after refused calls,
+runs out of steps, its model is down) fails no order: its failure is recorded as a step
+and the same code-side policy carries the order on.
+
+Runs suspended before holds existed have a captured charge: approval's capture has
+nothing to do, and rejection refunds it under the step key `refund` they always had.
 """
 
 from decimal import Decimal
@@ -19,19 +25,21 @@ from django.conf import settings
 from pydantic import BaseModel
 
 from workflows import RetryPolicy, WorkflowContext, workflow
+from workflows.errors import StepFailedError
 
 from .agents import approved_prompt, order_agent, start_prompt
-from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID, OrderStatus
+from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID, OrderStatus, PaymentStatus
 from .money import amount_plain
-from .payments import PaymentDeclinedError, TransientPaymentError
+from .payments import CaptureFailedError, PaymentDeclinedError, TransientPaymentError
 from .policy import fraud_review_required, fraud_review_threshold
-from .schemas import OrderAgentOutput, OrderPayload, OrderResult, OrderSnapshot
+from .schemas import ActionDetails, OrderAgentOutput, OrderPayload, OrderResult, OrderSnapshot
 from .services import (
+    order_capture,
     order_charge,
     order_confirm,
     order_finish,
     order_for_run,
-    order_refund,
+    order_payment_release,
     order_register_run,
     order_review_open,
     order_snapshot,
@@ -61,6 +69,29 @@ def _charge_directly(run_id: object) -> OrderSnapshot:
     except PaymentDeclinedError:
         pass  # recorded on the order by order_charge
     return order_snapshot(run_id=run_id)
+
+
+def _capture(run_id: object) -> OrderSnapshot:
+    try:
+        order_capture(run_id=run_id)
+    except CaptureFailedError:
+        pass  # recorded on the order (failed, with the reason) by order_capture
+    return order_snapshot(run_id=run_id)
+
+
+def _release(run_id: object) -> OrderSnapshot:
+    order_payment_release(order=order_for_run(run_id))
+    return order_snapshot(run_id=run_id)
+
+
+def _agent_failed(key: str, error: str) -> OrderAgentOutput:
+    """The failed agent's stand-in answer: the workflow's own checks decide from here."""
+    return OrderAgentOutput(
+        action="none",
+        action_details=ActionDetails(),
+        action_requested=None,
+        status_message=f"The agent failed at {key!r} ({error}); the workflow's policy went on.",
+    )
 
 
 def _confirm(run_id: object) -> OrderSnapshot:
@@ -104,19 +135,22 @@ def _finish(
 async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> OrderResult:
     amount = amount_plain(payload.amount, payload.currency)
     await ctx.step.run("register_order", order_register_run, payload=payload, run_id=ctx.run_id)
-    result = await ctx.step.agent_invoke_and_wait(
-        "start_order",
-        order_agent.with_input(
-            start_prompt(
-                order_id=payload.order_id,
-                customer_id=payload.customer_id,
-                amount=amount,
-                currency=payload.currency,
-                email=payload.customer_email,
-            )
-        ),
-    )
-    output: OrderAgentOutput = result.result
+    try:
+        result = await ctx.step.agent_invoke_and_wait(
+            "start_order",
+            order_agent.with_input(
+                start_prompt(
+                    order_id=payload.order_id,
+                    customer_id=payload.customer_id,
+                    amount=amount,
+                    currency=payload.currency,
+                    email=payload.customer_email,
+                )
+            ),
+        )
+        output: OrderAgentOutput = result.result
+    except StepFailedError as exc:
+        output = await ctx.step.run("start_order_failed", _agent_failed, "start_order", str(exc))
     order = await ctx.step.run("check_order", order_snapshot, run_id=ctx.run_id)
 
     if order.charge_id is None and order.status != OrderStatus.FAILED:
@@ -154,29 +188,36 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
         timeout=settings.FRAUD_REVIEW_TIMEOUT,
     )
     if not resume_data.get("data", {}).get("approved", False):
-        await ctx.step.run(
-            "refund",
-            order_refund,
-            run_id=ctx.run_id,
-            retry=PAYMENT_RETRY,
-        )
+        # A hold is cancelled; a capture (runs suspended before holds) is refunded. The
+        # key comes from the recorded snapshot, so it is the same on every replay.
+        held = order.payment_status == PaymentStatus.AUTHORIZED
+        release_key = "cancel" if held else "refund"
+        await ctx.step.run(release_key, _release, ctx.run_id, retry=PAYMENT_RETRY)
         reason = "review_timeout" if resume_data.get("timed_out") else "review_rejected"
         return await ctx.step.run(
             "finish", _finish, ctx.run_id, OrderStatus.REJECTED, reason, False
         )
 
-    await ctx.step.agent_invoke_and_wait(
-        "send_confirmation",
-        order_agent.with_input(
-            approved_prompt(
-                order_id=payload.order_id,
-                charge_id=order.charge_id,
-                amount=amount,
-                currency=payload.currency,
-                email=payload.customer_email,
-            )
-        ),
-    )
+    order = await ctx.step.run("capture", _capture, ctx.run_id, retry=PAYMENT_RETRY)
+    if order.payment_status in (PaymentStatus.FAILED, PaymentStatus.CANCELED):
+        return await ctx.step.run(
+            "finish", _finish, ctx.run_id, OrderStatus.FAILED, order.failure_reason or "", True
+        )
+    try:
+        await ctx.step.agent_invoke_and_wait(
+            "send_confirmation",
+            order_agent.with_input(
+                approved_prompt(
+                    order_id=payload.order_id,
+                    charge_id=order.charge_id or "",
+                    amount=amount,
+                    currency=payload.currency,
+                    email=payload.customer_email,
+                )
+            ),
+        )
+    except StepFailedError as exc:
+        await ctx.step.run("send_confirmation_failed", _agent_failed, "send_confirmation", str(exc))
     order = await ctx.step.run("check_confirmation", order_snapshot, run_id=ctx.run_id)
     if not order.email_sent:
         await ctx.step.run("confirm", _confirm, ctx.run_id)

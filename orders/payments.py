@@ -6,13 +6,17 @@ Stripe.
 One order's charge is one operation, whoever attempts it: every attempt carries the
 order's own idempotency key (`payment_key`), and before creating anything the Stripe
 gateway looks for what an earlier attempt may have created (a lost answer, a crash).
-Refunds and captures follow the same rule.
+Refunds, captures and cancels follow the same rule.
+
+A charge is captured at once, or only authorized (`capture=False`: a PaymentIntent with
+`capture_method=manual`, a hold on the card) and later captured or cancelled; the
+orders service decides which (`orders.policy.payment_capture_now`).
 """
 
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
@@ -20,10 +24,11 @@ from typing import Any, Protocol
 
 import stripe
 from django.conf import settings
+from django.utils import timezone
 
 from workflows import NonRetryableError
 
-from . import money
+from . import metrics, money
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,15 @@ class PaymentDeclinedError(NonRetryableError):
         self.reason = reason
         self.code = code
         super().__init__(f"Payment declined ({code}): {reason}")
+
+
+class CaptureFailedError(NonRetryableError):
+    """An authorization could not be captured: it expired (Stripe cancels holds after
+    about 7 days) or was cancelled. The money was never taken."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"Capture failed: {reason}")
 
 
 class TransientPaymentError(Exception):
@@ -57,14 +71,16 @@ MAX_KEY_ATTEMPTS = 5
 LOOKUP_CLOCK_MARGIN = timedelta(hours=1)
 
 
-def payment_key(*, operation: str, order_id: str, run_id: object) -> str:
-    """The idempotency key of one operation ("charge", "refund", "capture") on one order.
+def payment_key(*, operation: str, order_pk: int) -> str:
+    """The idempotency key of one operation ("charge", "refund", "capture", "cancel") on
+    one order.
 
-    Derived from the order itself (its id and its run's, which is unique even where
-    order ids are per client), so the agent's tool, the workflow's fallback, their
-    retries and replays all send the same key and Stripe replays the first result.
+    Derived from the order itself (its primary key: order ids are only unique per
+    client, and a forked run continues the same order), so the agent's tool, the
+    workflow's fallback, their retries, replays and forks all send the same key and
+    Stripe replays the first result.
     """
-    return f"{operation}:{order_id}:{run_id}"
+    return f"{operation}:order-{order_pk}"
 
 
 def attempt_key(key: str, attempt: int) -> str:
@@ -80,12 +96,24 @@ def attempt_key(key: str, attempt: int) -> str:
     return key if attempt == 1 else f"{key}:{attempt}"
 
 
+CAPTURED = "succeeded"
+AUTHORIZED = "requires_capture"
+
+
 @dataclass(frozen=True)
 class Charge:
     charge_id: str
-    status: str
+    status: str  # CAPTURED, or AUTHORIZED for a hold
     amount: Decimal
     currency: str
+    # Stripe's evaluation of the charge (`outcome` of the intent's latest charge), when
+    # the gateway has one: "normal", "elevated", "highest"... and 0-99.
+    risk_level: str = ""
+    risk_score: int | None = None
+
+    @property
+    def captured(self) -> bool:
+        return self.status == CAPTURED
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,7 @@ class PaymentGateway(Protocol):
         idempotency_key: str,
         metadata: dict[str, str],
         created_since: datetime | None = None,
+        capture: bool = True,
     ) -> Charge: ...
 
     def refund(
@@ -120,7 +149,13 @@ class PaymentGateway(Protocol):
     ) -> Refund: ...
 
     def capture(
-        self, *, charge_id: str, amount: Decimal, currency: str, idempotency_key: str
+        self,
+        *,
+        charge_id: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        authorized_at: datetime | None = None,
     ) -> Charge: ...
 
     def cancel(self, *, charge_id: str, idempotency_key: str) -> None: ...
@@ -222,9 +257,11 @@ class StripeGateway:
         idempotency_key: str,
         metadata: dict[str, str],
         created_since: datetime | None = None,
+        capture: bool = True,
     ) -> Charge:
-        """Charge once per key: recover the PaymentIntent an earlier attempt may have
-        created, else create it (see `attempt_key` for the keys after a stored 500)."""
+        """Charge (or, with `capture=False`, authorize) once per key: recover the
+        PaymentIntent an earlier attempt may have created, else create it (see
+        `attempt_key` for the keys after a stored 500)."""
         payment_method = ""
         for attempt in range(1, MAX_KEY_ATTEMPTS + 1):
             intent = self._find_intent(
@@ -242,14 +279,43 @@ class StripeGateway:
                             "payment_method": payment_method,
                             "confirm": True,
                             "off_session": True,
+                            "capture_method": "automatic" if capture else "manual",
                             "metadata": metadata,
                         },
                         options={"idempotency_key": attempt_key(idempotency_key, attempt)},
                     )
                 except _KeySpentError:
                     continue
-            return _charge_of(intent)
+            charge = _charge_of(intent)
+            return replace(charge, **self._risk_of(intent))
         raise TransientPaymentError(f"Stripe failed the charge under {MAX_KEY_ATTEMPTS} keys")
+
+    def _risk_of(self, intent: Any) -> dict[str, Any]:
+        """Stripe's risk evaluation of the intent's latest charge (`outcome.risk_level`,
+        `outcome.risk_score`), read with the charge expanded. Only shown to reviewers,
+        so it is best effort: a failure to read it never fails the charge. Read apart
+        from the create, whose parameters must stay what earlier attempts sent under the
+        same idempotency key."""
+        latest = intent.to_dict().get("latest_charge")
+        if isinstance(latest, str):
+            try:
+                expanded = self._call(
+                    self.client.v1.payment_intents.retrieve,
+                    intent.id,
+                    params={"expand": ["latest_charge"]},
+                )
+            except (TransientPaymentError, NonRetryableError, PaymentDeclinedError) as exc:
+                logger.warning("no risk evaluation for %s: %s", intent.id, exc)
+                return {}
+            latest = expanded.to_dict().get("latest_charge")
+        outcome = (latest or {}).get("outcome") if isinstance(latest, dict) else None
+        if not outcome:
+            return {}
+        score = outcome.get("risk_score")
+        return {
+            "risk_level": str(outcome.get("risk_level") or ""),
+            "risk_score": int(score) if isinstance(score, int | float) else None,
+        }
 
     def refund(
         self,
@@ -288,13 +354,20 @@ class StripeGateway:
         raise TransientPaymentError(f"Stripe failed the refund under {MAX_KEY_ATTEMPTS} keys")
 
     def capture(
-        self, *, charge_id: str, amount: Decimal, currency: str, idempotency_key: str
+        self,
+        *,
+        charge_id: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        authorized_at: datetime | None = None,
     ) -> Charge:
         """Capture an authorization once: an intent already captured (by an attempt
-        whose answer was lost) is done."""
+        whose answer was lost) is done; an expired or cancelled one raises
+        `CaptureFailedError` (Stripe knows its age: `authorized_at` is not needed)."""
         for attempt in range(1, MAX_KEY_ATTEMPTS + 1):
             intent = self._call(self.client.v1.payment_intents.retrieve, charge_id)
-            if intent.status == "requires_capture":
+            if intent.status == AUTHORIZED:
                 try:
                     intent = self._call(
                         self.client.v1.payment_intents.capture,
@@ -304,6 +377,15 @@ class StripeGateway:
                     )
                 except _KeySpentError:
                     continue
+                except NonRetryableError as exc:  # e.g. it expired since we looked
+                    raise CaptureFailedError(str(exc)) from None
+            if intent.status != CAPTURED:
+                why = intent.to_dict().get("cancellation_reason")
+                raise CaptureFailedError(
+                    f"{charge_id} is {intent.status}"
+                    + (f" ({why})" if why else "")
+                    + "; the authorization expired or was released"
+                )
             return _charge_of(intent)
         raise TransientPaymentError(f"Stripe failed the capture under {MAX_KEY_ATTEMPTS} keys")
 
@@ -338,12 +420,12 @@ def _replayed(headers: Mapping[str, str] | None) -> bool:
 
 def _made_for(obj: Any, metadata: Mapping[str, str]) -> bool:
     theirs = obj.to_dict().get("metadata") or {}
-    keys = [k for k in ("order_id", "run_id") if k in metadata]
+    keys = [k for k in ("order_id", "order_pk") if k in metadata]
     return bool(keys) and all(theirs.get(k) == metadata[k] for k in keys)
 
 
 def _charge_of(intent: Any) -> Charge:
-    if intent.status != "succeeded":
+    if intent.status not in (CAPTURED, AUTHORIZED):
         error = intent.to_dict().get("last_payment_error") or {}
         if error:
             code = error.get("decline_code") or error.get("code") or "card_declined"
@@ -376,6 +458,7 @@ class SimulatedGateway:
         idempotency_key: str,
         metadata: dict[str, str],
         created_since: datetime | None = None,
+        capture: bool = True,
     ) -> Charge:
         to_minor_units(amount, currency)
         if customer_id == SIMULATED_DECLINED_CUSTOMER:
@@ -385,8 +468,12 @@ class SimulatedGateway:
                 "Your card has insufficient funds.", code="insufficient_funds"
             )
         charge_id = _simulated_id("pi", idempotency_key)
-        logger.info("simulated charge %s: %s %s to %s", charge_id, amount, currency, customer_id)
-        return Charge(charge_id=charge_id, status="succeeded", amount=amount, currency=currency)
+        status = CAPTURED if capture else AUTHORIZED
+        logger.info(
+            "simulated charge %s (%s): %s %s to %s",
+            *(charge_id, status, amount, currency, customer_id),
+        )
+        return Charge(charge_id=charge_id, status=status, amount=amount, currency=currency)
 
     def refund(
         self,
@@ -402,10 +489,23 @@ class SimulatedGateway:
         return Refund(refund_id=refund_id, status="succeeded", amount=amount)
 
     def capture(
-        self, *, charge_id: str, amount: Decimal, currency: str, idempotency_key: str
+        self,
+        *,
+        charge_id: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        authorized_at: datetime | None = None,
     ) -> Charge:
+        """As at Stripe, an authorization older than PAYMENT_AUTHORIZATION_DAYS has
+        lapsed and cannot be captured."""
+        lifetime = timedelta(days=settings.PAYMENT_AUTHORIZATION_DAYS)
+        if authorized_at is not None and timezone.now() - authorized_at > lifetime:
+            raise CaptureFailedError(
+                f"{charge_id} is canceled (automatic); the authorization expired"
+            )
         logger.info("simulated capture of %s", charge_id)
-        return Charge(charge_id=charge_id, status="succeeded", amount=amount, currency=currency)
+        return Charge(charge_id=charge_id, status=CAPTURED, amount=amount, currency=currency)
 
     def cancel(self, *, charge_id: str, idempotency_key: str) -> None:
         logger.info("simulated cancel of %s", charge_id)
@@ -413,7 +513,7 @@ class SimulatedGateway:
 
 @cache
 def _gateway(name: str, api_base: str, api_key: str, retries: int) -> PaymentGateway:
-    return StripeGateway() if name == "stripe" else SimulatedGateway()
+    return metrics.instrumented(StripeGateway() if name == "stripe" else SimulatedGateway())
 
 
 def payment_gateway() -> PaymentGateway:

@@ -47,6 +47,32 @@ def fraud_review_required(*, amount: Decimal, currency: str) -> bool:
     return amount > threshold
 
 
+def payment_capture_now(*, amount: Decimal, currency: str) -> bool:
+    """Whether an order's payment is captured at once, or only authorized (a hold,
+    `capture_method=manual`) until its review: Stripe's advice for manual review, so a
+    rejected order is released instead of refunded. The one place that decides it, in
+    code, whatever the model asked."""
+    return not fraud_review_required(amount=amount, currency=currency)
+
+
+@checks.register(checks.Tags.compatibility)
+def check_review_timeout(**kwargs: object) -> list[checks.CheckMessage]:
+    """A review that could last longer than a card authorization would capture an
+    expired hold: refuse the configuration."""
+    lifetime = settings.PAYMENT_AUTHORIZATION_DAYS * 86_400
+    if settings.FRAUD_REVIEW_TIMEOUT > lifetime:
+        return [
+            checks.Error(
+                f"FRAUD_REVIEW_TIMEOUT ({settings.FRAUD_REVIEW_TIMEOUT} s) is longer than a "
+                f"card authorization lives (PAYMENT_AUTHORIZATION_DAYS="
+                f"{settings.PAYMENT_AUTHORIZATION_DAYS}, {lifetime} s).",
+                hint="Orders under review are held, not charged: shorten the review timeout.",
+                id="orders.E002",
+            )
+        ]
+    return []
+
+
 @checks.register(checks.Tags.compatibility)
 def check_currencies(**kwargs: object) -> list[checks.CheckMessage]:
     """Every accepted currency can be charged and has a fraud threshold."""

@@ -135,5 +135,7 @@ class OrderSnapshot(BaseModel):
     currency: str
     status: str
     charge_id: str | None
+    # None in snapshots recorded before holds existed: those orders were captured at once.
+    payment_status: str | None = None
     failure_reason: str | None
     email_sent: bool

@@ -3,22 +3,67 @@ runs and their fraud reviews. Writes live in `orders.services`."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TypedDict
 from uuid import UUID
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django_q.brokers import get_broker
 
 from workflows.models import RunStatus, WorkflowRun
-from workflows.selectors import run_get_with_steps
+from workflows.selectors import run_get_with_steps, runs_cost_total
 
-from .models import EmailRecord, EmailStatus, FraudReview, Order
+from .models import (
+    DeliveryStatus,
+    EmailRecord,
+    EmailStatus,
+    FraudReview,
+    Order,
+    OrderStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from .services import order_review
+
+# An order whose run stopped (failed, or cancelled behind the order's back) before the
+# order was settled: shown as this status, with the run's error as the reason, until
+# `retry_run` continues it or `cancel_order` releases its money. Derived from the run on
+# every read, so it cannot lag behind the run (a retry, a timeout, a dead worker).
+NEEDS_ATTENTION = "needs_attention"
+ORDER_STATUS_CHOICES = [*OrderStatus.choices, (NEEDS_ATTENTION, "Needs attention")]
+_UNSETTLED = (OrderStatus.PROCESSING, OrderStatus.AWAITING_REVIEW)
+_RUN_STOPPED = (RunStatus.FAILED, RunStatus.CANCELLED)
+_NEEDS_ATTENTION = Q(status__in=_UNSETTLED, run__status__in=_RUN_STOPPED)
+
+
+def order_attention(order: Order) -> str | None:
+    """Why the order needs a person, or None: its run stopped while it was unsettled."""
+    run = order.run
+    if run is None or run.status not in _RUN_STOPPED or order.status not in _UNSETTLED:
+        return None
+    return f"run {run.status}: {run.error or 'no error recorded'}"
+
+
+def order_status_shown(order: Order) -> str:
+    """The order's status as readers see it: its own, or NEEDS_ATTENTION."""
+    return NEEDS_ATTENTION if order_attention(order) else order.status
+
+
+def order_failure_shown(order: Order) -> str:
+    """Why the order failed, was rejected or needs attention."""
+    return order_attention(order) or order.failure_reason
+
+
+def orders_in_status(orders: QuerySet[Order], status: str) -> QuerySet[Order]:
+    """`orders` whose shown status (`order_status_shown`) is `status`."""
+    if status == NEEDS_ATTENTION:
+        return orders.filter(_NEEDS_ATTENTION)
+    return orders.filter(status=status).exclude(_NEEDS_ATTENTION)
 
 
 class ReviewInfo(TypedDict):
@@ -68,11 +113,24 @@ def order_list_for(*, client: AbstractBaseUser, status: str | None = None) -> Qu
     return orders_list(status=status).filter(client=client)
 
 
+# A fork of a fork of ... : how far a client's run may be from the run its order has now.
+MAX_FORK_DEPTH = 10
+
+
 def run_get_for(*, client: AbstractBaseUser, run_id: UUID | str) -> WorkflowRun:
-    """The run of one of the API client's orders, with its steps and waits; `Http404`
-    for another client's run, a run without an order, or a malformed id."""
+    """The run of one of the API client's orders (its current run, or one it was forked
+    from), with its steps and waits; `Http404` for another client's run, a run without
+    an order, or a malformed id."""
     try:
-        owned = Order.objects.filter(client=client, run_id=run_id).exists()
+        lineage = {run_id}
+        for _ in range(MAX_FORK_DEPTH):  # the order moves to the newest fork
+            forks = set(
+                WorkflowRun.objects.filter(forked_from__in=lineage).values_list("pk", flat=True)
+            )
+            if forks <= lineage:
+                break
+            lineage |= forks
+        owned = Order.objects.filter(client=client, run_id__in=lineage).exists()
     except (ValueError, ValidationError):
         owned = False
     if not owned:
@@ -81,11 +139,12 @@ def run_get_for(*, client: AbstractBaseUser, run_id: UUID | str) -> WorkflowRun:
 
 
 def orders_list(*, status: str | None = None) -> QuerySet[Order]:
-    """Orders, newest first, optionally only those in `status`; runs joined, reviews
+    """Orders, newest first, optionally only those in shown `status` (NEEDS_ATTENTION
+    included); runs joined, reviews
     prefetched, so that listing a page costs a constant number of queries."""
     orders = _orders()
     if status:
-        orders = orders.filter(status=status)
+        orders = orders_in_status(orders, status)
     return orders
 
 
@@ -128,6 +187,8 @@ class OpsOverview:
     pending_reviews: int
     oldest_pending_review: FraudReview | None
     confirmations_in_doubt: list[str]
+    model_tokens: int
+    model_cost_usd: Decimal
 
 
 def ops_overview() -> OpsOverview:
@@ -135,7 +196,10 @@ def ops_overview() -> OpsOverview:
     counts = dict.fromkeys(RunStatus.values, 0)
     counts.update(WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("id")))
     pending = FraudReview.objects.pending()
+    tokens, cost = runs_cost_total()
     return OpsOverview(
+        model_tokens=tokens,
+        model_cost_usd=cost,
         queue=broker.info(),
         queued_tasks=broker.queue_size(),
         runs_by_status=counts,
@@ -148,3 +212,26 @@ def ops_overview() -> OpsOverview:
             ).values_list("order__order_id", flat=True)
         ),
     )
+
+
+def webhook_endpoint_list_for(*, client: AbstractBaseUser) -> QuerySet[WebhookEndpoint]:
+    """The API client's own webhook endpoints, newest first."""
+    return WebhookEndpoint.objects.filter(client=client).order_by("-created_at", "-pk")
+
+
+def webhook_endpoint_get_for(
+    *, client: AbstractBaseUser, endpoint_id: int | str
+) -> WebhookEndpoint:
+    """The API client's own endpoint with that id, or `Http404` (another client's, or a
+    malformed id, too)."""
+    try:
+        pk = int(endpoint_id)
+    except (TypeError, ValueError):
+        raise Http404(f"No webhook endpoint {endpoint_id}") from None
+    return get_object_or_404(WebhookEndpoint, client=client, pk=pk)
+
+
+def webhook_deliveries_failed() -> QuerySet[WebhookDelivery]:
+    """Deliveries whose every attempt failed, oldest first (what `webhooks_retry
+    --failed` sends again)."""
+    return WebhookDelivery.objects.filter(status=DeliveryStatus.FAILED).order_by("created_at")

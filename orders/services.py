@@ -4,43 +4,70 @@ commands all go through these functions."""
 import hashlib
 import json
 import logging
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from workflows import (
     NonRetryableError,
+    RunStateError,
     WaitAlreadyDecidedError,
     WaitExpiredError,
     WaitNotFoundError,
+    run_cancel,
     run_resume,
     run_retry,
     workflow_start,
 )
 from workflows.models import RunStatus, WorkflowRun
 
+from .client_webhooks import order_event_emit
 from .models import (
     FRAUD_REVIEW_KEY,
+    ORDER_STATUS_EVENTS,
     ORDER_WORKFLOW_ID,
+    PAYMENT_STATUS_EVENTS,
     EmailRecord,
     EmailStatus,
     FraudReview,
     Order,
     OrderStatus,
+    PaymentStatus,
     ReviewState,
+    WebhookEvent,
 )
-from .notifications import CONFIRMATION, order_confirmation_send
-from .payments import Charge, PaymentDeclinedError, payment_gateway, payment_key
-from .policy import fraud_review_required
+from .notifications import (
+    CONFIRMATION,
+    REVIEW_ALERT,
+    REVIEW_REMINDER,
+    order_confirmation_send,
+    review_email_send,
+)
+from .payments import (
+    AUTHORIZED,
+    CAPTURED,
+    CaptureFailedError,
+    Charge,
+    PaymentDeclinedError,
+    TransientPaymentError,
+    payment_gateway,
+    payment_key,
+)
+from .policy import fraud_review_required, payment_capture_now
 from .schemas import OrderPayload, OrderSnapshot
 
 logger = logging.getLogger(__name__)
 
 DECIDE_PERMISSION = "orders.decide_fraud_review"
+CANCEL_PERMISSION = "orders.cancel_order"
 REVIEW_NOTE_MAX_LENGTH = 1000
 
 
@@ -58,6 +85,104 @@ class ConfirmationNotUncertainError(Exception):
 
 class ReviewError(Exception):
     """The review cannot be decided now: nothing to decide, already decided, expired."""
+
+
+class OrderCancelError(RunStateError):
+    """The order cannot be cancelled (it is finished). A `RunStateError`, so that
+    cancelling its run from the console or `cancel_run` reports it like any refusal."""
+
+
+# --- payment status: the only place it moves -------------------------------------------
+
+_P = PaymentStatus
+# Where an order's money may go from where it is. Staying put is always allowed (a retry
+# or a redelivered event changes nothing); anything else is refused, so that an event
+# arriving out of order (a late `payment_intent.succeeded` after a refund) cannot move it
+# backwards.
+PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    _P.NONE: frozenset({_P.AUTHORIZED, _P.CAPTURED, _P.FAILED}),
+    _P.AUTHORIZED: frozenset({_P.CAPTURED, _P.CANCELED, _P.FAILED}),
+    _P.CAPTURED: frozenset({_P.REFUNDED, _P.PARTIALLY_REFUNDED, _P.DISPUTED}),
+    _P.PARTIALLY_REFUNDED: frozenset({_P.REFUNDED, _P.DISPUTED}),
+    # A dispute won gives the money back (captured); one lost takes it (refunded).
+    _P.DISPUTED: frozenset({_P.CAPTURED, _P.PARTIALLY_REFUNDED, _P.REFUNDED}),
+    _P.REFUNDED: frozenset({_P.DISPUTED}),
+    # A failed capture is an authorization Stripe has cancelled, or will.
+    _P.FAILED: frozenset({_P.CANCELED}),
+    _P.CANCELED: frozenset(),
+}
+
+
+def _payment_status_move(order: Order, to: PaymentStatus, **fields: object) -> bool:
+    """Move the order's payment to `to` (and write `fields`) if the transition table
+    allows it from where it is in the database now: one conditional UPDATE, so that a
+    step and a webhook racing cannot skip a state. Returns whether the row was written."""
+    sources = [to, *(src for src, targets in PAYMENT_TRANSITIONS.items() if to in targets)]
+    moved = Order.objects.filter(pk=order.pk, payment_status__in=sources).update(
+        payment_status=to, updated_at=timezone.now(), **fields
+    )
+    if not moved:
+        current = Order.objects.filter(pk=order.pk).values_list("payment_status", flat=True)
+        logger.warning(
+            "order %s: payment stays %s, not moved to %s",
+            order.order_id,
+            current.first(),
+            to,
+        )
+    return bool(moved)
+
+
+def order_payment_status_set(*, order: Order, status: PaymentStatus, reason: str = "") -> bool:
+    """Record what happened to an order's payment outside this service: the door for
+    Stripe's webhooks (`charge.refunded` → REFUNDED or PARTIALLY_REFUNDED,
+    `charge.dispute.created` → DISPUTED, `charge.dispute.closed` → CAPTURED when won or
+    REFUNDED when lost, `payment_intent.canceled` → CANCELED, `payment_intent.payment_failed`
+    → FAILED; see `orders.stripe_webhooks`).
+
+    Idempotent (setting the current status again changes nothing) and ordered: a move
+    `PAYMENT_TRANSITIONS` does not allow is logged and ignored, and False is returned.
+    It moves the money's status only: the order's own status stays the workflow's (an
+    authorization that expired during its review fails the capture on approval, or is
+    simply released on rejection), except that a hold released during the review is
+    noted in the order's failure reason. `reason` (the event id and type, say) goes to
+    the log.
+    """
+    status = PaymentStatus(status)
+    before = Order.objects.filter(pk=order.pk).values_list("payment_status", flat=True).first()
+    moved = _payment_status_move(order, status)
+    order_event_emit(order=order, type=PAYMENT_STATUS_EVENTS.get(status))
+    if moved and before != status and status == PaymentStatus.CANCELED:
+        _order_hold_released_note(order)
+    logger.info(
+        "order %s: payment %s from outside%s%s",
+        order.order_id,
+        status if moved else f"not moved to {status}",
+        ": " if reason else "",
+        reason,
+    )
+    return moved
+
+
+def _order_hold_released_note(order: Order) -> None:
+    """Stripe released the hold (it expired, or someone cancelled it in the dashboard)
+    while the order waits for its reviewer: say so on the order, whose status stays the
+    workflow's, because approving it can no longer capture anything."""
+    Order.objects.filter(pk=order.pk, status=OrderStatus.AWAITING_REVIEW).update(
+        failure_reason="payment authorization canceled at Stripe during the review: "
+        "approving cannot capture it",
+        updated_at=timezone.now(),
+    )
+
+
+def order_radar_review_set(*, order: Order, review: str, closed: bool) -> bool:
+    """Record Stripe Radar's review of the order's payment (`review.opened`/`closed`
+    webhooks; shown in the admin). It moves no money: a review closed by a refund comes
+    with its own `charge.refunded`. A late `review.opened` does not reopen a closed one.
+    Returns whether the order was written."""
+    orders = Order.objects.filter(pk=order.pk)
+    if not closed:
+        orders = orders.exclude(radar_review__startswith="closed")
+    return bool(orders.update(radar_review=review[:64], updated_at=timezone.now()))
 
 
 def _fingerprint(payload: OrderPayload) -> str:
@@ -101,6 +226,7 @@ def order_create(
                 )
                 order.run = workflow_start(ORDER_WORKFLOW_ID, payload)
                 order.save(update_fields=["run"])
+                order_event_emit(order=order, type=WebhookEvent.CREATED)
             return order, True
         except IntegrityError:  # a concurrent request created it first
             existing = _order_find(
@@ -163,6 +289,7 @@ def order_snapshot(*, run_id: object) -> OrderSnapshot:
         currency=order.currency,
         status=order.status,
         charge_id=order.charge_id or None,
+        payment_status=order.payment_status,
         failure_reason=order.failure_reason or None,
         email_sent=order.email_sent,
     )
@@ -171,11 +298,15 @@ def order_snapshot(*, run_id: object) -> OrderSnapshot:
 def _order_payment_metadata(order: Order) -> dict[str, str]:
     """What Stripe keeps on the order's PaymentIntent and refund: how a later attempt
     recognises what an earlier one created."""
-    return {"order_id": order.order_id, "run_id": str(order.run_id)}
+    return {"order_id": order.order_id, "order_pk": str(order.pk)}
 
 
 def order_charge(*, order: Order) -> Charge:
     """Charge the order's own amount, once. A second call returns the first charge.
+
+    An order the fraud policy sends to review is only authorized (a hold, captured on
+    approval by `order_capture`); the others are captured at once. Decided here, by
+    `payment_capture_now`, whoever asked for the charge and however.
 
     Whoever calls (the agent's tool, the workflow's fallback, a retry or a replay), it
     is one operation: the key comes from the order, and the gateway recovers the
@@ -188,37 +319,99 @@ def order_charge(*, order: Order) -> Charge:
     if order.charge_id:
         return Charge(
             charge_id=order.charge_id,
-            status="succeeded",
+            status=AUTHORIZED if order.payment_status == PaymentStatus.AUTHORIZED else CAPTURED,
             amount=order.charged_amount or order.amount,
             currency=order.currency,
         )
     if order.status == OrderStatus.FAILED:
         raise PaymentDeclinedError(order.failure_reason or "payment was declined")
+    if order.status == OrderStatus.CANCELLED:
+        raise OrderMismatchError("Refused: the order is cancelled.")
     try:
         charge = payment_gateway().charge(
             customer_id=order.customer_id,
             amount=order.amount,
             currency=order.currency,
-            idempotency_key=payment_key(
-                operation="charge", order_id=order.order_id, run_id=order.run_id
-            ),
+            idempotency_key=payment_key(operation="charge", order_pk=order.pk),
             metadata=_order_payment_metadata(order),
             created_since=order.created_at,
+            capture=payment_capture_now(amount=order.amount, currency=order.currency),
         )
     except PaymentDeclinedError as exc:
-        Order.objects.filter(pk=order.pk, charge_id="").update(
+        if _payment_status_move(order, PaymentStatus.FAILED):
+            Order.objects.filter(pk=order.pk, charge_id="").update(
+                status=OrderStatus.FAILED, failure_reason=f"{exc.code}: {exc.reason}"[:255]
+            )
+        raise
+    if order.payment_status == PaymentStatus.NONE:
+        _payment_status_move(
+            order,
+            PaymentStatus.CAPTURED if charge.captured else PaymentStatus.AUTHORIZED,
+            charge_id=charge.charge_id,
+            charged_amount=charge.amount,
+            charged_at=timezone.now(),
+        )
+    if charge.risk_level or charge.risk_score is not None:  # for the reviewers (orders.risk)
+        Order.objects.filter(pk=order.pk).update(
+            stripe_risk_level=charge.risk_level[:20], stripe_risk_score=charge.risk_score
+        )
+    order.refresh_from_db()
+    if order.status == OrderStatus.CANCELLED:  # cancelled while the charge was in flight
+        order_payment_release(order=order)
+    return charge
+
+
+def order_capture(*, run_id: object) -> None:
+    """Capture the order's authorization (its review was approved), once, under the
+    order's capture key. Nothing to do when it is captured already, as are the orders
+    charged before holds existed.
+
+    A failed capture (the hold expired or was released) fails the order with the reason
+    and raises `CaptureFailedError`: no money was taken.
+    """
+    order = order_for_run(run_id)
+    if order.payment_status == PaymentStatus.CANCELED:
+        # Stripe released the hold while the review waited (its webhook said so): the
+        # approval has nothing left to capture.
+        Order.objects.filter(pk=order.pk).update(
             status=OrderStatus.FAILED,
-            failure_reason=f"{exc.code}: {exc.reason}"[:255],
+            failure_reason="capture_failed: the authorization was canceled (expired or "
+            "released) before the review was approved",
             updated_at=timezone.now(),
         )
+        return
+    if order.payment_status != PaymentStatus.AUTHORIZED:
+        return
+    try:
+        payment_gateway().capture(
+            charge_id=order.charge_id,
+            amount=order.charged_amount or order.amount,
+            currency=order.currency,
+            idempotency_key=payment_key(operation="capture", order_pk=order.pk),
+            authorized_at=order.charged_at,
+        )
+    except CaptureFailedError as exc:
+        if _payment_status_move(order, PaymentStatus.FAILED):
+            Order.objects.filter(pk=order.pk).update(
+                status=OrderStatus.FAILED, failure_reason=f"capture_failed: {exc.reason}"[:255]
+            )
         raise
-    Order.objects.filter(pk=order.pk, charge_id="").update(
-        charge_id=charge.charge_id,
-        charged_amount=charge.amount,
-        charged_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
-    return charge
+    _payment_status_move(order, PaymentStatus.CAPTURED)
+
+
+def order_payment_release(*, order: Order) -> None:
+    """Give the customer's money back the cheapest way, once: cancel a hold (no fee,
+    nothing on the statement), refund a capture (orders charged before holds existed,
+    or an order cancelled after its capture). Nothing to do when no money moved."""
+    order.refresh_from_db()
+    if order.payment_status == PaymentStatus.AUTHORIZED:
+        payment_gateway().cancel(
+            charge_id=order.charge_id,
+            idempotency_key=payment_key(operation="cancel", order_pk=order.pk),
+        )
+        _payment_status_move(order, PaymentStatus.CANCELED)
+    elif order.payment_status == PaymentStatus.CAPTURED:
+        _order_refund(order)
 
 
 def order_check_arguments(
@@ -251,12 +444,12 @@ def order_review(order: Order) -> FraudReview | None:
 
 
 def order_confirm(*, order: Order) -> EmailRecord:
-    """Send the confirmation, if policy allows: the order is charged and, above the
-    fraud threshold, its review was approved."""
+    """Send the confirmation, if policy allows: the order is charged (captured, not
+    only held) and, above the fraud threshold, its review was approved."""
     order.refresh_from_db()
     if not order.charge_id:
         raise OrderMismatchError("Refused: the order has not been charged yet.")
-    if order.status in (OrderStatus.FAILED, OrderStatus.REJECTED):
+    if order.status in (OrderStatus.FAILED, OrderStatus.REJECTED, OrderStatus.CANCELLED):
         raise OrderMismatchError(f"Refused: the order is {order.status}.")
     if fraud_review_required(amount=order.amount, currency=order.currency):
         review = order_review(order)
@@ -265,33 +458,96 @@ def order_confirm(*, order: Order) -> EmailRecord:
                 "Refused: this order is above the fraud threshold and its review has not "
                 "been approved; request fraud_review instead."
             )
+    if order.payment_status != PaymentStatus.CAPTURED:
+        raise OrderMismatchError(f"Refused: the payment is {order.payment_status}, not captured.")
     return order_confirmation_send(order=order)
 
 
 def order_review_open(*, run_id: object) -> None:
-    Order.objects.filter(run_id=run_id).update(
-        status=OrderStatus.AWAITING_REVIEW, fraud_review_required=True, updated_at=timezone.now()
+    """Mark the order awaiting review and tell the fraud reviewers (the workflow's
+    `open_review` step, just before it suspends at `fraud_review`).
+
+    The alert never fails the step: an alert not sent (mail server down, nobody to
+    tell) is sent by the next `review_reminders_send` sweep instead. Its deadline is the
+    one the suspend is about to record (same timeout, a moment later)."""
+    now = timezone.now()
+    Order.objects.filter(run_id=run_id).exclude(status=OrderStatus.CANCELLED).update(
+        status=OrderStatus.AWAITING_REVIEW, fraud_review_required=True, updated_at=now
     )
+    order_event_emit(
+        order=Order.objects.filter(run_id=run_id).first(), type=WebhookEvent.AWAITING_REVIEW
+    )
+    order = Order.objects.filter(run_id=run_id, status=OrderStatus.AWAITING_REVIEW).first()
+    if order is None:
+        return
+    try:
+        review_email_send(
+            order=order,
+            kind=REVIEW_ALERT,
+            deadline=now + timedelta(seconds=settings.FRAUD_REVIEW_TIMEOUT),
+        )
+    except Exception:
+        logger.exception("order %s: the reviewers' alert failed; the sweep retries", order.order_id)
 
 
-def order_refund(*, run_id: object) -> str:
-    """Refund the order's charge in full, once; returns the refund id (the same on a
+def review_reminders_send(*, now: datetime | None = None) -> int:
+    """Send what the fraud reviewers are owed about open reviews: the alert when it was
+    not sent at opening (it failed, or nobody was there to tell), and the reminder once
+    FRAUD_REVIEW_REMINDER_AT of the review's time has passed. Each at most once (see
+    `review_email_send`). Registered in `workflows.services.WAIT_SWEEP_HOOKS`, so the
+    existing once-a-minute expiry schedule runs it. Returns how many were sent."""
+    now = now or timezone.now()
+    share = settings.FRAUD_REVIEW_REMINDER_AT
+    done = [EmailStatus.SENT, EmailStatus.SENDING]  # sending: in progress, or in doubt
+
+    def recorded(kind: str) -> Exists:
+        return Exists(
+            EmailRecord.objects.filter(order__run_id=OuterRef("run_id"), kind=kind, status__in=done)
+        )
+
+    reviews = list(
+        FraudReview.objects.pending()
+        .filter(deadline__gt=now)
+        .annotate(alerted=recorded(REVIEW_ALERT), reminded=recorded(REVIEW_REMINDER))
+        .filter(Q(alerted=False) | Q(reminded=False))
+    )
+    orders = Order.objects.filter(
+        run_id__in=[review.run_id for review in reviews], status=OrderStatus.AWAITING_REVIEW
+    ).in_bulk(field_name="run_id")
+    sent = 0
+    for review in reviews:
+        order = orders.get(review.run_id)
+        if order is None:
+            continue
+        due = [] if review.alerted else [REVIEW_ALERT]
+        remind_at = review.created_at + (review.deadline - review.created_at) * share
+        if share and not review.reminded and now >= remind_at:
+            due.append(REVIEW_REMINDER)
+        for kind in due:
+            record = review_email_send(order=order, kind=kind, deadline=review.deadline)
+            if record is not None and record.status == EmailStatus.FAILED:
+                # The mail server is down: the next sweep tries again, rather than this
+                # one waiting out EMAIL_TIMEOUT once per review.
+                return sent
+            sent += record is not None and record.status == EmailStatus.SENT
+    return sent
+
+
+def _order_refund(order: Order) -> str:
+    """Refund the order's capture in full, once; returns the refund id (the same on a
     retry). The key comes from the order, and the gateway recovers a refund whose
     answer was lost."""
-    order = order_for_run(run_id)
     if order.refund_id:
         return order.refund_id
     refund = payment_gateway().refund(
         charge_id=order.charge_id,
         amount=order.charged_amount or order.amount,
         currency=order.currency,
-        idempotency_key=payment_key(
-            operation="refund", order_id=order.order_id, run_id=order.run_id
-        ),
+        idempotency_key=payment_key(operation="refund", order_pk=order.pk),
         metadata=_order_payment_metadata(order),
     )
-    Order.objects.filter(pk=order.pk, refund_id="").update(
-        refund_id=refund.refund_id, refunded_at=timezone.now(), updated_at=timezone.now()
+    _payment_status_move(
+        order, PaymentStatus.REFUNDED, refund_id=refund.refund_id, refunded_at=timezone.now()
     )
     return refund.refund_id
 
@@ -299,11 +555,15 @@ def order_refund(*, run_id: object) -> str:
 def order_finish(
     *, run_id: object, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
 ) -> None:
-    Order.objects.filter(run_id=run_id).update(
+    # A cancelled order stays cancelled, whatever a run retried afterwards concludes.
+    Order.objects.filter(run_id=run_id).exclude(status=OrderStatus.CANCELLED).update(
         status=status,
         failure_reason=reason[:255],
         fraud_approved=fraud_approved,
         updated_at=timezone.now(),
+    )
+    order_event_emit(
+        order=Order.objects.filter(run_id=run_id).first(), type=ORDER_STATUS_EVENTS.get(status)
     )
 
 
@@ -354,7 +614,7 @@ def review_decide(
         ) from None
     except WaitExpiredError:
         raise ReviewError(
-            f"The review of order {order.order_id} expired; the order will be refunded"
+            f"The review of order {order.order_id} expired; its payment will be released"
         ) from None
     logger.info(
         "order %s: fraud review %s by %s",
@@ -363,3 +623,69 @@ def review_decide(
         by.get_username(),
     )
     return FraudReview.objects.get(run_id=order.run_id, key=FRAUD_REVIEW_KEY)
+
+
+def order_cancel(*, order: Order, by: AbstractBaseUser | None = None) -> Order:
+    """Cancel an order that is not finished: stop its run, give the money back (cancel
+    the hold or refund the capture) and mark it cancelled. The one way to cancel an
+    order's run: the orders admin, `cancel_order` and the console's run cancel all come
+    here (see `OrdersConfig.ready`). `by` None is an operator at the command line.
+
+    Marked cancelled before the money moves, so that a charge still in flight releases
+    itself (`order_charge`); calling it again on a cancelled order only retries a
+    release that a gateway outage interrupted. Raises `OrderCancelError` for a finished
+    order, `PermissionDenied` without the cancel permission.
+    """
+    if by is not None and not by.has_perm(CANCEL_PERMISSION):
+        raise PermissionDenied(f"{by.get_username()} may not cancel orders")
+    order.refresh_from_db()
+    money_held = order.payment_status in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED)
+    if order.status == OrderStatus.CANCELLED and not money_held:
+        raise OrderCancelError(f"Order {order.order_id} is already cancelled")
+    if order.status != OrderStatus.CANCELLED:
+        if order.status not in (OrderStatus.PROCESSING, OrderStatus.AWAITING_REVIEW):
+            raise OrderCancelError(f"Order {order.order_id} is {order.status}: nothing to cancel")
+        if order.run_id is not None:
+            try:
+                run_cancel(order.run_id)
+            except RunStateError:
+                pass  # finished or failed: nothing runs any more, the order still holds money
+        who = by.get_username() if by is not None else "an operator"
+        Order.objects.filter(pk=order.pk).update(
+            status=OrderStatus.CANCELLED,
+            failure_reason=f"cancelled by {who}"[:255],
+            updated_at=timezone.now(),
+        )
+        order_event_emit(order=order, type=WebhookEvent.CANCELED)
+    order_payment_release(order=order)
+    order.refresh_from_db()
+    logger.info("order %s cancelled; payment %s", order.order_id, order.payment_status)
+    return order
+
+
+def order_follow_fork(*, origin: WorkflowRun, fork: WorkflowRun, **signal_kwargs: Any) -> None:
+    """A forked order run continues the same order: the order moves to the fork (inside
+    the fork's transaction). Its payment keys come from the order, not the run, so the
+    fork recovers what the origin's attempts did at Stripe instead of repeating it."""
+    Order.objects.filter(run=origin).update(run=fork, updated_at=timezone.now())
+
+
+def order_run_cancel(run_id: UUID | str, by: AbstractBaseUser | None) -> None:
+    """Cancelling an order's run from the console or `cancel_run` cancels the order
+    (registered in `workflows.services.RUN_CANCELLERS`): its money must not stay taken.
+    Refusals come back as `RunStateError`, which those doors report."""
+    order = Order.objects.filter(run_id=run_id).first()
+    if order is None:  # a run whose order was never registered holds no money
+        run_cancel(run_id)
+        return
+    try:
+        order_cancel(order=order, by=by)
+    except PermissionDenied as exc:
+        raise OrderCancelError(
+            f"{exc} (cancelling order {order.order_id}'s run cancels it)"
+        ) from None
+    except (TransientPaymentError, NonRetryableError) as exc:
+        raise OrderCancelError(
+            f"Order {order.order_id} is cancelled, but its payment was not released: {exc}. "
+            "Cancel it again to retry."
+        ) from None

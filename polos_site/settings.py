@@ -247,7 +247,11 @@ else:
 
 # --- Workflow engine ------------------------------------------------------------------
 # Modules imported at start-up so that their @workflow functions are registered.
-WORKFLOWS_MODULES = ["orders.order_processing", *env_list("WORKFLOWS_EXTRA_MODULES", [])]
+WORKFLOWS_MODULES = [
+    "orders.order_processing",
+    "orders.webhook_delivery",
+    *env_list("WORKFLOWS_EXTRA_MODULES", []),
+]
 WORKFLOWS_LEASE_SECONDS = env_int("WORKFLOWS_LEASE_SECONDS", 60)
 # A run pending this long while the queue is empty lost its task (a killed cluster held
 # it); the reaper queues it again.
@@ -262,7 +266,7 @@ WORKFLOWS_DRAIN_SECONDS = env_int("WORKFLOWS_DRAIN_SECONDS", 20)
 # How long a task waits for a free slot before it goes back on the queue (below Q_TIMEOUT).
 WORKFLOWS_SLOT_WAIT_SECONDS = min(60, env_int("Q_TIMEOUT", 600) // 2)
 # The longest segment (start or resume to complete, fail or suspend), model calls included.
-WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("WORKFLOWS_SEGMENT_TIMEOUT_SECONDS", 600)
+WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("Q_TIMEOUT", 600)
 # Cluster-wide caps on model calls in flight: "provider:model=N" or "provider=N", comma-
 # separated (workflows/limits.py). The simulated provider is not capped unless named.
 WORKFLOWS_MODEL_CONCURRENCY = {
@@ -273,6 +277,29 @@ WORKFLOWS_MODEL_CONCURRENCY = {
 }
 # A slot whose holder died is free again after this long.
 WORKFLOWS_SLOT_TTL_SECONDS = env_int("WORKFLOWS_SLOT_TTL_SECONDS", 300)
+# Dollars per million input/output tokens, by model name (a dated name such as
+# gpt-4o-mini-2024-07-18 takes its base model's price). Extend or override with
+# WORKFLOWS_MODEL_PRICES="model:input/output,..." (workflows/agents/pricing.py).
+WORKFLOWS_MODEL_PRICES = {
+    "gpt-4o-mini": {"input": "0.15", "output": "0.60"},
+    "gpt-4o": {"input": "2.50", "output": "10.00"},
+    "gpt-4.1-mini": {"input": "0.40", "output": "1.60"},
+    "gpt-4.1": {"input": "2.00", "output": "8.00"},
+}
+for _name, _, _prices in (item.partition(":") for item in env_list("WORKFLOWS_MODEL_PRICES", [])):
+    _input, _, _output = _prices.partition("/")
+    try:
+        WORKFLOWS_MODEL_PRICES[_name.strip()] = {
+            "input": str(Decimal(_input)),
+            "output": str(Decimal(_output)),
+        }
+    except ArithmeticError:
+        raise ImproperlyConfigured(
+            f"WORKFLOWS_MODEL_PRICES: {_name}:{_prices} is not model:input/output"
+        ) from None
+# Most one run may spend on model calls, in dollars (unset: no budget); a workflow's
+# own `@workflow(budget_usd=...)` wins.
+WORKFLOWS_RUN_BUDGET_USD = env_str("WORKFLOWS_RUN_BUDGET_USD") or None
 # How long one model call keeps waiting out 429s (Retry-After honoured) before it fails.
 WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS = env_int("WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS", 600)
 
@@ -299,6 +326,16 @@ FRAUD_REVIEW_THRESHOLD = env_decimal("FRAUD_REVIEW_THRESHOLD", "1000.00")
 # orders.policy).
 FRAUD_REVIEW_THRESHOLDS = env_amounts("FRAUD_REVIEW_THRESHOLDS")
 FRAUD_REVIEW_TIMEOUT = env_int("FRAUD_REVIEW_TIMEOUT", 86_400)
+# The reviewers get an email when a review opens, and a reminder once this share of its
+# time has passed with the review still open (0 turns reminders off).
+FRAUD_REVIEW_REMINDER_AT = float(env_decimal("FRAUD_REVIEW_REMINDER_AT", "0.75"))
+if not 0 <= FRAUD_REVIEW_REMINDER_AT < 1:
+    raise ImproperlyConfigured("FRAUD_REVIEW_REMINDER_AT must be at least 0 and below 1")
+# Where this service is reached, for absolute links in emails (the review page).
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
+# Orders under review are authorized, not charged, and card authorizations lapse (about
+# 7 days online): the review must end before they do (checked by orders.policy).
+PAYMENT_AUTHORIZATION_DAYS = env_int("PAYMENT_AUTHORIZATION_DAYS", 7)
 ORDER_MAX_AMOUNT = env_decimal("ORDER_MAX_AMOUNT", "100000.00")
 # Lowercase ISO codes; three-decimal currencies and Stripe's special cases are refused.
 ORDER_CURRENCIES = [c.lower() for c in env_list("ORDER_CURRENCIES", ["usd", "eur", "gbp"])]
@@ -310,6 +347,8 @@ ORDER_CURRENCIES = [c.lower() for c in env_list("ORDER_CURRENCIES", ["usd", "eur
 STRIPE_API_KEY = env_str("STRIPE_API_KEY")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE")
 STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
+# Verifies `POST /webhooks/stripe/` (whsec_...); unset, the endpoint refuses every event.
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
 PAYMENT_GATEWAY = env_str("PAYMENT_GATEWAY") or (
     "stripe" if STRIPE_API_KEY or not DEBUG else "simulated"
 )
@@ -379,17 +418,79 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- Webhooks to API clients (orders/client_webhooks.py) -----------------------------------
+# Seconds between a delivery's attempts; one more attempt follows the last pause, then the
+# delivery is failed. The default spans about 24 h: 5 s, 30 s, 2 min, 10 min, 30 min, then
+# hourly.
+WEBHOOKS_RETRY_SCHEDULE = [
+    float(s)
+    for s in env_list("WEBHOOKS_RETRY_SCHEDULE", ["5", "30", "120", "600", "1800", *["3600"] * 23])
+]
+# An endpoint whose deliveries failed this many times in a row is disabled.
+WEBHOOKS_DISABLE_AFTER = env_int("WEBHOOKS_DISABLE_AFTER", 5)
+WEBHOOKS_TIMEOUT_SECONDS = float(env_str("WEBHOOKS_TIMEOUT_SECONDS", "10"))
+# Plain http URLs (development only), and private/loopback/link-local addresses (tests,
+# a receiver on the same network): both refused by default (server-side request forgery).
+WEBHOOKS_ALLOW_HTTP = env_bool("WEBHOOKS_ALLOW_HTTP", False)
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+# The events' `links` are absolute on this base (e.g. https://orders.example.com); unset,
+# they are paths.
+WEBHOOKS_LINKS_BASE_URL = env_str("WEBHOOKS_LINKS_BASE_URL")
+
 # --- Logging --------------------------------------------------------------------------
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Credentials (URL userinfo, auth headers, secret settings' values) are masked in
+    # every record before any handler writes it (workflows/redaction.py). Every handler
+    # gets the filter: a handler added here must list it too.
+    "filters": {"redact": {"()": "workflows.redaction.RedactingFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # django-q2 logs as "django-q".
+    # django-q2 logs as "django-q" (through the root's handlers: it adds none of its own).
     "loggers": {
         "django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")},
         # Not its start-up banner in every command's output; lockouts still log.
         "axes.apps": {"level": "WARNING"},
     },
 }
+
+# --- Metrics and traces (workflows/observability.py) ------------------------------------
+import hashlib  # noqa: E402 (kept within this section)
+import tempfile  # noqa: E402
+
+# GET /metrics answers with `Authorization: Bearer <METRICS_TOKEN>`; unset, it answers 404.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+# prometheus-client's multiprocess mode: every web and worker process of this host writes
+# its counters there and a scrape merges them. It must be in the environment before
+# prometheus-client is imported (here, first thing) and is created now. The default is
+# named after the deployment (queue name and database), so two deployments or test runs
+# on one machine do not mix; wipe it when the whole deployment restarts (docs/deploy.md).
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+    tempfile.gettempdir(),
+    "polos-metrics-{}-{}".format(
+        Q_CLUSTER["name"],
+        hashlib.sha256(
+            repr(
+                [DATABASES["default"].get(k) for k in ("ENGINE", "HOST", "PORT", "NAME")]
+                + [DATABASES["default"].get("TEST", {}).get("NAME"), REDIS_URL]
+            ).encode()
+        ).hexdigest()[:12],
+    ),
+)
+os.makedirs(PROMETHEUS_MULTIPROC_DIR, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+# Database-backed collectors of the domain, read at scrape time (one query each).
+METRICS_COLLECTORS = ["orders.metrics.OrdersCollector"]
+# OpenTelemetry traces over OTLP/HTTP when set (e.g. http://otel-collector:4318); an
+# application that installs its own TracerProvider gets the spans there instead.
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "polos")

@@ -39,7 +39,7 @@ def queue_capture(monkeypatch: pytest.MonkeyPatch) -> QueueCapture:
 def openai_server_session():
     from tests.support.openai_server import OpenAITestServer
 
-    with OpenAITestServer() as server:
+    with OpenAITestServer(api_key="sk-test-not-a-real-key") as server:
         yield server
 
 

@@ -40,6 +40,7 @@ _EXPORTS = {
     "run_resume": "services",
     "run_cancel": "services",
     "run_retry": "services",
+    "run_fork": "services",
     "run_sync": "runtime",
 }
 

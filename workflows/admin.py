@@ -1,12 +1,19 @@
 """Runs, steps and waits in admin: read-only records, plus cancel and retry actions."""
 
+import functools
+
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from .errors import RunStateError
 from .models import StepRecord, Wait, WorkflowRun
-from .services import run_cancel, run_retry
+from .services import run_cancel_requested, run_fork, run_retry
+from .views import START_RUN_PERMISSION
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -34,13 +41,35 @@ class WaitInline(ReadOnlyInline):
 
 @admin.register(WorkflowRun)
 class WorkflowRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "workflow_id", "status", "attempts", "created_at", "finished_at")
+    list_display = (
+        "id",
+        "workflow_id",
+        "status",
+        "attempts",
+        "created_at",
+        "finished_at",
+        "forked_from",
+    )
     list_filter = ("status", "workflow_id")
     search_fields = ("=id", "workflow_id")
     date_hierarchy = "created_at"
     inlines = [WaitInline, StepInline]
-    actions = ["cancel_selected", "retry_selected"]
-    readonly_fields = [f.name for f in WorkflowRun._meta.fields]
+    actions = ["cancel_selected", "retry_selected", "fork_selected"]
+    readonly_fields = [*(f.name for f in WorkflowRun._meta.fields), "forks"]
+    fork_confirmation_template = "admin/workflows/workflowrun/fork_confirmation.html"
+
+    @admin.display(description="Forks")
+    def forks(self, run: WorkflowRun) -> str:
+        links = [
+            format_html(
+                '<a href="{}">{}</a> (from {})',
+                reverse("admin:workflows_workflowrun_change", args=[fork.pk]),
+                fork.pk,
+                fork.forked_at_step,
+            )
+            for fork in run.forks.all()
+        ]
+        return format_html(", ".join(["{}"] * len(links)), *links) if links else "—"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -63,8 +92,54 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected runs", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._apply(request, queryset, run_cancel, "Cancelled")
+        cancel = functools.partial(run_cancel_requested, by=request.user)
+        self._apply(request, queryset, cancel, "Cancelled")
 
     @admin.action(description="Retry selected failed runs", permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._apply(request, queryset, run_retry, "Queued again")
+
+    def has_start_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(START_RUN_PERMISSION)
+
+    @admin.action(description="Fork from a step…", permissions=["start"])
+    def fork_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        """A new run of the same workflow and input that continues from the chosen step
+        under the deployed code (`run_fork`): one finished or cancelled run at a time."""
+        runs = list(queryset[:2])
+        if len(runs) != 1:
+            self.message_user(request, "Fork one run at a time.", messages.WARNING)
+            return None
+        [run] = runs
+        step = request.POST.get("from_step", "")
+        if request.POST.get("post") and step:
+            try:
+                fork = run_fork(run.id, from_step=step)
+            except RunStateError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return None
+            self.log_addition(request, fork, f"Forked from {run.id} at step {step}.")
+            self.message_user(
+                request,
+                format_html(
+                    'Forked <a href="{}">{}</a> from step {}; it is queued.',
+                    reverse("admin:workflows_workflowrun_change", args=[fork.pk]),
+                    fork.pk,
+                    step,
+                ),
+                messages.SUCCESS,
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Fork a run",
+            "subtitle": None,
+            "run": run,
+            "steps": list(run.steps.order_by("position")),
+            "chosen": step,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "opts": self.opts,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.fork_confirmation_template, context)

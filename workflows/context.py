@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
 from django.db import transaction
 from django.utils import timezone
 
-from . import serialization
+from . import observability, serialization
 from .errors import (
     LeaseLostError,
     NonDeterminismError,
+    NonRetryableError,
     StepFailedError,
     Suspended,
 )
@@ -34,6 +35,7 @@ from .models import (
     WaitStatus,
     WorkflowRun,
 )
+from .redaction import redact
 from .retry import RetryPolicy
 from .runtime import SegmentReleased, run_sync, segment_should_stop
 
@@ -72,6 +74,19 @@ def _describe_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[s
     return described
 
 
+PATCH_KEY_PREFIX = "patch/"
+DIVERGENCE_HELP = (
+    "Wrap the change in `if ctx.patched('<change-id>'):` so that runs started before it "
+    "keep their old path, and run `manage.py replay_check` before deploying "
+    "(`manage.py fork_run` restarts a failed run from a step under the new code)."
+)
+
+
+def patch_key(change_id: str) -> str:
+    """The key of the marker step that records a run took a patched branch."""
+    return f"{PATCH_KEY_PREFIX}{change_id}"
+
+
 class StepContext:
     """`ctx.step`: the durable operations a workflow may perform."""
 
@@ -81,6 +96,57 @@ class StepContext:
         self._by_position = {record.position: record for record in history}
         self._position = 0
         self._seen: set[str] = set()
+        self._patches: dict[str, bool] = {}
+        # Patch markers decided but not yet written: committed just before the next
+        # step or suspend, so a marker is always in the history before anything after it.
+        self._pending_markers: list[StepRecord] = []
+
+    def _diverged(
+        self, key: str | None, position: int, recorded: str | None
+    ) -> NonDeterminismError:
+        asked = f"step {key!r}" if key else "no further step"
+        there = f"{recorded!r}" if recorded else "nothing"
+        return NonDeterminismError(
+            f"Run {self._ctx.run_id} of workflow {self._ctx.workflow_id!r} asked for {asked} "
+            f"at position {position}, but its history has {there} there: the workflow code "
+            f"changed under a live run (a step added, removed, renamed or moved before "
+            f"{recorded or key!r}). {DIVERGENCE_HELP}",
+            position=position,
+            expected=recorded,
+            found=key,
+        )
+
+    # -- versioning -----------------------------------------------------------------
+
+    def _patch_decision(self, change_id: str, *, deprecated: bool) -> bool:
+        if change_id in self._patches:
+            return self._patches[change_id]
+        key = patch_key(change_id)
+        recorded = self._by_position.get(self._position)
+        if recorded is not None and recorded.key == key:
+            self._claim(key)  # the run took the new branch before: replay it
+            decision = True
+        elif recorded is not None:
+            decision = False  # the run passed this point under the old code
+        elif deprecated:
+            decision = True  # no old run remains: nothing to record
+        else:
+            position, _ = self._claim(key)
+            self._pending_markers.append(
+                StepRecord(
+                    run_id=self._ctx.run_id,
+                    key=key,
+                    position=position,
+                    kind=StepKind.STEP,
+                    status=StepStatus.COMPLETED,
+                    output=True,
+                    started_at=timezone.now(),
+                    finished_at=timezone.now(),
+                )
+            )
+            decision = True
+        self._patches[change_id] = decision
+        return decision
 
     # -- replay bookkeeping ---------------------------------------------------------
 
@@ -95,20 +161,16 @@ class StepContext:
         self._position += 1
         at_position = self._by_position.get(position)
         if at_position is not None and at_position.key != key:
-            raise NonDeterminismError(
-                f"Run {self._ctx.run_id} of workflow {self._ctx.workflow_id!r} asked for "
-                f"step {key!r} at position {position}, but its history has "
-                f"{at_position.key!r} there: the workflow code changed under a live run. "
-                "Cancel the run, or deploy the old code until it finishes."
-            )
+            raise self._diverged(key, position, at_position.key)
         record = self._by_key.get(key)
         if record is not None and record.position != position:
-            raise NonDeterminismError(
-                f"Run {self._ctx.run_id}: step {key!r} was recorded at position "
-                f"{record.position} but replay reached it at position {position}: "
-                "the workflow code changed under a live run."
-            )
+            raise self._diverged(key, position, None)
         return position, record
+
+    def _unreached(self) -> StepRecord | None:
+        """The first recorded step the code has not asked for, when it stops early."""
+        later = [p for p in self._by_position if p >= self._position]
+        return self._by_position[min(later)] if later else None
 
     # -- public operations ----------------------------------------------------------
 
@@ -141,6 +203,8 @@ class StepContext:
         """`run` with the trace details the agent runtime records: kind, input, meta."""
         position, record = self._claim(key)
         annotation = _return_annotation(fn)
+        if record is not None and record.status == StepStatus.FAILED:
+            raise StepFailedError(key, NonRetryableError(record.error), record.attempt)
         if record is not None:
             return serialization.load(record.output, annotation, record.output_type)
         if segment_should_stop():
@@ -240,7 +304,9 @@ class StepContext:
         if record is not None:
             return record.output
         data = serialization.dump(key, data)
+        started_at = timezone.now()
         await run_sync(self._ctx._suspend)(key, position, kind, data, window)
+        observability.wait_recorded(self._ctx, key, position, kind, started_at)
         raise Suspended(key)
 
     async def _record_failure(
@@ -265,8 +331,8 @@ class StepContext:
                 kind=kind,
                 status=StepStatus.FAILED,
                 input=stored_input,
-                error=f"{type(exc).__name__}: {exc}",
-                error_traceback="".join(traceback.format_exception(exc)),
+                error=redact(f"{type(exc).__name__}: {exc}"),
+                error_traceback=redact("".join(traceback.format_exception(exc))),
                 attempt=attempt,
                 started_at=started_at,
                 finished_at=timezone.now(),
@@ -294,6 +360,24 @@ class WorkflowContext:
             self._add_usage(record)
         self.step = StepContext(self, history)
 
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the branch of change `change_id`.
+
+        True for runs that reach this point under the code that has the change (the
+        decision is recorded, so every replay takes the same branch); False for runs
+        whose history shows they passed this point before the change was deployed::
+
+            if ctx.patched("risk-check-before-review"):
+                await ctx.step.run("risk_check", risk_check, order_id)
+            await ctx.step.suspend("fraud_review", ...)
+        """
+        return self.step._patch_decision(change_id, deprecated=False)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """For when no run from before `change_id` remains: the branch is unconditional
+        now, and runs that recorded the decision still replay."""
+        self.step._patch_decision(change_id, deprecated=True)
+
     def idempotency_key(self, step_key: str) -> str:
         """The key a step passes to an outside provider: stable across retries and
         replays of this run, different for every run and step."""
@@ -307,13 +391,21 @@ class WorkflowContext:
     # The methods below run in the worker's synchronous thread (via sync_to_async).
 
     def _commit_step(self, record: StepRecord) -> None:
+        self._flush_markers()
         lease_fenced_insert(record, self._lease_token)
         self._add_usage(record)
+        observability.step_committed(self, record)
+
+    def _flush_markers(self) -> None:
+        markers, self.step._pending_markers = self.step._pending_markers, []
+        for marker in markers:
+            lease_fenced_insert(marker, self._lease_token)
 
     def _suspend(
         self, key: str, position: int, kind: StepKind, data: Any, window: timedelta
     ) -> None:
         now = timezone.now()
+        self._flush_markers()
         with transaction.atomic():
             lease_check(self.run_id, self._lease_token)
             Wait.objects.get_or_create(

@@ -30,7 +30,25 @@ class NonRetryableError(WorkflowError):
 
 
 class NonDeterminismError(WorkflowError):
-    """Replay asked for a different step than the one recorded at that position."""
+    """Replay asked for a different step than the one recorded at that position.
+
+    `position` is the first diverging position, `expected` the key the history has
+    there (None: nothing, the code asked for more) and `found` the key the code asked
+    for (None: the code ended or suspended before reaching the recorded step).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        position: int | None = None,
+        expected: str | None = None,
+        found: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.position = position
+        self.expected = expected
+        self.found = found
 
 
 class StepOutputError(WorkflowError, TypeError):

@@ -15,10 +15,12 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
 
+from . import observability
 from .context import WorkflowContext
 from .errors import LeaseLostError, Suspended, UnknownWorkflowError
 from .leases import LeaseKeeper, lease_release, lease_take, lease_token
 from .models import RunStatus, StepRecord, StepStatus, WorkflowRun
+from .redaction import redact
 from .registry import WorkflowDefinition, workflow_get
 from .runtime import SegmentReleased, run_sync
 
@@ -34,8 +36,12 @@ class SegmentTimeoutError(Exception):
 
 def _segment_begin(run_id: uuid.UUID | str) -> tuple[WorkflowRun, list[StepRecord]]:
     run = WorkflowRun.objects.get(pk=run_id)
+    # Failed steps too: a failure the workflow caught and handled replays as that
+    # failure (`run_retry` deletes them, so a retried step runs anew).
     history = list(
-        StepRecord.objects.filter(run=run, status=StepStatus.COMPLETED).order_by("position")
+        StepRecord.objects.filter(
+            run=run, status__in=[StepStatus.COMPLETED, StepStatus.FAILED]
+        ).order_by("position")
     )
     return run, history
 
@@ -55,6 +61,7 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | Non
 
     keeper = runtime.keeper if runtime is not None else LeaseKeeper()
     ctx = WorkflowContext(run=run, definition=definition, history=history, lease_token=token)
+    observability.segment_started(ctx, run)
     try:
         with keeper.holding(run.id, token):
             outcome = await asyncio.wait_for(
@@ -65,10 +72,12 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | Non
         limit = settings.WORKFLOWS_SEGMENT_TIMEOUT_SECONDS
         exc = SegmentTimeoutError(f"The segment ran longer than {limit} s; retry_run continues it")
         await run_sync(_finish_failed)(run.id, token, exc, ctx.usage)
-        return "failed"
+        outcome = "failed"
+        observability.segment_failed(ctx, exc)
     finally:
         if runtime is None:
             await keeper.close()
+    observability.segment_finished(ctx, outcome)
     return outcome
 
 
@@ -78,6 +87,9 @@ async def _segment_body(
     try:
         payload = definition.input_model.model_validate(run.input)
         result = await definition.fn(ctx, payload)
+        unreached = ctx.step._unreached()
+        if unreached is not None:  # the code no longer reaches a step the run recorded
+            raise ctx.step._diverged(None, unreached.position, unreached.key)
         output = _dump_output(definition.output_model, result)
     except Suspended:
         return "suspended"
@@ -90,6 +102,7 @@ async def _segment_body(
         return "lease_lost"
     except Exception as exc:
         logger.info("run %s failed: %s", run.id, exc)
+        observability.segment_failed(ctx, exc)
         await run_sync(_finish_failed)(run.id, token, exc, ctx.usage)
         return "failed"
     finished = await run_sync(_finish_completed)(run.id, token, output, ctx.usage)
@@ -126,8 +139,8 @@ def _finish_failed(run_id: uuid.UUID, token: str, exc: BaseException, usage: dic
     now = timezone.now()
     WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
         status=RunStatus.FAILED,
-        error=f"{type(exc).__name__}: {exc}",
-        error_traceback="".join(traceback.format_exception(exc)),
+        error=redact(f"{type(exc).__name__}: {exc}"),
+        error_traceback=redact("".join(traceback.format_exception(exc))),
         usage=usage,
         lease_owner="",
         lease_expires_at=None,

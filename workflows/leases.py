@@ -30,6 +30,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import observability
 from .errors import LeaseLostError
 from .models import RunStatus, StepRecord, WorkflowRun
 from .queue import run_enqueue
@@ -52,20 +53,27 @@ def lease_expired(now: datetime) -> Q:
 
 
 def lease_take(run_id: uuid.UUID | str, token: str) -> bool:
-    """Take the run's lease with one conditional UPDATE, or return False."""
+    """Take the run's lease with one conditional UPDATE, or return False. A pending run
+    is tried first; only if it is not pending, a running one whose lease expired (a
+    take-over, counted: one more UPDATE, only off the common path)."""
     now = timezone.now()
-    return bool(
-        WorkflowRun.objects.filter(pk=run_id)
-        .filter(Q(status=RunStatus.PENDING) | lease_expired(now))
-        .update(
-            status=RunStatus.RUNNING,
-            lease_owner=token,
-            lease_expires_at=now + lease_duration(),
-            attempts=F("attempts") + 1,
-            started_at=Coalesce(F("started_at"), now),
-            updated_at=now,
-        )
-    )
+    for taken_over, takeable in ((False, Q(status=RunStatus.PENDING)), (True, lease_expired(now))):
+        if (
+            WorkflowRun.objects.filter(pk=run_id)
+            .filter(takeable)
+            .update(
+                status=RunStatus.RUNNING,
+                lease_owner=token,
+                lease_expires_at=now + lease_duration(),
+                attempts=F("attempts") + 1,
+                started_at=Coalesce(F("started_at"), now),
+                updated_at=now,
+            )
+        ):
+            if taken_over:
+                observability.lease_taken_over()
+            return True
+    return False
 
 
 def lease_renew(tokens: list[str]) -> int:

@@ -62,6 +62,11 @@ class WorkflowRun(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A fork (`run_fork`) continues its origin from one of its steps under newer code.
+    forked_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks"
+    )
+    forked_at_step = models.CharField(max_length=255, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

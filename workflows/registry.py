@@ -3,8 +3,10 @@
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar, get_type_hints
 
+from django.conf import settings
 from pydantic import BaseModel
 
 from .errors import UnknownWorkflowError
@@ -20,6 +22,15 @@ class WorkflowDefinition:
     input_model: type[BaseModel]
     output_model: type[BaseModel] | None
     description: str
+    # Most a run may spend on model calls (US dollars); None: WORKFLOWS_RUN_BUDGET_USD.
+    budget: Decimal | None = None
+
+    @property
+    def budget_usd(self) -> Decimal | None:
+        if self.budget is not None:
+            return self.budget
+        default = getattr(settings, "WORKFLOWS_RUN_BUDGET_USD", None)
+        return Decimal(str(default)) if default else None
 
 
 _registry: dict[str, WorkflowDefinition] = {}
@@ -61,7 +72,13 @@ def unregister(workflow_id: str) -> None:
     _registry.pop(workflow_id, None)
 
 
-def workflow(*, id: str, description: str = "", replace: bool = False) -> Callable[[F], F]:
+def workflow(
+    *,
+    id: str,
+    description: str = "",
+    budget_usd: Decimal | str | None = None,
+    replace: bool = False,
+) -> Callable[[F], F]:
     """Register `async def f(ctx, payload: In) -> Out` as a durable workflow.
 
     ```python
@@ -78,6 +95,9 @@ def workflow(*, id: str, description: str = "", replace: bool = False) -> Callab
 
     run = workflow_start("greet", {"name": "Ada"})
     ```
+
+    `budget_usd` caps what one run may spend on model calls (see
+    `workflows.agents.pricing`); without it, `WORKFLOWS_RUN_BUDGET_USD` applies, if set.
     """
 
     def decorator(fn: F) -> F:
@@ -91,6 +111,7 @@ def workflow(*, id: str, description: str = "", replace: bool = False) -> Callab
                 input_model=input_model,
                 output_model=output_model,
                 description=description or inspect.getdoc(fn) or "",
+                budget=Decimal(str(budget_usd)) if budget_usd is not None else None,
             ),
             replace=replace,
         )

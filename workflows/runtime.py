@@ -35,6 +35,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
+from . import observability
 from .leases import LeaseKeeper, lease_release
 
 logger = logging.getLogger(__name__)
@@ -113,12 +114,14 @@ class WorkerRuntime:
             self._in_flight.add(future)
             self.max_in_flight = max(self.max_in_flight, len(self._in_flight))
             self.segments_started += 1
+            observability.worker_slots(self)
         future.add_done_callback(self._finished)
         return True
 
     def _finished(self, future: concurrent.futures.Future[str]) -> None:
         with self._lock:
             self._in_flight.discard(future)
+            observability.worker_slots(self)
         self._slots.release()
         if not future.cancelled() and future.exception() is not None:
             logger.error("segment crashed", exc_info=future.exception())
@@ -203,6 +206,7 @@ def runtime_worker(*args: Any, **kwargs: Any) -> None:
         concurrency=settings.WORKFLOWS_CONCURRENCY, sync_threads=settings.WORKFLOWS_SYNC_THREADS
     )
     signal.signal(signal.SIGTERM, _raise_stopping)
+    observability.worker_started(_runtime)
     try:
         worker(*args, **kwargs)
     except WorkerStopping:
@@ -211,3 +215,4 @@ def runtime_worker(*args: Any, **kwargs: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain
         _runtime.stop(drain_seconds=settings.WORKFLOWS_DRAIN_SECONDS)
         connection.close()
+        observability.worker_stopped()  # its live gauges go; its spans are sent

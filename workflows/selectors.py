@@ -10,15 +10,19 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import BigIntegerField, Count, Prefetch, Q, QuerySet, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 from django.http import Http404
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from .agents.pricing import COST_KEY, usd
 from .models import (
     RunStatus,
     StepKind,
@@ -79,8 +83,27 @@ def ago_text(moment: datetime | None, now: datetime | None = None) -> str:
 
 
 def usage_total(usage: dict[str, Any] | None) -> int:
+    """The tokens in a usage record (a step's, an agent's or a run's)."""
     usage = usage or {}
     return sum(v for k, v in usage.items() if k.endswith("_tokens") and isinstance(v, int))
+
+
+def usage_cost(usage: dict[str, Any] | None) -> Decimal | None:
+    """What the model calls of a usage record cost, in dollars; None when nothing was
+    priced (no call, or only unpriced models)."""
+    microusd = (usage or {}).get(COST_KEY)
+    return usd(microusd) if microusd else None
+
+
+def runs_cost_total(runs: QuerySet[WorkflowRun] | None = None) -> tuple[int, Decimal]:
+    """(tokens, dollars) spent by `runs` (every run by default), summed in the database."""
+    runs = WorkflowRun.objects.all() if runs is None else runs
+    totals = runs.aggregate(
+        prompt=Sum(Cast(KT("usage__prompt_tokens"), BigIntegerField())),
+        completion=Sum(Cast(KT("usage__completion_tokens"), BigIntegerField())),
+        cost=Sum(Cast(KT(f"usage__{COST_KEY}"), BigIntegerField())),
+    )
+    return (totals["prompt"] or 0) + (totals["completion"] or 0), usd(totals["cost"])
 
 
 # --- the runs list ---------------------------------------------------------------------
@@ -216,6 +239,10 @@ class TraceStep:
     @property
     def meta(self) -> dict[str, Any]:
         return (self.record.meta or {}) if self.record else {}
+
+    @property
+    def cost(self) -> Decimal | None:
+        return usage_cost(self.meta.get("usage")) if self.kind == StepKind.LLM else None
 
     @property
     def tokens(self) -> int | None:

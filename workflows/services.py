@@ -5,6 +5,7 @@ run inside that transaction (see `queue.run_enqueue`).
 """
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
+from . import observability
 from .errors import (
     PayloadError,
     RunStateError,
@@ -23,7 +25,9 @@ from .errors import (
     WaitExpiredError,
     WaitNotFoundError,
 )
+from .leases import lease_expired
 from .models import (
+    ACTIVE_RUN_STATUSES,
     RunStatus,
     StepKind,
     StepRecord,
@@ -34,6 +38,7 @@ from .models import (
 )
 from .queue import queue_depth, run_enqueue
 from .registry import workflow_get
+from .signals import run_forked
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +173,25 @@ def waits_expire(*, now: datetime | None = None) -> list[Wait]:
                 )
         except (WaitAlreadyDecidedError, WaitExpiredError):
             continue  # decided between our SELECT and UPDATE
+    _wait_sweep_hooks_run(now=now)
     return expired
+
+
+WaitSweepHook = Callable[..., object]
+WAIT_SWEEP_HOOKS: list[WaitSweepHook] = []
+"""Called as `hook(now=now)` after every `waits_expire` sweep (the periodic task, once a
+minute, and `expire_waits`): the place for an application's own periodic work about
+open waits (reminders, say) without a schedule of its own. Registered from the
+application's `AppConfig.ready()`; a hook that raises is logged and skipped, so that it
+can never stop waits from expiring."""
+
+
+def _wait_sweep_hooks_run(*, now: datetime) -> None:
+    for hook in WAIT_SWEEP_HOOKS:
+        try:
+            hook(now=now)
+        except Exception:
+            logger.exception("wait sweep hook %r failed", hook)
 
 
 def run_cancel(run_id: UUID | str) -> WorkflowRun:
@@ -194,6 +217,25 @@ def run_cancel(run_id: UUID | str) -> WorkflowRun:
     return run
 
 
+RunCanceller = Callable[[UUID | str, AbstractBaseUser | None], object]
+RUN_CANCELLERS: dict[str, RunCanceller] = {}
+"""Workflow id → how an operator's cancel (admin action, `cancel_run`) cancels its runs,
+for an application whose runs hold what the engine cannot undo (money): it cancels its
+own way, calling `run_cancel` itself, and raises `RunStateError` to refuse. Registered
+from the application's `AppConfig.ready()`."""
+
+
+def run_cancel_requested(run_id: UUID | str, *, by: AbstractBaseUser | None = None) -> WorkflowRun:
+    """Cancel a run as an operator asked: through its workflow's canceller in
+    `RUN_CANCELLERS` if it has one, else `run_cancel`."""
+    workflow_id = WorkflowRun.objects.values_list("workflow_id", flat=True).get(pk=run_id)
+    canceller = RUN_CANCELLERS.get(workflow_id)
+    if canceller is None:
+        return run_cancel(run_id)
+    canceller(run_id, by)
+    return WorkflowRun.objects.get(pk=run_id)
+
+
 def run_retry(run_id: UUID | str) -> WorkflowRun:
     """Re-run a failed run from its last completed step: completed steps stay recorded
     (and are not run again), the failed step is forgotten and runs anew."""
@@ -214,6 +256,59 @@ def run_retry(run_id: UUID | str) -> WorkflowRun:
     return run
 
 
+def run_fork(run_id: UUID | str, *, from_step: str) -> WorkflowRun:
+    """Start a new run of the same workflow and input that continues from `from_step`
+    under the code deployed now: the steps recorded before it (completed, or failed and
+    handled by the workflow) and the waits decided before it are copied, so nothing
+    before it runs again (a charge stays one charge).
+
+    The way to recover a run that failed on a bug once the fix is deployed. The origin
+    must be finished or cancelled (`RunStateError` otherwise); the fork links to it
+    (`forked_from`, `forked_at_step`), and `run_forked` tells the application.
+    """
+    with transaction.atomic():
+        origin = WorkflowRun.objects.select_for_update().get(pk=run_id)
+        if origin.status in ACTIVE_RUN_STATUSES:
+            raise RunStateError(f"Run {origin.id} is {origin.status}: cancel it before forking it")
+        start = StepRecord.objects.filter(run=origin, key=from_step).first()
+        if start is None:
+            keys = ", ".join(
+                StepRecord.objects.filter(run=origin)
+                .order_by("position")
+                .values_list("key", flat=True)
+            )
+            raise RunStateError(
+                f"Run {origin.id} has no step {from_step!r} (its steps: {keys or 'none'})"
+            )
+        fork = WorkflowRun.objects.create(
+            workflow_id=origin.workflow_id,
+            input=origin.input,
+            forked_from=origin,
+            forked_at_step=from_step,
+        )
+        kept = StepRecord.objects.filter(run=origin, position__lt=start.position)
+        StepRecord.objects.bulk_create(
+            [_copy_to(fork, step, exclude=("id", "run")) for step in kept]
+        )
+        decided = Wait.objects.filter(run=origin, position__lt=start.position).exclude(
+            status=WaitStatus.WAITING
+        )
+        Wait.objects.bulk_create([_copy_to(fork, wait, exclude=("id", "run")) for wait in decided])
+        run_forked.send(sender=WorkflowRun, origin=origin, fork=fork)
+        run_enqueue(fork.id)
+    logger.info("run %s forked from %s at step %r", fork.id, origin.id, from_step)
+    return fork
+
+
+def _copy_to(run: WorkflowRun, record: Any, *, exclude: tuple[str, ...]) -> Any:
+    values = {
+        f.attname: getattr(record, f.attname)
+        for f in type(record)._meta.concrete_fields
+        if f.name not in exclude
+    }
+    return type(record)(run=run, **values)
+
+
 def runs_reap(*, now: datetime | None = None) -> list[UUID]:
     """Re-queue runs whose worker died. Returns the ids re-queued.
 
@@ -228,7 +323,7 @@ def runs_reap(*, now: datetime | None = None) -> list[UUID]:
     now = now or timezone.now()
     stale_pending = now - timedelta(seconds=settings.WORKFLOWS_PENDING_REQUEUE_SECONDS)
     lost = Q(status=RunStatus.PENDING, updated_at__lt=stale_pending)
-    dead = Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+    dead = lease_expired(now)
     candidates = list(WorkflowRun.objects.filter(dead | lost).values_list("pk", flat=True))
     pending_tasks_lost = bool(candidates) and queue_depth() == 0
     requeued = []
@@ -237,7 +332,9 @@ def runs_reap(*, now: datetime | None = None) -> list[UUID]:
             revived = WorkflowRun.objects.filter(dead, pk=run_id).update(
                 status=RunStatus.PENDING, lease_owner="", lease_expires_at=None, updated_at=now
             )
-            if not revived and pending_tasks_lost:
+            if revived:
+                observability.lease_taken_over()  # a dead worker's lease, taken back
+            elif pending_tasks_lost:
                 revived = WorkflowRun.objects.filter(lost, pk=run_id).update(updated_at=now)
             if revived:
                 run_enqueue(run_id)

@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -52,6 +53,7 @@ from .selectors import (
     runs_list,
     schema_example,
     schema_fields,
+    usage_cost,
     usage_total,
 )
 from .services import workflow_start
@@ -102,6 +104,10 @@ class RunRow:
     @property
     def tokens(self) -> int:
         return usage_total(self.run.usage)
+
+    @property
+    def cost(self) -> Decimal | None:
+        return usage_cost(self.run.usage)
 
 
 @staff_member_required
@@ -180,6 +186,7 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
         "selected": selected,
         "duration": duration,
         "tokens": usage_total(run.usage),
+        "cost": usage_cost(run.usage),
         "input_json": pretty_json(run.input),
         "output_json": pretty_json(run.output) if run.output is not None else "",
         "admin_url": reverse("admin:workflows_workflowrun_change", args=[run.pk]),

@@ -9,12 +9,19 @@ from drf_spectacular.utils import extend_schema_field
 from pydantic import ValidationError as PydanticValidationError
 from rest_framework import serializers
 
-from orders.models import Order, OrderStatus, ReviewState
+from orders.models import Order, PaymentStatus, ReviewState
 from orders.money import amount_plain
 from orders.rules import payload_errors
 from orders.schemas import OrderPayload
-from orders.selectors import order_email_sent, order_review_info
-from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus
+from orders.selectors import (
+    ORDER_STATUS_CHOICES,
+    order_email_sent,
+    order_failure_shown,
+    order_review_info,
+    order_status_shown,
+)
+from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus, WorkflowRun
+from workflows.selectors import usage_cost
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
@@ -52,7 +59,7 @@ class ReviewDecisionInputSerializer(serializers.Serializer):
 
 
 class OrderListFilterSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=OrderStatus.choices, required=False)
+    status = serializers.ChoiceField(choices=ORDER_STATUS_CHOICES, required=False)
 
 
 class ReviewOutputSerializer(serializers.Serializer):
@@ -86,8 +93,19 @@ class OrderOutputSerializer(serializers.Serializer):
         help_text="In major units, with the currency's decimals: 49.90 USD, 500 JPY."
     )
     currency = serializers.CharField()
-    status = serializers.ChoiceField(choices=OrderStatus.choices)
-    failure_reason = serializers.CharField(allow_blank=True)
+    status = serializers.SerializerMethodField(
+        help_text="The order's status; `needs_attention` when its run failed (or was "
+        "cancelled) before the order was settled: `retry_run` continues it, "
+        "`cancel_order` releases its payment."
+    )
+    failure_reason = serializers.SerializerMethodField(
+        help_text="Why the order failed, was rejected or needs attention."
+    )
+    payment_status = serializers.ChoiceField(
+        choices=PaymentStatus.choices,
+        help_text="Where the money is: `authorized` is a hold (the order awaits review), "
+        "`canceled` a released hold (never charged).",
+    )
     charge_id = serializers.CharField(allow_blank=True)
     refund_id = serializers.CharField(allow_blank=True)
     email_sent = serializers.SerializerMethodField()
@@ -95,12 +113,29 @@ class OrderOutputSerializer(serializers.Serializer):
     fraud_approved = serializers.BooleanField(allow_null=True)
     review = serializers.SerializerMethodField()
     run_id = serializers.UUIDField(allow_null=True)
+    model_cost_usd = serializers.SerializerMethodField(
+        help_text="What the order's model calls cost so far, in US dollars (null: none "
+        "priced, e.g. the simulated model)."
+    )
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     links = serializers.SerializerMethodField()
 
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_model_cost_usd(self, order: Order) -> str | None:
+        cost = usage_cost(order.run.usage) if order.run_id else None
+        return str(cost) if cost is not None else None
+
     def get_amount(self, order: Order) -> str:
         return amount_plain(order.amount, order.currency)
+
+    @extend_schema_field(serializers.ChoiceField(choices=ORDER_STATUS_CHOICES))
+    def get_status(self, order: Order) -> str:
+        return order_status_shown(order)
+
+    @extend_schema_field(serializers.CharField(allow_blank=True))
+    def get_failure_reason(self, order: Order) -> str:
+        return order_failure_shown(order)
 
     def get_email_sent(self, order: Order) -> bool:
         return order_email_sent(order)
@@ -168,6 +203,23 @@ class RunOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     steps = StepOutputSerializer(many=True)
     waits = WaitOutputSerializer(many=True)
+    model_cost_usd = serializers.SerializerMethodField(
+        help_text="What the run's model calls cost, in US dollars (null: none priced)."
+    )
+    forked_from = serializers.UUIDField(
+        source="forked_from_id", allow_null=True, help_text="The run this one continues."
+    )
+    forked_at_step = serializers.CharField(allow_blank=True)
+    forks = serializers.SerializerMethodField(help_text="Runs that continue this one.")
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_model_cost_usd(self, run: WorkflowRun) -> str | None:
+        cost = usage_cost(run.usage)
+        return str(cost) if cost is not None else None
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_forks(self, run: WorkflowRun) -> list[str]:
+        return [str(pk) for pk in run.forks.values_list("pk", flat=True)]
 
 
 class ErrorOutputSerializer(serializers.Serializer):

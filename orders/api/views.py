@@ -19,9 +19,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orders.models import Order, OrderStatus
+from orders.models import Order
 from orders.schemas import OrderPayload
-from orders.selectors import order_get_for, order_list_for, run_get_for
+from orders.selectors import ORDER_STATUS_CHOICES, order_get_for, order_list_for, run_get_for
 from orders.services import (
     DECIDE_PERMISSION,
     OrderConflictError,
@@ -94,7 +94,7 @@ class OrderListCreateApi(GenericAPIView):
                 "status",
                 OpenApiTypes.STR,
                 OpenApiParameter.QUERY,
-                enum=[choice.value for choice in OrderStatus],
+                enum=[value for value, _ in ORDER_STATUS_CHOICES],
                 description="Only orders in this status.",
             )
         ],

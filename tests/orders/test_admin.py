@@ -4,6 +4,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+import time_machine
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.core import mail
@@ -58,7 +59,10 @@ def test_queue_lists_the_pending_review_and_filters(suspended, reviewer):
     index = client.get(reverse("admin:index")).content.decode()
     assert "Fraud reviews" in index and "Orders" in index
 
-    html = client.get(reverse(CHANGELIST)).content.decode()
+    # Read 30 s into the review's 24 hours, however long the set-up took.
+    instant = review.deadline - timedelta(hours=23, minutes=59, seconds=30)
+    with time_machine.travel(instant, tick=False):
+        html = client.get(reverse(CHANGELIST)).content.decode()
     assert order.order_id in html and "cus_good" in html and "2500.00 USD" in html
     assert order.charge_id in html and "over the fraud threshold" in html
     assert "23\xa0hours" in html and ">Pending<" in html
@@ -81,7 +85,7 @@ def test_review_page_shows_order_trace_and_buttons(suspended, reviewer):
     assert order.charge_id in html and "hours" in html
     # The agent's tool call and its result, and its final message, from the trace.
     assert "start_order/tool/1/charge_stripe" in html and "calls charge_stripe" in html
-    assert "&quot;status&quot;: &quot;succeeded&quot;" in html
+    assert "&quot;status&quot;: &quot;requires_capture&quot;" in html  # a hold
     assert "human must review" in html
     assert f'href="/runs/{order.run_id}/"' in html
     assert f'action="{decide_url(review)}"' in html
@@ -118,7 +122,7 @@ def test_approve_through_the_action(suspended, reviewer, queue_capture):
     assert client.get(reverse("admin:orders_order_add")).status_code == 403
 
 
-def test_reject_through_the_action_refunds(suspended, reviewer, queue_capture):
+def test_reject_through_the_action_releases_the_hold(suspended, reviewer, queue_capture):
     order, review = suspended
     client = logged_in(reviewer)
     done = client.post(
@@ -128,8 +132,8 @@ def test_reject_through_the_action_refunds(suspended, reviewer, queue_capture):
     assert texts(done) == ["1 review rejected: ord-2500-00."]
     queue_capture.drain()
     order.refresh_from_db()
-    assert order.status == "rejected" and order.refund_id.startswith("re_sim")
-    assert mail.outbox == []
+    assert order.status == "rejected" and order.payment_status == "canceled"
+    assert order.refund_id == "" and mail.outbox == []
 
 
 def test_staff_without_permission_cannot_decide(suspended, staff_without_permission, queue_capture):
@@ -225,7 +229,9 @@ def test_expired_review_is_refused(suspended, reviewer, queue_capture):
         reverse(CHANGELIST),
         {"action": "approve_selected", "_selected_action": [review.pk], "post": "yes"},
     )
-    assert texts(done)[-1] == "The review of order ord-2500-00 expired; the order will be refunded"
+    assert texts(done)[-1] == (
+        "The review of order ord-2500-00 expired; its payment will be released"
+    )
     assert FraudReview.objects.get(pk=review.pk).status == "waiting"
     assert queue_capture.sent == []
     assert Order.objects.get(pk=order.pk).status == "awaiting_review"

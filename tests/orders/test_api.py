@@ -73,6 +73,7 @@ def test_create_returns_201_with_the_order_and_starts_its_run(api, queue_capture
         "currency": "usd",
         "status": "processing",
         "failure_reason": "",
+        "payment_status": "none",
         "charge_id": "",
         "refund_id": "",
         "email_sent": False,
@@ -80,6 +81,7 @@ def test_create_returns_201_with_the_order_and_starts_its_run(api, queue_capture
         "fraud_approved": None,
         "review": None,
         "run_id": run_id,
+        "model_cost_usd": None,  # nothing spent yet (and the simulated model is free)
         "created_at": None,
         "updated_at": None,
         "links": {

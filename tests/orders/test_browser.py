@@ -14,6 +14,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from tests.support.cluster import QCluster
+from tests.support.requirements import skip_or_fail
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip("browser tests need Debian's chromium (apt-get install chromium)")
+        skip_or_fail("chromium", "browser tests need Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an event loop on this thread while it lives; the

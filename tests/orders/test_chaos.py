@@ -6,17 +6,19 @@ simulated model with a little latency so that kills land inside runs). The test 
 whole cluster (sentinel and workers) 4-6 times at random intervals, starts a new one with a
 2 s lease each time and, once the dead cluster's leases have expired, reaps from here, as
 the scheduled reaper would. At the end every order must be in the state its path calls for
-with exactly one charge, at most the refunds and emails that path allows, and nothing left
+with exactly one capture (or one cancelled authorization), at most the emails that path
+allows, and nothing left
 stranded. The seed is printed (shown on failure); `CHAOS_SEED=<n>` replays a schedule.
 
 A killed cluster takes with it the tasks its pusher had already dequeued from the ORM
 broker; the reaper re-queues such runs once they have been pending for
 WORKFLOWS_PENDING_REQUEUE_SECONDS (3 s here) while the queue has nothing left to hand out.
 
-Charges, refunds and emails are never accepted twice. A worker killed between claiming a
-confirmation and handing it to SMTP leaves it in doubt: the run fails saying so, and the
-test does what an operator would (orders.services.order_confirmation_resolve, after
-looking for the Message-ID at the mail server), after which the run completes.
+Charges, captures, cancellations and emails are never accepted twice. A worker killed
+between claiming a confirmation and handing it to SMTP leaves it in doubt: the run fails
+saying so, and the test does what an operator would (orders.services.
+order_confirmation_resolve, after looking for the Message-ID at the mail server), after
+which the run completes.
 """
 
 import os
@@ -59,7 +61,12 @@ class Planned:
 
     @property
     def charged(self) -> bool:
-        return self.path != "declined"
+        """Captured: a rejected order's authorization is cancelled, never captured."""
+        return self.path not in ("declined", "reject")
+
+    @property
+    def held_then_released(self) -> bool:
+        return self.path == "reject"
 
     @property
     def emailed(self) -> bool:
@@ -229,6 +236,11 @@ def assert_every_order_right(
     charges = Counter(pi["metadata"].get("order_id") for pi in stripe_server.successful_charges())
     emails = Counter(m["Subject"] for m in smtp_server.messages)
     refunds = Counter(r["payment_intent"] for r in stripe_server.refunds.values())
+    released = Counter(
+        pi["metadata"].get("order_id")
+        for pi in stripe_server.payment_intents.values()
+        if pi["status"] == "canceled"
+    )
     problems = []
     for p in planned:
         order = orders[p.order_id]
@@ -246,8 +258,10 @@ def assert_every_order_right(
         }:
             found.append("charge_id is not a successful PaymentIntent")
         refunded = refunds[order.charge_id] if order.charge_id else 0
-        if refunded != int(p.path == "reject"):
+        if refunded:
             found.append(f"{refunded} refunds")
+        if released[p.order_id] != int(p.held_then_released):
+            found.append(f"{released[p.order_id]} cancelled authorizations")
         sent = emails[f"Your order {p.order_id} is confirmed"]
         if sent != int(p.emailed):
             found.append(f"{sent} confirmation emails ({list(order.emails.values('status'))})")
@@ -259,7 +273,8 @@ def assert_every_order_right(
     )
     assert set(orders) == {p.order_id for p in planned}
     assert sum(charges.values()) == sum(p.charged for p in planned)
-    assert sum(refunds.values()) == sum(p.path == "reject" for p in planned)
+    assert sum(refunds.values()) == 0
+    assert sum(released.values()) == sum(p.held_then_released for p in planned)
     assert sum(emails.values()) == sum(p.emailed for p in planned)
     assert stripe_server.errors == []
     stranded = WorkflowRun.objects.filter(status=RunStatus.RUNNING).filter(

@@ -170,7 +170,8 @@ def test_review_rejects(queue_capture, place_order, reviewer):
     assert "fraud review rejected by rita" in run("review", "big-2", "--reject", "--user", "rita")
     queue_capture.drain()
     order = Order.objects.get(order_id="big-2")
-    assert order.status == "rejected" and order.refund_id
+    assert order.status == "rejected" and order.payment_status == "canceled"
+    assert order.refund_id == ""
 
 
 def test_review_refuses_without_permission(queue_capture, place_order, staff_without_permission):
@@ -212,7 +213,7 @@ def test_expire_reviews_times_out_overdue_reviews(queue_capture, place_order):
     output = run("expire_reviews")
     assert output.splitlines() == [
         "expired 1 wait(s), 1 of them fraud review(s)",
-        "  order late-1: review timed out; it will be refunded",
+        "  order late-1: review timed out; its payment will be released",
     ]
     assert queue_capture.drain() == ["completed"]
     late = Order.objects.get(order_id="late-1")

@@ -46,7 +46,7 @@ def step_keys(order: Order) -> list[str]:
 
 
 def charge_key(order: Order) -> str:
-    return payment_key(operation="charge", order_id=order.order_id, run_id=order.run_id)
+    return payment_key(operation="charge", order_pk=order.pk)
 
 
 def charge_requests(stripe_server) -> list:

@@ -69,9 +69,7 @@ def test_small_order_one_charge_one_email(cluster, stripe_server, smtp_server, p
     assert intent["id"] == order.charge_id
     [request] = charge_requests(stripe_server)
     assert request.params["off_session"] == "true" and request.params["confirm"] == "true"
-    assert request.idempotency_key == payment_key(
-        operation="charge", order_id=order.order_id, run_id=order.run_id
-    )
+    assert request.idempotency_key == payment_key(operation="charge", order_pk=order.pk)
 
     [message] = smtp_server.messages
     assert message["To"] == "ada@example.com"
@@ -90,39 +88,38 @@ def test_threshold_exactly_needs_no_review(cluster, stripe_server, smtp_server, 
 
 def test_large_order_approved(cluster, stripe_server, smtp_server, place_order, reviewer):
     order = settled(place_order("1000.01"), "awaiting_review")
-    assert [c["amount"] for c in stripe_server.successful_charges()] == [100001]
-    assert smtp_server.messages == []
+    [held] = stripe_server.payment_intents.values()
+    assert (held["status"], held["amount_capturable"]) == ("requires_capture", 100001)
+    assert stripe_server.successful_charges() == [] and smtp_server.messages == []
 
     review_decide(order=order, approved=True, by=reviewer)
     order = settled(order, "completed")
-    assert order.fraud_approved is True
-    assert len(smtp_server.messages) == 1 and len(stripe_server.successful_charges()) == 1
-    assert stripe_server.refunds == {}
+    assert order.fraud_approved is True and order.payment_status == "captured"
+    assert [c["amount"] for c in stripe_server.successful_charges()] == [100001]
+    assert len(smtp_server.messages) == 1 and stripe_server.refunds == {}
 
 
-def test_large_order_rejected_is_refunded(
+def test_large_order_rejected_is_released(
     cluster, stripe_server, smtp_server, place_order, reviewer
 ):
     order = settled(place_order("2500.00"), "awaiting_review")
     review_decide(order=order, approved=False, by=reviewer, note="stolen card")
     order = settled(order, "rejected")
-    [refund] = stripe_server.refunds_for(order.charge_id)
-    assert refund["amount"] == 250000 and refund["id"] == order.refund_id
-    refund_request = next(
-        r for r in stripe_server.requests if r.method == "POST" and r.path == "/v1/refunds"
+    assert order.payment_status == "canceled" and stripe_server.refunds == {}
+    assert stripe_server.payment_intents[order.charge_id]["status"] == "canceled"
+    cancel_request = next(
+        r for r in stripe_server.requests if r.method == "POST" and r.path.endswith("/cancel")
     )
-    assert refund_request.idempotency_key == payment_key(
-        operation="refund", order_id=order.order_id, run_id=order.run_id
-    )
+    assert cancel_request.idempotency_key == payment_key(operation="cancel", order_pk=order.pk)
     assert smtp_server.messages == []
 
 
-def test_review_timeout_refunds(cluster, stripe_server, smtp_server, place_order):
+def test_review_timeout_releases_the_hold(cluster, stripe_server, smtp_server, place_order):
     order = settled(place_order("3000.00"), "awaiting_review")
     waits_expire(now=timezone.now() + timedelta(days=1, minutes=1))
     order = settled(order, "rejected")
     assert order.failure_reason == "review_timeout"
-    assert len(stripe_server.refunds_for(order.charge_id)) == 1
+    assert order.payment_status == "canceled" and stripe_server.refunds == {}
     assert smtp_server.messages == []
 
 

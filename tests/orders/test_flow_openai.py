@@ -65,6 +65,27 @@ def tool_results(openai_server) -> list[dict]:
     return list(seen.values())
 
 
+def assert_the_agent_confirmed(order: Order, agent_key: str) -> None:
+    """The agent's own email tool call succeeded, so the workflow's fallback did not run."""
+    [email] = StepRecord.objects.filter(
+        run=order.run,
+        key__startswith=f"{agent_key}/tool/",
+        key__endswith="/send_confirmation_email",
+    )
+    assert "error" not in email.output and email.output["output"]["sent"] is True
+    assert not StepRecord.objects.filter(run=order.run, key="confirm").exists()
+
+
+def test_the_workflow_confirms_when_the_model_does_not(
+    openai_server, stripe_server, place_order, queue_capture
+):
+    openai_server.script([charge("250.00"), answer("charge")])  # never calls the email tool
+    order = run_order(place_order, queue_capture, "250.00")
+    assert order.status == "completed" and order.email_sent
+    assert StepRecord.objects.get(run=order.run, key="confirm").status == "completed"
+    assert [m.to for m in mail.outbox] == [[EMAIL]]
+
+
 def run_order(place_order, queue_capture, amount: str, **kwargs) -> Order:
     order = place_order(amount, **kwargs)
     queue_capture.drain()
@@ -78,6 +99,7 @@ def test_small_order(openai_server, stripe_server, place_order, queue_capture):
     assert order.status == "completed"
     assert [c["amount"] for c in stripe_server.successful_charges()] == [25000]
     assert [m.to for m in mail.outbox] == [[EMAIL]]
+    assert_the_agent_confirmed(order, "start_order")
     # The model saw the real charge, and what it was sent included the order's details.
     assert tool_results(openai_server)[0]["charge_id"] == order.charge_id
     first_prompt = openai_server.chat_requests[0].json["messages"][1]["content"]
@@ -95,6 +117,7 @@ def test_large_order_approved(openai_server, stripe_server, place_order, queue_c
     order.refresh_from_db()
     assert order.status == "completed" and order.fraud_approved is True
     assert len(mail.outbox) == 1 and len(stripe_server.successful_charges()) == 1
+    assert_the_agent_confirmed(order, "send_confirmation")
     approval_prompt = openai_server.chat_requests[-2].json["messages"][1]["content"]
     assert (
         "APPROVED" in approval_prompt and EMAIL in approval_prompt and "1500.00" in approval_prompt
@@ -107,8 +130,10 @@ def test_large_order_rejected(openai_server, stripe_server, place_order, queue_c
     review_decide(order=order, approved=False, by=reviewer)
     queue_capture.drain()
     order.refresh_from_db()
-    assert order.status == "rejected" and order.refund_id
-    assert len(stripe_server.refunds_for(order.charge_id)) == 1 and mail.outbox == []
+    assert order.status == "rejected" and order.payment_status == "canceled"
+    [intent] = stripe_server.payment_intents.values()
+    assert (intent["capture_method"], intent["status"]) == ("manual", "canceled")
+    assert stripe_server.refunds == {} and order.refund_id == "" and mail.outbox == []
     assert openai_server.pending == 0  # no model call after a rejection
 
 

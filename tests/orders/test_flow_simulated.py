@@ -44,6 +44,33 @@ def test_small_order_is_charged_and_confirmed(queue_capture, place_order):
         "start_order/tool/2/send_confirmation_email",
         "start_order/llm/3",
     ]
+    assert_the_agent_confirmed(order, "start_order")
+
+
+def assert_the_agent_confirmed(order: Order, agent_key: str) -> None:
+    """The agent's own email tool call succeeded, so the workflow's fallback did not run."""
+    [email] = StepRecord.objects.filter(
+        run=order.run,
+        key__startswith=f"{agent_key}/tool/",
+        key__endswith="/send_confirmation_email",
+    )
+    assert "error" not in email.output and email.output["output"]["sent"] is True
+    assert not StepRecord.objects.filter(run=order.run, key="confirm").exists()
+
+
+def test_the_workflow_confirms_when_the_email_tool_fails(queue_capture, place_order, monkeypatch):
+    def refuse(**kwargs):
+        raise RuntimeError("the mail relay is down")
+
+    monkeypatch.setattr("orders.agents.order_confirm", refuse)  # the tool's, not the fallback's
+    order = place_order("250.00")
+    assert queue_capture.drain() == ["completed"]
+    order = reload(order)
+    assert order.status == "completed" and order.email_sent
+    [email] = StepRecord.objects.filter(run=order.run, key__endswith="/send_confirmation_email")
+    assert "the mail relay is down" in email.output["error"]
+    assert StepRecord.objects.get(run=order.run, key="confirm").status == "completed"
+    assert len(mail.outbox) == 1
 
 
 def test_exactly_the_threshold_needs_no_review(queue_capture, place_order):
@@ -66,31 +93,34 @@ def test_above_threshold_waits_then_approval_confirms(queue_capture, place_order
     assert queue_capture.drain() == ["completed"]
     order = reload(order)
     assert order.status == "completed" and order.fraud_approved is True
+    assert_the_agent_confirmed(order, "send_confirmation")
     assert len(mail.outbox) == 1 and order.refund_id == ""
+    assert order.payment_status == "captured"
     review.refresh_from_db()
     assert review.state == ReviewState.APPROVED and review.note == "known customer"
 
 
-def test_rejection_refunds_and_sends_nothing(queue_capture, place_order, reviewer):
+def test_rejection_releases_the_hold_and_sends_nothing(queue_capture, place_order, reviewer):
     order = place_order("2500.00")
     queue_capture.drain()
     review_decide(order=order, approved=False, by=reviewer)
     queue_capture.drain()
     order = reload(order)
-    assert order.status == "rejected" and order.refund_id.startswith("re_sim")
+    assert order.status == "rejected" and order.payment_status == "canceled"
+    assert order.refund_id == ""  # a hold is cancelled, never refunded
     assert order.failure_reason == "review_rejected" and mail.outbox == []
     with pytest.raises(ReviewError, match="already decided"):
         review_decide(order=order, approved=True, by=reviewer)
 
 
-def test_review_timeout_refunds(queue_capture, place_order, reviewer):
+def test_review_timeout_releases_the_hold(queue_capture, place_order, reviewer):
     order = place_order("5000.00")
     queue_capture.drain()
     waits_expire(now=timezone.now() + timedelta(days=1, seconds=1))
     queue_capture.drain()
     order = reload(order)
     assert order.status == "rejected" and order.failure_reason == "review_timeout"
-    assert order.refund_id and mail.outbox == []
+    assert order.payment_status == "canceled" and order.refund_id == "" and mail.outbox == []
 
 
 def test_decline_fails_the_order_without_email(queue_capture, place_order):

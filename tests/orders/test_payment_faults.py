@@ -180,11 +180,11 @@ def test_second_charge_tool_call_after_a_lost_answer_charges_once(
     assert_completed(order)
 
 
-def test_refund_after_a_lost_answer_refunds_once(
+def test_cancel_after_a_lost_answer_cancels_once(
     model, stripe_server, place_order, queue_capture, reviewer, fast_retries
 ):
-    """The rejected order's refund is made, but Stripe's answer is a 500 stored under
-    the key. The refund step finds the refund instead of failing the run."""
+    """The rejected order's hold is cancelled, but Stripe's answer is a 500 stored under
+    the key. The cancel step finds the hold cancelled instead of failing the run."""
     model.script([charge("1500.00"), answer("charge", "fraud_review")])
     order = run_order(place_order, queue_capture, "1500.00")
     assert order.status == "awaiting_review"
@@ -194,10 +194,13 @@ def test_refund_after_a_lost_answer_refunds_once(
     queue_capture.drain()
     order.refresh_from_db()
 
-    intent = charged_once(order, stripe_server)
-    [refund] = stripe_server.refunds_for(intent["id"])
-    assert order.status == "rejected" and order.refund_id == refund["id"]
-    assert refund["amount"] == 150000 and mail.outbox == []
+    [intent] = stripe_server.payment_intents.values()
+    assert (intent["id"], intent["status"]) == (order.charge_id, "canceled")
+    cancels = [r for r in stripe_server.requests if r.path.endswith("/cancel")]
+    key = payment_key(operation="cancel", order_pk=order.pk)
+    assert [r.idempotency_key for r in cancels] == [key]
+    assert order.status == "rejected" and order.payment_status == "canceled"
+    assert stripe_server.refunds == {} and mail.outbox == []
 
 
 def test_stored_500_does_not_wedge_the_charge(
@@ -212,7 +215,7 @@ def test_stored_500_does_not_wedge_the_charge(
 
     charged_once(order, stripe_server)
     assert_completed(order)
-    key = payment_key(operation="charge", order_id=order.order_id, run_id=order.run_id)
+    key = payment_key(operation="charge", order_pk=order.pk)
     creates = [
         (r.idempotency_key, r.status, r.replayed)
         for r in stripe_server.requests

@@ -25,8 +25,18 @@ decisions = st.lists(
 order_numbers = itertools.count()
 
 
+# Why a channel may refuse a decision; any other refusal fails the test.
+REFUSALS = ("already decided", "NUL character", "Null characters are not allowed")
+
+
+def valid(note: str) -> bool:
+    """Whether every channel must accept this note (review_decide's rules)."""
+    return "\x00" not in note
+
+
 def decide(channel: str, review: FraudReview, approved: bool, note: str, reviewer) -> bool:
-    """Send one decision; True when that channel reported it as decided."""
+    """Send one decision; True when that channel reported it as decided. A refusal must
+    say why, with one of the expected reasons: no channel swallows an error."""
     order_id = review.data["order_id"]
     if channel == "api":
         api = APIClient()
@@ -35,6 +45,8 @@ def decide(channel: str, review: FraudReview, approved: bool, note: str, reviewe
             f"/api/orders/{order_id}/review/", {"approved": approved, "note": note}, format="json"
         )
         assert response.status_code in (200, 400, 409), response.content
+        if response.status_code != 200:
+            assert any(r in response.content.decode() for r in REFUSALS), response.content
         return response.status_code == 200
     if channel == "command":
         try:
@@ -48,7 +60,8 @@ def decide(channel: str, review: FraudReview, approved: bool, note: str, reviewe
                 reviewer.username,
                 stdout=StringIO(),
             )
-        except CommandError:
+        except CommandError as exc:
+            assert any(r in str(exc) for r in REFUSALS), f"unexpected refusal: {exc}"
             return False
         return True
     client = Client()
@@ -72,7 +85,8 @@ def decide(channel: str, review: FraudReview, approved: bool, note: str, reviewe
         )
     assert response.status_code == 200
     texts = [str(m) for m in response.context["messages"]]
-    return any(
+    assert texts, "the admin reported nothing"
+    won = any(
         (
             "Approved the review" in t
             or "Rejected the review" in t
@@ -81,6 +95,9 @@ def decide(channel: str, review: FraudReview, approved: bool, note: str, reviewe
         )
         for t in texts
     )
+    if not won:
+        assert any(r in t for t in texts for r in REFUSALS), f"unexpected refusal: {texts}"
+    return won
 
 
 @settings(
@@ -104,11 +121,36 @@ def test_any_decision_sequence_decides_once(
     ]
 
     review.refresh_from_db()
-    decided = [step for step, won in zip(sequence, outcomes, strict=True) if won]
-    assert len(decided) <= 1, f"decided more than once: {decided}"
-    assert StepRecord.objects.filter(run=order.run, key="fraud_review").count() == len(decided)
-    if decided:
-        ((_, approved, _),) = decided
-        assert review.state == (ReviewState.APPROVED if approved else ReviewState.REJECTED)
-    else:  # every attempt was refused (e.g. a note with a NUL character)
+    # The first valid attempt decides, whatever its channel; every other one is refused.
+    first_valid = next((i for i, (_, _, note) in enumerate(sequence) if valid(note)), None)
+    expected = [i == first_valid for i in range(len(sequence))]
+    assert outcomes == expected, f"{sequence}: decided {outcomes}, expected {expected}"
+    assert_decided_once(order, review, None if first_valid is None else sequence[first_valid])
+
+
+def assert_decided_once(order, review: FraudReview, decision) -> None:
+    review.refresh_from_db()
+    if decision is None:  # every attempt was refused (e.g. a note with a NUL character)
         assert review.state == ReviewState.PENDING
+        return
+    _, approved, note = decision
+    assert review.state == (ReviewState.APPROVED if approved else ReviewState.REJECTED)
+    assert review.note == note.strip()
+    assert StepRecord.objects.filter(run=order.run, key="fraud_review").count() == 1
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+@pytest.mark.parametrize("approved", [True, False])
+def test_each_channel_decides_a_valid_attempt_once(
+    channel, approved, queue_capture, place_order, reviewer, settings
+):
+    settings.LLM_PROVIDER = "simulated"
+    settings.PAYMENT_GATEWAY = "simulated"
+    order = place_order("2500.00", order_id=f"chan-{next(order_numbers)}", client=reviewer)
+    queue_capture.drain()
+    review = FraudReview.objects.get(run=order.run)
+
+    assert decide(channel, review, approved, " checked \t", reviewer) is True
+    for other in CHANNELS:  # and then no channel decides it again
+        assert decide(other, review, not approved, "again", reviewer) is False
+    assert_decided_once(order, review, (channel, approved, " checked \t"))

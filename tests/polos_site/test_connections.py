@@ -19,6 +19,7 @@ from rest_framework.authtoken.models import Token
 
 from tests.support.cluster import ROOT, QCluster, wait_until
 from tests.support.cluster import test_database_url as subprocess_database_url
+from tests.support.requirements import skip_or_fail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
 
@@ -75,10 +76,10 @@ def request(method: str, url: str, token: str, body: dict | None = None) -> int:
         return exc.code
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="connection pooling is PostgreSQL's (DATABASE_URL)"
-)
+@pytest.mark.postgres
 def test_web_and_workers_stay_within_the_documented_connection_budget():
+    if connection.vendor != "postgresql":
+        skip_or_fail("postgres", "connection pooling is PostgreSQL's (DATABASE_URL)")
     user = User.objects.create_user("client-load")
     token = Token.objects.create(user=user).key
     port = free_port()

@@ -26,6 +26,14 @@ Usage::
         assert server.chat_requests[0].json["model"] == "gpt-4o-mini"
         assert server.pending == 0
 
+Like the real API, it refuses (before consuming a scripted reply) what the API
+refuses: a request without a bearer key (401; ``api_key=``/``expected_api_key`` pins the
+key), and with 400 an assistant message without ``content`` and without ``tool_calls``,
+a ``tool`` message that answers no open ``tool_call_id`` of the assistant message before
+it, an assistant's tool calls left unanswered, and a strict schema (``response_format``
+json_schema or a tool with ``strict``) that has a ``default``, an object without
+``additionalProperties: false`` or a property missing from ``required``.
+
 When the script is exhausted the server answers ``500`` with the message
 "openai test server: no scripted response left" (and ``x-should-retry: false``
 so the SDK does not retry), which makes unexpected calls fail loudly.
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -303,6 +312,127 @@ class RecordedRequest:
         return []
 
 
+# --------------------------------------------------------------------------- request rules
+# What the Chat Completions API refuses with 400 (checked before a scripted reply is
+# consumed), so that a request the real API would refuse cannot pass here.
+
+
+def messages_violation(messages: Any) -> str | None:
+    """The message list's first violation of the API's rules, or None.
+
+    - an assistant message needs `content` unless it carries `tool_calls` (non-empty);
+    - an assistant message with `tool_calls` is followed by one `tool` message per call;
+    - a `tool` message answers a `tool_call_id` of the assistant message before it.
+    """
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty array"
+    open_calls: set[str] = set()  # ids of the last assistant turn not answered yet
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            return f"{where} is not an object"
+        role = message.get("role")
+        if role not in {"system", "developer", "user", "assistant", "tool"}:
+            return f"{where}: invalid role {role!r}"
+        if role != "tool" and open_calls:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                f"responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(sorted(open_calls))}"
+            )
+        if role == "assistant":
+            calls = message.get("tool_calls")
+            if calls is not None and (not isinstance(calls, list) or not calls):
+                return f"{where}.tool_calls: expected a non-empty array"
+            if not calls and message.get("content") is None:
+                return f"{where}: 'content' is required unless 'tool_calls' is specified"
+            for call in calls or []:
+                call_id = call.get("id") if isinstance(call, dict) else None
+                if not isinstance(call_id, str) or not call_id:
+                    return f"{where}.tool_calls: every call needs an 'id'"
+                open_calls.add(call_id)
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in open_calls:
+                return (
+                    f"{where}: messages with role 'tool' must be a response to a preceding "
+                    f"message with 'tool_calls' (no open call {call_id!r})"
+                )
+            open_calls.discard(call_id)
+            if not isinstance(message.get("content"), str | list):
+                return f"{where}: 'content' is required"
+        elif message.get("content") is None:
+            return f"{where}: 'content' is required"
+    if open_calls:
+        return (
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            f"responding to each 'tool_call_id': {', '.join(sorted(open_calls))}"
+        )
+    return None
+
+
+def strict_schema_violation(schema: Any, path: str = "") -> str | None:
+    """What strict mode refuses in a JSON schema: `default` anywhere, an object without
+    `additionalProperties: false`, a property missing from `required`."""
+    if isinstance(schema, list):
+        for index, item in enumerate(schema):
+            if problem := strict_schema_violation(item, f"{path}[{index}]"):
+                return problem
+        return None
+    if not isinstance(schema, dict):
+        return None
+    where = path or "(root)"
+    if "default" in schema:
+        return f"In context={where}, 'default' is not permitted"
+    if schema.get("type") == "object" or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            return (
+                f"In context={where}, 'additionalProperties' is required to be supplied "
+                "and to be false"
+            )
+        properties = schema.get("properties") or {}
+        missing = [name for name in properties if name not in (schema.get("required") or [])]
+        if missing:
+            return (
+                f"In context={where}, 'required' is required to be supplied and to be an "
+                f"array including every key in properties. Missing {missing[0]!r}"
+            )
+    for key, value in schema.items():
+        if key in {"properties", "$defs", "definitions"} and isinstance(value, dict):
+            for name, sub in value.items():
+                if problem := strict_schema_violation(sub, f"{path}.{key}.{name}"):
+                    return problem
+        elif key in {"items", "anyOf", "allOf", "oneOf", "not", "additionalProperties"}:
+            if problem := strict_schema_violation(value, f"{path}.{key}"):
+                return problem
+    return None
+
+
+def tools_violation(tools: Any) -> str | None:
+    for index, spec in enumerate(tools or []):
+        function = spec.get("function") if isinstance(spec, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            return f"tools[{index}]: a function tool needs a 'function' with a 'name'"
+        if function.get("strict"):
+            problem = strict_schema_violation(function.get("parameters") or {})
+            if problem:
+                return f"Invalid schema for function {function['name']!r}: {problem}"
+    return None
+
+
+def response_format_violation(response_format: Any) -> str | None:
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema") or {}
+    if not spec.get("name"):
+        return "response_format.json_schema: 'name' is required"
+    if spec.get("strict"):
+        problem = strict_schema_violation(spec.get("schema") or {})
+        if problem:
+            return f"Invalid schema for response_format {spec['name']!r}: {problem}"
+    return None
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -313,6 +443,11 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], owner: OpenAITestServer) -> None:
         self.owner = owner
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
+            return  # the client gave up waiting (timeout tests): nothing to report
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -361,8 +496,12 @@ class OpenAITestServer:
         host: str = "127.0.0.1",
         port: int = 0,
         models: Sequence[str] = ("gpt-4o-mini", "gpt-4o"),
+        api_key: str | None = None,
     ) -> None:
         self._address = (host, port)
+        # The bearer key requests must carry (401 otherwise, as the API answers); None
+        # accepts any non-empty key, but never a request without one.
+        self.expected_api_key = api_key
         self._models = tuple(models)
         self._lock = threading.Lock()
         self._script: deque[ScriptItem] = deque()
@@ -485,16 +624,22 @@ class OpenAITestServer:
                 parsed = None
 
         item: ScriptItem | None = None
+        is_chat = method == "POST" and path == CHAT_COMPLETIONS_PATH
+        violation = self._violation(headers, parsed) if is_chat else None
         with self._lock:
             self._requests.append(RecordedRequest(method, path, headers, parsed, body))
-            is_chat = method == "POST" and path == CHAT_COMPLETIONS_PATH
-            if is_chat and isinstance(parsed, dict) and not parsed.get("stream"):
+            if violation is not None:  # refused as the API refuses it: nothing consumed
+                is_chat = False
+            elif is_chat and isinstance(parsed, dict) and not parsed.get("stream"):
                 item = self._script.popleft() if self._script else self._fallback
             if is_chat:
                 self._in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            self._answer(handler, method, path, parsed, item)
+            if violation is not None:
+                self._fail(handler, *violation)
+            else:
+                self._answer(handler, method, path, parsed, item)
         finally:
             if is_chat:
                 with self._lock:
@@ -524,6 +669,22 @@ class OpenAITestServer:
                 return
             self._send(handler, reply, parsed)
 
+    def _violation(self, headers: Mapping[str, str], parsed: Any) -> tuple[int, str] | None:
+        """What the real API would refuse in this chat request: (status, message)."""
+        scheme, _, key = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return 401, "openai test server: missing bearer API key (Authorization header)"
+        if self.expected_api_key is not None and key.strip() != self.expected_api_key:
+            return 401, "openai test server: incorrect API key provided"
+        if not isinstance(parsed, dict):
+            return None  # answered as a bad body by _answer
+        problem = messages_violation(parsed.get("messages"))
+        if problem is None:
+            problem = tools_violation(parsed.get("tools"))
+        if problem is None:
+            problem = response_format_violation(parsed.get("response_format"))
+        return (400, f"openai test server: {problem}") if problem else None
+
     @staticmethod
     def _resolve(item: ScriptItem, request_json: dict[str, Any]) -> Reply:
         if callable(item):
@@ -538,6 +699,8 @@ class OpenAITestServer:
         with self._lock:
             self._errors.append(message)
         code = "no_scripted_response" if message == NO_SCRIPT_MESSAGE else None
+        if status == 401:
+            code = "invalid_api_key"
         self._send(
             handler,
             reply_error(status, message, code=code, should_retry=False),

@@ -20,15 +20,27 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+# What a busy or broken mail server answers to DATA (RFC 5321 transient / permanent).
+TEMPORARY_FAILURE = "451 4.3.0 Mail server temporarily unavailable, try again later"
+PERMANENT_FAILURE = "554 5.3.0 Transaction failed"
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.lock = threading.Lock()
+        self.failures = 0  # messages still to refuse
+        self.failure_reply = TEMPORARY_FAILURE
+        self.refused = 0
 
     async def handle_DATA(self, server, session, envelope):
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.lock:
+            if self.failures:  # a fault hook: refuse this message, deliver nothing
+                self.failures -= 1
+                self.refused += 1
+                return self.failure_reply
             self.messages.append(message)
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted for delivery"
@@ -59,7 +71,22 @@ class SMTPTestServer:
     def messages_to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.messages if address in m["To"]]
 
+    def fail_next(self, count: int = 1, *, reply: str = TEMPORARY_FAILURE) -> None:
+        """Refuse the next `count` messages with `reply` (nothing is delivered)."""
+        with self._recorder.lock:
+            self._recorder.failures = count
+            self._recorder.failure_reply = reply
+
+    @property
+    def refused(self) -> int:
+        """Messages refused by `fail_next` since the last reset."""
+        with self._recorder.lock:
+            return self._recorder.refused
+
     def reset(self) -> None:
         with self._recorder.lock:
             self._recorder.messages.clear()
             self._recorder.envelopes.clear()
+            self._recorder.failures = 0
+            self._recorder.failure_reply = TEMPORARY_FAILURE
+            self._recorder.refused = 0

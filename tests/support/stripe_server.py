@@ -54,6 +54,20 @@ Fault injection:
   so every retry with that key gets the 500 again, as Stripe documents.
 * ``outage(seconds=None, status=None)``: until the window ends (``None``: until
   ``end_outage()``), every request gets its connection dropped, or ``status``.
+* ``expire_authorization(intent_id=None)``: an uncaptured authorization lapses, as
+  Stripe's do after about 7 days online: the PaymentIntent is cancelled with
+  ``cancellation_reason="automatic"``, and capturing it fails.
+
+Webhook events (for the service's ``/webhooks/stripe/``):
+
+* ``signed_event(type, data_object, secret)`` returns ``(payload_bytes,
+  signature_header)``: an event as Stripe sends it, with its ``Stripe-Signature``
+  (``t=<ts>,v1=<hex hmac_sha256(secret, f"{t}.{payload}")>``); ``sign()`` signs a body
+  again (a redelivery), with any timestamp (a replayed old one).
+* From the fake's own objects: ``charge(intent_id)`` (what ``charge.*`` events carry),
+  ``refund_from_dashboard(intent_id, amount=None)`` (a refund made in the dashboard,
+  listed by the API like any other; returns the charge), ``open_dispute(intent_id)``
+  and ``close_dispute(dispute_id, status)``, ``radar_review(intent_id, open=True)``.
 
 Stored 500s carry ``Stripe-Should-Retry: false`` (retrying the key only replays
 them).  Replays carry ``Idempotent-Replayed: true``.
@@ -65,6 +79,8 @@ tests can lower ``INITIAL_DELAY`` and ``MAX_DELAY`` on ``stripe.HTTPClient``.
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -342,6 +358,7 @@ class StripeServer:
         self._requests: list[RecordedRequest] = []
         self._payment_intents: dict[str, JSONDict] = {}
         self._refunds: dict[str, JSONDict] = {}
+        self._disputes: dict[str, JSONDict] = {}
         self._idempotency: dict[tuple[str, str], _StoredResult] = {}
         self._fail_next: list[tuple[int, bool | None]] = []
         # (status or None to drop the connection, outage seconds after it or None)
@@ -353,6 +370,10 @@ class StripeServer:
         self.decline_customers: set[str] = {"cus_declined"}
         #: ``decline_code`` used for those declines.
         self.decline_code = "insufficient_funds"
+        #: Radar's ``outcome`` of a charge, shown when a retrieve expands the intent's
+        #: ``latest_charge`` (read at that moment, not stored with the charge).
+        self.risk_level = "normal"
+        self.risk_score: int | None = 20
         #: Tracebacks of unexpected server bugs (answered as 500 without retry).
         self.errors: list[str] = []
 
@@ -439,6 +460,159 @@ class StripeServer:
             self._outage_until = None
             self._outage_status = None
 
+    def expire_authorization(self, intent_id: str | None = None) -> list[str]:
+        """Let an uncaptured PaymentIntent's authorization lapse (every one in
+        ``requires_capture`` when ``intent_id`` is None). Returns the ids expired."""
+        with self._lock:
+            expired = []
+            for intent in self._payment_intents.values():
+                if intent["status"] != "requires_capture":
+                    continue
+                if intent_id is not None and intent["id"] != intent_id:
+                    continue
+                intent.update(
+                    status="canceled",
+                    amount_capturable=0,
+                    canceled_at=int(time.time()),
+                    cancellation_reason="automatic",
+                )
+                expired.append(intent["id"])
+            return expired
+
+    # -- webhook events ----------------------------------------------------------
+
+    @staticmethod
+    def event(type_: str, data_object: JSONDict, *, event_id: str | None = None) -> JSONDict:
+        """A v1 event as Stripe sends it to a webhook endpoint."""
+        return {
+            "id": event_id or new_id("evt"),
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": int(time.time()),
+            "data": {"object": copy.deepcopy(data_object)},
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": type_,
+        }
+
+    @staticmethod
+    def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+        """The ``Stripe-Signature`` header of ``payload``, Stripe's v1 scheme."""
+        t = int(time.time()) if timestamp is None else timestamp
+        signed = f"{t}.".encode() + payload
+        digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+        return f"t={t},v1={digest}"
+
+    @classmethod
+    def signed_event(
+        cls,
+        type_: str,
+        data_object: JSONDict,
+        secret: str,
+        *,
+        event_id: str | None = None,
+        timestamp: int | None = None,
+    ) -> tuple[bytes, str]:
+        """``(payload_bytes, signature_header)`` of a new event about ``data_object``."""
+        payload = json.dumps(cls.event(type_, data_object, event_id=event_id)).encode()
+        return payload, cls.sign(payload, secret, timestamp)
+
+    def charge(self, intent_id: str) -> JSONDict:
+        """The Charge of a confirmed PaymentIntent, as ``charge.*`` events carry it."""
+        with self._lock:
+            intent = self._payment_intents[intent_id]
+            refunded = sum(
+                r["amount"] for r in self._refunds.values() if r["payment_intent"] == intent_id
+            )
+            return {
+                "id": intent["latest_charge"],
+                "object": "charge",
+                "amount": intent["amount"],
+                "amount_captured": intent["amount_received"],
+                "amount_refunded": refunded,
+                "captured": intent["status"] == "succeeded",
+                "created": intent["created"],
+                "currency": intent["currency"],
+                "customer": intent["customer"],
+                "disputed": any(d["payment_intent"] == intent_id for d in self._disputes.values()),
+                "livemode": False,
+                "metadata": copy.deepcopy(intent["metadata"]),
+                "payment_intent": intent_id,
+                "refunded": refunded >= intent["amount"],
+                "status": "succeeded" if intent["status"] == "succeeded" else "pending",
+            }
+
+    def refund_from_dashboard(self, intent_id: str, amount: int | None = None) -> JSONDict:
+        """Refund a captured PaymentIntent (all that remains, or ``amount``) behind the
+        service's back, as from the dashboard; returns the charge afterwards."""
+        with self._lock:
+            params = {"payment_intent": intent_id}
+            if amount is not None:
+                params["amount"] = str(amount)
+            response, created = self._create_refund(params)
+            if not created:
+                raise ValueError(response.body["error"]["message"])
+            return self.charge(intent_id)
+
+    def open_dispute(
+        self, intent_id: str, *, reason: str = "fraudulent", amount: int | None = None
+    ) -> JSONDict:
+        """The cardholder disputes the PaymentIntent's charge (all of it, or ``amount``)."""
+        with self._lock:
+            intent = self._payment_intents[intent_id]
+            dispute: JSONDict = {
+                "id": new_id("dp"),
+                "object": "dispute",
+                "amount": intent["amount"] if amount is None else amount,
+                "charge": intent["latest_charge"],
+                "created": int(time.time()),
+                "currency": intent["currency"],
+                "is_charge_refundable": False,
+                "livemode": False,
+                "metadata": {},
+                "payment_intent": intent_id,
+                "reason": reason,
+                "status": "needs_response",
+            }
+            self._disputes[dispute["id"]] = dispute
+            return copy.deepcopy(dispute)
+
+    def close_dispute(self, dispute_id: str, status: str = "won") -> JSONDict:
+        """Close a dispute: ``won``, ``lost`` (the funds are withdrawn) or
+        ``warning_closed`` (an inquiry that never became a chargeback)."""
+        if status not in ("won", "lost", "warning_closed"):
+            raise ValueError(f"not a closed dispute status: {status}")
+        with self._lock:
+            dispute = self._disputes[dispute_id]
+            dispute["status"] = status
+            return copy.deepcopy(dispute)
+
+    @property
+    def disputes(self) -> dict[str, JSONDict]:
+        with self._lock:
+            return copy.deepcopy(self._disputes)
+
+    def radar_review(
+        self, intent_id: str, *, open: bool = True, reason: str | None = None
+    ) -> JSONDict:
+        """Radar's review of the PaymentIntent's charge: opened by a rule, or closed
+        (``reason`` ``approved``, ``refunded``, ``refunded_as_fraud``, ``disputed``)."""
+        with self._lock:
+            intent = self._payment_intents[intent_id]
+            return {
+                "id": "prv_" + intent_id.removeprefix("pi_"),
+                "object": "review",
+                "charge": intent["latest_charge"],
+                "closed_reason": None if open else (reason or "approved"),
+                "created": int(time.time()),
+                "livemode": False,
+                "open": open,
+                "opened_reason": "rule",
+                "payment_intent": intent_id,
+                "reason": (reason or "rule") if open else (reason or "approved"),
+            }
+
     @property
     def in_outage(self) -> bool:
         with self._lock:
@@ -450,6 +624,7 @@ class StripeServer:
             self._requests.clear()
             self._payment_intents.clear()
             self._refunds.clear()
+            self._disputes.clear()
             self._idempotency.clear()
             self._fail_next.clear()
             self._fail_after_create.clear()
@@ -457,6 +632,7 @@ class StripeServer:
             self._outage_until = None
             self._outage_status = None
             self.decline_customers = {"cus_declined"}
+            self.risk_level, self.risk_score = "normal", 20
             self.errors.clear()
 
     # -- records ---------------------------------------------------------------
@@ -680,7 +856,10 @@ class StripeServer:
         if method == "GET" and path == "/v1/refunds":
             return self._list(path, self._refunds, params, "payment_intent"), False
         if method == "GET" and (match := _PI_PATH.match(path)):
-            return self._retrieve(self._payment_intents, "payment_intent", match["id"])
+            response, created = self._retrieve(self._payment_intents, "payment_intent", match["id"])
+            if "latest_charge" in (params.get("expand") or []) and response.status == 200:
+                self._expand_latest_charge(response.body)
+            return response, created
         if method == "GET" and (match := _REFUND_PATH.match(path)):
             return self._retrieve(self._refunds, "refund", match["id"])
         if method == "GET" and (match := _CUSTOMER_PATH.match(path)):
@@ -690,6 +869,25 @@ class StripeServer:
             "https://stripe.com/docs or we can help at https://support.stripe.com/.",
             status=404,
         ), False
+
+    def _expand_latest_charge(self, intent: JSONDict) -> None:
+        """``expand[]=latest_charge``: the charge object, with Radar's ``outcome``."""
+        charge_id = intent.get("latest_charge")
+        if charge_id:
+            intent["latest_charge"] = {
+                "id": charge_id,
+                "object": "charge",
+                "amount": intent["amount"],
+                "currency": intent["currency"],
+                "payment_intent": intent["id"],
+                "outcome": {
+                    "network_status": "approved_by_network",
+                    "risk_level": self.risk_level,
+                    "risk_score": self.risk_score,
+                    "seller_message": "Payment complete.",
+                    "type": "authorized",
+                },
+            }
 
     @staticmethod
     def _customer(customer_id: str) -> _Response:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -185,3 +187,131 @@ def test_models_list_and_reset(server: OpenAITestServer) -> None:
     server.reset()
     assert server.requests == []
     assert server.pending == 0
+
+
+# --- the API's rules: a request the real API refuses is refused here -------------------
+
+STRICT_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "lookup_order",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "integer"}, "note": {"type": "string"}},
+            "required": ["order_id", "note"],
+            "additionalProperties": False,
+        },
+    },
+}
+CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ],
+}
+
+
+def refused(server: OpenAITestServer, status: int = 400, **request: Any) -> str:
+    """Send a request that must be refused; return the server's message."""
+    server.script([reply_text("must not be consumed")])
+    error_class = openai.BadRequestError if status == 400 else openai.AuthenticationError
+    api_key = request.pop("api_key", "sk-test")
+    client = OpenAI(base_url=server.base_url, api_key=api_key, max_retries=0)
+    with pytest.raises(error_class) as excinfo:
+        client.chat.completions.create(**{"model": MODEL, "messages": USER, **request})
+    assert excinfo.value.status_code == status
+    assert server.pending == 1  # a refused request consumes no scripted reply
+    server.reset()
+    return excinfo.value.message
+
+
+def test_the_bearer_key_is_checked(server: OpenAITestServer) -> None:
+    server.expected_api_key = "sk-expected"
+    assert "incorrect API key" in refused(server, 401, api_key="sk-other")
+    # Without any Authorization header (the SDK always sends one).
+    no_key = urllib.request.Request(
+        server.base_url + "/chat/completions",
+        data=json.dumps({"model": MODEL, "messages": USER}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        urllib.request.urlopen(no_key, timeout=5)
+    assert excinfo.value.code == 401
+    assert "missing bearer API key" in excinfo.value.read().decode()
+    server.script([reply_text("ok")])
+    client = OpenAI(base_url=server.base_url, api_key="sk-expected", max_retries=0)
+    assert client.chat.completions.create(model=MODEL, messages=USER).choices[0].message.content
+
+
+def test_assistant_content_is_required_without_tool_calls(server: OpenAITestServer) -> None:
+    messages: Any = [*USER, {"role": "assistant", "content": None}, *USER]
+    assert "'content' is required unless 'tool_calls'" in refused(server, messages=messages)
+    messages = [*USER, {"role": "assistant", "content": None, "tool_calls": []}, *USER]
+    assert "non-empty array" in refused(server, messages=messages)
+    messages = [*USER, {"role": "assistant"}, *USER]
+    assert "'content' is required" in refused(server, messages=messages)
+
+
+def test_a_tool_message_follows_the_assistant_call_it_answers(server: OpenAITestServer) -> None:
+    orphan: Any = [*USER, {"role": "tool", "tool_call_id": "call_a", "content": "{}"}]
+    assert "must be a response to a preceding message with 'tool_calls'" in refused(
+        server, messages=orphan
+    )
+    wrong_id: Any = [*USER, CALL, {"role": "tool", "tool_call_id": "call_b", "content": "{}"}]
+    assert "no open call 'call_b'" in refused(server, messages=wrong_id)
+    unanswered: Any = [*USER, CALL, *USER]
+    assert "did not have response messages: call_a" in refused(server, messages=unanswered)
+    answered_twice: Any = [
+        *USER,
+        CALL,
+        {"role": "tool", "tool_call_id": "call_a", "content": "{}"},
+        {"role": "tool", "tool_call_id": "call_a", "content": "{}"},
+    ]
+    assert "no open call 'call_a'" in refused(server, messages=answered_twice)
+
+    good: Any = [*USER, CALL, {"role": "tool", "tool_call_id": "call_a", "content": "{}"}]
+    server.script([reply_text("fine")])
+    assert make_client(server).chat.completions.create(model=MODEL, messages=good).choices
+
+
+def test_strict_schemas_are_checked_as_the_api_checks_them(server: OpenAITestServer) -> None:
+    def tool_with(**changes: Any) -> Any:
+        spec = json.loads(json.dumps(STRICT_TOOL))
+        spec["function"]["parameters"].update(changes)
+        return [spec]
+
+    with_default = tool_with(
+        properties={"order_id": {"type": "integer", "default": 1}, "note": {"type": "string"}}
+    )
+    assert "'default' is not permitted" in refused(server, tools=with_default)
+    assert "'additionalProperties' is required" in refused(
+        server, tools=tool_with(additionalProperties=True)
+    )
+    assert "Missing 'note'" in refused(server, tools=tool_with(required=["order_id"]))
+    nested: Any = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "Answer",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"inner": {"$ref": "#/$defs/Inner"}},
+                "required": ["inner"],
+                "additionalProperties": False,
+                "$defs": {"Inner": {"type": "object", "properties": {"x": {"type": "string"}}}},
+            },
+        },
+    }
+    assert "response_format 'Answer'" in refused(server, response_format=nested)
+
+    # Not strict: the API does not enforce these rules, nor does the server.
+    loose = tool_with(required=["order_id"])
+    loose[0]["function"]["strict"] = False
+    server.script([reply_text("fine")])
+    assert make_client(server).chat.completions.create(model=MODEL, messages=USER, tools=loose)
+    server.script([reply_text("fine")])
+    assert make_client(server).chat.completions.create(
+        model=MODEL, messages=USER, tools=[STRICT_TOOL]
+    )

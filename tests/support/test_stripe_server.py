@@ -359,6 +359,70 @@ def test_manual_capture_and_cancel(server: StripeServer, make_client: ClientFact
         client.v1.payment_intents.capture(released.id)
 
 
+def test_an_expired_authorization_cannot_be_captured(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    held = charge(client, "hold-1", capture_method="manual")
+    other = charge(client, "hold-2", capture_method="manual")
+    assert server.expire_authorization(held.id) == [held.id]
+    expired = client.v1.payment_intents.retrieve(held.id)
+    assert (expired.status, expired.cancellation_reason) == ("canceled", "automatic")
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.capture(held.id)
+    assert caught.value.code == "payment_intent_unexpected_state"
+    assert client.v1.payment_intents.retrieve(other.id).status == "requires_capture"
+    assert server.expire_authorization() == [other.id]
+
+
+def test_signed_events_verify_with_the_stripe_library() -> None:
+    secret = "whsec_test_secret"
+    payload, header = StripeServer.signed_event(
+        "charge.refunded", {"id": "ch_1", "object": "charge"}, secret, event_id="evt_1"
+    )
+    event = stripe.Webhook.construct_event(payload, header, secret)
+    assert (event.id, event.type, event.data.object.id) == ("evt_1", "charge.refunded", "ch_1")
+    assert header == stripe.WebhookSignature.generate_signature_header(
+        payload.decode(), secret, timestamp=int(header.split(",")[0].removeprefix("t="))
+    )
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.Webhook.construct_event(payload, header, "whsec_other")
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.Webhook.construct_event(payload + b" ", header, secret)
+    stale = StripeServer.sign(payload, secret, timestamp=int(time.time()) - 3600)
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.Webhook.construct_event(payload, stale, secret)
+
+
+def test_events_from_the_fakes_own_objects(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    intent = charge(client, "order-42-charge")
+    assert server.charge(intent.id)["amount_refunded"] == 0
+
+    partial = server.refund_from_dashboard(intent.id, amount=500)
+    assert (partial["amount_refunded"], partial["refunded"]) == (500, False)
+    assert partial["payment_intent"] == intent.id and partial["metadata"]["order_id"] == "42"
+    full = server.refund_from_dashboard(intent.id)
+    assert (full["amount_refunded"], full["refunded"]) == (1999, True)
+    listed = client.v1.refunds.list(params={"payment_intent": intent.id})
+    assert sorted(r.amount for r in listed.data) == [500, 1499]
+    with pytest.raises(ValueError, match="already been refunded"):
+        server.refund_from_dashboard(intent.id)
+
+    dispute = server.open_dispute(intent.id)
+    assert (dispute["status"], dispute["amount"]) == ("needs_response", 1999)
+    assert server.charge(intent.id)["disputed"] is True
+    assert server.close_dispute(dispute["id"], "lost")["status"] == "lost"
+    review = server.radar_review(intent.id, open=False, reason="refunded_as_fraud")
+    assert (review["open"], review["reason"], review["payment_intent"]) == (
+        False,
+        "refunded_as_fraud",
+        intent.id,
+    )
+
+
 @pytest.mark.parametrize("api_key", ["sk_live_abcdef123456", "pk_test_abcdef"])
 def test_non_test_secret_key_is_rejected(
     server: StripeServer, make_client: ClientFactory, api_key: str

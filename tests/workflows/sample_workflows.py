@@ -154,3 +154,34 @@ async def exclusive(ctx: WorkflowContext, payload: ExclusiveInput) -> CountingOu
 
         await ctx.step.run(f"step-{i}", work)
     return CountingOutput(total=payload.steps)
+
+
+# --- versioning: one workflow id, two deployments ---------------------------------------
+
+DEPLOYED = {"code": "v1"}
+"""Which code of `test.versioned` is "deployed": `v1`; `v2` adds a risk check before the
+review unconditionally, `v2-patched` inside `ctx.patched("risk-check")`, and
+`v2-deprecated` unconditionally after `ctx.deprecate_patch("risk-check")`."""
+
+
+class VersionedOutput(BaseModel):
+    approved: bool
+    risk_checked: bool
+
+
+@workflow(id="test.versioned", description="A review, with a step added before it in v2.")
+async def versioned(ctx: WorkflowContext, payload: ApprovalInput) -> VersionedOutput:
+    await ctx.step.run("prepare", journal_append, payload.journal, "prepare")
+    code = DEPLOYED["code"]
+    if code == "v2-deprecated":
+        ctx.deprecate_patch("risk-check")
+    risk_check = code in ("v2", "v2-deprecated") or (
+        code == "v2-patched" and ctx.patched("risk-check")
+    )
+    if risk_check:
+        await ctx.step.run("risk_check", journal_append, payload.journal, "risk_check")
+    decision = await ctx.step.suspend("review", data={"what": "approve?"}, timeout=3600)
+    await ctx.step.run("after", journal_append, payload.journal, "after")
+    return VersionedOutput(
+        approved=decision["data"].get("approved", False), risk_checked=risk_check
+    )

@@ -7,6 +7,7 @@ from datetime import timedelta
 from html import unescape
 
 import pytest
+import time_machine
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
@@ -202,7 +203,10 @@ def test_trace_shows_a_tool_steps_arguments_and_result(staff, agent_run):
 
 
 def test_trace_of_a_suspended_run_shows_its_wait(staff, suspended_run, monkeypatch):
-    page = text(staff.get(trace_url(suspended_run)))
+    # The page is read 30 s after the wait began, however long the set-up took.
+    deadline = suspended_run.waits.get().deadline
+    with time_machine.travel(deadline - timedelta(minutes=59, seconds=30), tick=False):
+        page = text(staff.get(trace_url(suspended_run)))
     assert "Waiting for" in page and "approval" in page
     assert "ship it?" in page
     assert re.search(r"59\xa0minutes left|59 minutes left", page)

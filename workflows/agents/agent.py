@@ -30,10 +30,13 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
+from .. import observability
 from ..errors import NonRetryableError
 from ..limits import concurrency_limit, concurrency_slot
 from ..models import StepKind
+from ..redaction import redact
 from ..retry import NO_RETRY, RetryPolicy
+from .pricing import COST_KEY, budget_check, call_cost_microusd
 from .providers import (
     Provider,
     RateLimitedError,
@@ -135,6 +138,18 @@ class AgentInvocation:
             await provider.close()
 
 
+def _assistant_message(message: Message) -> Message:
+    """The model's turn as it is sent back in the next request, as the API accepts it:
+    `content` may be null only beside tool calls (a model that answers nothing, or
+    refuses, gets an empty text), and an empty `tool_calls` is not sent."""
+    if message.get("tool_calls"):
+        return message
+    shaped = {k: v for k, v in message.items() if k != "tool_calls"}
+    if shaped.get("content") is None:
+        shaped["content"] = ""
+    return shaped
+
+
 def _errors_text(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
@@ -204,7 +219,7 @@ class _AgentLoop:
         corrected = False
         while self.model_calls < agent.max_steps:
             response = await self._model_call()
-            self.messages.append(response.message)
+            self.messages.append(_assistant_message(response.message))
             if response.tool_calls:
                 for call in response.tool_calls:
                     record = await self._tool_call(call)
@@ -260,6 +275,11 @@ class _AgentLoop:
     async def _model_call(self) -> ModelResponse:
         self.model_calls += 1
         self.rate_limited = 0
+        budget_check(
+            spent_microusd=self.ctx.usage.get(COST_KEY, 0),
+            budget_usd=self.ctx.definition.budget_usd,
+            run_id=self.ctx.run_id,
+        )
         request = ModelRequest(
             agent_id=self.agent.id,
             model=self.agent.model,
@@ -279,7 +299,14 @@ class _AgentLoop:
                 "provider": self.provider.name,
                 "latency_ms": round(r.latency_ms, 1),
                 "finish_reason": r.finish_reason,
-                "usage": r.usage.model_dump(),
+                "usage": {
+                    **r.usage.model_dump(),
+                    COST_KEY: call_cost_microusd(
+                        model=r.model,
+                        prompt_tokens=r.usage.prompt_tokens,
+                        completion_tokens=r.usage.completion_tokens,
+                    ),
+                },
                 "rate_limited": self.rate_limited,
             },
         )
@@ -297,9 +324,11 @@ class _AgentLoop:
         while True:
             try:
                 async with concurrency_slot(resource, limit=limit):
-                    return await self.provider.complete(request)
+                    response = await self.provider.complete(request)
+                return observability.model_called(self.provider.name, request.model, response)
             except RateLimitedError as exc:
                 self.rate_limited += 1
+                observability.model_rate_limited(self.provider.name, request.model)
                 if time.monotonic() >= give_up_at:
                     raise
                 wait = exc.retry_after or pause
@@ -340,7 +369,8 @@ class _AgentLoop:
                         await asyncio.sleep(tool.retry.delay(attempt))
                         continue
                     prefix = "" if isinstance(exc, NonRetryableError) else f"{type(exc).__name__}: "
-                    return {"error": f"{prefix}{exc}", "attempts": attempt}
+                    # Stored in the step and shown to the model: no credentials in it.
+                    return {"error": redact(f"{prefix}{exc}"), "attempts": attempt}
 
         try:
             shown_arguments: Any = json.loads(raw_arguments)

@@ -55,7 +55,10 @@ class Provider(Protocol):
 
 
 def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+    """`text` without the key, URL credentials or auth headers (workflows.redaction)."""
+    from ..redaction import redact
+
+    return redact(text, extra=[secret])
 
 
 class OpenAIProvider:

@@ -40,6 +40,24 @@ ToolFn = Callable[[ToolContext, Any], Awaitable[BaseModel]]
 TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.5)
 
 
+def _without_defaults(schema: Any) -> Any:
+    """Strict mode refuses `default` anywhere in a schema (the SDK only drops `None`
+    ones); every property is required there, so a default never applies anyway."""
+    if isinstance(schema, list):
+        return [_without_defaults(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: (
+            {name: _without_defaults(sub) for name, sub in value.items()}  # names, not keywords
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict)
+            else _without_defaults(value)
+        )
+        for key, value in schema.items()
+        if key != "default"
+    }
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -54,7 +72,7 @@ class Tool:
         spec = openai.pydantic_function_tool(
             self.input_model, name=self.name, description=self.description
         )
-        return json.loads(json.dumps(spec))
+        return _without_defaults(json.loads(json.dumps(spec)))
 
     async def __call__(self, ctx: ToolContext, input: BaseModel) -> BaseModel:
         return await self.fn(ctx, input)

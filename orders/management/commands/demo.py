@@ -25,7 +25,12 @@ STALL_SECONDS = 10.0
 QCLUSTER_HINT = "is a qcluster running? (scripts/serve.sh starts one)"
 REVIEWER_USERNAME = "reviewer"
 REVIEWERS_GROUP = "Fraud reviewers"
-SETTLED = (OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.FAILED)
+SETTLED = (
+    OrderStatus.COMPLETED,
+    OrderStatus.REJECTED,
+    OrderStatus.FAILED,
+    OrderStatus.CANCELLED,
+)
 BAR_WIDTH = 20
 
 # The paths an order can take, as the summary names them.
@@ -47,7 +52,7 @@ class Sample:
 MIX = (
     Sample("49.99", COMPLETED),
     Sample("2500.00", APPROVED),  # above the fraud threshold: approved
-    Sample("4200.00", REJECTED),  # above the fraud threshold: rejected (refunded)
+    Sample("4200.00", REJECTED),  # above the fraud threshold: rejected (hold released)
     Sample("75.00", FAILED, declined_customer=True),  # the simulated gateway declines it
     Sample("1000.00", COMPLETED),  # exactly the threshold: no review
     Sample("250.00", COMPLETED),

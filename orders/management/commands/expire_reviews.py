@@ -9,7 +9,7 @@ from workflows.services import waits_expire
 class Command(BaseCommand):
     help = (
         "Time out every wait past its deadline (fraud reviews included: those orders are "
-        "refunded and rejected with review_timeout). Also runs every minute as a "
+        "released and rejected with review_timeout). Also runs every minute as a "
         "django-q2 schedule; this runs the sweep now."
     )
 
@@ -22,4 +22,4 @@ class Command(BaseCommand):
         ]
         self.stdout.write(f"expired {len(expired)} wait(s), {len(reviews)} of them fraud review(s)")
         for order_id in reviews:
-            self.stdout.write(f"  order {order_id}: review timed out; it will be refunded")
+            self.stdout.write(f"  order {order_id}: review timed out; its payment will be released")

@@ -13,6 +13,10 @@ class Command(BaseCommand):
         self.stdout.write(
             "runs: " + ", ".join(f"{s} {n}" for s, n in overview.runs_by_status.items())
         )
+        self.stdout.write(
+            f"model calls: {overview.model_tokens} tokens, ${overview.model_cost_usd} "
+            "(all runs; unpriced models count as $0)"
+        )
         if overview.confirmations_in_doubt:
             self.stdout.write(
                 "confirmations in doubt (see `resolve_confirmation`): "

@@ -11,7 +11,8 @@ class Command(BaseCommand):
     help = (
         "Approve or reject an order's pending fraud review as USERNAME (who needs the "
         "orders.decide_fraud_review permission, e.g. the 'Fraud reviewers' group). The "
-        "order's workflow resumes: approved orders are confirmed, rejected ones refunded."
+        "order's workflow resumes: approved orders are captured and confirmed, rejected "
+        "ones released (the hold is cancelled)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -19,7 +20,9 @@ class Command(BaseCommand):
         add_client_argument(parser)
         decision = parser.add_mutually_exclusive_group(required=True)
         decision.add_argument("--approve", action="store_true", help="Approve the order.")
-        decision.add_argument("--reject", action="store_true", help="Reject (and refund) it.")
+        decision.add_argument(
+            "--reject", action="store_true", help="Reject (and release the payment) it."
+        )
         parser.add_argument("--note", default="", help="A note kept with the decision.")
         parser.add_argument("--user", required=True, help="The deciding user's username.")
 

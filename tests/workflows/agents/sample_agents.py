@@ -101,3 +101,10 @@ async def ask_agent(ctx: WorkflowContext, payload: AgentInput) -> Answer:
         Path(payload.journal).touch()
     assert isinstance(result.result, Answer)
     return result.result
+
+
+@workflow(id="test.budgeted", budget_usd="0.000004")
+async def budgeted(ctx: WorkflowContext, payload: AgentInput) -> Answer:
+    """The calculator with a budget one model call of 10 tokens in and out overspends."""
+    result = await ctx.step.agent_invoke_and_wait("ask", calculator.with_input(payload.question))
+    return result.result

@@ -42,7 +42,8 @@ def test_tool_calling_conversation_end_to_end(queue_capture, openai_server):
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.output == {"total": 5, "note": "added"}
     assert step_keys(run) == ["ask/llm/1", "ask/tool/1/add", "ask/llm/2", "ask"]
-    assert run.usage == {"prompt_tokens": 20, "completion_tokens": 10}
+    # gpt-4o-mini, each call: 10 in at $0.15/M + 5 out at $0.60/M = 4.5, so 5 micro-dollars
+    assert run.usage == {"prompt_tokens": 20, "completion_tokens": 10, "cost_microusd": 10}
 
     first, second = openai_server.chat_requests
     add_schema = next(t for t in first.json["tools"] if t["function"]["name"] == "add")
@@ -61,7 +62,7 @@ def test_tool_calling_conversation_end_to_end(queue_capture, openai_server):
 
     llm = StepRecord.objects.get(run=run, key="ask/llm/1")
     assert llm.kind == "llm" and llm.meta["model"] == "gpt-4o-mini"
-    assert llm.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 5}
+    assert llm.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "cost_microusd": 5}
     assert llm.input["messages"][1] == {"role": "user", "content": "What is 2 + 3?"}
     assert "sk-test" not in json.dumps(list(StepRecord.objects.values("input", "output")))
 

@@ -1,5 +1,5 @@
 from workflows.management.run_command import RunStateCommand
-from workflows.services import run_cancel
+from workflows.services import run_cancel_requested
 
 
 class Command(RunStateCommand):
@@ -7,4 +7,4 @@ class Command(RunStateCommand):
         "Cancel a pending, running or suspended run and its open waits. A worker "
         "executing it stops at its next step commit."
     )
-    operation = run_cancel
+    operation = run_cancel_requested  # the workflow's own cancel, if it registered one

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from workflows.models import RunStatus, WorkflowRun
 from workflows.registry import workflows_all
+from workflows.selectors import usage_cost, usage_total
 
 
 def positive_int(value: str) -> int:
@@ -26,10 +27,6 @@ def duration_text(started: datetime | None, finished: datetime | None) -> str:
     seconds = ((finished or timezone.now()) - started).total_seconds()
     text = f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
     return text if finished else f"{text}…"
-
-
-def tokens_of(usage: dict[str, Any] | None) -> int:
-    return sum(v for v in (usage or {}).values() if isinstance(v, int))
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -84,9 +81,10 @@ class Command(BaseCommand):
                 timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M:%S"),
                 duration_text(run.started_at, run.finished_at),
                 str(run.attempts),
-                str(tokens_of(run.usage)),
+                str(usage_total(run.usage)),
+                f"${cost}" if (cost := usage_cost(run.usage)) else "—",
             ]
             for run in page
         ]
-        headers = ["id", "workflow", "status", "created", "duration", "attempts", "tokens"]
+        headers = ["id", "workflow", "status", "created", "duration", "attempts", "tokens", "cost"]
         self.stdout.write("\n".join(table(headers, rows)))

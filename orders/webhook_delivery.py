@@ -1,0 +1,261 @@
+"""The `webhook_delivery` workflow: one event to one endpoint, durably.
+
+    attempt/1 → (2xx: delivered) | backoff/1 (sleep) → attempt/2 → ... → settle
+
+Each attempt is a step: it POSTs the signed event and records a `WebhookAttempt` and
+the delivery's new state in one transaction. A worker that dies after the POST and
+before that commit re-runs the step: the receiver may get the event twice (at least
+once), with the same `webhook-id`. A step that finds its delivery already delivered
+POSTs nothing (at most once after a 2xx). Long pauses suspend the run; the wait sweep
+wakes it. The schedule is read once per run (its first step), so changing
+WEBHOOKS_RETRY_SCHEDULE never changes a live run's steps.
+"""
+
+import http.client
+import logging
+import socket
+import ssl
+import time
+from datetime import timedelta
+from typing import Literal
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from pydantic import BaseModel
+
+from workflows import WorkflowContext, workflow
+
+from .client_webhooks import (
+    WEBHOOK_DELIVERY_WORKFLOW_ID,
+    webhook_body,
+    webhook_headers,
+    webhook_url_addresses,
+)
+from .models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+logger = logging.getLogger(__name__)
+
+RESPONSE_HEAD_BYTES = 500
+USER_AGENT = "polos-webhooks/1"
+
+
+class DeliveryInput(BaseModel):
+    delivery_id: int
+
+
+class AttemptResult(BaseModel):
+    # failed: try again after the pause; done: nothing more to try (delivered before,
+    # deleted, or its endpoint was disabled)
+    outcome: Literal["delivered", "failed", "done"]
+    status_code: int | None = None
+
+
+class DeliveryResult(BaseModel):
+    delivery_id: int
+    status: str
+    attempts: int
+
+
+class Answer(BaseModel):
+    status_code: int | None = None
+    latency_ms: int | None = None
+    head: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+# --- HTTP, to a checked address only --------------------------------------------------
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to `address` (checked) while speaking to `host` (Host header)."""
+
+    def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """Connects to `address` (checked); TLS (SNI, certificate) for `host`."""
+
+    def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def webhook_post(*, url: str, body: str, headers: dict[str, str]) -> Answer:
+    """POST `body` to `url` after checking its addresses again (DNS rebinding), without
+    following redirects. Never raises: what went wrong is the answer's `error`."""
+    started = time.monotonic()
+    try:
+        addresses = webhook_url_addresses(url)
+    except ValidationError as exc:
+        return Answer(error="; ".join(exc.message_dict.get("url", [str(exc)])))
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    https = parts.scheme.lower() == "https"
+    connection_class = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
+    connection = connection_class(
+        parts.hostname or "",
+        parts.port,
+        address=addresses[0],
+        timeout=settings.WEBHOOKS_TIMEOUT_SECONDS,
+    )
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=body.encode(),
+            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+        )
+        response = connection.getresponse()
+        head = response.read(RESPONSE_HEAD_BYTES)
+        return Answer(
+            status_code=response.status,
+            latency_ms=round((time.monotonic() - started) * 1000),
+            head=head.decode(errors="replace"),
+        )
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return Answer(
+            latency_ms=round((time.monotonic() - started) * 1000),
+            error=f"{type(exc).__name__}: {exc}"[:1000],
+        )
+    finally:
+        connection.close()
+
+
+# --- Steps -----------------------------------------------------------------------------
+
+
+def retry_schedule() -> list[float]:
+    return [float(seconds) for seconds in settings.WEBHOOKS_RETRY_SCHEDULE]
+
+
+def webhook_attempt(*, delivery_id: int, pause: float | None) -> AttemptResult:
+    """One POST of the delivery, recorded. `pause`: seconds until the next attempt
+    (None: this is the last one)."""
+    delivery = WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
+    if delivery is None:
+        return AttemptResult(outcome="done")  # its endpoint was deleted
+    if delivery.status == DeliveryStatus.DELIVERED:
+        return AttemptResult(outcome="delivered")  # a re-run after the 2xx was recorded
+    endpoint = delivery.endpoint
+    if not endpoint.enabled:
+        WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.PENDING).update(
+            status=DeliveryStatus.FAILED, next_attempt_at=None
+        )
+        return AttemptResult(outcome="done")
+    body = webhook_body(delivery.payload)
+    headers = webhook_headers(
+        secret=endpoint.secret, event_id=delivery.event_id, body=body, at=timezone.now()
+    )
+    answer = webhook_post(url=endpoint.url, body=body, headers=headers)
+    now = timezone.now()
+    with transaction.atomic():
+        changes: dict[str, object] = {
+            "attempts": F("attempts") + 1,
+            "last_attempt_at": now,
+            "next_attempt_at": None
+            if answer.ok or pause is None
+            else now + timedelta(seconds=pause),
+        }
+        if answer.ok:
+            changes["status"] = DeliveryStatus.DELIVERED
+        if not WebhookDelivery.objects.filter(pk=delivery.pk).update(**changes):
+            return AttemptResult(outcome="done")
+        number = WebhookDelivery.objects.values_list("attempts", flat=True).get(pk=delivery.pk)
+        WebhookAttempt.objects.create(
+            delivery_id=delivery.pk,
+            number=number,
+            status_code=answer.status_code,
+            latency_ms=answer.latency_ms,
+            response_head=answer.head,
+            error=answer.error,
+            at=now,
+        )
+        if answer.ok:
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=0)
+    logger.info(
+        "webhook %s %s to endpoint %s, attempt %d: %s",
+        delivery.event_type,
+        delivery.event_id,
+        endpoint.pk,
+        number,
+        answer.status_code or answer.error,
+    )
+    return AttemptResult(
+        outcome="delivered" if answer.ok else "failed", status_code=answer.status_code
+    )
+
+
+def webhook_delivery_settle(*, delivery_id: int) -> DeliveryResult:
+    """After the last attempt: a delivery still pending is failed, and counts against its
+    endpoint, which is disabled after WEBHOOKS_DISABLE_AFTER failures in a row."""
+    delivery = WebhookDelivery.objects.filter(pk=delivery_id).first()
+    if delivery is None:
+        return DeliveryResult(delivery_id=delivery_id, status="deleted", attempts=0)
+    with transaction.atomic():
+        failed = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=DeliveryStatus.PENDING
+        ).update(status=DeliveryStatus.FAILED, next_attempt_at=None)
+        if failed:
+            _endpoint_failure_count(endpoint_id=delivery.endpoint_id, event_id=delivery.event_id)
+    delivery.refresh_from_db()
+    return DeliveryResult(
+        delivery_id=delivery.pk, status=delivery.status, attempts=delivery.attempts
+    )
+
+
+def _endpoint_failure_count(*, endpoint_id: int, event_id: str) -> None:
+    WebhookEndpoint.objects.filter(pk=endpoint_id).update(
+        consecutive_failures=F("consecutive_failures") + 1
+    )
+    limit = settings.WEBHOOKS_DISABLE_AFTER
+    disabled = WebhookEndpoint.objects.filter(
+        pk=endpoint_id, enabled=True, consecutive_failures__gte=limit
+    ).update(
+        enabled=False,
+        disabled_reason=(
+            f"Disabled {timezone.now():%Y-%m-%d %H:%M} UTC: {limit} deliveries in a row "
+            f"failed (the last: {event_id}). Fix the receiver, enable the endpoint, then "
+            "retry its failed deliveries."
+        )[:255],
+    )
+    if disabled:
+        logger.warning(
+            "webhook endpoint %s disabled after %d failed deliveries", endpoint_id, limit
+        )
+
+
+# --- The workflow ----------------------------------------------------------------------
+
+
+@workflow(
+    id=WEBHOOK_DELIVERY_WORKFLOW_ID,
+    description="POST one signed order event to one client endpoint until it answers 2xx.",
+)
+async def webhook_delivery(ctx: WorkflowContext, payload: DeliveryInput) -> DeliveryResult:
+    schedule = await ctx.step.run("schedule", retry_schedule)
+    for number in range(1, len(schedule) + 2):
+        pause = schedule[number - 1] if number <= len(schedule) else None
+        result = await ctx.step.run(
+            f"attempt/{number}", webhook_attempt, delivery_id=payload.delivery_id, pause=pause
+        )
+        if result.outcome != "failed" or pause is None:
+            break
+        await ctx.step.sleep(f"backoff/{number}", pause)
+    return await ctx.step.run("settle", webhook_delivery_settle, delivery_id=payload.delivery_id)

@@ -1,0 +1,128 @@
+"""Recovering an order run that failed on a bug: `fork_run` from the step after the
+charge, once the fix is deployed, through the real `stripe` SDK."""
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.cache import cache
+from django.core.management import call_command
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from orders import order_processing
+from orders.models import Order, OrderStatus
+from workflows import NonRetryableError
+from workflows.models import RunStatus, StepRecord, WorkflowRun
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def simulated_model(settings):
+    settings.LLM_PROVIDER = "simulated"
+    cache.clear()
+
+
+def broken_policy(*args: object) -> None:
+    raise NonRetryableError("bug: the fraud policy crashed")
+
+
+def fail_with_the_bug(queue_capture, place) -> Order:
+    """The bug ships, an order's run fails on it after the charge; then the fix ships."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(order_processing, "_fraud_policy", broken_policy)
+        order = place()
+        assert queue_capture.drain() == ["failed"]
+    return order
+
+
+def test_a_failed_order_run_forked_after_its_charge_is_not_charged_again(
+    stripe_server, smtp_server, place_order, queue_capture
+):
+    client = User.objects.create_user("shop")
+    order = fail_with_the_bug(queue_capture, lambda: place_order("250.00", client=client))
+    origin = WorkflowRun.objects.get(pk=order.run_id)
+    assert "the fraud policy crashed" in origin.error
+    assert len(stripe_server.successful_charges()) == 1  # charged before the bug
+
+    out = StringIO()
+    call_command("fork_run", str(origin.id), "--from-step", "fraud_policy", stdout=out)
+    fork = WorkflowRun.objects.get(forked_from=origin)
+    assert queue_capture.drain() == ["completed"]
+
+    order.refresh_from_db()
+    assert order.run_id == fork.id  # the order continues in the fork
+    assert order.status == OrderStatus.COMPLETED
+    [intent] = stripe_server.successful_charges()  # still one PaymentIntent
+    assert order.charge_id == intent["id"]
+    creates = [
+        r for r in stripe_server.requests if r.method == "POST" and r.path == "/v1/payment_intents"
+    ]
+    assert len(creates) == 1
+    assert len(smtp_server.messages) == 1
+    copied = StepRecord.objects.filter(run=fork, key="register_order").get()
+    assert copied.output == StepRecord.objects.get(run=origin, key="register_order").output
+
+    # Links both ways: the console, the admin and the client's API.
+    staff = User.objects.create_superuser("ops", "ops@example.com", "ops-pass-123")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=client).key}")
+    fork_detail = api.get(f"/api/runs/{fork.id}/").json()
+    assert fork_detail["forked_from"] == str(origin.id)
+    assert fork_detail["forked_at_step"] == "fraud_policy"
+    assert api.get(f"/api/runs/{origin.id}/").json()["forks"] == [str(fork.id)]
+    assert APIClient().get(f"/api/runs/{origin.id}/").status_code == 401
+
+    from django.test import Client
+
+    console = Client()
+    console.force_login(staff)
+    origin_page = console.get(f"/runs/{origin.id}/").content.decode()
+    assert f"/runs/{fork.id}/" in origin_page
+    fork_page = console.get(f"/runs/{fork.id}/").content.decode()
+    assert f"/runs/{origin.id}/" in fork_page and "fraud_policy" in fork_page
+    admin_page = console.get(f"/admin/workflows/workflowrun/{origin.id}/change/").content
+    assert str(fork.id) in admin_page.decode()
+
+
+def test_another_client_cannot_read_a_fork_or_its_origin(place_order, queue_capture):
+    owner = User.objects.create_user("shop")
+    other = User.objects.create_user("rival")
+    order = fail_with_the_bug(queue_capture, lambda: place_order("250.00", client=owner))
+    call_command("fork_run", str(order.run_id), "--from-step", "fraud_policy", stdout=StringIO())
+    fork = WorkflowRun.objects.get(forked_from_id=order.run_id)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other).key}")
+    assert api.get(f"/api/runs/{fork.id}/").status_code == 404
+    assert api.get(f"/api/runs/{order.run_id}/").status_code == 404
+
+
+def test_forking_in_the_admin_needs_the_start_permission(place_order, queue_capture):
+    order = fail_with_the_bug(queue_capture, lambda: place_order("250.00"))
+    from django.test import Client
+
+    viewer = User.objects.create_user("viewer", password="viewer-pass-123", is_staff=True)
+    viewer.user_permissions.add(
+        Permission.objects.get(codename="view_workflowrun"),
+        Permission.objects.get(codename="change_workflowrun"),
+    )
+    browser = Client()
+    browser.force_login(viewer)
+    changelist = "/admin/workflows/workflowrun/"
+    form = {"action": "fork_selected", "_selected_action": [str(order.run_id)]}
+    refused = browser.post(changelist, {**form, "post": "yes", "from_step": "fraud_policy"})
+    assert refused.status_code in (200, 302)
+    assert not WorkflowRun.objects.filter(forked_from_id=order.run_id).exists()
+
+    operator = User.objects.create_superuser("root", "root@example.com", "root-pass-123")
+    browser.force_login(operator)
+    page = browser.post(changelist, form)
+    assert page.status_code == 200 and b"Continue from step" in page.content
+    assert b"fraud_policy" in page.content
+    done = browser.post(changelist, {**form, "post": "yes", "from_step": "fraud_policy"})
+    assert done.status_code == 302
+    fork = WorkflowRun.objects.get(forked_from_id=order.run_id)
+    assert fork.status == RunStatus.PENDING and fork.forked_at_step == "fraud_policy"
+    assert queue_capture.drain() == ["completed"]
+    assert Order.objects.get(pk=order.pk).run_id == fork.id

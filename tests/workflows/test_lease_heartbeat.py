@@ -1,0 +1,73 @@
+"""The lease heartbeat (`LeaseKeeper`): a segment whose single step outlasts the lease
+keeps its run; nobody takes it over, the reaper leaves it alone."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from tests.support.cluster import QCluster, wait_until
+from workflows import workflow_start
+from workflows.executor import run_execute
+from workflows.leases import lease_take
+from workflows.models import RunStatus, StepRecord, WorkflowRun
+from workflows.services import runs_reap
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def status_of(run: WorkflowRun) -> str:
+    return WorkflowRun.objects.values_list("status", flat=True).get(pk=run.pk)
+
+
+def assert_held_throughout(run: WorkflowRun, done, seconds: float) -> None:
+    """Past the lease's duration, another worker cannot take the run, nor the reaper."""
+    deadline = time.monotonic() + seconds
+    checks = 0
+    while time.monotonic() < deadline and not done():
+        time.sleep(0.4)
+        assert lease_take(run.id, "intruder") is False, "another worker took the run"
+        assert runs_reap() == [], "the reaper took a run whose worker is alive"
+        checks += 1
+    assert checks >= 4
+
+
+def test_a_step_longer_than_the_lease_keeps_its_run_inline(settings, queue_capture):
+    settings.WORKFLOWS_LEASE_SECONDS = 1
+    run = workflow_start("test.slow_calls", {"calls": 1, "seconds": 3.0})
+    queue_capture.sent.clear()
+    outcome: list[str] = []
+
+    def execute() -> None:
+        try:
+            outcome.append(run_execute(run.id))
+        finally:
+            connection.close()
+
+    segment = threading.Thread(target=execute)
+    segment.start()
+    try:
+        wait_until(lambda: status_of(run) == RunStatus.RUNNING, timeout=10)
+        assert_held_throughout(run, lambda: not segment.is_alive(), seconds=2.6)
+    finally:
+        segment.join(timeout=30)
+    assert outcome == ["completed"]
+    run.refresh_from_db()
+    assert run.attempts == 1
+    assert StepRecord.objects.get(run=run, key="call/0").attempt == 1
+
+
+@pytest.mark.qcluster
+def test_a_step_longer_than_the_lease_keeps_its_run_in_a_worker(settings):
+    settings.WORKFLOWS_LEASE_SECONDS = 2  # what the test process's reaper sees, too
+    run = workflow_start("test.slow_calls", {"calls": 1, "seconds": 6.0})
+    with QCluster(workers=1, env={"WORKFLOWS_LEASE_SECONDS": "2"}) as cluster:
+        wait_until(lambda: status_of(run) == RunStatus.RUNNING, timeout=30)
+        assert_held_throughout(run, lambda: status_of(run) != RunStatus.RUNNING, seconds=5)
+        try:
+            wait_until(lambda: status_of(run) == RunStatus.COMPLETED, timeout=30)
+        except AssertionError:
+            raise AssertionError(cluster.output()) from None
+    run.refresh_from_db()
+    assert run.attempts == 1
