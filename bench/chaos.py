@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Chaos run of the order flow: orders through real qcluster processes SIGKILLed at random.
 
-    python bench/chaos.py [--orders N=500] [--kills K=10] [--seed S] [--workers W=2]
+    python -m bench.chaos [--orders N=500] [--kills K=10] [--seed S] [--workers W=2]
                           [--database-url URL] [--model-latency SECONDS=0.05]
                           [--timeout S=600]
 
@@ -19,38 +18,41 @@ reach their review. At the end it prints the invariants and exits 1 if one is br
 
 import argparse
 import contextlib
-import os
+import logging
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.common import (
+    BenchDatabase,
+    BenchError,
+    close_connections,
+    database_label,
+    make_logger,
+    migrate,
+    render_table,
+    setup_django,
+)
+from tests.support.cluster import QCluster, chaos_settings, service_env
+from tests.support.smtp_server import SMTPTestServer
+from tests.support.stripe_server import StripeServer
 
-from bench.engine import BenchDatabase, BenchError, display_url, migrate  # noqa: E402
+if TYPE_CHECKING:
+    from tests.support.chaos import Planned
 
+PROG = "bench.chaos"
 PG_DATABASE = "bench_chaos"
 LEASE_SECONDS = 2
 # A killed cluster takes with it the tasks its pusher had dequeued from the ORM broker;
 # the reaper re-queues such runs once pending this long while the queue is empty.
 PENDING_REQUEUE_SECONDS = 3
-_T0 = time.monotonic()
-
-
-class ChaosError(BenchError):
-    """A setup failure reported as one line, exit status 2."""
-
-
-def log(message: str) -> None:
-    print(f"[chaos {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+log = make_logger("chaos")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,62 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# -- the database, the servers and the clusters this run owns ----------------------------
-
-
-def cluster_env(args: argparse.Namespace, database_url: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "polos_site.settings",
-        "DATABASE_URL": database_url,
-        "DATABASE_CONN_MAX_AGE": "600",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": "chaos-only-secret-key-not-for-any-deployment-0123456789",
-        "LLM_PROVIDER": "simulated",
-        "SIMULATED_MODEL_LATENCY": str(args.model_latency),
-        "PAYMENT_GATEWAY": "stripe",
-        "STRIPE_API_KEY": "sk_test_local",
-        "Q_WORKERS": str(args.workers),
-        "Q_SYNC": "0",
-        "WORKFLOWS_LEASE_SECONDS": str(LEASE_SECONDS),
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for name in ("REDIS_URL", "WORKFLOWS_EXTRA_MODULES", "TEST_SQLITE_PATH"):
-        env.pop(name, None)  # the ORM broker on this database; only the order workflow
-    return env
-
-
-class Cluster:
-    """`manage.py qcluster` in its own process group: `kill()` SIGKILLs all of it."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        with open(log_path, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        """SIGTERM the qcluster process; SIGKILL the group if it has not exited in 15 s."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=15)
-        self.kill()
-
-
 # -- the experiment (after django.setup()) -------------------------------------------------
 
 PATH_SHARES = [  # (path, share of the orders)
@@ -146,36 +92,9 @@ PATH_SHARES = [  # (path, share of the orders)
 TERMINAL = ("completed", "rejected", "failed")
 
 
-@dataclass(frozen=True)
-class Planned:
-    order_id: str
-    amount: str
-    customer_id: str
-    path: str  # small | threshold | approve | reject | declined
+def plan_orders(n: int, rng: random.Random) -> list["Planned"]:
+    from tests.support.chaos import Planned
 
-    @property
-    def expected_status(self) -> str:
-        return {"reject": "rejected", "declined": "failed"}.get(self.path, "completed")
-
-    @property
-    def charged(self) -> bool:
-        """Captured: a rejected order's authorization is cancelled, never captured."""
-        return self.path not in ("declined", "reject")
-
-    @property
-    def held_then_released(self) -> bool:
-        return self.path == "reject"
-
-    @property
-    def emailed(self) -> bool:
-        return self.expected_status == "completed"
-
-    @property
-    def subject(self) -> str:
-        return f"Your order {self.order_id} is confirmed"
-
-
-def plan_orders(n: int, rng: random.Random) -> list[Planned]:
     paths: list[str] = []
     for path, share in PATH_SHARES[1:]:
         paths += [path] * max(1, round(n * share))
@@ -202,7 +121,7 @@ def plan_orders(n: int, rng: random.Random) -> list[Planned]:
     ]
 
 
-def settled_count(planned: list[Planned]) -> int:
+def settled_count(planned: list["Planned"]) -> int:
     from orders.models import Order
 
     return Order.objects.filter(
@@ -235,7 +154,7 @@ class Row:
         return "n/a" if self.ok is None else ("ok" if self.ok else "BROKEN")
 
 
-def check(planned: list[Planned], stripe: Any, smtp: Any) -> tuple[list[Row], list[str]]:
+def check(planned: list["Planned"], stripe: Any, smtp: Any) -> tuple[list[Row], list[str]]:
     from django.db.models import Q
 
     from orders.models import Order
@@ -378,27 +297,10 @@ def check(planned: list[Planned], stripe: Any, smtp: Any) -> tuple[list[Row], li
 
 
 def render(rows: list[Row]) -> str:
-    header = ["invariant", "expected", "observed", "verdict"]
-    table = [[r.name, r.expected, r.observed, r.verdict] for r in rows]
-    widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(4)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
-        for line in table
-    ]
-    return "\n".join(lines)
-
-
-def database_label() -> str:
-    import sqlite3
-
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        version = connection.pg_version
-        return f"PostgreSQL {version // 10000}.{version % 10000}"
-    return f"SQLite {sqlite3.sqlite_version} (WAL)"
+    return render_table(
+        ["invariant", "expected", "observed", "verdict"],
+        [[r.name, r.expected, r.observed, r.verdict] for r in rows],
+    )
 
 
 # -- main --------------------------------------------------------------------------------
@@ -414,25 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     keep_logs = True
     try:
         url = database.create()
-        env = cluster_env(args, url)
-        shown = display_url(url) if database.is_postgres else url
-        log(f"seed {args.seed}; database {shown}: migrating")
-        migrate(env)
-
-        sys.path.insert(0, str(ROOT))
-        from tests.support.smtp_server import SMTPTestServer
-        from tests.support.stripe_server import StripeServer
-
         stripe = StripeServer().start()
         smtp = SMTPTestServer().start()
-        env.update(
-            STRIPE_API_BASE=stripe.base_url, EMAIL_HOST="127.0.0.1", EMAIL_PORT=str(smtp.port)
+        env = service_env(
+            url,
+            workers=args.workers,
+            production=True,
+            settings=chaos_settings(
+                stripe, smtp, model_latency=args.model_latency, lease_seconds=LEASE_SECONDS
+            ),
         )
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        import logging
+        log(f"seed {args.seed}; database {database.shown_url()}: migrating")
+        migrate(env)
+        setup_django(env)
 
         logging.getLogger("django-q").setLevel(logging.WARNING)
         logging.getLogger("orders").setLevel(logging.WARNING)
@@ -444,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         from tests.support.chaos import ChaosDriver
 
         experiment = ChaosDriver(
-            start_cluster=lambda n: Cluster(env, log_dir / f"qcluster-{n}.log"),
+            start_cluster=lambda n: QCluster(
+                environ=env, log_path=log_dir / f"qcluster-{n}.log"
+            ).start(),
             reviewer=reviewer_user(),
             pending_requeue_seconds=PENDING_REQUEUE_SECONDS,
         )
@@ -476,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             experiment.reap()
             experiment.resolve_confirmations_in_doubt(smtp)
         elapsed = time.monotonic() - started
-        experiment.clusters[-1].stop()
+        experiment.clusters[-1].stop(timeout=15)
         log(f"{settled_count(planned)}/{len(planned)} orders settled after {elapsed:.1f} s")
 
         rows, details = check(planned, stripe, smtp)
@@ -505,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     except BenchError as exc:
-        print(f"bench/chaos.py: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if experiment is not None:
@@ -515,11 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             if server is not None:
                 with contextlib.suppress(Exception):
                     server.stop()
-        if "django" in sys.modules:
-            from django.db import connections
-
-            with contextlib.suppress(Exception):
-                connections.close_all()
+        close_connections()
         database.drop()
         if not keep_logs:
             for path in log_dir.glob("*"):

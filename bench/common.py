@@ -1,20 +1,25 @@
-"""Shared parts of bench/orders.py and bench/latency.py: the order flow end to end.
+"""What the benchmarks under bench/ share: their own database, its migration, the
+machine's CPU, the workers' memory, percentiles, tables; and the order flow end to end
+(bench/order_flow.py, bench/latency.py).
 
 Orders go in through the HTTP API served by gunicorn (production settings) and are
 executed by `manage.py qcluster` workers; both run in their own process groups. The
 benchmark process itself only reads the database (after `django.setup()`) to time what
 happened, using the timestamps the engine stores (same machine clock as the client's).
+The qcluster wrapper and the environment builder are the tests' (tests/support/cluster.py).
 
-Run as a script, `bench/` comes first on `sys.path`, where `orders` would name
-bench/orders.py instead of the Django app: call `fix_sys_path()` before importing Django.
+Run the scripts as modules from the repository's root: `python -m bench.engine`.
 """
 
+import argparse
 import contextlib
+import math
 import os
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,49 +29,285 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = ROOT / "bench"
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tests.support.cluster import ROOT
+from tests.support.servers import free_port
+
 DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/test"
-SECRET_KEY = "bench-only-secret-key-not-for-any-deployment-0123456789abcdef"
 REVIEWERS_GROUP = "Fraud reviewers"
+COMMIT_LOOPS = 2000
 _T0 = time.monotonic()
 
 
-def fix_sys_path() -> None:
-    """Drop bench/ from sys.path (it would shadow the `orders` app) and add the project."""
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+class BenchError(Exception):
+    """A failure reported as one line, exit status 2."""
 
 
-fix_sys_path()
+def make_logger(name: str) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        print(f"[{name} {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-from bench.engine import (  # noqa: E402  (re-exported for the scripts)
-    BenchDatabase,
-    BenchError,
-    Cluster,
-    WorkerMemory,
-    cpu_busy,
-    cpu_sample,
-    display_url,
-    measure_commit_rate,
-    migrate,
-    percentile,
-)
+    return log
 
-__all__ = [
-    "BenchDatabase",
-    "BenchError",
-    "Cluster",
-    "WorkerMemory",
-    "cpu_busy",
-    "cpu_sample",
-    "display_url",
-    "measure_commit_rate",
-    "migrate",
-    "percentile",
-]
+
+# -- the database the benchmark owns ----------------------------------------------------
+
+
+def display_url(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+class BenchDatabase:
+    """A benchmark's own database, removed on `drop()`: a temp SQLite file, or database
+    `name` (re)created on the PostgreSQL server of `url`, whose own database is only
+    used to issue CREATE/DROP DATABASE."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.source_url = url
+        self.name = name
+        scheme = urlsplit(url).scheme if url else "sqlite"
+        self.is_postgres = scheme in {"postgres", "postgresql", "pgsql"}
+        if not self.is_postgres and scheme != "sqlite":
+            raise BenchError(f"unsupported database URL scheme {scheme!r} (sqlite or postgres)")
+        self.sqlite_path = Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.sqlite3"
+        self.url = ""
+
+    def _admin_conninfo(self) -> str:
+        parts = urlsplit(self.source_url)
+        if parts.path.lstrip("/") in {"", self.name}:
+            parts = parts._replace(path="/postgres")
+        return urlunsplit(parts._replace(scheme="postgresql"))
+
+    def _admin(self, *statements: str) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self._admin_conninfo(), autocommit=True, connect_timeout=5) as c:
+                for statement in statements:
+                    c.execute(statement)
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise BenchError(
+                f"PostgreSQL unreachable at {display_url(self.source_url)}: {reason}"
+            ) from None
+
+    def create(self) -> str:
+        if self.is_postgres:
+            self._admin(
+                f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)",
+                f"CREATE DATABASE {self.name}",
+            )
+            self.url = urlunsplit(urlsplit(self.source_url)._replace(path=f"/{self.name}"))
+        else:
+            self._remove_sqlite_files()
+            self.url = f"sqlite:///{self.sqlite_path}"
+        return self.url
+
+    def shown_url(self) -> str:
+        return display_url(self.url) if self.is_postgres else self.url
+
+    def drop(self) -> None:
+        if not self.url:
+            return
+        if self.is_postgres:
+            with contextlib.suppress(BenchError):
+                self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        else:
+            self._remove_sqlite_files()
+
+    def _remove_sqlite_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.sqlite_path}{suffix}").unlink()
+
+
+class OwnDatabase(BenchDatabase):
+    """`BenchDatabase` chosen by kind: a temp SQLite file, or database `name` on the
+    PostgreSQL server of `server_url`."""
+
+    def __init__(self, kind: str, name: str, server_url: str = DEFAULT_POSTGRES_URL) -> None:
+        if kind not in {"sqlite", "postgres"}:
+            raise BenchError(f"unknown database {kind!r} (sqlite or postgres)")
+        super().__init__(server_url if kind == "postgres" else "", name)
+
+
+def database_label() -> str:
+    """After django.setup(): the server and its version."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        version = connection.pg_version
+        return f"PostgreSQL {version // 10000}.{version % 10000}"
+    return f"SQLite {sqlite3.sqlite_version} (WAL)"
+
+
+def migrate(env: dict[str, str]) -> None:
+    try:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError("manage.py migrate took longer than 300 s") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
+        raise BenchError(f"manage.py migrate failed: {lines[-1]}")
+
+
+def setup_django(env: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    import django
+
+    django.setup()
+
+
+def close_connections() -> None:
+    """Close Django's connections, if Django was set up (before the database is dropped)."""
+    if "django" in sys.modules:
+        from django.db import connections
+
+        with contextlib.suppress(Exception):
+            connections.close_all()
+
+
+def measure_commit_rate(loops: int = COMMIT_LOOPS) -> float:
+    """Commits/s of one connection: one-row INSERT transactions, back to back."""
+    from django.db import connection, transaction
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE bench_scratch (id integer PRIMARY KEY, v integer NOT NULL)")
+    started = time.perf_counter()
+    for i in range(loops):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("INSERT INTO bench_scratch (id, v) VALUES (%s, %s)", [i, i])
+    elapsed = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE bench_scratch")
+    return loops / elapsed
+
+
+# -- the machine -------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(x) for x in task.read_text().split()]
+    return found
+
+
+def _rss_kib(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+class WorkerMemory(threading.Thread):
+    """Samples every 0.2 s the resident memory of the qcluster's worker processes (the
+    sentinel's children that run django-q2's worker: the largest ones), keeping each
+    one's peak. `idle()` reads them once, before the load."""
+
+    def __init__(self, cluster_pid: int, workers: int) -> None:
+        super().__init__(daemon=True)
+        self.cluster_pid = cluster_pid
+        self.workers = workers
+        self.peaks: dict[int, int] = {}
+        self.done = threading.Event()
+
+    def sample(self) -> dict[int, int]:
+        processes = [
+            (rss, pid)
+            for sentinel in _children(self.cluster_pid)
+            for pid in _children(sentinel)
+            if (rss := _rss_kib(pid)) is not None
+        ]
+        return {pid: rss for rss, pid in sorted(processes, reverse=True)[: self.workers]}
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            for pid, rss in self.sample().items():
+                self.peaks[pid] = max(self.peaks.get(pid, 0), rss)
+
+    def stop(self) -> dict[int, int]:
+        self.done.set()
+        self.join()
+        return self.peaks
+
+
+def cpu_sample() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if not before or not after or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def comma_list(
+    convert: Callable[[str], float], what: str, minimum: float, too_small: str
+) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated `what`, each converted and at least `minimum`."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [convert(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a list of {what}: {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(too_small)
+        return values
+
+    return parse
+
+
+def run_reporting(prog: str, log: Callable[[str], None], work: Callable[[], int]) -> int:
+    """`work()`'s exit status; a BenchError is one line and status 2, Ctrl-C (or SIGTERM,
+    see `interrupt_on_sigterm`) status 130."""
+    started = time.monotonic()
+    try:
+        status = work()
+    except BenchError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return 130
+    log(f"done in {time.monotonic() - started:.0f} s")
+    return status
 
 
 def interrupt_on_sigterm() -> None:
@@ -89,79 +330,6 @@ def deferred_signals() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def make_logger(name: str) -> Callable[[str], None]:
-    def log(message: str) -> None:
-        print(f"[{name} {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-    return log
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# -- the database the benchmark owns ----------------------------------------------------
-
-
-class OwnDatabase(BenchDatabase):
-    """`BenchDatabase` chosen by kind: a temp SQLite file, or database `name` on the
-    PostgreSQL server of `server_url`."""
-
-    def __init__(self, kind: str, name: str, server_url: str = DEFAULT_POSTGRES_URL) -> None:
-        if kind not in {"sqlite", "postgres"}:
-            raise BenchError(f"unknown database {kind!r} (sqlite or postgres)")
-        super().__init__(server_url if kind == "postgres" else "", name)
-
-    def label(self) -> str:
-        """After django.setup(): the server's version."""
-        import sqlite3
-
-        from django.db import connection
-
-        if connection.vendor == "postgresql":
-            version = connection.pg_version
-            return f"PostgreSQL {version // 10000}.{version % 10000}"
-        return f"SQLite {sqlite3.sqlite_version}"
-
-
-def service_env(database_url: str, workers: int, model_latency: float = 0.0) -> dict[str, str]:
-    """Production settings for gunicorn, the qcluster and this process."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "polos_site.settings",
-        "DATABASE_URL": database_url,
-        "DATABASE_CONN_MAX_AGE": "600",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": SECRET_KEY,
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SECURE_SSL_REDIRECT": "0",
-        "DJANGO_SECURE_COOKIES": "0",
-        "DJANGO_HSTS_SECONDS": "0",
-        "API_THROTTLE_RATE": "100000/minute",
-        "LLM_PROVIDER": "simulated",
-        "PAYMENT_GATEWAY": "simulated",
-        "SIMULATED_MODEL_LATENCY": f"{model_latency:g}",
-        "Q_WORKERS": str(workers),
-        "Q_SYNC": "0",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for name in ("REDIS_URL", "OPENAI_API_KEY", "STRIPE_API_KEY", "EMAIL_HOST"):
-        env.pop(name, None)  # the ORM broker, the simulated model/gateway, console email
-    env.pop("WORKFLOWS_EXTRA_MODULES", None)
-    return env
-
-
-def setup_django(env: dict[str, str]) -> None:
-    os.environ.clear()
-    os.environ.update(env)
-    import django
-
-    django.setup()
 
 
 def create_accounts() -> tuple[str, str]:
@@ -249,12 +417,6 @@ class WebServer:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
             return " | ".join(text[-lines:])
         return ""
-
-
-def start_cluster(env: dict[str, str], log_path: Path) -> Cluster:
-    cluster = Cluster(env, log_path)
-    cluster.start()
-    return cluster
 
 
 # -- the orders ----------------------------------------------------------------------------
@@ -555,9 +717,13 @@ def ms(values: list[float], p: float) -> float:
 
 
 def render_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
-    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    """A Markdown table (bench/README.md pastes them), as wide as its cells."""
+    table = Table(box=box.MARKDOWN, show_edge=True, pad_edge=True)
+    for header in headers:
+        table.add_column(Text(header), no_wrap=True, overflow="ignore")
     for row in rows:
-        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    return "\n".join(out)
+        table.add_row(*(Text(cell) for cell in row))
+    console = Console(width=100_000, color_system=None, highlight=False, emoji=False)
+    with console.capture() as captured:
+        console.print(table)
+    return "\n".join(line.rstrip() for line in captured.get().splitlines()).strip("\n")

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Throughput benchmark of the workflow engine against its database's commit rate.
 
-    python bench/engine.py [--runs N=200] [--steps K=10] [--workers W=2]
+    python -m bench.engine [--runs N=200] [--steps K=10] [--workers W=2]
                            [--database-url URL] [--timeout S=300] [--json] [--profile]
 
 It owns its database: a temp SQLite file, or a database `bench_engine` created (and
@@ -15,39 +14,43 @@ import cProfile
 import io
 import json
 import logging
-import math
 import os
 import pstats
 import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import (
+    COMMIT_LOOPS,
+    BenchDatabase,
+    BenchError,
+    close_connections,
+    cpu_busy,
+    cpu_sample,
+    database_label,
+    make_logger,
+    measure_commit_rate,
+    migrate,
+    percentile,
+    render_table,
+    setup_django,
+)
+from tests.support.cluster import QCluster, service_env
+
+PROG = "bench.engine"
+BENCH_WORKFLOWS = "bench.bench_workflows"
 WORKFLOW_ID = "bench.noop"
 PG_BENCH_DB = "bench_engine"
-COMMIT_LOOPS = 2000
 INPROC_STEPS = 100
 
 
-class BenchError(Exception):
-    """A failure reported as one line, exit status 2."""
-
-
-_T0 = time.monotonic()
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+log = make_logger("bench")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,257 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# -- the database this benchmark owns -------------------------------------------------
-
-
-def display_url(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
-
-
-class BenchDatabase:
-    """A benchmark's own database, removed on `drop()`: a temp SQLite file, or database
-    `name` (re)created on the PostgreSQL server of `url`, whose own database is only
-    used to issue CREATE/DROP DATABASE. Shared by every script under bench/."""
-
-    def __init__(self, url: str, name: str = PG_BENCH_DB) -> None:
-        self.source_url = url
-        self.name = name
-        scheme = urlsplit(url).scheme if url else "sqlite"
-        self.is_postgres = scheme in {"postgres", "postgresql", "pgsql"}
-        if not self.is_postgres and scheme != "sqlite":
-            raise BenchError(f"unsupported database URL scheme {scheme!r} (sqlite or postgres)")
-        self.sqlite_path = Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.sqlite3"
-        self.url = ""
-
-    def _admin_conninfo(self) -> str:
-        parts = urlsplit(self.source_url)
-        if parts.path.lstrip("/") in {"", self.name}:
-            parts = parts._replace(path="/postgres")
-        return urlunsplit(parts._replace(scheme="postgresql"))
-
-    def _admin(self, *statements: str) -> None:
-        import psycopg
-
-        try:
-            with psycopg.connect(self._admin_conninfo(), autocommit=True, connect_timeout=5) as c:
-                for statement in statements:
-                    c.execute(statement)
-        except psycopg.OperationalError as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise BenchError(
-                f"PostgreSQL unreachable at {display_url(self.source_url)}: {reason}"
-            ) from None
-
-    def create(self) -> str:
-        if self.is_postgres:
-            self._admin(
-                f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)",
-                f"CREATE DATABASE {self.name}",
-            )
-            self.url = urlunsplit(urlsplit(self.source_url)._replace(path=f"/{self.name}"))
-        else:
-            self._remove_sqlite_files()
-            self.url = f"sqlite:///{self.sqlite_path}"
-        return self.url
-
-    def drop(self) -> None:
-        if not self.url:
-            return
-        if self.is_postgres:
-            with contextlib.suppress(BenchError):
-                self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        else:
-            self._remove_sqlite_files()
-
-    def _remove_sqlite_files(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{self.sqlite_path}{suffix}").unlink()
-
-
-def bench_env(database_url: str, workers: int) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "polos_site.settings",
-        "WORKFLOWS_EXTRA_MODULES": "bench.bench_workflows",
-        "DATABASE_URL": database_url,
-        "DATABASE_CONN_MAX_AGE": "600",
-        # Production settings: DEBUG's query log and cursor wrapper are not measured.
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-any-deployment-0123456789",
-        "LLM_PROVIDER": "simulated",
-        "PAYMENT_GATEWAY": "simulated",
-        "Q_WORKERS": str(workers),
-        "Q_SYNC": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("REDIS_URL", None)  # the ORM broker, on the benchmarked database
-    return env
-
-
-def migrate(env: dict[str, str]) -> None:
-    try:
-        done = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError("manage.py migrate took longer than 300 s") from None
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
-        raise BenchError(f"manage.py migrate failed: {lines[-1]}")
-
-
-# -- the qcluster ----------------------------------------------------------------------
-
-
-class Cluster:
-    """`manage.py qcluster` in its own process group, so that every worker can be killed."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
-                cwd=ROOT,
-                env=self.env,
-                start_new_session=True,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def exited(self) -> int | None:
-        return self.process.poll() if self.process else None
-
-    def _signal_group(self, sig: int) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, sig)
-
-    def stop(self) -> None:
-        """SIGTERM the qcluster process (it drains its workers' segments, 25 s at most),
-        SIGKILL the whole group after 35 s."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=35)
-            except subprocess.TimeoutExpired:
-                pass
-        self._signal_group(signal.SIGKILL)  # stray workers of the group, if any
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 5) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-            return " | ".join(text[-lines:])
-        return ""
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found += [int(x) for x in task.read_text().split()]
-    return found
-
-
-def _rss_kib(pid: int) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return None
-
-
-class WorkerMemory(threading.Thread):
-    """Samples every 0.2 s the resident memory of the qcluster's worker processes (the
-    sentinel's children that run django-q2's worker: the largest ones), keeping each
-    one's peak. `idle()` reads them once, before the load."""
-
-    def __init__(self, cluster_pid: int, workers: int) -> None:
-        super().__init__(daemon=True)
-        self.cluster_pid = cluster_pid
-        self.workers = workers
-        self.peaks: dict[int, int] = {}
-        self.done = threading.Event()
-
-    def sample(self) -> dict[int, int]:
-        processes = [
-            (rss, pid)
-            for sentinel in _children(self.cluster_pid)
-            for pid in _children(sentinel)
-            if (rss := _rss_kib(pid)) is not None
-        ]
-        return {pid: rss for rss, pid in sorted(processes, reverse=True)[: self.workers]}
-
-    def run(self) -> None:
-        while not self.done.wait(0.2):
-            for pid, rss in self.sample().items():
-                self.peaks[pid] = max(self.peaks.get(pid, 0), rss)
-
-    def stop(self) -> dict[int, int]:
-        self.done.set()
-        self.join()
-        return self.peaks
-
-
-def cpu_sample() -> tuple[int, int] | None:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
-def cpu_busy(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    if not before or not after or after[1] == before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
 # -- measurements (after django.setup()) -----------------------------------------------
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def measure_commit_rate(loops: int = COMMIT_LOOPS) -> float:
-    """Commits/s of one connection: one-row INSERT transactions, back to back."""
-    from django.db import connection, transaction
-
-    with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE bench_scratch (id integer PRIMARY KEY, v integer NOT NULL)")
-    started = time.perf_counter()
-    for i in range(loops):
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("INSERT INTO bench_scratch (id, v) VALUES (%s, %s)", [i, i])
-    elapsed = time.perf_counter() - started
-    with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE bench_scratch")
-    return loops / elapsed
 
 
 def enqueue_runs(n: int, k: int) -> list[Any]:
@@ -456,15 +209,6 @@ def profile_run(steps: int = INPROC_STEPS) -> str:
     return out.getvalue()
 
 
-def database_label() -> str:
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        version = connection.pg_version
-        return f"postgresql {version // 10000}.{version % 10000}"
-    return f"sqlite {sqlite3.sqlite_version} (WAL)"
-
-
 # -- report ------------------------------------------------------------------------------
 
 COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
@@ -485,12 +229,7 @@ COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
 def render(result: dict[str, Any]) -> str:
     header = [name for name, _, _ in COLUMNS]
     row = [fmt(result[key]) for _, key, fmt in COLUMNS]
-    widths = [max(len(h), len(c)) for h, c in zip(header, row, strict=True)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |",
-    ]
+    lines = [render_table(header, [row])]
     cpu = result.get("cpu_busy")
     cpu_text = f"{cpu * 100:.0f}%" if cpu is not None else "n/a"
     lines.append(
@@ -520,23 +259,18 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    database = BenchDatabase(args.database_url)
-    cluster: Cluster | None = None
+    database = BenchDatabase(args.database_url, PG_BENCH_DB)
+    cluster: QCluster | None = None
     log_file = Path(tempfile.gettempdir()) / f"bench-engine-{os.getpid()}-qcluster.log"
     keep_log = True
     try:
         url = database.create()
-        env = bench_env(url, args.workers)
-        os.environ.update(env)
-        os.environ.pop("REDIS_URL", None)
-        log(f"database {display_url(url) if database.is_postgres else url}: migrating")
+        env = service_env(
+            url, workers=args.workers, workflow_modules=[BENCH_WORKFLOWS], production=True
+        )
+        log(f"database {database.shown_url()}: migrating")
         migrate(env)
-
-        sys.path.insert(0, str(ROOT))
-        import django
-
-        django.setup()
-        from django.db import connections
+        setup_django(env)
 
         logging.getLogger("django-q").setLevel(logging.WARNING)  # one INFO line per enqueue
 
@@ -550,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         enqueue_s = time.perf_counter() - t0
 
         log(f"starting qcluster with {args.workers} workers (log: {log_file})")
-        cluster = Cluster(env, log_file)
+        cluster = QCluster(environ=env, log_path=log_file)
         cpu_before = cpu_sample()
         started = time.monotonic()
         cluster.start()
@@ -591,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         result["inproc_steps_per_s"] = measure_inprocess()
         if args.profile:
             print(profile_run(), file=sys.stderr)
-        connections.close_all()
+        close_connections()
         keep_log = False
 
         if args.json:
@@ -600,16 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             print(render(result))
         return 1 if result["failed"] else 0
     except BenchError as exc:
-        print(f"bench/engine.py: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if cluster is not None:
             cluster.stop()
-        if "django" in sys.modules:
-            from django.db import connections
-
-            with contextlib.suppress(Exception):
-                connections.close_all()
+        close_connections()
         database.drop()
         if not keep_log:
             with contextlib.suppress(FileNotFoundError):

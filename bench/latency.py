@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """The order flow with a slow model: throughput and latency when each model call waits.
 
-    python bench/latency.py [--orders N=40] [--latencies 0.5,2] [--workers W=2]
+    python -m bench.latency [--orders N=40] [--latencies 0.5,2] [--workers W=2]
                             [--concurrency C=100] [--database sqlite|postgres]
                             [--postgres-url postgres://postgres@127.0.0.1:5432/test]
                             [--clients C=8] [--json]
@@ -25,31 +24,26 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-# Run as a script, bench/ is first on sys.path, where `orders` would be bench/orders.py.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-sys.path.insert(0, str(_BENCH.parent))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     DEFAULT_POSTGRES_URL,
     SETTLED_RUN_STATUSES,
     Api,
-    BenchError,
-    Cluster,
     OwnDatabase,
     WebServer,
     WorkerMemory,
     check_outcomes,
+    close_connections,
+    comma_list,
     concurrency,
     cpu_busy,
     cpu_sample,
     create_accounts,
+    database_label,
     deferred_signals,
     expected_status,
     interrupt_on_sigterm,
@@ -60,34 +54,28 @@ from bench.common import (  # noqa: E402
     percentile,
     render_table,
     review_all_at_once,
-    service_env,
+    run_reporting,
     settled_orders,
     setup_django,
     submit_all,
     wait_runs,
 )
+from tests.support.cluster import QCluster, service_env
 
 PG_DATABASE = "bench_latency"
-PROG = "bench/latency.py"
+PROG = "bench.latency"
 CALLS_PER_ORDER = 3  # a small order: charge, email, answer
 log = make_logger("latency")
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError("latencies are seconds ≥ 0")
-    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=40, help="orders per latency")
     parser.add_argument(
-        "--latencies", type=_float_list, default=[0.5, 2.0], help="seconds per model call"
+        "--latencies",
+        type=comma_list(float, "numbers", 0, "latencies are seconds ≥ 0"),
+        default=[0.5, 2.0],
+        help="seconds per model call",
     )
     parser.add_argument("--workers", type=int, default=2, help="Q_WORKERS of the qcluster")
     parser.add_argument(
@@ -111,12 +99,17 @@ def bound(orders: int, calls: int, latency: float, slots: int) -> float:
 def run_latency(
     latency: float, args: argparse.Namespace, db_url: str, api: Api, web: WebServer
 ) -> dict[str, Any]:
-    env = {
-        **service_env(db_url, args.workers, latency),
-        "WORKFLOWS_CONCURRENCY": str(args.concurrency),
-    }
+    env = service_env(
+        db_url,
+        workers=args.workers,
+        production=True,
+        settings={
+            "SIMULATED_MODEL_LATENCY": f"{latency:g}",
+            "WORKFLOWS_CONCURRENCY": str(args.concurrency),
+        },
+    )
     q_log = Path(tempfile.gettempdir()) / f"bench-latency-{os.getpid()}-qcluster.log"
-    cluster = Cluster(env, q_log)
+    cluster = QCluster(environ=env, log_path=q_log)
     keep_log = True
     tag = f"lat{int(latency * 1000)}ms"
     try:
@@ -232,14 +225,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keep_log = True
     try:
         url = database.create()
-        env = service_env(url, args.workers)
+        env = service_env(url, workers=args.workers, production=True)
         log(f"{args.database}: migrating")
         migrate(env)
         setup_django(env)
         import logging
 
         logging.getLogger("django_q").setLevel(logging.WARNING)
-        label = database.label()
+        label = database_label()
         client_token, reviewer_token = create_accounts()
         web = WebServer(env, web_log)
         web.start()
@@ -255,11 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with deferred_signals():
             if web is not None:
                 web.stop()
-            if "django" in sys.modules:
-                from django.db import connections
-
-                with contextlib.suppress(Exception):
-                    connections.close_all()
+            close_connections()
             database.drop()
             if keep_log:
                 if web_log.exists():
@@ -327,18 +316,13 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     interrupt_on_sigterm()
-    started = time.monotonic()
-    try:
+
+    def work() -> int:
         report = run(args)
-    except BenchError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted", file=sys.stderr)
-        return 130
-    log(f"done in {time.monotonic() - started:.0f} s")
-    print(json.dumps(report, sort_keys=True) if args.json else render(report))
-    return 1 if any(r["wrong_count"] for r in report["results"]) else 0
+        print(json.dumps(report, sort_keys=True) if args.json else render(report))
+        return 1 if any(r["wrong_count"] for r in report["results"]) else 0
+
+    return run_reporting(PROG, log, work)
 
 
 if __name__ == "__main__":

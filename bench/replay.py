@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """How long `manage.py replay_check` takes over N live runs of the order workflow.
 
-    python bench/replay.py [--runs N=1000] [--database-url postgres://...] [--json]
+    python -m bench.replay [--runs N=1000] [--database-url postgres://...] [--json]
 
 Creates its own database (a temp SQLite file, or `bench_replay` on the PostgreSQL server
 of `--database-url`, dropped at the end), migrates it, then places N orders over the
@@ -13,28 +12,16 @@ times, and counts its SQL statements.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-sys.path.insert(0, str(_BENCH.parent))
+from bench.common import BenchDatabase, BenchError, make_logger, migrate, setup_django
+from tests.support.cluster import service_env
 
-from bench.common import (  # noqa: E402
-    BenchDatabase,
-    BenchError,
-    make_logger,
-    migrate,
-    service_env,
-    setup_django,
-)
-
-PROG = "bench/replay.py"
+PROG = "bench.replay"
 log = make_logger("replay")
 
 
@@ -76,7 +63,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     database = BenchDatabase(args.database_url or "sqlite:///", name="bench_replay")
     try:
         url = database.create()
-        env = service_env(url, workers=1)
+        env = service_env(url, workers=1, production=True)
         log(f"migrating {url.split('@')[-1]}")
         migrate(env)
         setup_django(env)
@@ -133,5 +120,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "polos_site.settings")
     sys.exit(main())

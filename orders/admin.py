@@ -3,7 +3,8 @@
 Nothing here is edited through forms: orders are read-only records, and a review is
 decided only through `review_decide`, from the "Approve/Reject selected" actions (with
 a confirmation page, like `delete_selected`) or the Approve/Reject buttons of a
-review's page. Users holding the decide permission (the "Fraud reviewers" group) may
+review's page; both take `FraudReviewAdmin._decide`, which also records the decision in
+the review's history. Users holding the decide permission (the "Fraud reviewers" group) may
 also view the queue and the orders, without any model's view permission.
 """
 
@@ -31,7 +32,9 @@ from django.utils.http import urlencode
 from django.utils.text import Truncator
 
 from workflows import NonRetryableError
+from workflows.agents.transcript import agent_calls_prefix, llm_reply, tool_call_recorded
 from workflows.models import StepKind, StepRecord, WaitStatus
+from workflows.step_tree import StepNode, step_find, step_tree
 
 from .client_webhooks import (
     WebhookRetryError,
@@ -53,6 +56,7 @@ from .models import (
     WebhookEvent,
 )
 from .money import amount_display
+from .order_processing import START_ORDER_AGENT_KEY
 from .payments import TransientPaymentError
 from .risk import RiskSignals, review_risk_signals, reviews_with_risk
 from .selectors import (
@@ -70,7 +74,6 @@ from .services import (
     review_decide,
 )
 
-AGENT_STEP_PREFIX = "start_order/"
 EMPTY = "—"
 STATE_COLOURS = {
     ReviewState.PENDING: "#b26b00",
@@ -122,38 +125,38 @@ def _compact(value: Any, limit: int = 1500) -> str:
 
 def agent_trace(run_id: Any) -> list[dict[str, Any]]:
     """The order agent's model messages and tool calls, in order, for the review page."""
+    records = StepRecord.objects.filter(
+        run_id=run_id, key__startswith=agent_calls_prefix(START_ORDER_AGENT_KEY)
+    ).order_by("position")
+    agent = step_find(step_tree([StepNode.of_record(r) for r in records]), START_ORDER_AGENT_KEY)
     entries: list[dict[str, Any]] = []
-    steps = StepRecord.objects.filter(run_id=run_id, key__startswith=AGENT_STEP_PREFIX)
-    for step in steps.order_by("position"):
-        output = step.output if isinstance(step.output, dict) else {}
+    for step in (node.record for node in (agent.descendants() if agent else [])):
+        if step is None:
+            continue
         if step.kind == StepKind.LLM:
-            message = output.get("message") or {}
-            calls = [
-                {
-                    "name": (call.get("function") or {}).get("name", "?"),
-                    "arguments": _compact((call.get("function") or {}).get("arguments")),
-                }
-                for call in message.get("tool_calls") or []
-            ]
+            reply = llm_reply(step.output)
             entries.append(
                 {
                     "key": step.key,
                     "kind": "llm",
-                    "content": _compact(message.get("content")),
-                    "tool_calls": calls,
+                    "content": _compact(reply.content if reply else None),
+                    "tool_calls": [
+                        {"name": call.name, "arguments": _compact(call.arguments)}
+                        for call in (reply.tool_calls if reply else ())
+                    ],
                     "error": step.error,
                 }
             )
         elif step.kind == StepKind.TOOL:
-            step_input = step.input if isinstance(step.input, dict) else {}
+            call = tool_call_recorded(step.key, step.input, step.output)
             entries.append(
                 {
                     "key": step.key,
                     "kind": "tool",
-                    "tool": step_input.get("tool") or step.key.rsplit("/", 1)[-1],
-                    "arguments": _compact(step_input.get("arguments")),
-                    "output": _compact(output.get("output")),
-                    "error": output.get("error") or step.error,
+                    "tool": call.tool_name,
+                    "arguments": _compact(call.arguments),
+                    "output": _compact(call.output),
+                    "error": call.error or step.error,
                 }
             )
     return entries
@@ -330,16 +333,13 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         orders = {o.run_id: o for o in Order.objects.filter(run_id__in=[r.run_id for r in reviews])}
         decided: list[str] = []
         for review in reviews:
-            order = orders.get(review.run_id)
-            if order is None:
-                self.message_user(request, f"{review} has no order.", messages.ERROR)
-                continue
             try:
-                review_decide(order=order, approved=approved, by=request.user, note=note)
+                order = self._decide(
+                    request, review, orders.get(review.run_id), approved=approved, note=note
+                )
             except ReviewError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
                 continue
-            self.log_change(request, review, f"{verb.capitalize()}. {note}".strip())
             decided.append(order.order_id)
         if decided:
             count = len(decided)
@@ -349,6 +349,26 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
                 messages.SUCCESS,
             )
         return None
+
+    def _decide(
+        self,
+        request: HttpRequest,
+        review: FraudReview,
+        order: Order | None,
+        *,
+        approved: bool,
+        note: str,
+    ) -> Order:
+        """Decide one review through `review_decide` and record it in the review's admin
+        history (a LogEntry): the one way both the list actions and the review page
+        decide. Raises `ReviewError` when it cannot be decided (no order, nothing to
+        decide, already decided, expired)."""
+        if order is None:
+            raise ReviewError(f"{review} has no order.")
+        review_decide(order=order, approved=approved, by=request.user, note=note)
+        verb = "Approved" if approved else "Rejected"
+        self.log_change(request, review, f"{verb}. {note}".strip())
+        return order
 
     def _confirmation(
         self, request: HttpRequest, reviews: list[FraudReview], *, action: str, approved: bool
@@ -470,14 +490,13 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             return HttpResponseRedirect(page)
         approved = decision == "approve"
         note = request.POST.get("note", "").strip()
-        order = Order.objects.get(run_id=review.run_id)
+        order = Order.objects.filter(run_id=review.run_id).first()
         try:
-            review_decide(order=order, approved=approved, by=request.user, note=note)
+            order = self._decide(request, review, order, approved=approved, note=note)
         except ReviewError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return HttpResponseRedirect(page)
         verb = "Approved" if approved else "Rejected"
-        self.log_change(request, review, f"{verb}. {note}".strip())
         self.message_user(
             request, f"{verb} the review of order {order.order_id}.", messages.SUCCESS
         )

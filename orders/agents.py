@@ -13,8 +13,7 @@ from typing import Any
 from workflows import run_sync
 from workflows.agents import Agent, ModelRequest, SimulatedTurn, ToolContext, simulated_model, tool
 
-from .money import amount_plain
-from .policy import fraud_review_required, fraud_review_threshold
+from .policy import fraud_review_required, fraud_review_rule_text
 from .schemas import (
     ChargeStripeInput,
     ChargeStripeOutput,
@@ -57,7 +56,7 @@ async def send_confirmation_email(ctx: ToolContext, input: SendEmailInput) -> Se
 
 
 # No threshold here: it depends on the order's currency and on settings, so each
-# order's prompt states its own (`start_prompt`).
+# order's prompt states its own (`start_prompt`, built when the agent is invoked).
 SYSTEM_PROMPT = """You are an order processing assistant that handles payments and confirmations.
 
 RULES:
@@ -89,17 +88,12 @@ order_agent = Agent(
 
 
 def start_prompt(*, order_id: str, customer_id: str, amount: str, currency: str, email: str) -> str:
-    threshold = fraud_review_threshold(currency=currency)
-    code = currency.upper()
-    policy = (
-        f"Every {code} order needs fraud review."
-        if threshold is None
-        else f"The fraud review threshold is {amount_plain(threshold, currency)} {code}."
-    )
+    """The order's first message to the agent, with the fraud rule for its currency as
+    the settings say now (the workflow builds it when it invokes the agent)."""
     return (
         f"Process payment for order {order_id}. "
         f"Charge customer {customer_id} for {amount} {currency.upper()}. "
-        f"Customer email is {email}. {policy}"
+        f"Customer email is {email}. {fraud_review_rule_text(currency=currency)}"
     )
 
 

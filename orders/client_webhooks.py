@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
@@ -146,9 +146,7 @@ def webhook_secret_new() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-def webhook_endpoint_create(
-    *, client: AbstractBaseUser, url: str, events: list[str]
-) -> WebhookEndpoint:
+def webhook_endpoint_create(*, client: User, url: str, events: list[str]) -> WebhookEndpoint:
     """Register `url` for `events` for `client`, with a new secret (the caller shows it
     once). `ValidationError` with field errors when the URL or the events are refused."""
     errors: dict[str, list[str]] = {}

@@ -6,6 +6,7 @@ review and the suspended workflow can never disagree.
 """
 
 from decimal import Decimal
+from typing import ClassVar, cast
 
 from django.conf import settings
 from django.db import models
@@ -120,11 +121,6 @@ class Order(models.Model):
 
     def __str__(self) -> str:
         return f"Order {self.order_id}"
-
-    @property
-    def amount_minor(self) -> int:
-        """The amount in the currency's minor unit (cents), as Stripe expects it."""
-        return int((self.amount * 100).to_integral_value())
 
     @property
     def email_sent(self) -> bool:
@@ -320,7 +316,7 @@ class ReviewState(models.TextChoices):
     CANCELLED = "cancelled"
 
 
-class FraudReviewQuerySet(models.QuerySet):
+class FraudReviewQuerySet(models.QuerySet["FraudReview"]):
     def pending(self) -> "FraudReviewQuerySet":
         return self.filter(status=WaitStatus.WAITING)
 
@@ -334,17 +330,20 @@ class FraudReviewQuerySet(models.QuerySet):
         return self.filter(status=state)
 
 
-class FraudReviewManager(models.Manager.from_queryset(FraudReviewQuerySet)):  # type: ignore[misc]
+_FraudReviewManagerBase = models.Manager.from_queryset(FraudReviewQuerySet)
+
+
+class FraudReviewManager(_FraudReviewManagerBase["FraudReview"]):
     def get_queryset(self) -> FraudReviewQuerySet:
-        return (
-            super().get_queryset().filter(key=FRAUD_REVIEW_KEY, run__workflow_id=ORDER_WORKFLOW_ID)
-        )
+        # A `from_queryset` manager's queryset is of that class; the stubs only know QuerySet.
+        reviews = cast(FraudReviewQuerySet, super().get_queryset())
+        return reviews.filter(key=FRAUD_REVIEW_KEY, run__workflow_id=ORDER_WORKFLOW_ID)
 
 
 class FraudReview(Wait):
     """An order's run suspended at `fraud_review`, as the reviewers' queue sees it."""
 
-    objects = FraudReviewManager()
+    objects: ClassVar[FraudReviewManager] = FraudReviewManager()
 
     class Meta:
         proxy = True

@@ -51,6 +51,11 @@ PAYMENT_RETRY = RetryPolicy(
     max_attempts=5, initial_interval=1.0, max_interval=30.0, retry_on=(TransientPaymentError,)
 )
 
+# The step keys of the order agent's two invocations: its model and tool calls are
+# recorded under them (see `workflows.agents.transcript`).
+START_ORDER_AGENT_KEY = "start_order"
+SEND_CONFIRMATION_AGENT_KEY = "send_confirmation"
+
 
 class FraudPolicy(BaseModel):
     """The workflow's own decision, recorded in the trace beside the agent's request."""
@@ -137,7 +142,7 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
     await ctx.step.run("register_order", order_register_run, payload=payload, run_id=ctx.run_id)
     try:
         result = await ctx.step.agent_invoke_and_wait(
-            "start_order",
+            START_ORDER_AGENT_KEY,
             order_agent.with_input(
                 start_prompt(
                     order_id=payload.order_id,
@@ -150,7 +155,9 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
         )
         output: OrderAgentOutput = result.result
     except StepFailedError as exc:
-        output = await ctx.step.run("start_order_failed", _agent_failed, "start_order", str(exc))
+        output = await ctx.step.run(
+            "start_order_failed", _agent_failed, START_ORDER_AGENT_KEY, str(exc)
+        )
     order = await ctx.step.run("check_order", order_snapshot, run_id=ctx.run_id)
 
     if order.charge_id is None and order.status != OrderStatus.FAILED:
@@ -205,7 +212,7 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
         )
     try:
         await ctx.step.agent_invoke_and_wait(
-            "send_confirmation",
+            SEND_CONFIRMATION_AGENT_KEY,
             order_agent.with_input(
                 approved_prompt(
                     order_id=payload.order_id,
@@ -217,7 +224,9 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
             ),
         )
     except StepFailedError as exc:
-        await ctx.step.run("send_confirmation_failed", _agent_failed, "send_confirmation", str(exc))
+        await ctx.step.run(
+            "send_confirmation_failed", _agent_failed, SEND_CONFIRMATION_AGENT_KEY, str(exc)
+        )
     order = await ctx.step.run("check_confirmation", order_snapshot, run_id=ctx.run_id)
     if not order.email_sent:
         await ctx.step.run("confirm", _confirm, ctx.run_id)

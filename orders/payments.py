@@ -15,12 +15,12 @@ orders service decides which (`orders.policy.payment_capture_now`).
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import stripe
 from django.conf import settings
@@ -29,6 +29,8 @@ from django.utils import timezone
 from workflows import NonRetryableError
 
 from . import metrics, money
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class Charge:
 @dataclass(frozen=True)
 class Refund:
     refund_id: str
-    status: str
+    status: str | None  # as Stripe types it
     amount: Decimal
 
 
@@ -183,7 +185,7 @@ class StripeGateway:
             options["base_addresses"] = {"api": settings.STRIPE_API_BASE}
         self.client = stripe.StripeClient(settings.STRIPE_API_KEY, **options)
 
-    def _call(self, operation, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return operation(*args, **kwargs)
         except stripe.CardError as exc:

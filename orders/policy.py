@@ -3,7 +3,8 @@
 The threshold is an amount of money, so it is set per currency
 (`FRAUD_REVIEW_THRESHOLDS`): 5000 JPY is about 33 USD, not 5000. The service, the
 workflow and the simulated model all ask `fraud_review_required`, so they cannot
-disagree; the model's prompt is told the same threshold for each order.
+disagree; the model's prompt states each order's rule (`fraud_review_rule_text`), read
+from settings when the agent is invoked.
 """
 
 import logging
@@ -12,7 +13,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core import checks
 
-from .money import CurrencyError, currency_decimals
+from .money import CurrencyError, amount_plain, currency_decimals
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,16 @@ def fraud_review_required(*, amount: Decimal, currency: str) -> bool:
         )
         threshold = REVIEW_EVERYTHING
     return amount > threshold
+
+
+def fraud_review_rule_text(*, currency: str) -> str:
+    """The rule `fraud_review_required` applies to `currency`, in words for the agent's
+    prompt: the threshold, or that every order in it is reviewed."""
+    threshold = fraud_review_threshold(currency=currency)
+    code = currency.upper()
+    if threshold is None:
+        return f"Every {code} order needs fraud review."
+    return f"The fraud review threshold is {amount_plain(threshold, currency)} {code}."
 
 
 def payment_capture_now(*, amount: Decimal, currency: str) -> bool:

@@ -21,7 +21,6 @@ from typing import Any
 from django.db.models import (
     DateTimeField,
     DecimalField,
-    Expression,
     F,
     Func,
     IntegerField,
@@ -30,6 +29,7 @@ from django.db.models import (
     Subquery,
     Value,
 )
+from django.db.models.expressions import BaseExpression, Combinable
 from django.db.models.functions import Coalesce, Lower, StrIndex, Substr
 
 from .models import FraudReview, Order, OrderStatus, PaymentStatus
@@ -58,7 +58,7 @@ def _count(queryset: QuerySet) -> Coalesce:
     return Coalesce(_aggregate(queryset, "COUNT", "pk", IntegerField()), 0)
 
 
-def risk_annotations(*, order_path: str = "") -> dict[str, Expression]:
+def risk_annotations(*, order_path: str = "") -> dict[str, BaseExpression]:
     """The risk figures of the order at `order_path` ("" on an Order queryset,
     "run__order__" on a FraudReview one), as annotations named `risk_*`."""
 
@@ -68,12 +68,12 @@ def risk_annotations(*, order_path: str = "") -> dict[str, Expression]:
     others = Order.objects.exclude(pk=outer("pk"))
     history = others.filter(customer_id=outer("customer_id"), created_at__lt=outer("created_at"))
     paid = history.filter(status=OrderStatus.COMPLETED, currency=outer("currency"))
-    window = {"created_at__gte": outer("created_at") - VELOCITY_WINDOW}
+    window: dict[str, Combinable] = {"created_at__gte": outer("created_at") - VELOCITY_WINDOW}
     window["created_at__lte"] = outer("created_at")
     domain_orders = Order.objects.annotate(domain=email_domain("customer_email")).filter(
         domain=email_domain(outer("customer_email"))
     )
-    money = DecimalField(max_digits=14, decimal_places=2)
+    money: DecimalField[Decimal, Decimal] = DecimalField(max_digits=14, decimal_places=2)
     return {
         f"{RISK_PREFIX}orders": _count(history),
         f"{RISK_PREFIX}rejections": _count(history.filter(status=OrderStatus.REJECTED)),

@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django_q.brokers import get_broker
 
+from workflows.errors import RunNotFoundError
 from workflows.models import RunStatus, WorkflowRun
 from workflows.selectors import run_get_with_steps, runs_cost_total
 
@@ -28,7 +29,6 @@ from .models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from .services import order_review
 
 # An order whose run stopped (failed, or cancelled behind the order's back) before the
 # order was settled: shown as this status, with the run's error as the reason, until
@@ -135,7 +135,10 @@ def run_get_for(*, client: AbstractBaseUser, run_id: UUID | str) -> WorkflowRun:
         owned = False
     if not owned:
         raise Http404(f"No run {run_id}")
-    return run_get_with_steps(run_id=run_id)
+    try:
+        return run_get_with_steps(run_id=run_id)
+    except RunNotFoundError as exc:
+        raise Http404(str(exc)) from exc
 
 
 def orders_list(*, status: str | None = None) -> QuerySet[Order]:
@@ -154,18 +157,25 @@ def order_email_sent(order: Order) -> bool:
     return order.email_sent if annotated is None else bool(annotated)
 
 
-def _order_fraud_review(order: Order) -> FraudReview | None:
+def order_fraud_review(*, order: Order) -> FraudReview | None:
+    """The order's fraud review (the wait of its run), read now; None when its run never
+    opened one."""
+    return FraudReview.objects.filter(run_id=order.run_id).first()
+
+
+def _order_fraud_review_listed(order: Order) -> FraudReview | None:
+    """The order's fraud review, from the list's prefetch when there is one."""
     run = order.run
     if run is not None and hasattr(run, "fraud_reviews"):
         return run.fraud_reviews[0] if run.fraud_reviews else None
-    return order_review(order)
+    return order_fraud_review(order=order)
 
 
 def order_review_info(order: Order) -> ReviewInfo | None:
     """The order's fraud review as clients see it, or None when the order never needed
     one. Read from the run's wait (the review's only record), so it cannot disagree
     with the suspended workflow."""
-    review = _order_fraud_review(order)
+    review = _order_fraud_review_listed(order)
     if review is None:
         return None
     return ReviewInfo(

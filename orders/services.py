@@ -63,6 +63,7 @@ from .payments import (
 )
 from .policy import fraud_review_required, payment_capture_now
 from .schemas import OrderPayload, OrderSnapshot
+from .selectors import order_fraud_review
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,16 @@ class OrderConflictError(Exception):
     """The order id (or idempotency key) exists with a different request body."""
 
 
-class OrderMismatchError(NonRetryableError):
-    """A tool was asked to act on something other than the run's own order."""
+class OrderActionRefusedError(NonRetryableError):
+    """A charge or confirmation of the order was refused: the tool call's arguments
+    differ from the run's own order (`order_check_arguments`), or the order's state or
+    the policy forbids it now (cancelled, not charged, review not approved). Not
+    retried: the agent gets the message as the tool's error, a workflow step fails."""
 
 
-class ConfirmationNotUncertainError(Exception):
-    """There is no confirmation email in doubt for this order."""
+class NoConfirmationInDoubtError(Exception):
+    """The order has no confirmation email in doubt (claimed, outcome unknown) to
+    settle."""
 
 
 class ReviewError(Exception):
@@ -326,7 +331,7 @@ def order_charge(*, order: Order) -> Charge:
     if order.status == OrderStatus.FAILED:
         raise PaymentDeclinedError(order.failure_reason or "payment was declined")
     if order.status == OrderStatus.CANCELLED:
-        raise OrderMismatchError("Refused: the order is cancelled.")
+        raise OrderActionRefusedError("Refused: the order is cancelled.")
     try:
         charge = payment_gateway().charge(
             customer_id=order.customer_id,
@@ -436,11 +441,7 @@ def order_check_arguments(
     if email is not None and email.strip().lower() != order.customer_email.lower():
         problems.append(f"email {email!r} is not the order's customer email")
     if problems:
-        raise OrderMismatchError("Refused: " + "; ".join(problems) + ".")
-
-
-def order_review(order: Order) -> FraudReview | None:
-    return FraudReview.objects.filter(run_id=order.run_id).first()
+        raise OrderActionRefusedError("Refused: " + "; ".join(problems) + ".")
 
 
 def order_confirm(*, order: Order) -> EmailRecord:
@@ -448,18 +449,20 @@ def order_confirm(*, order: Order) -> EmailRecord:
     only held) and, above the fraud threshold, its review was approved."""
     order.refresh_from_db()
     if not order.charge_id:
-        raise OrderMismatchError("Refused: the order has not been charged yet.")
+        raise OrderActionRefusedError("Refused: the order has not been charged yet.")
     if order.status in (OrderStatus.FAILED, OrderStatus.REJECTED, OrderStatus.CANCELLED):
-        raise OrderMismatchError(f"Refused: the order is {order.status}.")
+        raise OrderActionRefusedError(f"Refused: the order is {order.status}.")
     if fraud_review_required(amount=order.amount, currency=order.currency):
-        review = order_review(order)
+        review = order_fraud_review(order=order)
         if review is None or review.state != ReviewState.APPROVED:
-            raise OrderMismatchError(
+            raise OrderActionRefusedError(
                 "Refused: this order is above the fraud threshold and its review has not "
                 "been approved; request fraud_review instead."
             )
     if order.payment_status != PaymentStatus.CAPTURED:
-        raise OrderMismatchError(f"Refused: the payment is {order.payment_status}, not captured.")
+        raise OrderActionRefusedError(
+            f"Refused: the payment is {order.payment_status}, not captured."
+        )
     return order_confirmation_send(order=order)
 
 
@@ -578,7 +581,7 @@ def order_confirmation_resolve(*, order: Order, sent: bool) -> WorkflowRun | Non
     else:
         settled = updated.delete()[0]
     if not settled:
-        raise ConfirmationNotUncertainError(f"Order {order.order_id} has no confirmation in doubt")
+        raise NoConfirmationInDoubtError(f"Order {order.order_id} has no confirmation in doubt")
     if (
         order.run_id
         and WorkflowRun.objects.filter(pk=order.run_id, status=RunStatus.FAILED).exists()
@@ -607,7 +610,7 @@ def review_decide(
     except WaitNotFoundError:
         raise ReviewError(f"Order {order.order_id} has no fraud review to decide") from None
     except WaitAlreadyDecidedError:
-        review = order_review(order)
+        review = order_fraud_review(order=order)
         raise ReviewError(
             f"The review of order {order.order_id} was already decided"
             + (f" ({review.state})" if review else "")

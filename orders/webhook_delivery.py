@@ -89,12 +89,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """Connects to `address` (checked); TLS (SNI, certificate) for `host`."""
 
     def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self._tls)
         self._address = address
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def webhook_post(*, url: str, body: str, headers: dict[str, str]) -> Answer:

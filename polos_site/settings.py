@@ -12,7 +12,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+
+# Lets classes that django-stubs types as generic be subscripted at run time too
+# (`admin.ModelAdmin[WorkflowRun]`), as `mypy` asks (scripts/test.sh).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

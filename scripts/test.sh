@@ -37,6 +37,8 @@ missing() {  # $1: the part, $2: what is skipped for want of it
 }
 
 .venv/bin/ruff check .
+# Types: strict on workflows/, basic on orders/ (pyproject.toml, [tool.mypy]).
+.venv/bin/mypy
 .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null 2>&1 \
   || { echo "models and migrations disagree: run manage.py makemigrations"; exit 1; }
 

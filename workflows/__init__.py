@@ -18,11 +18,28 @@ async def greet(ctx: WorkflowContext, payload: Greet) -> Greeting:
 run = workflow_start("greet", {"name": "Ada"})   # a django-q2 worker executes it
 ```
 
-Names are imported lazily so that `import workflows` works before Django is set up.
+Names are imported lazily so that `import workflows` works before Django is set up (the
+models are only importable after it); the `TYPE_CHECKING` block lets editors and type
+checkers follow them.
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getattr__ below
+    from .context import WorkflowContext
+    from .errors import (
+        NonRetryableError,
+        PayloadError,
+        RunStateError,
+        WaitAlreadyDecidedError,
+        WaitExpiredError,
+        WaitNotFoundError,
+    )
+    from .registry import workflow, workflow_get, workflows_all
+    from .retry import RetryPolicy
+    from .runtime import run_sync
+    from .services import run_cancel, run_fork, run_resume, run_retry, workflow_start
 
 _EXPORTS = {
     "workflow": "registry",
@@ -44,7 +61,25 @@ _EXPORTS = {
     "run_sync": "runtime",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "NonRetryableError",
+    "PayloadError",
+    "RetryPolicy",
+    "RunStateError",
+    "WaitAlreadyDecidedError",
+    "WaitExpiredError",
+    "WaitNotFoundError",
+    "WorkflowContext",
+    "run_cancel",
+    "run_fork",
+    "run_resume",
+    "run_retry",
+    "run_sync",
+    "workflow",
+    "workflow_get",
+    "workflow_start",
+    "workflows_all",
+]
 
 
 def __getattr__(name: str) -> Any:

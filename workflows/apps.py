@@ -2,6 +2,7 @@ import logging
 import os
 import sys
 from importlib import import_module
+from typing import Protocol, cast
 
 from django.apps import AppConfig
 from django.conf import settings
@@ -9,6 +10,14 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 SERVER_COMMANDS = {"runserver", "serve", "qcluster"}
+
+
+class _PooledConnection(Protocol):
+    """The PostgreSQL backend's wrapper with a pool (Django's stubs lack `close_pool`)."""
+
+    def close(self) -> None: ...
+
+    def close_pool(self) -> None: ...
 
 
 def _serves_requests_or_tasks() -> bool:
@@ -28,8 +37,9 @@ def _close_pools_before_fork() -> None:
         wrapper = connections[alias]
         # `wrapper.pool` would open a pool; only close one that exists.
         if alias in getattr(type(wrapper), "_connection_pools", {}):
-            wrapper.close()
-            wrapper.close_pool()
+            pooled = cast(_PooledConnection, wrapper)
+            pooled.close()
+            pooled.close_pool()
 
 
 class WorkflowsConfig(AppConfig):

@@ -32,7 +32,6 @@ from .models import (
     StepRecord,
     StepStatus,
     Wait,
-    WaitStatus,
     WorkflowRun,
 )
 from .redaction import redact
@@ -187,9 +186,9 @@ class StepContext:
         A pydantic model output comes back as the same model on replay (the function's
         return annotation, or the stored class, decides the type).
         """
-        return await self.call(key, fn, *args, retry=retry, **kwargs)
+        return await self._run_traced(key, fn, *args, retry=retry, **kwargs)
 
-    async def call(
+    async def _run_traced(
         self,
         key: str,
         fn: Callable[..., Any],
@@ -200,7 +199,9 @@ class StepContext:
         meta: Callable[[Any], dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """`run` with the trace details the agent runtime records: kind, input, meta."""
+        """`run` with the trace details the engine records: the step's kind, the input
+        shown in the trace, and `meta` (extra fields taken from the result). Internal: the
+        agent runtime and `sleep` use it; workflows call `run`."""
         position, record = self._claim(key)
         annotation = _return_annotation(fn)
         if record is not None and record.status == StepStatus.FAILED:
@@ -267,17 +268,19 @@ class StepContext:
 
     async def uuid(self, key: str) -> uuid.UUID:
         """A random UUID, the same one on every replay."""
-        return uuid.UUID(await self.call(key, lambda: str(uuid.uuid4())))
+        return uuid.UUID(await self._run_traced(key, lambda: str(uuid.uuid4())))
 
     async def now(self, key: str) -> datetime:
         """The current time, the same one on every replay."""
-        return datetime.fromisoformat(await self.call(key, lambda: timezone.now().isoformat()))
+        return datetime.fromisoformat(
+            await self._run_traced(key, lambda: timezone.now().isoformat())
+        )
 
     async def sleep(self, key: str, seconds: float) -> None:
         """Sleep durably. A long sleep suspends the run and frees the worker; the
         periodic wait sweep wakes it (so long sleeps wake within one sweep period)."""
         if seconds <= INLINE_SLEEP_MAX_SECONDS:
-            await self.call(key, asyncio.sleep, seconds, kind=StepKind.SLEEP, input=seconds)
+            await self._run_traced(key, asyncio.sleep, seconds, kind=StepKind.SLEEP, input=seconds)
             return
         await self._wait(key, StepKind.SLEEP, {"seconds": seconds}, timedelta(seconds=seconds))
 
@@ -425,8 +428,3 @@ class WorkflowContext:
                 usage=self.usage,
                 updated_at=now,
             )
-
-
-def waiting_for(run: WorkflowRun) -> Wait | None:
-    """The open wait a suspended run is parked on."""
-    return run.waits.filter(status=WaitStatus.WAITING).order_by("created_at").first()

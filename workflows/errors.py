@@ -1,5 +1,8 @@
 """Errors the engine raises, and the ones workflow code raises to steer it."""
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class WorkflowError(Exception):
     """Base class of the engine's errors."""
@@ -9,13 +12,21 @@ class UnknownWorkflowError(WorkflowError, LookupError):
     """No workflow is registered under that id."""
 
 
+class RunNotFoundError(WorkflowError, LookupError):
+    """No run has that id (or the id is not a run id at all)."""
+
+    def __init__(self, run_id: object) -> None:
+        self.run_id = run_id
+        super().__init__(f"No run {run_id}")
+
+
 class PayloadError(WorkflowError, ValueError):
     """A payload does not fit the workflow's input model. Nothing was written.
 
     `errors` holds pydantic's field errors, ready for an API response.
     """
 
-    def __init__(self, workflow_id: str, errors: list[dict]) -> None:
+    def __init__(self, workflow_id: str, errors: Sequence[Mapping[str, Any]]) -> None:
         self.workflow_id = workflow_id
         self.errors = errors
         fields = ", ".join(

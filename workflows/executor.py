@@ -70,10 +70,12 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | Non
             )
     except TimeoutError:
         limit = settings.WORKFLOWS_SEGMENT_TIMEOUT_SECONDS
-        exc = SegmentTimeoutError(f"The segment ran longer than {limit} s; retry_run continues it")
-        await run_sync(_finish_failed)(run.id, token, exc, ctx.usage)
+        timeout = SegmentTimeoutError(
+            f"The segment ran longer than {limit} s; retry_run continues it"
+        )
+        await run_sync(_finish_failed)(run.id, token, timeout, ctx.usage)
         outcome = "failed"
-        observability.segment_failed(ctx, exc)
+        observability.segment_failed(ctx, timeout)
     finally:
         if runtime is None:
             await keeper.close()
@@ -120,7 +122,7 @@ def _dump_output(model: Any, result: Any) -> Any:
     return None
 
 
-def _finish_completed(run_id: uuid.UUID, token: str, output: Any, usage: dict) -> bool:
+def _finish_completed(run_id: uuid.UUID, token: str, output: Any, usage: dict[str, int]) -> bool:
     now = timezone.now()
     return bool(
         WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
@@ -135,7 +137,9 @@ def _finish_completed(run_id: uuid.UUID, token: str, output: Any, usage: dict) -
     )
 
 
-def _finish_failed(run_id: uuid.UUID, token: str, exc: BaseException, usage: dict) -> None:
+def _finish_failed(
+    run_id: uuid.UUID, token: str, exc: BaseException, usage: dict[str, int]
+) -> None:
     now = timezone.now()
     WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
         status=RunStatus.FAILED,

@@ -1,6 +1,7 @@
 """The start-a-run form: a JSON payload checked against the workflow's input model."""
 
 import json
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -37,7 +38,7 @@ class WorkflowStartForm(forms.Form):
             )
         return value
 
-    def add_payload_errors(self, errors: list[dict[str, Any]]) -> None:
+    def add_payload_errors(self, errors: Sequence[Mapping[str, Any]]) -> None:
         """Show pydantic's field errors (`loc` → `msg`) on the form."""
         for error in errors:
             loc = ".".join(str(part) for part in error.get("loc", ())) or "(payload)"

@@ -19,6 +19,9 @@ class RunStatus(models.TextChoices):
 
 
 ACTIVE_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
+"""Not finished: a run in these may still move (and must be cancelled before a fork)."""
+EXECUTING_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING)
+"""A worker has the run, or will take it: its pages refresh live."""
 
 
 class StepKind(models.TextChoices):
@@ -83,10 +86,6 @@ class WorkflowRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow_id} {self.id} ({self.status})"
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_RUN_STATUSES
 
 
 class StepRecord(models.Model):

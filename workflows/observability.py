@@ -115,6 +115,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from .redaction import redact
 
 if TYPE_CHECKING:
+    from .agents.types import ModelResponse
     from .context import WorkflowContext
     from .models import StepRecord, WorkflowRun
     from .runtime import WorkerRuntime
@@ -223,7 +224,7 @@ def lease_taken_over() -> None:
     LEASE_TAKEOVERS.inc()
 
 
-def model_called(provider: str, model: str, response: Any) -> Any:
+def model_called(provider: str, model: str, response: "ModelResponse") -> "ModelResponse":
     """A provider answered a model call (never called on replay). Returns `response`."""
     MODEL_CALLS.labels(provider, model).inc()
     usage = response.usage

@@ -37,7 +37,8 @@ def run_enqueue(run_id: UUID | str) -> None:
 
 def queue_depth() -> int:
     """Tasks waiting to be handed to a worker (not counting those a cluster holds)."""
-    return _broker().queue_size()
+    size: int = _broker().queue_size()
+    return size
 
 
 def _send(run_id: str) -> None:

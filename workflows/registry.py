@@ -101,7 +101,9 @@ def workflow(
     """
 
     def decorator(fn: F) -> F:
-        if not inspect.iscoroutinefunction(fn):
+        # Not `if not iscoroutinefunction(fn)`: its TypeGuard would narrow `fn` away from F.
+        is_async: bool = inspect.iscoroutinefunction(fn)
+        if not is_async:
             raise TypeError(f"Workflow {id!r} must be an `async def` function")
         input_model, output_model = _models_of(fn)
         register(

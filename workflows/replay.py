@@ -7,7 +7,7 @@ would strand suspended runs with a non-determinism error is found before reviewe
 click Approve. No step body runs, nothing is written, nothing leaves the process.
 
 ```python
-for result in runs_replay_check(statuses=LIVE_RUN_STATUSES):
+for result in runs_replay_check(statuses=ACTIVE_RUN_STATUSES):
     if not result.ok:
         print(result.run_id, result.position, result.expected, result.found)
 ```
@@ -41,7 +41,6 @@ from .models import (
 )
 from .registry import workflow_get
 
-LIVE_RUN_STATUSES = tuple(ACTIVE_RUN_STATUSES)
 BATCH_SIZE = 500
 
 
@@ -67,7 +66,7 @@ class ReplayResult:
 class _ReplayStepContext(StepContext):
     """Steps answer from the history; the first one without a record ends the replay."""
 
-    async def call(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _run_traced(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         _, record = self._claim(key)
         if record is None or record.status == _OPEN_WAIT:
             raise _ReplayEnd
@@ -149,7 +148,7 @@ def _batches(ids: Iterable[uuid.UUID], size: int) -> Iterator[list[uuid.UUID]]:
 def runs_replay_check(
     *,
     workflow_id: str | None = None,
-    statuses: Iterable[str] = LIVE_RUN_STATUSES,
+    statuses: Iterable[str] = ACTIVE_RUN_STATUSES,
     batch_size: int = BATCH_SIZE,
 ) -> Iterator[ReplayResult]:
     """Replay every run in `statuses` (of `workflow_id`) against the deployed code. One

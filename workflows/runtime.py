@@ -148,7 +148,9 @@ class WorkerRuntime:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _call_with_own_connection(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+def _call_with_own_connection(
+    fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
     try:
         return fn(*args, **kwargs)
     finally:

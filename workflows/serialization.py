@@ -5,7 +5,8 @@ import importlib
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError
+from pydantic_core import to_jsonable_python as to_jsonable_python  # `context` uses it
 
 from .errors import StepOutputError
 

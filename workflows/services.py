@@ -80,12 +80,12 @@ def _release_wait(
 ) -> Wait:
     """Move one wait out of `waiting`, record the suspend step's result and queue the
     run, atomically. The conditional UPDATE decides races: exactly one caller wins."""
-    waits = Wait.objects.filter(run_id=run_id, key=key, status=WaitStatus.WAITING)
+    waits = Wait.objects.filter(run__pk=run_id, key=key, status=WaitStatus.WAITING)
     if require_before_deadline:
         waits = waits.filter(deadline__gt=now)
     won = waits.update(status=status, resume_data=data, resumed_by=by, resumed_at=now)
     if not won:
-        wait = Wait.objects.filter(run_id=run_id, key=key).first()
+        wait = Wait.objects.filter(run__pk=run_id, key=key).first()
         if wait is None:
             raise WaitNotFoundError(f"Run {run_id} has no wait {key!r}")
         if wait.status == WaitStatus.WAITING:
@@ -98,7 +98,7 @@ def _release_wait(
         raise WaitAlreadyDecidedError(
             f"The wait {key!r} of run {run_id} was already {wait.status}{who}{when}"
         )
-    wait = Wait.objects.select_related("resumed_by", "run").get(run_id=run_id, key=key)
+    wait = Wait.objects.select_related("resumed_by", "run").get(run__pk=run_id, key=key)
     timed_out = status == WaitStatus.EXPIRED
     if wait.kind == StepKind.SLEEP:
         output = None
@@ -199,9 +199,7 @@ def run_cancel(run_id: UUID | str) -> WorkflowRun:
     it stops at its next step commit."""
     now = timezone.now()
     with transaction.atomic():
-        cancelled = WorkflowRun.objects.filter(
-            pk=run_id, status__in=[RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED]
-        ).update(
+        cancelled = WorkflowRun.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).update(
             status=RunStatus.CANCELLED,
             lease_owner="",
             lease_expires_at=None,
@@ -211,7 +209,7 @@ def run_cancel(run_id: UUID | str) -> WorkflowRun:
         run = WorkflowRun.objects.get(pk=run_id)
         if not cancelled:
             raise RunStateError(f"Run {run_id} is {run.status}; only active runs can be cancelled")
-        Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING).update(
+        Wait.objects.filter(run=run, status=WaitStatus.WAITING).update(
             status=WaitStatus.CANCELLED, resumed_at=now
         )
     return run
@@ -251,7 +249,7 @@ def run_retry(run_id: UUID | str) -> WorkflowRun:
         run = WorkflowRun.objects.get(pk=run_id)
         if not retried:
             raise RunStateError(f"Run {run_id} is {run.status}; only failed runs can be retried")
-        StepRecord.objects.filter(run_id=run_id, status=StepStatus.FAILED).delete()
+        StepRecord.objects.filter(run=run, status=StepStatus.FAILED).delete()
         run_enqueue(run_id)
     return run
 

@@ -1,5 +1,6 @@
 """The staff console: runs, a run's trace, the registered workflows and agents, and a
-form to start a run. Views stay thin: reads live in `selectors`, writes in `services`.
+form to start a run. Views stay thin: reads live in `selectors`, writes in `services`,
+and presentation in `console` (text, the trace) and `console_schema` (model tables).
 
 Linking a suspended run to the page where its wait is decided
 -------------------------------------------------------------
@@ -33,26 +34,20 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from .agents import agents_all
-from .errors import PayloadError, UnknownWorkflowError
+from .console import RunTrace, ago_text, pretty_json, run_duration_text, run_trace
+from .console_schema import schema_example, schema_fields
+from .errors import PayloadError, RunNotFoundError, UnknownWorkflowError
 from .forms import WorkflowStartForm
 from .models import RunStatus, Wait, WorkflowRun
 from .registry import WorkflowDefinition, workflow_get, workflows_all
 from .selectors import (
     LIVE_RUN_STATUSES,
-    RunTrace,
-    ago_text,
-    duration_text,
-    pretty_json,
     run_status_counts,
-    run_trace,
     run_workflow_ids,
     runs_list,
-    schema_example,
-    schema_fields,
     usage_cost,
     usage_total,
 )
@@ -87,11 +82,7 @@ class RunRow:
 
     @property
     def duration(self) -> str:
-        run = self.run
-        if run.started_at is None:
-            return "—"
-        end = run.finished_at or timezone.now()
-        return duration_text((end - run.started_at).total_seconds())
+        return run_duration_text(self.run)
 
     @property
     def unfinished(self) -> bool:
@@ -176,15 +167,11 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
     run = trace.run
     selected = trace.step(request.GET.get("step")) or trace.default_step()
     open_wait = trace.open_wait
-    duration = None
-    if run.started_at:
-        end = run.finished_at or timezone.now()
-        duration = duration_text((end - run.started_at).total_seconds())
     return {
         "trace": trace,
         "run": run,
         "selected": selected,
-        "duration": duration,
+        "duration": run_duration_text(run) if run.started_at else None,
         "tokens": usage_total(run.usage),
         "cost": usage_cost(run.usage),
         "input_json": pretty_json(run.input),
@@ -200,7 +187,10 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
 
 @staff_member_required
 def run_detail(request: HttpRequest, run_id: UUID) -> HttpResponse:
-    trace = run_trace(run_id=run_id)
+    try:
+        trace = run_trace(run_id=run_id)
+    except RunNotFoundError as exc:
+        raise Http404(str(exc)) from exc
     context = _trace_context(request, trace)
     fragment = request.GET.get("fragment")
     if fragment == "detail":

@@ -123,7 +123,7 @@ class OrderOutputSerializer(serializers.Serializer):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_model_cost_usd(self, order: Order) -> str | None:
-        cost = usage_cost(order.run.usage) if order.run_id else None
+        cost = usage_cost(order.run.usage) if order.run is not None else None
         return str(cost) if cost is not None else None
 
     def get_amount(self, order: Order) -> str:
@@ -180,11 +180,19 @@ class WaitOutputSerializer(serializers.Serializer):
     key = serializers.CharField()
     status = serializers.ChoiceField(choices=WaitStatus.choices)
     deadline = serializers.DateTimeField()
-    data = serializers.JSONField()
+    # data = serializers.JSONField(), added by `get_fields`
     resumed_at = serializers.DateTimeField(allow_null=True)
     resumed_by = serializers.CharField(
         source="resumed_by.get_username", allow_null=True, default=None
     )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # A field named `data` declared in the class body would shadow `Serializer.data`
+        # for the type checker (DRF itself takes declared fields out of the class).
+        fields = super().get_fields()
+        fields["data"] = serializers.JSONField()
+        order = ["key", "status", "deadline", "data", "resumed_at", "resumed_by"]
+        return {name: fields[name] for name in order}
 
 
 class RunOutputSerializer(serializers.Serializer):

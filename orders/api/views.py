@@ -30,6 +30,7 @@ from orders.services import (
     review_decide,
 )
 
+from .auth import request_client
 from .pagination import MAX_PAGE_SIZE
 from .serializers import (
     IDEMPOTENCY_KEY_MAX_LENGTH,
@@ -83,7 +84,9 @@ class OrderListCreateApi(GenericAPIView):
     def get_queryset(self) -> QuerySet[Order]:
         filters = OrderListFilterSerializer(data=self.request.query_params)
         filters.is_valid(raise_exception=True)
-        return order_list_for(client=self.request.user, status=filters.validated_data.get("status"))
+        return order_list_for(
+            client=request_client(self.request), status=filters.validated_data.get("status")
+        )
 
     @extend_schema(
         operation_id="orders_list",
@@ -155,12 +158,12 @@ class OrderListCreateApi(GenericAPIView):
         try:
             order, created = order_create(
                 payload=OrderPayload(**serializer.validated_data),
-                client=request.user,
+                client=request_client(request),
                 idempotency_key=idempotency_key,
             )
         except OrderConflictError as exc:
             raise ConflictError(str(exc)) from exc
-        order = order_get_for(client=request.user, order_id=order.order_id)
+        order = order_get_for(client=request_client(request), order_id=order.order_id)
         return _order_response(
             request, order, status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -178,7 +181,9 @@ class OrderDetailApi(APIView):
         },
     )
     def get(self, request: Request, order_id: str) -> Response:
-        return _order_response(request, order_get_for(client=request.user, order_id=order_id))
+        return _order_response(
+            request, order_get_for(client=request_client(request), order_id=order_id)
+        )
 
 
 class OrderReviewDecideApi(APIView):
@@ -207,17 +212,22 @@ class OrderReviewDecideApi(APIView):
     def post(self, request: Request, order_id: str) -> Response:
         serializer = ReviewDecisionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        order = order_get_for(client=request.user, order_id=order_id)
+        order = order_get_for(client=request_client(request), order_id=order_id)
         decision: dict[str, Any] = serializer.validated_data
         try:
             review_decide(
-                order=order, approved=decision["approved"], note=decision["note"], by=request.user
+                order=order,
+                approved=decision["approved"],
+                note=decision["note"],
+                by=request_client(request),
             )
         except DjangoPermissionDenied as exc:
             raise exceptions.PermissionDenied(str(exc)) from exc
         except ReviewError as exc:
             raise ConflictError(str(exc)) from exc
-        return _order_response(request, order_get_for(client=request.user, order_id=order_id))
+        return _order_response(
+            request, order_get_for(client=request_client(request), order_id=order_id)
+        )
 
 
 class RunDetailApi(APIView):
@@ -232,5 +242,5 @@ class RunDetailApi(APIView):
         },
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = run_get_for(client=request.user, run_id=run_id)
+        run = run_get_for(client=request_client(request), run_id=run_id)
         return Response(RunOutputSerializer(run).data)

@@ -19,6 +19,7 @@ from orders.client_webhooks import (
 from orders.models import WebhookEndpoint
 from orders.selectors import webhook_endpoint_get_for, webhook_endpoint_list_for
 
+from .auth import request_client
 from .webhook_serializers import (
     WebhookEndpointCreateInputSerializer,
     WebhookEndpointOutputSerializer,
@@ -48,7 +49,7 @@ class WebhookEndpointListCreateApi(APIView):
         responses={200: WebhookEndpointOutputSerializer(many=True)},
     )
     def get(self, request: Request) -> Response:
-        endpoints = webhook_endpoint_list_for(client=request.user)
+        endpoints = webhook_endpoint_list_for(client=request_client(request))
         return Response(WebhookEndpointOutputSerializer(endpoints, many=True).data)
 
     @extend_schema(
@@ -62,7 +63,9 @@ class WebhookEndpointListCreateApi(APIView):
         serializer = WebhookEndpointCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
-            endpoint = webhook_endpoint_create(client=request.user, **serializer.validated_data)
+            endpoint = webhook_endpoint_create(
+                client=request_client(request), **serializer.validated_data
+            )
         except DjangoValidationError as exc:
             raise exceptions.ValidationError(exc.message_dict) from None
         return _with_secret(endpoint, status.HTTP_201_CREATED)
@@ -75,7 +78,7 @@ class WebhookEndpointDetailApi(APIView):
         responses={204: None, 404: NOT_FOUND},
     )
     def delete(self, request: Request, endpoint_id: str) -> Response:
-        endpoint = webhook_endpoint_get_for(client=request.user, endpoint_id=endpoint_id)
+        endpoint = webhook_endpoint_get_for(client=request_client(request), endpoint_id=endpoint_id)
         webhook_endpoint_delete(endpoint=endpoint)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -89,5 +92,5 @@ class WebhookEndpointRotateSecretApi(APIView):
         responses={200: WebhookEndpointSecretOutputSerializer, 404: NOT_FOUND},
     )
     def post(self, request: Request, endpoint_id: str) -> Response:
-        endpoint = webhook_endpoint_get_for(client=request.user, endpoint_id=endpoint_id)
+        endpoint = webhook_endpoint_get_for(client=request_client(request), endpoint_id=endpoint_id)
         return _with_secret(webhook_endpoint_rotate_secret(endpoint=endpoint), status.HTTP_200_OK)

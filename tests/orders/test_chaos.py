@@ -25,14 +25,13 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import pytest
 from django.db.models import Q
 
 from orders.models import Order, OrderStatus
-from tests.support.chaos import ChaosDriver
-from tests.support.cluster import QCluster
+from tests.support.chaos import ChaosDriver, Planned
+from tests.support.cluster import QCluster, chaos_settings
 from workflows.models import RunStatus, StepRecord, Wait, WaitStatus, WorkflowRun
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
@@ -40,37 +39,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
 LEASE_SECONDS = 2
 PENDING_REQUEUE_SECONDS = 3
 FINISH_TIMEOUT = 40.0
-
-
-@dataclass(frozen=True)
-class Planned:
-    order_id: str
-    amount: str
-    customer_id: str
-    path: str  # small | threshold | approve | reject | declined
-
-    @property
-    def expected_status(self) -> str:
-        return {
-            "small": OrderStatus.COMPLETED,
-            "threshold": OrderStatus.COMPLETED,
-            "approve": OrderStatus.COMPLETED,
-            "reject": OrderStatus.REJECTED,
-            "declined": OrderStatus.FAILED,
-        }[self.path]
-
-    @property
-    def charged(self) -> bool:
-        """Captured: a rejected order's authorization is cancelled, never captured."""
-        return self.path not in ("declined", "reject")
-
-    @property
-    def held_then_released(self) -> bool:
-        return self.path == "reject"
-
-    @property
-    def emailed(self) -> bool:
-        return self.expected_status == OrderStatus.COMPLETED
 
 
 def plan_orders(rng: random.Random, scale: int = 1) -> list[Planned]:
@@ -130,20 +98,6 @@ def chaos_seed() -> int:
     return 20261126 if os.environ.get("CI") else random.randrange(2**32)
 
 
-def chaos_env(stripe_server, smtp_server, model_latency: float) -> dict[str, str]:
-    return {
-        "LLM_PROVIDER": "simulated",
-        "SIMULATED_MODEL_LATENCY": str(model_latency),
-        "PAYMENT_GATEWAY": "stripe",
-        "STRIPE_API_KEY": "sk_test_local",
-        "STRIPE_API_BASE": stripe_server.base_url,
-        "EMAIL_HOST": "127.0.0.1",
-        "EMAIL_PORT": str(smtp_server.port),
-        "WORKFLOWS_LEASE_SECONDS": str(LEASE_SECONDS),
-        "LOG_LEVEL": "WARNING",
-    }
-
-
 def finish(chaos: ChaosDriver, planned: list[Planned], smtp_server, timeout: float) -> None:
     """Let the last cluster settle every order, reaping and settling as operators do."""
     deadline = time.monotonic() + timeout
@@ -158,7 +112,7 @@ def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_serve
     seed = chaos_seed()
     print(f"chaos seed: CHAOS_SEED={seed}")
     rng = random.Random(seed)
-    env = chaos_env(stripe_server, smtp_server, model_latency=0.2)
+    env = chaos_settings(stripe_server, smtp_server, model_latency=0.2, lease_seconds=LEASE_SECONDS)
     planned = plan_orders(rng)
     kills = rng.randint(4, 6)
     batches = [planned[i :: kills + 1] for i in range(kills + 1)]
@@ -192,7 +146,12 @@ def test_a_hundred_runs_in_flight_per_worker_survive_sigkills(stripe_server, smt
     seed = chaos_seed()
     print(f"chaos seed: CHAOS_SEED={seed}")
     rng = random.Random(seed)
-    env = {**chaos_env(stripe_server, smtp_server, model_latency=1.0), "Q_WORKERS": "1"}
+    env = {
+        **chaos_settings(
+            stripe_server, smtp_server, model_latency=1.0, lease_seconds=LEASE_SECONDS
+        ),
+        "Q_WORKERS": "1",
+    }
     planned = plan_orders(rng, scale=5)  # 120 orders
     kills = 2
     chaos = ChaosDriver(
@@ -262,7 +221,7 @@ def assert_every_order_right(
             found.append(f"{refunded} refunds")
         if released[p.order_id] != int(p.held_then_released):
             found.append(f"{released[p.order_id]} cancelled authorizations")
-        sent = emails[f"Your order {p.order_id} is confirmed"]
+        sent = emails[p.subject]
         if sent != int(p.emailed):
             found.append(f"{sent} confirmation emails ({list(order.emails.values('status'))})")
         if found:

@@ -7,8 +7,9 @@ confirmations left in doubt as an operator would. Import it after `django.setup(
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from django.test import override_settings
 from django.utils import timezone
@@ -17,26 +18,50 @@ from django_q.models import OrmQ
 from orders.models import Order, OrderStatus
 from orders.schemas import OrderPayload
 from orders.services import ReviewError, order_confirmation_resolve, order_create, review_decide
+from tests.support.cluster import QCluster
 from workflows.models import RunStatus, WorkflowRun
 from workflows.services import runs_reap
 
 
-class PlannedOrder(Protocol):
+@dataclass(frozen=True)
+class Planned:
+    """An order of the experiment and the path it must take."""
+
     order_id: str
     amount: str
     customer_id: str
     path: str  # small | threshold | approve | reject | declined
 
+    @property
+    def expected_status(self) -> str:
+        return {"reject": OrderStatus.REJECTED, "declined": OrderStatus.FAILED}.get(
+            self.path, OrderStatus.COMPLETED
+        )
 
-class Killable(Protocol):
-    def kill(self) -> None: ...
+    @property
+    def charged(self) -> bool:
+        """Captured: a rejected order's authorization is cancelled, never captured."""
+        return self.path not in ("declined", "reject")
+
+    @property
+    def held_then_released(self) -> bool:
+        return self.path == "reject"
+
+    @property
+    def emailed(self) -> bool:
+        return self.expected_status == OrderStatus.COMPLETED
+
+    @property
+    def subject(self) -> str:
+        """Of its confirmation email."""
+        return f"Your order {self.order_id} is confirmed"
 
 
 class ChaosDriver:
     def __init__(
         self,
         *,
-        start_cluster: Callable[[int], Killable],
+        start_cluster: Callable[[int], QCluster],
         reviewer: Any,
         pending_requeue_seconds: float,
     ) -> None:
@@ -44,7 +69,7 @@ class ChaosDriver:
         self._start_cluster = start_cluster
         self.reviewer = reviewer
         self.pending_requeue_seconds = pending_requeue_seconds
-        self.clusters: list[Any] = []
+        self.clusters: list[QCluster] = []
         self.decisions: dict[str, bool] = {}
         self.decided: set[str] = set()
         self.kills: list[int] = []  # runs `running` at each kill
@@ -63,7 +88,7 @@ class ChaosDriver:
         self.held_tasks |= set(held)
         self.start_cluster()
 
-    def submit(self, planned: Iterable[PlannedOrder]) -> None:
+    def submit(self, planned: Iterable[Planned]) -> None:
         for p in planned:
             order_create(
                 payload=OrderPayload(

@@ -49,15 +49,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
+
+from tests.support.servers import BackgroundHTTPServer, QuietHandler
 
 __all__ = [
     "NO_SCRIPT_MESSAGE",
@@ -436,26 +436,8 @@ def response_format_violation(response_format: Any) -> str | None:
 # --------------------------------------------------------------------------- server
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], owner: OpenAITestServer) -> None:
-        self.owner = owner
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
-            return  # the client gave up waiting (timeout tests): nothing to report
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
-    server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the default stderr access log."""
 
     def do_GET(self) -> None:
         self.server.owner._handle(self, "GET")
@@ -465,10 +447,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self.server.owner._handle(self, "DELETE")
-
-    def read_body(self) -> bytes:
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
 
     def send_bytes(
         self, status: int, data: bytes, content_type: str, headers: Mapping[str, str]
@@ -487,8 +465,11 @@ def _error_body(message: str, type_: str, code: str | None, param: str | None = 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class OpenAITestServer:
+class OpenAITestServer(BackgroundHTTPServer):
     """Scripted OpenAI-compatible server on ``127.0.0.1:<ephemeral port>``."""
+
+    handler_class = _Handler
+    thread_name = "openai-test-server"
 
     def __init__(
         self,
@@ -498,7 +479,7 @@ class OpenAITestServer:
         models: Sequence[str] = ("gpt-4o-mini", "gpt-4o"),
         api_key: str | None = None,
     ) -> None:
-        self._address = (host, port)
+        super().__init__(host, port)
         # The bearer key requests must carry (401 otherwise, as the API answers); None
         # accepts any non-empty key, but never a request without one.
         self.expected_api_key = api_key
@@ -509,8 +490,6 @@ class OpenAITestServer:
         self._errors: list[str] = []
         self._ids = itertools.count(1)
         self._call_ids = itertools.count(1)
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._fallback: ScriptItem | None = None
         self._in_flight = 0
         self.max_in_flight = 0  # most chat requests being answered at once
@@ -518,44 +497,12 @@ class OpenAITestServer:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> Self:
-        if self._httpd is not None:
-            return self
-        httpd = _HTTPServer(self._address, self)
-        thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="openai-test-server",
-            daemon=True,
-        )
-        thread.start()
-        self._httpd, self._thread = httpd, thread
-        return self
-
-    def stop(self) -> None:
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("OpenAITestServer is not started")
-        return int(self._httpd.server_address[1])
+        return self if self.started else super().start()
 
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` (no ``/v1``)."""
-        return f"http://{self._address[0]}:{self.port}"
+        return super().base_url
 
     @property
     def base_url(self) -> str:

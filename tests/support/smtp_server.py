@@ -3,21 +3,16 @@
 import email
 import email.policy
 import logging
-import socket
 import threading
 from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
 
+from tests.support.servers import Background, free_port
+
 # aiosmtpd logs every connection at INFO, from its own thread, after pytest's capture
 # of a test may have closed.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # What a busy or broken mail server answers to DATA (RFC 5321 transient / permanent).
@@ -46,17 +41,16 @@ class _Recorder:
         return "250 Message accepted for delivery"
 
 
-class SMTPTestServer:
+class SMTPTestServer(Background):
     def __init__(self) -> None:
         self._recorder = _Recorder()
         # aiosmtpd connects to its own port to check it started, so port 0 won't do.
-        self._controller = Controller(self._recorder, hostname="127.0.0.1", port=_free_port())
+        self._controller = Controller(self._recorder, hostname="127.0.0.1", port=free_port())
 
-    def start(self) -> "SMTPTestServer":
+    def _start(self) -> None:
         self._controller.start()
-        return self
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         self._controller.stop()
 
     @property

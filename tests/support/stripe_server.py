@@ -90,10 +90,10 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.support.servers import BackgroundHTTPServer, QuietHandler
 
 __all__ = [
     "FormError",
@@ -212,17 +212,7 @@ class _StoredResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, address: tuple[str, int], stripe: StripeServer) -> None:
-        super().__init__(address, _Handler)
-        self.stripe = stripe
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
+class _Handler(QuietHandler):
     server_version = "stripe-test-server/1.0"
 
     def do_GET(self) -> None:
@@ -235,10 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond()
 
     def _respond(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
+        body = self.read_body()
         headers = {key.lower(): value for key, value in self.headers.items()}
-        response = self.server.stripe.handle(self.command, self.path, headers, body)
+        response = self.server.owner.handle(self.command, self.path, headers, body)
         if response.drop:
             self.close_connection = True
             return
@@ -250,9 +239,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
 
 
 def _error(
@@ -343,18 +329,20 @@ def _optional_str(params: JSONDict, name: str) -> str | _Response | None:
     return _invalid(f"Invalid string: {value!r}", param=name)
 
 
-class StripeServer:
-    """Local fake of the Stripe v1 API for PaymentIntents and Refunds.
+class StripeServer(BackgroundHTTPServer):
+    """Local fake of the Stripe v1 API for PaymentIntents and Refunds; ``base_url``
+    (``http://127.0.0.1:PORT``) is for ``base_addresses={"api": ...}``.
 
     Thread-safe: every request is handled under one lock, and the record
     accessors (``requests``, ``payment_intents``, ``refunds``, ...) return copies.
     """
 
+    handler_class = _Handler
+    thread_name = "stripe-test-server"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._address = (host, port)
+        super().__init__(host, port)
         self._lock = threading.RLock()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._requests: list[RecordedRequest] = []
         self._payment_intents: dict[str, JSONDict] = {}
         self._refunds: dict[str, JSONDict] = {}
@@ -376,52 +364,6 @@ class StripeServer:
         self.risk_score: int | None = 20
         #: Tracebacks of unexpected server bugs (answered as 500 without retry).
         self.errors: list[str] = []
-
-    # -- lifecycle -------------------------------------------------------------
-
-    def start(self) -> Self:
-        if self._httpd is not None:
-            raise RuntimeError("StripeServer already started")
-        self._httpd = _HTTPServer(self._address, self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="stripe-test-server",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("StripeServer is not started")
-        return int(self._httpd.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``, for ``base_addresses={"api": ...}``."""
-        return f"http://{self._address[0]}:{self.port}"
 
     # -- fault injection -------------------------------------------------------
 

@@ -13,7 +13,8 @@ worker to be killed mid-request).
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.servers import BackgroundHTTPServer, QuietHandler
 
 
 @dataclass
@@ -24,45 +25,40 @@ class Received:
     status: int  # what the receiver answered
 
 
-class WebhookReceiver:
+class _Handler(QuietHandler):
+    def do_POST(self) -> None:
+        receiver: WebhookReceiver = self.server.owner
+        body = self.read_body()
+        with receiver._lock:
+            status = receiver._answers.pop(0) if receiver._answers else 200
+            receiver.received.append(
+                Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
+            )
+        if receiver.delay:
+            time.sleep(receiver.delay)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(f"answered {status}".encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the sender died waiting (the crash tests)
+
+
+class WebhookReceiver(BackgroundHTTPServer):
+    handler_class = _Handler
+    thread_name = "webhook-receiver"
+
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
+        super().__init__(host)
         self.received: list[Received] = []
         self.delay = 0.0
         self._answers: list[int] = []
         self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver._lock:
-                    status = receiver._answers.pop(0) if receiver._answers else 200
-                    receiver.received.append(
-                        Received(
-                            self.path, {k.lower(): v for k, v in self.headers.items()}, body, status
-                        )
-                    )
-                if receiver.delay:
-                    time.sleep(receiver.delay)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "text/plain")
-                    self.end_headers()
-                    self.wfile.write(f"answered {status}".encode())
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the sender died waiting (the crash tests)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self._server.server_address[1]}/hooks"
+        return f"{self.base_url}/hooks"
 
     def answer(self, *statuses: int) -> None:
         """Answer the next requests with `statuses`, in order; 200 after them."""
@@ -74,11 +70,3 @@ class WebhookReceiver:
             self.received.clear()
             self._answers.clear()
         self.delay = 0.0
-
-    def __enter__(self) -> "WebhookReceiver":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()

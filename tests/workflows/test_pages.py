@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from tests.workflows.sample_workflows import BROKEN
 from workflows import views
+from workflows.console import run_trace
 from workflows.models import RunStatus, StepKind, StepRecord, StepStatus, WorkflowRun
-from workflows.selectors import run_trace
 from workflows.services import workflow_start
 
 pytestmark = pytest.mark.django_db

@@ -3,10 +3,8 @@ server decoding `ExportTraceServiceRequest` protobufs), with ids derived from th
 and the step, and no span sent twice when a run is replayed."""
 
 import gzip
-import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from tests.support.servers import BackgroundHTTPServer, QuietHandler
 from workflows import observability, run_resume, workflow_start
 from workflows.models import StepRecord, WorkflowRun
 
@@ -29,35 +28,30 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, which) if which else None
 
 
-class FakeCollector:
+class _CollectorHandler(QuietHandler):
+    def do_POST(self) -> None:
+        body = self.read_body()
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.server.owner.receive(self.path, ExportTraceServiceRequest.FromString(body))
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+
+class FakeCollector(BackgroundHTTPServer):
     """An OTLP/HTTP endpoint: POST /v1/traces with a protobuf body."""
 
+    handler_class = _CollectorHandler
+    thread_name = "fake-otlp-collector"
+
     def __init__(self) -> None:
+        super().__init__()
         self.spans: list[dict[str, Any]] = []
         self.paths: list[str] = []
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                request = ExportTraceServiceRequest.FromString(body)
-                collector.receive(self.path, request)
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def receive(self, path: str, request: ExportTraceServiceRequest) -> None:
         self.paths.append(path)
@@ -88,22 +82,17 @@ class FakeCollector:
     def by_key(self, key: str) -> list[dict[str, Any]]:
         return [s for s in self.spans if s["attributes"].get("workflow.step.key") == key]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def collector():
-    fake = FakeCollector()
-    yield fake
-    fake.close()
+    with FakeCollector() as fake:
+        yield fake
 
 
 @pytest.fixture
 def tracing(settings, collector):
     """Export to the fake collector; `flush()` sends what is batched."""
-    settings.OTEL_EXPORTER_OTLP_ENDPOINT = collector.url
+    settings.OTEL_EXPORTER_OTLP_ENDPOINT = collector.base_url
     settings.OTEL_SERVICE_NAME = "polos-test"
     observability.tracing_reset()
     yield observability.tracing_flush

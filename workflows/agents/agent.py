@@ -45,6 +45,7 @@ from .providers import (
     provider_name,
 )
 from .tools import Tool, ToolContext
+from .transcript import llm_step_key, tool_step_key
 from .types import AgentResult, Message, ModelRequest, ModelResponse, ToolCallRecord, Usage
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ class _AgentLoop:
                 raise NonRetryableError(failure)
             return summary
 
-        data = await self.ctx.step.call(
+        data = await self.ctx.step._run_traced(
             self.key,
             finish,
             kind=StepKind.AGENT,
@@ -287,8 +288,8 @@ class _AgentLoop:
             tools=self.agent.tool_schemas,
             response_format=self.agent.response_format,
         )
-        response: ModelResponse = await self.ctx.step.call(
-            f"{self.key}/llm/{self.model_calls}",
+        response: ModelResponse = await self.ctx.step._run_traced(
+            llm_step_key(self.key, self.model_calls),
             self._complete,
             request,
             kind=StepKind.LLM,
@@ -339,7 +340,7 @@ class _AgentLoop:
         name = str(call.get("function", {}).get("name", ""))
         raw_arguments = str(call.get("function", {}).get("arguments", ""))
         safe_name = re.sub(r"[^\w.-]", "_", name)[:64] or "unnamed"
-        step_key = f"{self.key}/tool/{len(self.tool_calls) + 1}/{safe_name}"
+        step_key = tool_step_key(self.key, len(self.tool_calls) + 1, safe_name)
         tool = self.agent.tools.get(name)
         tool_ctx = ToolContext(
             run_id=self.ctx.run_id,
@@ -376,7 +377,7 @@ class _AgentLoop:
             shown_arguments: Any = json.loads(raw_arguments)
         except ValueError:
             shown_arguments = raw_arguments
-        outcome = await self.ctx.step.call(
+        outcome = await self.ctx.step._run_traced(
             step_key,
             execute,
             kind=StepKind.TOOL,

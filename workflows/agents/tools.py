@@ -72,10 +72,20 @@ class Tool:
         spec = openai.pydantic_function_tool(
             self.input_model, name=self.name, description=self.description
         )
-        return _without_defaults(json.loads(json.dumps(spec)))
+        schema: dict[str, Any] = _without_defaults(json.loads(json.dumps(spec)))
+        return schema
 
     async def __call__(self, ctx: ToolContext, input: BaseModel) -> BaseModel:
         return await self.fn(ctx, input)
+
+
+def _model_hint(fn: ToolFn, label: str, model: object) -> type[BaseModel]:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(
+            f"Tool {fn.__qualname__}: annotate the {label} with a pydantic model "
+            "(signature: async def f(ctx, input: In) -> Out)"
+        )
+    return model
 
 
 def tool(
@@ -92,14 +102,8 @@ def tool(
             raise TypeError(f"Tool {fn.__qualname__} must be an `async def` function")
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters)
-        input_model = hints.get(params[1]) if len(params) == 2 else None
-        output_model = hints.get("return")
-        for label, model in (("input", input_model), ("return", output_model)):
-            if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                raise TypeError(
-                    f"Tool {fn.__qualname__}: annotate the {label} with a pydantic model "
-                    "(signature: async def f(ctx, input: In) -> Out)"
-                )
+        input_model = _model_hint(fn, "input", hints.get(params[1]) if len(params) == 2 else None)
+        output_model = _model_hint(fn, "return", hints.get("return"))
         return Tool(
             name=name or fn.__name__,
             description=description,

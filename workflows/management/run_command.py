@@ -2,7 +2,7 @@
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -13,7 +13,7 @@ from workflows.models import WorkflowRun
 class RunStateCommand(BaseCommand):
     """Subclasses set `help`, `operation` (a service taking the run id) and `outcome`."""
 
-    operation: Callable[[uuid.UUID], WorkflowRun]
+    operation: ClassVar[Callable[[uuid.UUID], WorkflowRun]]
     outcome = ""
 
     def add_arguments(self, parser: CommandParser) -> None:

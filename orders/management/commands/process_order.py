@@ -13,7 +13,7 @@ from orders.models import Order
 from orders.rules import payload_error_text, payload_errors
 from orders.schemas import OrderPayload
 from orders.services import OrderConflictError, order_create
-from workflows.models import RunStatus, WorkflowRun
+from workflows.models import EXECUTING_RUN_STATUSES, RunStatus, WorkflowRun
 
 POLL_SECONDS = 0.2
 QCLUSTER_HINT = "is a qcluster running? (scripts/serve.sh starts one)"
@@ -41,7 +41,7 @@ def run_wait(run_id: Any, timeout: float) -> WorkflowRun:
     deadline = time.monotonic() + timeout
     while True:
         run = WorkflowRun.objects.get(pk=run_id)
-        if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+        if run.status not in EXECUTING_RUN_STATUSES:
             return run
         if time.monotonic() >= deadline:
             raise CommandError(

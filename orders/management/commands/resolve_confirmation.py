@@ -3,7 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orders.management.lookups import add_client_argument, order_for_command
-from orders.services import ConfirmationNotUncertainError, order_confirmation_resolve
+from orders.services import NoConfirmationInDoubtError, order_confirmation_resolve
 
 
 class Command(BaseCommand):
@@ -25,7 +25,7 @@ class Command(BaseCommand):
         order = order_for_command(order_id=options["order_id"], client_username=options["client"])
         try:
             run = order_confirmation_resolve(order=order, sent=options["sent"])
-        except ConfirmationNotUncertainError as exc:
+        except NoConfirmationInDoubtError as exc:
             raise CommandError(str(exc)) from None
         action = "recorded as sent" if options["sent"] else "released to be sent again"
         retried = f"; run {run.id} retried" if run else ""

@@ -3,10 +3,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workflows.management.commands.runs import table
-from workflows.models import RunStatus
+from workflows.management.tables import table_write
+from workflows.models import ACTIVE_RUN_STATUSES, RunStatus
 from workflows.registry import workflows_all
-from workflows.replay import LIVE_RUN_STATUSES, runs_replay_check
+from workflows.replay import runs_replay_check
 
 
 class Command(BaseCommand):
@@ -36,7 +36,7 @@ class Command(BaseCommand):
         workflow_id = options["workflow"]
         if workflow_id and workflow_id not in {d.id for d in workflows_all()}:
             raise CommandError(f"No workflow {workflow_id!r} is registered")
-        statuses = list(options["status"] or LIVE_RUN_STATUSES)
+        statuses = list(options["status"] or ACTIVE_RUN_STATUSES)
         if options["include_failed"]:
             statuses.append(RunStatus.FAILED)
         results = list(runs_replay_check(workflow_id=workflow_id, statuses=statuses))
@@ -74,8 +74,7 @@ class Command(BaseCommand):
                     "code asks",
                     "error",
                 ]
-                for line in table(headers, rows):
-                    self.stdout.write(line)
+                table_write(self.stdout, headers, rows, right=[3])
             self.stdout.write(
                 f"{len(results)} run(s) replayed; {len(diverging)} would diverge"
                 + (

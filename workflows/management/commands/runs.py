@@ -1,13 +1,17 @@
 import argparse
-from datetime import datetime
+import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from workflows.console import run_duration_text
+from workflows.management.tables import table_write
 from workflows.models import RunStatus, WorkflowRun
 from workflows.registry import workflows_all
-from workflows.selectors import usage_cost, usage_total
+from workflows.selectors import runs_list, usage_cost, usage_total
+
+HEADERS = ["id", "workflow", "status", "created", "duration", "attempts", "tokens", "cost"]
 
 
 def positive_int(value: str) -> int:
@@ -20,28 +24,40 @@ def positive_int(value: str) -> int:
     return number
 
 
-def duration_text(started: datetime | None, finished: datetime | None) -> str:
-    """ "1.23 s", "350 ms", "running 4.0 s" (no end yet) or "—" (never started)."""
-    if started is None:
-        return "—"
-    seconds = ((finished or timezone.now()) - started).total_seconds()
-    text = f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-    return text if finished else f"{text}…"
+def run_json(run: WorkflowRun) -> dict[str, Any]:
+    cost = usage_cost(run.usage)
+    return {
+        "id": str(run.id),
+        "workflow": run.workflow_id,
+        "status": run.status,
+        "created_at": run.created_at.isoformat(),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "attempts": run.attempts,
+        "tokens": usage_total(run.usage),
+        "cost_usd": str(cost) if cost else None,
+    }
 
 
-def table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = [headers, ["-" * w for w in widths], *rows]
+def run_row(run: WorkflowRun) -> list[str]:
+    cost = usage_cost(run.usage)
     return [
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
+        str(run.id),
+        run.workflow_id,
+        run.status,
+        timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+        run_duration_text(run) + ("" if run.finished_at or not run.started_at else "…"),
+        str(run.attempts),
+        str(usage_total(run.usage)),
+        f"${cost}" if cost else "—",
     ]
 
 
 class Command(BaseCommand):
     help = (
         "List workflow runs, newest first: id, workflow, status, created, duration, "
-        "attempts and model tokens. Filter with --status and --workflow."
+        "attempts and model tokens. Filter with --status and --workflow; --json prints "
+        "them as JSON."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -52,39 +68,24 @@ class Command(BaseCommand):
         parser.add_argument(
             "--limit", type=positive_int, default=20, help="How many runs (default 20)."
         )
+        parser.add_argument("--json", action="store_true", help="Print the runs as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         status, workflow_id = options["status"], options["workflow"]
-        runs = WorkflowRun.objects.order_by("-created_at")
-        if status is not None:
-            if status not in RunStatus.values:
-                raise CommandError(
-                    f"Unknown status {status!r}; valid: {', '.join(RunStatus.values)}"
-                )
-            runs = runs.filter(status=status)
+        if status is not None and status not in RunStatus.values:
+            raise CommandError(f"Unknown status {status!r}; valid: {', '.join(RunStatus.values)}")
+        runs = runs_list(status=status or "", workflow_id=workflow_id or "")
         if workflow_id is not None:
             known = [d.id for d in workflows_all()]
-            runs = runs.filter(workflow_id=workflow_id)
             if workflow_id not in known and not runs.exists():
                 raise CommandError(
                     f"Unknown workflow {workflow_id!r}; known: {', '.join(known) or 'none'}"
                 )
         page = list(runs.defer("input", "output", "error_traceback")[: options["limit"]])
+        if options["json"]:
+            self.stdout.write(json.dumps([run_json(run) for run in page], indent=2))
+            return
         if not page:
             self.stdout.write("No runs.")
             return
-        rows = [
-            [
-                str(run.id),
-                run.workflow_id,
-                run.status,
-                timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M:%S"),
-                duration_text(run.started_at, run.finished_at),
-                str(run.attempts),
-                str(usage_total(run.usage)),
-                f"${cost}" if (cost := usage_cost(run.usage)) else "—",
-            ]
-            for run in page
-        ]
-        headers = ["id", "workflow", "status", "created", "duration", "attempts", "tokens", "cost"]
-        self.stdout.write("\n".join(table(headers, rows)))
+        table_write(self.stdout, HEADERS, [run_row(run) for run in page], right={5, 6, 7})

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Orders end to end: HTTP API (gunicorn) → qcluster workers → settled, and fraud reviews.
 
-    python bench/orders.py [--orders N=300] [--workers 2,4] [--databases sqlite,postgres]
+    python -m bench.order_flow [--orders N=300] [--workers 2,4] [--databases sqlite,postgres]
                            [--postgres-url postgres://postgres@127.0.0.1:5432/test]
                            [--clients C=8] [--timeout S=180] [--json]
 
@@ -27,18 +26,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-# Run as a script, bench/ is first on sys.path and `orders` would be this very file.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-sys.path.insert(0, str(_BENCH.parent))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     DEFAULT_POSTGRES_URL,
     ROOT,
     SETTLED_RUN_STATUSES,
@@ -47,9 +40,12 @@ from bench.common import (  # noqa: E402
     OwnDatabase,
     WebServer,
     check_outcomes,
+    close_connections,
+    comma_list,
     cpu_busy,
     cpu_sample,
     create_accounts,
+    database_label,
     deferred_signals,
     expected_status,
     interrupt_on_sigterm,
@@ -60,30 +56,20 @@ from bench.common import (  # noqa: E402
     order_mix,
     render_table,
     review_sequential,
-    service_env,
+    run_reporting,
     settled_orders,
     setup_django,
-    start_cluster,
     steps_between,
     submit_all,
     wait_runs,
 )
+from tests.support.cluster import QCluster, service_env
 
 PG_DATABASE = "bench_orders"
-PROG = "bench/orders.py"
+PROG = "bench.order_flow"
 REVIEW_TIMEOUT = 30.0
 WARMUP_TIMEOUT = 90.0
 log = make_logger("orders")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("worker counts must be at least 1")
-    return values
 
 
 def _db_list(text: str) -> list[str]:
@@ -96,7 +82,12 @@ def _db_list(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=300, help="orders measured per config")
-    parser.add_argument("--workers", type=_int_list, default=[2, 4], help="e.g. 2,4")
+    parser.add_argument(
+        "--workers",
+        type=comma_list(int, "integers", 1, "worker counts must be at least 1"),
+        default=[2, 4],
+        help="e.g. 2,4",
+    )
     parser.add_argument("--databases", type=_db_list, default=["sqlite", "postgres"])
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
@@ -123,21 +114,21 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
     keep_logs = True
     try:
         url = database.create()
-        env = service_env(url, workers)
+        env = service_env(url, workers=workers, production=True)
         log(f"{kind}, {workers} workers: migrating {database.name if kind == 'postgres' else url}")
         migrate(env)
         setup_django(env)
         import logging
 
         logging.getLogger("django_q").setLevel(logging.WARNING)
-        label = database.label()
+        label = database_label()
         log(f"{label}: 2000 one-row commits")
         commits_per_s = measure_commit_rate()
         client_token, reviewer_token = create_accounts()
 
         web = WebServer(env, web_log)
         web.start()
-        cluster = start_cluster(env, q_log)
+        cluster = QCluster(environ=env, log_path=q_log).start()
         processes = [web, cluster]
         api = Api(web.base_url, client_token, reviewer_token)
         log(f"gunicorn on {web.base_url}, qcluster with {workers} workers: warming up")
@@ -224,11 +215,7 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
                 cluster.stop()
             if web is not None:
                 web.stop()
-            if "django" in sys.modules:
-                from django.db import connections
-
-                with contextlib.suppress(Exception):
-                    connections.close_all()
+            close_connections()
             database.drop()
             if keep_logs:
                 if kept := [str(p) for p in (web_log, q_log) if p.exists()]:
@@ -245,7 +232,8 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
 def run_child(kind: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     argv = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        __spec__.name if __spec__ else "bench.order_flow",
         "--databases",
         kind,
         "--workers",
@@ -363,24 +351,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     interrupt_on_sigterm()
     configs = [(kind, w) for kind in args.databases for w in args.workers]
-    started = time.monotonic()
-    try:
+
+    def work() -> int:
         if len(configs) == 1:
             results = [run_config(*configs[0], args)]
         else:
             results = [run_child(kind, w, args) for kind, w in configs]
-    except BenchError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted", file=sys.stderr)
-        return 130
-    log(f"done in {time.monotonic() - started:.0f} s")
-    if args.json:
-        print(json.dumps(results, sort_keys=True))
-    else:
-        print(render(results))
-    return 1 if any(r["wrong_count"] for r in results) else 0
+        print(json.dumps(results, sort_keys=True) if args.json else render(results))
+        return 1 if any(r["wrong_count"] for r in results) else 0
+
+    return run_reporting(PROG, log, work)
 
 
 if __name__ == "__main__":
