@@ -9,12 +9,13 @@ also view the queue and the orders, without any model's view permission.
 """
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 from django.http import (
@@ -47,6 +48,7 @@ from .client_webhooks import (
 from .models import (
     EmailRecord,
     FraudReview,
+    FraudReviewQuerySet,
     Order,
     ReviewState,
     StripeEvent,
@@ -172,11 +174,12 @@ class ReviewStateFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
         value = self.value()
         if value in ReviewState.values:
-            return queryset.in_state(value)
+            # The filter is FraudReviewAdmin's: its queryset is the reviews' own.
+            return cast(FraudReviewQuerySet, queryset).in_state(value)
         return queryset
 
 
-class ReadOnlyForReviewersMixin:
+class ReadOnlyForReviewersMixin(admin.ModelAdmin[Any]):
     """Records nobody adds or edits here, which fraud reviewers may view without holding
     the model's view permission (their group holds only the decide permission)."""
 
@@ -365,7 +368,8 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         decide, already decided, expired)."""
         if order is None:
             raise ReviewError(f"{review} has no order.")
-        review_decide(order=order, approved=approved, by=request.user, note=note)
+        # The admin lets only signed-in staff in: the user is never anonymous.
+        review_decide(order=order, approved=approved, by=cast(User, request.user), note=note)
         verb = "Approved" if approved else "Rejected"
         self.log_change(request, review, f"{verb}. {note}".strip())
         return order
@@ -613,7 +617,7 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         done = []
         for order in queryset:
             try:
-                order = order_cancel(order=order, by=request.user)
+                order = order_cancel(order=order, by=cast(User, request.user))
             except OrderCancelError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
                 continue

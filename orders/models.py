@@ -6,13 +6,16 @@ review and the suspended workflow can never disagree.
 """
 
 from decimal import Decimal
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
 from workflows.models import Wait, WaitStatus, WorkflowRun
+
+if TYPE_CHECKING:
+    from .risk import RiskSignals
 
 FRAUD_REVIEW_KEY = "fraud_review"
 ORDER_WORKFLOW_ID = "order_processing"
@@ -101,6 +104,12 @@ class Order(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(amount__gt=0), name="order_amount_positive"),
+            # What the column can hold: SQLite would store more digits and every read of
+            # the row would then fail. The order rules (orders/rules.py) refuse far less.
+            models.CheckConstraint(
+                condition=models.Q(amount__lte=Decimal("9999999999.99")),
+                name="order_amount_fits",
+            ),
             # Per client; NULLs are distinct in a unique index, hence the partial ones for
             # orders without a client.
             models.UniqueConstraint(fields=["client", "order_id"], name="order_id_per_client"),
@@ -344,6 +353,8 @@ class FraudReview(Wait):
     """An order's run suspended at `fraud_review`, as the reviewers' queue sees it."""
 
     objects: ClassVar[FraudReviewManager] = FraudReviewManager()
+    # Cached per row by the admin's queue (`FraudReviewAdmin._risk`); not a field.
+    _risk_signals: "RiskSignals | None"
 
     class Meta:
         proxy = True

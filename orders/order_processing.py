@@ -20,6 +20,7 @@ nothing to do, and rejection refunds it under the step key `refund` they always 
 """
 
 from decimal import Decimal
+from uuid import UUID
 
 from django.conf import settings
 from pydantic import BaseModel
@@ -67,7 +68,7 @@ class FraudPolicy(BaseModel):
     overrides_agent: bool
 
 
-def _charge_directly(run_id: object) -> OrderSnapshot:
+def _charge_directly(run_id: UUID) -> OrderSnapshot:
     order = order_for_run(run_id)
     try:
         order_charge(order=order)
@@ -76,7 +77,7 @@ def _charge_directly(run_id: object) -> OrderSnapshot:
     return order_snapshot(run_id=run_id)
 
 
-def _capture(run_id: object) -> OrderSnapshot:
+def _capture(run_id: UUID) -> OrderSnapshot:
     try:
         order_capture(run_id=run_id)
     except CaptureFailedError:
@@ -84,7 +85,7 @@ def _capture(run_id: object) -> OrderSnapshot:
     return order_snapshot(run_id=run_id)
 
 
-def _release(run_id: object) -> OrderSnapshot:
+def _release(run_id: UUID) -> OrderSnapshot:
     order_payment_release(order=order_for_run(run_id))
     return order_snapshot(run_id=run_id)
 
@@ -99,7 +100,7 @@ def _agent_failed(key: str, error: str) -> OrderAgentOutput:
     )
 
 
-def _confirm(run_id: object) -> OrderSnapshot:
+def _confirm(run_id: UUID) -> OrderSnapshot:
     order_confirm(order=order_for_run(run_id))
     return order_snapshot(run_id=run_id)
 
@@ -117,7 +118,7 @@ def _fraud_policy(amount: Decimal, currency: str, agent_output: OrderAgentOutput
 
 
 def _finish(
-    run_id: object,
+    run_id: UUID,
     status: OrderStatus,
     reason: str = "",
     fraud_approved: bool | None = None,

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import TypedDict
 from uuid import UUID
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
@@ -94,7 +94,7 @@ def _orders() -> QuerySet[Order]:
     )
 
 
-def order_get(*, order_id: str, client: AbstractBaseUser | None = None) -> Order:
+def order_get(*, order_id: str, client: User | None = None) -> Order:
     """For staff tools (commands): the order with that id, the `client`'s if given.
     `Http404` if none; without a client, `Order.MultipleObjectsReturned` when clients
     share the id, so that a command never acts on a guess."""
@@ -102,13 +102,13 @@ def order_get(*, order_id: str, client: AbstractBaseUser | None = None) -> Order
     return get_object_or_404(orders, order_id=order_id)
 
 
-def order_get_for(*, client: AbstractBaseUser, order_id: str) -> Order:
+def order_get_for(*, client: User, order_id: str) -> Order:
     """The API client's own order with that id, or `Http404`: another client's order is
     not found either, so ids never leak between clients."""
     return get_object_or_404(_orders(), client=client, order_id=order_id)
 
 
-def order_list_for(*, client: AbstractBaseUser, status: str | None = None) -> QuerySet[Order]:
+def order_list_for(*, client: User, status: str | None = None) -> QuerySet[Order]:
     """The API client's own orders, as `orders_list` gives them."""
     return orders_list(status=status).filter(client=client)
 
@@ -117,7 +117,7 @@ def order_list_for(*, client: AbstractBaseUser, status: str | None = None) -> Qu
 MAX_FORK_DEPTH = 10
 
 
-def run_get_for(*, client: AbstractBaseUser, run_id: UUID | str) -> WorkflowRun:
+def run_get_for(*, client: User, run_id: UUID | str) -> WorkflowRun:
     """The run of one of the API client's orders (its current run, or one it was forked
     from), with its steps and waits; `Http404` for another client's run, a run without
     an order, or a malformed id."""
@@ -224,14 +224,12 @@ def ops_overview() -> OpsOverview:
     )
 
 
-def webhook_endpoint_list_for(*, client: AbstractBaseUser) -> QuerySet[WebhookEndpoint]:
+def webhook_endpoint_list_for(*, client: User) -> QuerySet[WebhookEndpoint]:
     """The API client's own webhook endpoints, newest first."""
     return WebhookEndpoint.objects.filter(client=client).order_by("-created_at", "-pk")
 
 
-def webhook_endpoint_get_for(
-    *, client: AbstractBaseUser, endpoint_id: int | str
-) -> WebhookEndpoint:
+def webhook_endpoint_get_for(*, client: User, endpoint_id: int | str) -> WebhookEndpoint:
     """The API client's own endpoint with that id, or `Http404` (another client's, or a
     malformed id, too)."""
     try:

@@ -6,15 +6,17 @@ import json
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict, cast
 from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
+from django_stubs_ext import WithAnnotations
 
 from workflows import (
     NonRetryableError,
@@ -198,7 +200,7 @@ def _fingerprint(payload: OrderPayload) -> str:
 def order_create(
     *,
     payload: OrderPayload,
-    client: AbstractBaseUser | None = None,
+    client: User | None = None,
     idempotency_key: str | None = None,
 ) -> tuple[Order, bool]:
     """Create the order for `client` (None: the console's or a command's) and start its
@@ -271,9 +273,7 @@ def order_register_run(*, payload: OrderPayload, run_id: UUID) -> None:
         )
 
 
-def _order_find(
-    *, client: AbstractBaseUser | None, order_id: str, idempotency_key: str | None
-) -> Order | None:
+def _order_find(*, client: User | None, order_id: str, idempotency_key: str | None) -> Order | None:
     orders = Order.objects.filter(client=client)
     if idempotency_key:
         by_key = orders.filter(idempotency_key=idempotency_key).first()
@@ -282,11 +282,11 @@ def _order_find(
     return orders.filter(order_id=order_id).first()
 
 
-def order_for_run(run_id: object) -> Order:
+def order_for_run(run_id: UUID) -> Order:
     return Order.objects.get(run_id=run_id)
 
 
-def order_snapshot(*, run_id: object) -> OrderSnapshot:
+def order_snapshot(*, run_id: UUID) -> OrderSnapshot:
     order = order_for_run(run_id)
     return OrderSnapshot(
         order_id=order.order_id,
@@ -366,7 +366,7 @@ def order_charge(*, order: Order) -> Charge:
     return charge
 
 
-def order_capture(*, run_id: object) -> None:
+def order_capture(*, run_id: UUID) -> None:
     """Capture the order's authorization (its review was approved), once, under the
     order's capture key. Nothing to do when it is captured already, as are the orders
     charged before holds existed.
@@ -466,7 +466,7 @@ def order_confirm(*, order: Order) -> EmailRecord:
     return order_confirmation_send(order=order)
 
 
-def order_review_open(*, run_id: object) -> None:
+def order_review_open(*, run_id: UUID) -> None:
     """Mark the order awaiting review and tell the fraud reviewers (the workflow's
     `open_review` step, just before it suspends at `fraud_review`).
 
@@ -493,6 +493,11 @@ def order_review_open(*, run_id: object) -> None:
         logger.exception("order %s: the reviewers' alert failed; the sweep retries", order.order_id)
 
 
+class _EmailsSent(TypedDict):
+    alerted: bool
+    reminded: bool
+
+
 def review_reminders_send(*, now: datetime | None = None) -> int:
     """Send what the fraud reviewers are owed about open reviews: the alert when it was
     not sent at opening (it failed, or nobody was there to tell), and the reminder once
@@ -508,11 +513,15 @@ def review_reminders_send(*, now: datetime | None = None) -> int:
             EmailRecord.objects.filter(order__run_id=OuterRef("run_id"), kind=kind, status__in=done)
         )
 
-    reviews = list(
-        FraudReview.objects.pending()
-        .filter(deadline__gt=now)
-        .annotate(alerted=recorded(REVIEW_ALERT), reminded=recorded(REVIEW_REMINDER))
-        .filter(Q(alerted=False) | Q(reminded=False))
+    # The stubs do not follow `annotate` through a custom queryset's methods.
+    reviews = cast(
+        "list[WithAnnotations[FraudReview, _EmailsSent]]",
+        list(
+            FraudReview.objects.pending()
+            .filter(deadline__gt=now)
+            .annotate(alerted=recorded(REVIEW_ALERT), reminded=recorded(REVIEW_REMINDER))
+            .filter(Q(alerted=False) | Q(reminded=False))
+        ),
     )
     orders = Order.objects.filter(
         run_id__in=[review.run_id for review in reviews], status=OrderStatus.AWAITING_REVIEW
@@ -556,7 +565,7 @@ def _order_refund(order: Order) -> str:
 
 
 def order_finish(
-    *, run_id: object, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
+    *, run_id: UUID, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
 ) -> None:
     # A cancelled order stays cancelled, whatever a run retried afterwards concludes.
     Order.objects.filter(run_id=run_id).exclude(status=OrderStatus.CANCELLED).update(
@@ -590,9 +599,7 @@ def order_confirmation_resolve(*, order: Order, sent: bool) -> WorkflowRun | Non
     return None
 
 
-def review_decide(
-    *, order: Order, approved: bool, by: AbstractBaseUser, note: str = ""
-) -> FraudReview:
+def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> FraudReview:
     """Approve or reject an order's pending fraud review and resume its workflow.
 
     One conditional UPDATE decides races: of two reviewers clicking at once, one wins
@@ -605,6 +612,8 @@ def review_decide(
         raise ReviewError(f"The note is too long (at most {REVIEW_NOTE_MAX_LENGTH} characters)")
     if "\x00" in note:
         raise ReviewError("The note contains a NUL character")
+    if order.run_id is None:  # what `run_resume` would find for it: no wait
+        raise ReviewError(f"Order {order.order_id} has no fraud review to decide")
     try:
         run_resume(order.run_id, FRAUD_REVIEW_KEY, {"approved": approved, "note": note}, by=by)
     except WaitNotFoundError:
@@ -628,7 +637,7 @@ def review_decide(
     return FraudReview.objects.get(run_id=order.run_id, key=FRAUD_REVIEW_KEY)
 
 
-def order_cancel(*, order: Order, by: AbstractBaseUser | None = None) -> Order:
+def order_cancel(*, order: Order, by: User | None = None) -> Order:
     """Cancel an order that is not finished: stop its run, give the money back (cancel
     the hold or refund the capture) and mark it cancelled. The one way to cancel an
     order's run: the orders admin, `cancel_order` and the console's run cancel all come
@@ -677,12 +686,13 @@ def order_run_cancel(run_id: UUID | str, by: AbstractBaseUser | None) -> None:
     """Cancelling an order's run from the console or `cancel_run` cancels the order
     (registered in `workflows.services.RUN_CANCELLERS`): its money must not stay taken.
     Refusals come back as `RunStateError`, which those doors report."""
-    order = Order.objects.filter(run_id=run_id).first()
+    order = Order.objects.filter(run__pk=run_id).first()
     if order is None:  # a run whose order was never registered holds no money
         run_cancel(run_id)
         return
     try:
-        order_cancel(order=order, by=by)
+        # The engine passes the signed-in user, an AUTH_USER_MODEL (`User`) instance.
+        order_cancel(order=order, by=cast(User | None, by))
     except PermissionDenied as exc:
         raise OrderCancelError(
             f"{exc} (cancelling order {order.order_id}'s run cancels it)"

@@ -44,10 +44,11 @@ _MIN_BAR_PCT = 0.6
 def pretty_json(value: Any) -> str:
     """Indented JSON for display; a JSON text is parsed first so it is indented too."""
     if isinstance(value, str):
+        text = value
         try:
-            value = json.loads(value)
+            value = json.loads(text)
         except ValueError:
-            return value
+            return text
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
 

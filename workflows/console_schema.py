@@ -163,7 +163,7 @@ def _example_value(name: str, node: dict[str, Any], defs: dict[str, Any], depth:
     return None
 
 
-def _example_object(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> Any:
+def _example_object(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> dict[str, Any]:
     if depth > 4:
         return {}
     return {
@@ -181,5 +181,6 @@ def schema_example(model: Any) -> dict[str, Any]:
     schema = model.model_json_schema()
     examples = schema.get("examples")
     if isinstance(examples, list) and examples and isinstance(examples[0], dict):
-        return examples[0]
+        example: dict[str, Any] = examples[0]
+        return example
     return _example_object(schema, schema.get("$defs", {}))

@@ -39,6 +39,7 @@ from .retry import RetryPolicy
 from .runtime import SegmentReleased, run_sync, segment_should_stop
 
 if TYPE_CHECKING:
+    from .observability import _Segment
     from .registry import WorkflowDefinition
 
 DEFAULT_RETRY = RetryPolicy()
@@ -293,7 +294,8 @@ class StepContext:
         "timed_out": False}`; on timeout `{"data": {}, ..., "timed_out": True}`.
         """
         window = timedelta(seconds=timeout) if timeout is not None else DEFAULT_SUSPEND_TIMEOUT
-        return await self._wait(key, StepKind.SUSPEND, data or {}, window)
+        resumed: dict[str, Any] = await self._wait(key, StepKind.SUSPEND, data or {}, window)
+        return resumed
 
     async def agent_invoke_and_wait(self, key: str, invocation: Invocation) -> Any:
         """Run an agent (see `workflows.agents`) inside this run; each of its model and
@@ -345,6 +347,9 @@ class StepContext:
 
 class WorkflowContext:
     """Passed to every workflow function as `ctx`."""
+
+    # Set by `observability.segment_started` when tracing is on.
+    _observed_segment: "_Segment"
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol, TypedDict, cast
 
 from django.db.models import Prefetch
 
@@ -98,19 +98,33 @@ class _ReplayContext(WorkflowContext):
 _OPEN_WAIT = "waiting"
 
 
+class _PrefetchedRun(Protocol):
+    """A run as `runs_replay_check` loads it: its `Prefetch(..., to_attr=...)` lists."""
+
+    replay_steps: list[StepRecord]
+    replay_waits: list[Wait]
+
+
+class _RunFields(TypedDict):
+    run_id: uuid.UUID
+    workflow_id: str
+    status: str
+
+
 def _history(run: WorkflowRun) -> list[StepRecord]:
     """The steps a worker would replay (completed, and failed ones the workflow handled),
     and each open wait as the step it becomes when decided."""
-    history = list(run.replay_steps)
+    prefetched = cast(_PrefetchedRun, run)
+    history = list(prefetched.replay_steps)
     history += [
         StepRecord(run_id=run.id, key=w.key, position=w.position, status=_OPEN_WAIT)
-        for w in run.replay_waits
+        for w in prefetched.replay_waits
     ]
     return history
 
 
 async def _replay(run: WorkflowRun) -> ReplayResult:
-    result = {"run_id": run.id, "workflow_id": run.workflow_id, "status": run.status}
+    result: _RunFields = {"run_id": run.id, "workflow_id": run.workflow_id, "status": run.status}
     try:
         ctx = _ReplayContext(run=run, history=_history(run))
         payload = ctx.definition.input_model.model_validate(run.input)

@@ -1,7 +1,7 @@
 """How the orders commands find users and orders, with one-line errors."""
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.management.base import CommandError, CommandParser
 from django.http import Http404
 
@@ -17,7 +17,7 @@ def add_client_argument(parser: CommandParser) -> None:
     )
 
 
-def user_get(username: str) -> AbstractBaseUser:
+def user_get(username: str) -> User:
     User = get_user_model()
     try:
         return User._default_manager.get_by_natural_key(username)

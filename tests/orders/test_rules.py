@@ -205,3 +205,19 @@ def test_list_pages_survive_an_order_id_with_a_slash(api, queue_capture):
     page = admin.get(reverse("admin:orders_order_changelist"))
     assert page.status_code == 200 and "a/b" in page.content.decode()
     assert admin.get("/runs/").status_code == 200
+
+
+def test_the_database_refuses_an_amount_its_column_cannot_hold():
+    """The last line behind the rules: such a row made every read of the list fail."""
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Order.objects.create(
+            order_id="too-big",
+            customer_id="cus_1",
+            customer_email="ada@example.com",
+            amount=Decimal("999999999999"),
+            currency="usd",
+            request_fingerprint="x",
+        )
+    assert not Order.objects.filter(order_id="too-big").exists()

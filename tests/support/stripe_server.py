@@ -114,6 +114,23 @@ _PI_ACTION_PATH = re.compile(r"^/v1/payment_intents/(?P<id>[^/]+)/(?P<action>cap
 _REFUND_PATH = re.compile(r"^/v1/refunds/(?P<id>[^/]+)$")
 _CUSTOMER_PATH = re.compile(r"^/v1/customers/(?P<id>[^/]+)$")
 _CURRENCY_RE = re.compile(r"^[a-zA-Z]{3}$")
+# What Stripe accepts, written down here independently of the service's own tables so that
+# a wrong table in the service makes a test fail. ISO 4217 codes Stripe charges in (the
+# ones this fake knows) and its minimum charge amounts
+# in the currency's smallest unit (https://docs.stripe.com/currencies#minimum-and-maximum-
+# charge-amounts); currencies not listed there use the equivalent of 0.50 USD, taken here
+# as 50 minor units.
+STRIPE_CURRENCIES = frozenset(
+    "aed aud bgn bif brl cad chf clp cny czk djf dkk eur gbp gnf hkd huf idr ils inr isk "
+    "jpy kmf krw mga mxn myr nok nzd php pln pyg ron rwf sek sgd thb try twd ugx usd vnd "
+    "vuv xaf xof xpf zar bhd jod kwd omr tnd".split()
+)
+MINIMUM_CHARGE = {
+    "usd": 50, "aed": 200, "aud": 50, "bgn": 100, "brl": 50, "cad": 50, "chf": 50,
+    "czk": 1500, "dkk": 250, "eur": 50, "gbp": 30, "hkd": 400, "huf": 17500, "inr": 50,
+    "jpy": 50, "mxn": 1000, "myr": 200, "nok": 300, "nzd": 50, "pln": 200, "ron": 200,
+    "sek": 300, "sgd": 50, "thb": 1000,
+}  # fmt: skip
 _REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 _CANCELLATION_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer", "abandoned"})
 _CREATED_FILTERS = ("gt", "gte", "lt", "lte")
@@ -954,6 +971,19 @@ class StripeServer(BackgroundHTTPServer):
             return _missing("currency"), False
         if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
             return _invalid(f"Invalid currency: {currency}", param="currency"), False
+        currency = currency.lower()
+        if currency not in STRIPE_CURRENCIES:
+            return _invalid(f"Invalid currency: {currency}.", param="currency"), False
+        minimum = MINIMUM_CHARGE.get(currency, 50)
+        if amount < minimum:
+            return (
+                _invalid(
+                    f"Amount must be at least {minimum} {currency} minor units",
+                    param="amount",
+                    code="amount_too_small",
+                ),
+                False,
+            )
         metadata = _parse_metadata(params)
         if isinstance(metadata, _Response):
             return metadata, False

@@ -118,6 +118,22 @@ def test_same_idempotency_key_replays_first_response(
     assert len(server.payment_intents) == 1
 
 
+def test_currencies_and_minimum_amounts_are_stripes(
+    server: StripeServer, make_client: ClientFactory
+) -> None:
+    client = make_client()
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        charge(client, "xyz", currency="xyz")
+    assert unknown.value.param == "currency"
+    for key, currency, amount in (("usd-49", "usd", 49), ("jpy-49", "jpy", 49), ("gbp", "gbp", 29)):
+        with pytest.raises(stripe.InvalidRequestError) as small:
+            charge(client, key, currency=currency, amount=amount)
+        assert small.value.code == "amount_too_small"
+    # 50 yen is 50 yen: zero-decimal amounts are whole units.
+    assert charge(client, "jpy-50", currency="jpy", amount=50).amount == 50
+    assert server.successful_charges()[0]["currency"] == "jpy"
+
+
 def test_decline_raises_card_error_with_decline_code(
     server: StripeServer, make_client: ClientFactory
 ) -> None:

@@ -273,11 +273,12 @@ class Command(BaseCommand):
                     if (
                         order.order_id not in decided
                         and order.status == OrderStatus.AWAITING_REVIEW
+                        and order.run is not None
                         and order.run.status == RunStatus.SUSPENDED
                     ):
                         self.decide(order, expected[order.order_id] == APPROVED, reviewer)
                         decided.add(order.order_id)
-                state = sorted((o.order_id, o.status, o.run.status) for o in orders)
+                state = sorted((o.order_id, o.status, o.run and o.run.status) for o in orders)
                 settled = sum(o.status in SETTLED for o in orders)
                 waiting = sum(o.status == OrderStatus.AWAITING_REVIEW for o in orders)
                 waiting_text = f", {waiting} awaiting review" if waiting else ""
