@@ -10,25 +10,24 @@ class OrdersConfig(AppConfig):
         from django.urls import reverse
 
         from workflows.models import WorkflowRun
-        from workflows.services import RUN_CANCELLERS
+        from workflows.services import RUN_CANCELLERS, WAIT_SWEEP_HOOKS
         from workflows.signals import run_forked
-        from workflows.views import WAIT_LINKS
+        from workflows.views import RUN_FACTS, WAIT_LINKS
 
         from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
-        from .services import order_follow_fork, order_run_cancel
+        from .selectors import order_run_facts
+        from .services import order_follow_fork, order_run_cancel, review_reminders_send
 
         # A suspended order run's trace page links to the review where it is decided.
         WAIT_LINKS[FRAUD_REVIEW_KEY] = lambda wait: reverse(
             "admin:orders_fraudreview_change", args=[wait.pk]
         )
+        # An order run's page says which order it is, its status and its payment's.
+        RUN_FACTS[ORDER_WORKFLOW_ID] = order_run_facts
         # Cancelling an order's run cancels the order: its payment is released.
         RUN_CANCELLERS[ORDER_WORKFLOW_ID] = order_run_cancel
         # A forked order run continues the same order.
         run_forked.connect(order_follow_fork, sender=WorkflowRun, dispatch_uid="order_follow_fork")
         # The expiry sweep (every minute) also sends the fraud reviewers' reminders.
-        from workflows.services import WAIT_SWEEP_HOOKS
-
-        from .services import review_reminders_send
-
         if review_reminders_send not in WAIT_SWEEP_HOOKS:
             WAIT_SWEEP_HOOKS.append(review_reminders_send)

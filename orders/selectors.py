@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from django.utils import timezone
 from django_q.brokers import get_broker
 
@@ -243,3 +244,17 @@ def webhook_deliveries_failed() -> QuerySet[WebhookDelivery]:
     """Deliveries whose every attempt failed, oldest first (what `webhooks_retry
     --failed` sends again)."""
     return WebhookDelivery.objects.filter(status=DeliveryStatus.FAILED).order_by("created_at")
+
+
+def order_run_facts(run: WorkflowRun) -> list[tuple[str, str, str | None]]:
+    """What the console's run page says about the run's order: which order, its status
+    and where its money is (one query)."""
+    order = Order.objects.select_related("run").filter(run=run).first()
+    if order is None:
+        return []
+    admin_url = reverse("admin:orders_order_change", args=[order.pk])
+    return [
+        ("Order", order.order_id, admin_url),
+        ("Order status", order_status_shown(order), None),
+        ("Payment", order.get_payment_status_display(), None),
+    ]

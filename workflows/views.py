@@ -18,6 +18,12 @@ Another app registers into it, typically from its `AppConfig.ready()`::
 The callable receives the `Wait` and returns a URL, or None for no link. The link is
 labelled after the key ("Open the fraud review"). A callable that raises is logged
 and skipped: the trace page never breaks because of it.
+
+What a run is about
+-------------------
+Likewise `RUN_FACTS`, keyed by workflow id, lets an app add facts to the run page's
+summary (an order's status and payment status, say): the callable receives the run and
+returns (label, text, url or None) triples.
 """
 
 import json
@@ -58,6 +64,10 @@ logger = logging.getLogger(__name__)
 WaitLink = Callable[[Wait], str | None]
 WAIT_LINKS: dict[str, WaitLink] = {}
 """Wait key → callable giving the URL where such a wait is decided (see above)."""
+
+RunFact = tuple[str, str, str | None]
+RUN_FACTS: dict[str, Callable[[WorkflowRun], list[RunFact]]] = {}
+"""Workflow id → callable giving facts about a run for its page (see above)."""
 
 RUNS_PER_PAGE = 50
 START_RUN_PERMISSION = "workflows.start_run"
@@ -149,6 +159,17 @@ def run_list(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+def _run_facts(run: WorkflowRun) -> list[RunFact]:
+    make = RUN_FACTS.get(run.workflow_id)
+    if make is None:
+        return []
+    try:
+        return make(run)
+    except Exception:
+        logger.exception("RUN_FACTS[%r] failed for run %s", run.workflow_id, run.pk)
+        return []
+
+
 def _wait_link(wait: Wait) -> dict[str, str] | None:
     make = WAIT_LINKS.get(wait.key)
     if make is None:
@@ -182,6 +203,7 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
         "open_wait_time_left": open_wait.time_left_text() if open_wait else "",
         "open_wait_link": _wait_link(open_wait) if open_wait else None,
         "is_live": trace.is_live,
+        "run_facts": _run_facts(run),
     }
 
 
