@@ -53,6 +53,13 @@ WEBHOOK_REJECTED = Counter(
     ["event_type", "reason"],
 )
 
+CLIENT_WEBHOOK_ATTEMPTS = Counter(
+    "orders_client_webhook_attempts",
+    "Deliveries of order events to clients' webhook endpoints, by event type and outcome "
+    "(delivered: a 2xx; failed: any other answer, or none).",
+    ["event_type", "outcome"],
+)
+
 OPERATIONS = ("charge", "refund", "capture", "cancel")
 
 
@@ -135,6 +142,12 @@ def stripe_webhook_counted(
     WEBHOOK_RECEIVED.labels(label).inc()
     if not accepted:
         WEBHOOK_REJECTED.labels(label, reason).inc()
+
+
+def client_webhook_attempt_counted(*, event_type: str, delivered: bool) -> None:
+    """Count one delivery attempt to a client's endpoint (`event_type` is one of the
+    service's own event types, never the client's text)."""
+    CLIENT_WEBHOOK_ATTEMPTS.labels(event_type, "delivered" if delivered else "failed").inc()
 
 
 class OrdersCollector:

@@ -35,6 +35,7 @@ from .client_webhooks import (
     webhook_headers,
     webhook_url_addresses,
 )
+from .metrics import client_webhook_attempt_counted
 from .models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ def webhook_attempt(*, delivery_id: int, pause: float | None) -> AttemptResult:
         )
         if answer.ok:
             WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=0)
+    client_webhook_attempt_counted(event_type=delivery.event_type, delivered=answer.ok)
     logger.info(
         "webhook %s %s to endpoint %s, attempt %d: %s",
         delivery.event_type,

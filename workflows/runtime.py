@@ -72,8 +72,6 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self.accepting = True
         self.releasing = False  # segments stop at their next step
-        self.max_in_flight = 0
-        self.segments_started = 0
         self._thread = threading.Thread(target=self._run_loop, name="workflows-loop", daemon=True)
         self._thread.start()
 
@@ -112,8 +110,6 @@ class WorkerRuntime:
         future = asyncio.run_coroutine_threadsafe(segment_execute(run_id, self), self.loop)
         with self._lock:
             self._in_flight.add(future)
-            self.max_in_flight = max(self.max_in_flight, len(self._in_flight))
-            self.segments_started += 1
             observability.worker_slots(self)
         future.add_done_callback(self._finished)
         return True

@@ -333,8 +333,12 @@ def test_a_failing_emit_never_fails_the_order(intake, receiver, queue_capture, m
 
 
 def test_500_twice_then_200_delivers_three_times_and_the_order_is_unaffected(
-    intake, receiver, queue_capture, webhook_settings
+    intake, receiver, queue_capture, webhook_settings, client
 ):
+    from tests.workflows.test_metrics import TOKEN, scrape
+
+    webhook_settings.METRICS_TOKEN = TOKEN
+    before = scrape(client)
     # Pauses longer than the engine's inline sleeps: the run suspends, the sweep wakes it.
     webhook_settings.WEBHOOKS_RETRY_SCHEDULE = [60, 600, 3600]
     endpoint = webhook_endpoint_create(client=intake, url=receiver.url, events=["order.completed"])
@@ -368,6 +372,11 @@ def test_500_twice_then_200_delivers_three_times_and_the_order_is_unaffected(
     ]
     assert delivery.attempt_records.filter(latency_ms__isnull=False).count() == 3
     assert order_state(order) == ("completed", RunStatus.COMPLETED)
+    after = scrape(client)  # the operations metrics count the attempts
+    for outcome, count in (("delivered", 1), ("failed", 2)):
+        labels = {"event_type": "order.completed", "outcome": outcome}
+        name = "orders_client_webhook_attempts_total"
+        assert after.value(name, **labels) - before.value(name, **labels) == count
 
 
 def test_endpoint_failing_in_a_row_is_disabled_and_retry_delivers(
