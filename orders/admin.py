@@ -9,6 +9,7 @@ also view the queue and the orders, without any model's view permission.
 """
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 from django import forms
@@ -196,6 +197,17 @@ class ReadOnlyForReviewersMixin(admin.ModelAdmin[Any]):
         return False
 
 
+def _risk_column(attribute: str, description: str) -> Callable[[Any, FraudReview], str]:
+    """A review-queue column showing one of the review's risk signals (see orders/risk.py)."""
+
+    @admin.display(description=description)
+    def column(model_admin: Any, review: FraudReview) -> str:
+        risk = model_admin._risk(review)
+        return str(getattr(risk, attribute)) if risk else EMPTY
+
+    return column
+
+
 @admin.register(FraudReview)
 class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     list_display = (
@@ -289,30 +301,11 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             review._risk_signals = review_risk_signals(review=review)
         return review._risk_signals
 
-    @admin.display(description="history")
-    def history_column(self, review: FraudReview) -> str:
-        risk = self._risk(review)
-        return risk.history_text if risk else EMPTY
-
-    @admin.display(description="vs. average")
-    def ratio_column(self, review: FraudReview) -> str:
-        risk = self._risk(review)
-        return risk.ratio_text if risk else EMPTY
-
-    @admin.display(description="other orders, 24 h")
-    def velocity_column(self, review: FraudReview) -> str:
-        risk = self._risk(review)
-        return risk.velocity_text if risk else EMPTY
-
-    @admin.display(description="email domain")
-    def domain_column(self, review: FraudReview) -> str:
-        risk = self._risk(review)
-        return risk.domain_text if risk else EMPTY
-
-    @admin.display(description="Stripe risk")
-    def stripe_risk_column(self, review: FraudReview) -> str:
-        risk = self._risk(review)
-        return risk.stripe_text if risk else EMPTY
+    history_column = _risk_column("history_text", "history")
+    ratio_column = _risk_column("ratio_text", "vs. average")
+    velocity_column = _risk_column("velocity_text", "other orders, 24 h")
+    domain_column = _risk_column("domain_text", "email domain")
+    stripe_risk_column = _risk_column("stripe_text", "Stripe risk")
 
     # --- actions: confirm, then decide each review through the service ---------------
 

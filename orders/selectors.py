@@ -118,20 +118,31 @@ def order_list_for(*, client: User, status: str | None = None) -> QuerySet[Order
 MAX_FORK_DEPTH = 10
 
 
+def _owns_run_or_its_fork(*, client: User, run_id: UUID | str) -> bool:
+    """One query for the usual case (the order's current run); the fork lineage is
+    walked only for a run the order has moved on from."""
+    orders = Order.objects.filter(client=client)
+    if orders.filter(run__pk=run_id).exists():
+        return True
+    lineage: set[UUID | str] = {run_id}
+    for _ in range(MAX_FORK_DEPTH):  # the order moves to the newest fork
+        forks = set(
+            WorkflowRun.objects.filter(forked_from__in=lineage).values_list("pk", flat=True)
+        )
+        if forks <= lineage:
+            return False
+        lineage |= forks
+        if orders.filter(run_id__in=forks).exists():
+            return True
+    return False
+
+
 def run_get_for(*, client: User, run_id: UUID | str) -> WorkflowRun:
     """The run of one of the API client's orders (its current run, or one it was forked
     from), with its steps and waits; `Http404` for another client's run, a run without
     an order, or a malformed id."""
     try:
-        lineage = {run_id}
-        for _ in range(MAX_FORK_DEPTH):  # the order moves to the newest fork
-            forks = set(
-                WorkflowRun.objects.filter(forked_from__in=lineage).values_list("pk", flat=True)
-            )
-            if forks <= lineage:
-                break
-            lineage |= forks
-        owned = Order.objects.filter(client=client, run_id__in=lineage).exists()
+        owned = _owns_run_or_its_fork(client=client, run_id=run_id)
     except (ValueError, ValidationError):
         owned = False
     if not owned:

@@ -10,11 +10,10 @@ from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from orders.models import Order
 from orders.services import review_decide
+from tests.support.api import api_client_for
 from tests.support.openai_server import reply_text, reply_tool_calls
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 from workflows.services import run_retry
@@ -140,8 +139,7 @@ def test_agent_that_never_stops_on_a_large_order_is_held_for_review(
 
 def test_a_failed_run_shows_its_order_as_needing_attention(queue_capture, place_order):
     client = User.objects.create_user("shop")
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=client).key}")
+    api = api_client_for(client)
     order = place_order("250.00", client=client)
     WorkflowRun.objects.filter(pk=order.run_id).update(
         status=RunStatus.FAILED, error="StepFailedError: the gateway is down"

@@ -8,11 +8,11 @@ import yaml
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from rest_framework.throttling import UserRateThrottle
 
 from orders.models import Order
+from tests.support.api import api_client_for
 from workflows.models import WorkflowRun
 
 ORDERS = "/api/orders/"
@@ -34,13 +34,6 @@ def simulated(settings, db):
     cache.clear()
 
 
-def client_for(user: User) -> APIClient:
-    token, _ = Token.objects.get_or_create(user=user)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
-
-
 @pytest.fixture
 def intake(db) -> User:
     return User.objects.create_user("intake")
@@ -48,7 +41,7 @@ def intake(db) -> User:
 
 @pytest.fixture
 def api(intake) -> APIClient:
-    return client_for(intake)
+    return api_client_for(intake)
 
 
 def nothing_written() -> bool:
@@ -271,7 +264,7 @@ def test_unknown_run_is_404(api):
 
 @pytest.mark.django_db(transaction=True)
 def test_run_shows_its_steps_after_the_order_ran(queue_capture):
-    api = client_for(User.objects.create_user("intake"))
+    api = api_client_for(User.objects.create_user("intake"))
     created = api.post(ORDERS, BODY, format="json").json()
     assert queue_capture.drain() == ["completed"]
 
@@ -304,15 +297,15 @@ def test_review_decisions(queue_capture, place_order, reviewer, staff_without_pe
     assert sorted(queue_capture.drain()) == ["completed", "suspended"]
     url = f"{ORDERS}{order.order_id}/review/"
 
-    suspended = client_for(reviewer).get(f"{ORDERS}{order.order_id}/").json()
+    suspended = api_client_for(reviewer).get(f"{ORDERS}{order.order_id}/").json()
     assert suspended["status"] == "awaiting_review"
     assert suspended["review"]["state"] == "pending" and suspended["review"]["decided_by"] is None
 
-    denied = client_for(staff_without_permission).post(url, {"approved": True}, format="json")
+    denied = api_client_for(staff_without_permission).post(url, {"approved": True}, format="json")
     assert denied.status_code == 403
     assert denied.json() == {"detail": "You may not decide fraud reviews."}
 
-    rita = client_for(reviewer)
+    rita = api_client_for(reviewer)
     assert rita.post(url, {"note": "x"}, format="json").json() == {
         "approved": ["This field is required."]
     }

@@ -12,13 +12,12 @@ from django.core.cache import cache, caches
 from django.core.cache.backends.db import DatabaseCache
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 from rest_framework.throttling import UserRateThrottle
 
 from orders.api.pagination import MAX_PAGE_SIZE
 from orders.models import Order
 from tests.support import cluster
+from tests.support.api import api_client_for
 
 ORDERS = "/api/orders/"
 BODY = {
@@ -39,16 +38,9 @@ def simulated(settings, db):
     cache.clear()
 
 
-def token_client(user: User) -> APIClient:
-    token, _ = Token.objects.get_or_create(user=user)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
-
-
 def submit(user: User, order_id: str, amount: str) -> dict:
     """The order as `user` submits it through the API."""
-    response = token_client(user).post(ORDERS, {**BODY, "order_id": order_id, "amount": amount})
+    response = api_client_for(user).post(ORDERS, {**BODY, "order_id": order_id, "amount": amount})
     assert response.status_code == 201, response.json()
     return response.json()
 
@@ -69,10 +61,10 @@ def test_a_client_lists_only_its_own_orders(alice, bob, queue_capture, place_ord
     submit(bob, "b-1", "3.00")
     place_order("4.00", order_id="console-1")  # no client: the console's or a command's
 
-    mine = token_client(alice).get(ORDERS).json()
+    mine = api_client_for(alice).get(ORDERS).json()
     assert mine["count"] == 2
     assert [o["order_id"] for o in mine["results"]] == ["a-2", "a-1"]
-    assert [o["order_id"] for o in token_client(bob).get(ORDERS).json()["results"]] == ["b-1"]
+    assert [o["order_id"] for o in api_client_for(bob).get(ORDERS).json()["results"]] == ["b-1"]
 
 
 def test_staff_with_the_view_permission_still_sees_only_its_own_orders_in_the_api(
@@ -82,17 +74,17 @@ def test_staff_with_the_view_permission_still_sees_only_its_own_orders_in_the_ap
     staff = User.objects.create_user("stella", is_staff=True)
     staff.user_permissions.add(Permission.objects.get(codename="view_order"))
     submit(alice, "a-1", "1.00")
-    api = token_client(staff)
+    api = api_client_for(staff)
     assert api.get(ORDERS).json()["count"] == 0
     assert api.get(f"{ORDERS}a-1/").status_code == 404
 
 
 def test_another_clients_order_is_not_found(alice, bob, queue_capture):
     order = submit(alice, "a-1", "12.34")
-    assert token_client(alice).get(f"{ORDERS}a-1/").json()["run_id"] == order["run_id"]
+    assert api_client_for(alice).get(f"{ORDERS}a-1/").json()["run_id"] == order["run_id"]
 
-    theirs = token_client(bob).get(f"{ORDERS}a-1/")
-    missing = token_client(bob).get(f"{ORDERS}never-was/")
+    theirs = api_client_for(bob).get(f"{ORDERS}a-1/")
+    missing = api_client_for(bob).get(f"{ORDERS}never-was/")
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json() == missing.json() == NOT_FOUND
 
@@ -100,13 +92,13 @@ def test_another_clients_order_is_not_found(alice, bob, queue_capture):
 def test_another_clients_run_is_not_found(alice, bob, queue_capture):
     run_id = submit(alice, "a-1", "12.34")["run_id"]
     url = f"/api/runs/{run_id}/"
-    assert token_client(alice).get(url).json()["id"] == run_id
+    assert api_client_for(alice).get(url).json()["id"] == run_id
 
-    theirs = token_client(bob).get(url)
-    unknown = token_client(bob).get("/api/runs/6f1c1d3e-0000-4000-8000-000000000000/")
+    theirs = api_client_for(bob).get(url)
+    unknown = api_client_for(bob).get("/api/runs/6f1c1d3e-0000-4000-8000-000000000000/")
     assert theirs.status_code == unknown.status_code == 404
     assert theirs.json() == {"detail": f"No run {run_id}"}  # as for an unknown run
-    assert token_client(bob).get("/api/runs/not-a-uuid/").status_code == 404
+    assert api_client_for(bob).get("/api/runs/not-a-uuid/").status_code == 404
 
 
 @pytest.mark.django_db(transaction=True)
@@ -120,7 +112,7 @@ def test_a_reviewer_client_cannot_decide_another_clients_review(queue_capture):
     submit(alice, "a-small", "10.00")
     assert sorted(queue_capture.drain()) == ["completed", "suspended"]
 
-    api = token_client(bob)
+    api = api_client_for(bob)
     for order_id in ("a-big", "a-small", "never-was"):
         response = api.post(f"{ORDERS}{order_id}/review/", {"approved": True}, format="json")
         assert (response.status_code, response.json()) == (404, NOT_FOUND), order_id
@@ -129,9 +121,9 @@ def test_a_reviewer_client_cannot_decide_another_clients_review(queue_capture):
 
 
 def test_two_clients_may_use_the_same_order_id(alice, bob, queue_capture):
-    first = token_client(alice).post(ORDERS, BODY, format="json")
+    first = api_client_for(alice).post(ORDERS, BODY, format="json")
     other_body = {**BODY, "amount": "99.00"}
-    second = token_client(bob).post(ORDERS, other_body, format="json")
+    second = api_client_for(bob).post(ORDERS, other_body, format="json")
 
     assert (first.status_code, second.status_code) == (201, 201), second.json()
     assert first.json()["run_id"] != second.json()["run_id"]
@@ -143,23 +135,23 @@ def test_two_clients_may_use_the_same_order_id(alice, bob, queue_capture):
     }
     assert len(queue_capture.sent) == 2
     # Each client's repeat is still its own repeat, and its own conflict.
-    assert token_client(bob).post(ORDERS, other_body, format="json").status_code == 200
-    assert token_client(bob).post(ORDERS, BODY, format="json").status_code == 409
+    assert api_client_for(bob).post(ORDERS, other_body, format="json").status_code == 200
+    assert api_client_for(bob).post(ORDERS, BODY, format="json").status_code == 409
 
 
 def test_an_idempotency_key_is_the_clients_own(alice, bob, queue_capture):
     key = {"Idempotency-Key": "key-1"}
-    alices = token_client(alice).post(ORDERS, {**BODY, "order_id": "a-secret"}, headers=key)
+    alices = api_client_for(alice).post(ORDERS, {**BODY, "order_id": "a-secret"}, headers=key)
     assert alices.status_code == 201
 
     bobs_body = {**BODY, "order_id": "b-1", "amount": "5.00"}
-    bobs = token_client(bob).post(ORDERS, bobs_body, format="json", headers=key)
+    bobs = api_client_for(bob).post(ORDERS, bobs_body, format="json", headers=key)
     assert bobs.status_code == 201, bobs.json()
     assert bobs.json()["order_id"] == "b-1" and "a-secret" not in bobs.content.decode()
 
-    again = token_client(bob).post(ORDERS, bobs_body, format="json", headers=key)
+    again = api_client_for(bob).post(ORDERS, bobs_body, format="json", headers=key)
     assert again.status_code == 200 and again.json()["run_id"] == bobs.json()["run_id"]
-    conflict = token_client(bob).post(ORDERS, BODY, format="json", headers=key)
+    conflict = api_client_for(bob).post(ORDERS, BODY, format="json", headers=key)
     assert conflict.status_code == 409 and "a-secret" not in conflict.json()["detail"]
     assert Order.objects.filter(idempotency_key="key-1").count() == 2
 
@@ -176,7 +168,7 @@ def test_limit_is_capped(alice):
         )
         for n in range(MAX_PAGE_SIZE + 1)
     )
-    page = token_client(alice).get(ORDERS, {"limit": 10_000}).json()
+    page = api_client_for(alice).get(ORDERS, {"limit": 10_000}).json()
     assert page["count"] == MAX_PAGE_SIZE + 1
     assert len(page["results"]) == MAX_PAGE_SIZE and page["next"]
 
@@ -232,7 +224,7 @@ def test_the_throttle_counts_requests_of_every_process(monkeypatch):
     monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "3/minute"})
     cache.clear()
     user = User.objects.create_user("alice")
-    api = token_client(user)
+    api = api_client_for(user)
     assert [api.get(ORDERS).status_code for _ in range(2)] == [200, 200]
 
     other_process = (

@@ -14,8 +14,6 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from orders import client_webhooks
 from orders.client_webhooks import order_event_emit, webhook_endpoint_create, webhook_headers
@@ -30,6 +28,7 @@ from orders.models import (
 )
 from orders.schemas import OrderPayload
 from orders.services import order_cancel, order_create, order_payment_status_set, review_decide
+from tests.support.api import api_client_for
 from tests.support.cluster import QCluster, wait_until
 from tests.support.webhook_receiver import WebhookReceiver
 from workflows.models import RunStatus, WorkflowRun
@@ -84,13 +83,6 @@ def intake(db) -> User:
     return User.objects.create_user("intake", password="intake-pass-123")
 
 
-def api_for(user: User) -> APIClient:
-    token, _ = Token.objects.get_or_create(user=user)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
-
-
 def place(client: User | None, amount: str, order_id: str, customer: str = "cus_good") -> Order:
     order, _ = order_create(
         client=client,
@@ -123,7 +115,7 @@ def events_of(receiver: WebhookReceiver, secret: str) -> list[dict[str, Any]]:
 
 
 def test_register_list_rotate_delete(intake, receiver):
-    api = api_for(intake)
+    api = api_client_for(intake)
     created = api.post(WEBHOOKS, {"url": receiver.url, "events": ["order.completed"]})
     assert created.status_code == 201, created.json()
     body = created.json()
@@ -146,7 +138,7 @@ def test_register_list_rotate_delete(intake, receiver):
 
 
 def test_unknown_or_missing_events_are_field_errors(intake, receiver):
-    api = api_for(intake)
+    api = api_client_for(intake)
     answer = api.post(WEBHOOKS, {"url": receiver.url, "events": ["order.shipped"]})
     assert answer.status_code == 400 and "order.shipped" in answer.json()["events"][0]
     assert api.post(WEBHOOKS, {"url": receiver.url, "events": []}).status_code == 400
@@ -170,7 +162,7 @@ def test_unknown_or_missing_events_are_field_errors(intake, receiver):
 )
 def test_private_addresses_are_refused_unless_allowed(intake, webhook_settings, url):
     webhook_settings.WEBHOOKS_ALLOW_PRIVATE = False
-    api = api_for(intake)
+    api = api_client_for(intake)
     refused = api.post(WEBHOOKS, {"url": url, "events": ALL_EVENTS})
     assert refused.status_code == 400, refused.json()
     assert "not a public address" in refused.json()["url"][0]
@@ -182,7 +174,7 @@ def test_private_addresses_are_refused_unless_allowed(intake, webhook_settings, 
 
 def test_http_is_refused_unless_allowed_and_credentials_always(intake, webhook_settings):
     webhook_settings.WEBHOOKS_ALLOW_HTTP = False
-    api = api_for(intake)
+    api = api_client_for(intake)
     answer = api.post(WEBHOOKS, {"url": "http://127.0.0.1:9/hooks", "events": ALL_EVENTS})
     assert answer.status_code == 400 and answer.json()["url"] == ["The URL must use https."]
     answer = api.post(WEBHOOKS, {"url": "https://u:p@127.0.0.1/hooks", "events": ALL_EVENTS})
@@ -212,7 +204,7 @@ def test_an_address_refused_at_delivery_time_is_not_contacted(
 def test_another_clients_endpoint_is_a_404(intake, receiver):
     other = User.objects.create_user("other", password="other-pass-123")
     endpoint = webhook_endpoint_create(client=intake, url=receiver.url, events=ALL_EVENTS)
-    api = api_for(other)
+    api = api_client_for(other)
     assert api.get(WEBHOOKS).json() == []
     assert api.post(f"{WEBHOOKS}{endpoint.pk}/rotate-secret/").status_code == 404
     assert api.delete(f"{WEBHOOKS}{endpoint.pk}/").status_code == 404

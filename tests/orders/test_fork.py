@@ -7,11 +7,11 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from orders import order_processing
 from orders.models import Order, OrderStatus
+from tests.support.api import api_client_for
 from workflows import NonRetryableError
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 
@@ -66,8 +66,7 @@ def test_a_failed_order_run_forked_after_its_charge_is_not_charged_again(
 
     # Links both ways: the console, the admin and the client's API.
     staff = User.objects.create_superuser("ops", "ops@example.com", "ops-pass-123")
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=client).key}")
+    api = api_client_for(client)
     fork_detail = api.get(f"/api/runs/{fork.id}/").json()
     assert fork_detail["forked_from"] == str(origin.id)
     assert fork_detail["forked_at_step"] == "fraud_policy"
@@ -92,8 +91,7 @@ def test_another_client_cannot_read_a_fork_or_its_origin(place_order, queue_capt
     order = fail_with_the_bug(queue_capture, lambda: place_order("250.00", client=owner))
     call_command("fork_run", str(order.run_id), "--from-step", "fraud_policy", stdout=StringIO())
     fork = WorkflowRun.objects.get(forked_from_id=order.run_id)
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other).key}")
+    api = api_client_for(other)
     assert api.get(f"/api/runs/{fork.id}/").status_code == 404
     assert api.get(f"/api/runs/{order.run_id}/").status_code == 404
 

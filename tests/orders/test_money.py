@@ -21,6 +21,7 @@ from orders.money import (
 from orders.policy import check_currencies, fraud_review_required, fraud_review_threshold
 from orders.schemas import OrderPayload
 from orders.services import order_create, review_decide
+from tests.support.api import api_client_for
 from workflows.models import RunStatus
 
 JPY = {"ORDER_CURRENCIES": ["usd", "jpy"], "FRAUD_REVIEW_THRESHOLDS": {"jpy": Decimal(150000)}}
@@ -195,13 +196,9 @@ def test_a_rejected_yen_order_is_reversed_in_yen(yen, stripe_server, queue_captu
 @pytest.mark.django_db
 def test_the_api_shows_yen_without_decimals(yen, settings, queue_capture):
     from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
 
     settings.PAYMENT_GATEWAY = "simulated"
-    api = APIClient()
-    token = Token.objects.create(user=User.objects.create_user("yen-client"))
-    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    api = api_client_for(User.objects.create_user("yen-client"))
     body = {
         "order_id": "yen-api",
         "customer_id": "cus_yen",

@@ -14,12 +14,12 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 from pydantic import ValidationError
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from orders.models import Order
 from orders.schemas import OrderPayload
 from orders.services import order_create
+from tests.support.api import api_client_for
 from workflows.models import WorkflowRun
 
 pytestmark = pytest.mark.django_db
@@ -72,10 +72,7 @@ def nothing_written() -> bool:
 
 @pytest.fixture
 def api() -> APIClient:
-    user = User.objects.create_user("client", password="x")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
+    return api_client_for(User.objects.create_user("client", password="x"))
 
 
 @pytest.fixture
