@@ -586,7 +586,9 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
                     "charged_amount_column",
                     "charged_at",
                     "refund_id",
+                    "refunded_amount_column",
                     "refunded_at",
+                    "payment_status_before_dispute",
                     "radar_review",
                     "stripe_events_link",
                 )
@@ -644,6 +646,12 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         if order.charged_amount is None:
             return EMPTY
         return amount_display(order.charged_amount, order.currency)
+
+    @admin.display(description="refunded amount")
+    def refunded_amount_column(self, order: Order) -> str:
+        if order.refunded_amount is None:
+            return EMPTY
+        return amount_display(order.refunded_amount, order.currency)
 
     @admin.display(description="Stripe events")
     def stripe_events_link(self, order: Order) -> str:

@@ -80,6 +80,14 @@ class Order(models.Model):
     charged_at = models.DateTimeField(null=True, blank=True)
     refund_id = models.CharField(max_length=255, blank=True)
     refunded_at = models.DateTimeField(null=True, blank=True)
+    # What was given back so far, in major units (Stripe's `amount_refunded`, or the
+    # service's own refund): a partial refund is not only a status.
+    refunded_amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    # Where the money was when the last dispute opened: a dispute won returns it there
+    # (a refunded order stays refunded), one lost moves on from there.
+    payment_status_before_dispute = models.CharField(
+        max_length=20, choices=PaymentStatus, blank=True
+    )
     # Stripe Radar's review of the payment, from `review.opened`/`review.closed` webhooks
     # ("open: rule", "closed: approved"...); blank when Radar never reviewed it.
     radar_review = models.CharField(max_length=64, blank=True)

@@ -14,7 +14,8 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from django_stubs_ext import WithAnnotations
 
@@ -111,7 +112,9 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     _P.AUTHORIZED: frozenset({_P.CAPTURED, _P.CANCELED, _P.FAILED}),
     _P.CAPTURED: frozenset({_P.REFUNDED, _P.PARTIALLY_REFUNDED, _P.DISPUTED}),
     _P.PARTIALLY_REFUNDED: frozenset({_P.REFUNDED, _P.DISPUTED}),
-    # A dispute won gives the money back (captured); one lost takes it (refunded).
+    # A dispute is a parenthesis: it closes back where the money was when it opened
+    # (`Order.payment_status_before_dispute`; won) or on one of that status's own moves
+    # (lost: the funds are withdrawn). So refunded → disputed → captured is refused.
     _P.DISPUTED: frozenset({_P.CAPTURED, _P.PARTIALLY_REFUNDED, _P.REFUNDED}),
     _P.REFUNDED: frozenset({_P.DISPUTED}),
     # A failed capture is an authorization Stripe has cancelled, or will.
@@ -120,12 +123,34 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
 }
 
 
+def _dispute_exits(to: PaymentStatus) -> list[PaymentStatus]:
+    """The statuses before a dispute from which closing it may move the money to `to`:
+    back where it was, or on along the table from there."""
+    if to not in PAYMENT_TRANSITIONS[_P.DISPUTED]:
+        return []
+    return [
+        before
+        for before, targets in PAYMENT_TRANSITIONS.items()
+        if before != _P.DISPUTED and _P.DISPUTED in targets and (to == before or to in targets)
+    ]
+
+
 def _payment_status_move(order: Order, to: PaymentStatus, **fields: object) -> bool:
     """Move the order's payment to `to` (and write `fields`) if the transition table
     allows it from where it is in the database now: one conditional UPDATE, so that a
     step and a webhook racing cannot skip a state. Returns whether the row was written."""
-    sources = [to, *(src for src, targets in PAYMENT_TRANSITIONS.items() if to in targets)]
-    moved = Order.objects.filter(pk=order.pk, payment_status__in=sources).update(
+    sources = [src for src, targets in PAYMENT_TRANSITIONS.items() if to in targets]
+    allowed = Q(payment_status=to) | Q(payment_status__in=[s for s in sources if s != _P.DISPUTED])
+    if _P.DISPUTED in sources:
+        allowed |= Q(
+            payment_status=_P.DISPUTED, payment_status_before_dispute__in=_dispute_exits(to)
+        )
+    if to == _P.DISPUTED:  # remembered on the way in, kept while it stays disputed
+        fields["payment_status_before_dispute"] = Case(
+            When(payment_status=_P.DISPUTED, then=F("payment_status_before_dispute")),
+            default=F("payment_status"),
+        )
+    moved = Order.objects.filter(allowed, pk=order.pk).update(
         payment_status=to, updated_at=timezone.now(), **fields
     )
     if not moved:
@@ -139,12 +164,20 @@ def _payment_status_move(order: Order, to: PaymentStatus, **fields: object) -> b
     return bool(moved)
 
 
-def order_payment_status_set(*, order: Order, status: PaymentStatus, reason: str = "") -> bool:
+def order_payment_status_set(
+    *,
+    order: Order,
+    status: PaymentStatus,
+    reason: str = "",
+    refunded_amount: Decimal | None = None,
+) -> bool:
     """Record what happened to an order's payment outside this service: the door for
     Stripe's webhooks (`charge.refunded` → REFUNDED or PARTIALLY_REFUNDED,
-    `charge.dispute.created` → DISPUTED, `charge.dispute.closed` → CAPTURED when won or
-    REFUNDED when lost, `payment_intent.canceled` → CANCELED, `payment_intent.payment_failed`
-    → FAILED; see `orders.stripe_webhooks`).
+    `charge.dispute.created` → DISPUTED, `charge.dispute.closed` → back to where it was
+    before the dispute when won, on to REFUNDED or PARTIALLY_REFUNDED when lost,
+    `payment_intent.canceled` → CANCELED, `payment_intent.payment_failed` → FAILED; see
+    `orders.stripe_webhooks`). `refunded_amount`: how much has been refunded in all
+    (major units), recorded with the move; it only ever grows.
 
     Idempotent (setting the current status again changes nothing) and ordered: a move
     `PAYMENT_TRANSITIONS` does not allow is logged and ignored, and False is returned.
@@ -156,7 +189,14 @@ def order_payment_status_set(*, order: Order, status: PaymentStatus, reason: str
     """
     status = PaymentStatus(status)
     before = Order.objects.filter(pk=order.pk).values_list("payment_status", flat=True).first()
-    moved = _payment_status_move(order, status)
+    fields: dict[str, object] = {}
+    if refunded_amount is not None:
+        # A late event about an earlier, smaller refund never shrinks what was refunded.
+        fields["refunded_amount"] = Greatest(
+            Coalesce(F("refunded_amount"), Value(Decimal(0))), Value(refunded_amount)
+        )
+        fields["refunded_at"] = Coalesce(F("refunded_at"), Value(timezone.now()))
+    moved = _payment_status_move(order, status, **fields)
     order_event_emit(order=order, type=PAYMENT_STATUS_EVENTS.get(status))
     if moved and before != status and status == PaymentStatus.CANCELED:
         _order_hold_released_note(order)
@@ -559,7 +599,11 @@ def _order_refund(order: Order) -> str:
         metadata=_order_payment_metadata(order),
     )
     _payment_status_move(
-        order, PaymentStatus.REFUNDED, refund_id=refund.refund_id, refunded_at=timezone.now()
+        order,
+        PaymentStatus.REFUNDED,
+        refund_id=refund.refund_id,
+        refunded_at=timezone.now(),
+        refunded_amount=refund.amount,
     )
     return refund.refund_id
 

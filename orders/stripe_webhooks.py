@@ -12,11 +12,12 @@ Event → the order's payment status (every move through `order_payment_status_s
 whose transition table refuses what would go backwards):
 
 - `charge.refunded` → `refunded`, or `partially_refunded` while `amount_refunded` is
-  less than the charge's `amount`.
-- `charge.dispute.created` → `disputed`.
-- `charge.dispute.closed` → `captured` when `won` (or `warning_closed`: an inquiry that
-  never became a chargeback); `lost` means the funds were withdrawn: `refunded`, or
-  `partially_refunded` when the dispute was for part of the charge.
+  less than the charge's `amount`; `amount_refunded` is kept (`Order.refunded_amount`).
+- `charge.dispute.created` → `disputed`, remembering where the money was.
+- `charge.dispute.closed` → back where the money was when the dispute opened when `won`
+  (or `warning_closed`: an inquiry that never became a chargeback), so a refund is
+  never forgotten; `lost` means the funds were withdrawn: `refunded`, or
+  `partially_refunded` while what was refunded and withdrawn is less than the charge.
 - `payment_intent.canceled` → `canceled` (and a note on an order awaiting review).
 - `payment_intent.payment_failed` → `failed`.
 - `review.opened` / `review.closed` (Radar) → `Order.radar_review`; no money moves.
@@ -29,6 +30,7 @@ An event about nothing of ours is stored as "no matching order" and acknowledged
 
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import stripe
@@ -41,7 +43,7 @@ from django.views.decorators.http import require_POST
 
 from .metrics import stripe_webhook_counted
 from .models import Order, PaymentStatus, StripeEvent
-from .payments import to_minor_units
+from .payments import from_minor_units, to_minor_units
 from .services import order_payment_status_set, order_radar_review_set
 
 logger = logging.getLogger(__name__)
@@ -146,6 +148,11 @@ def _order_for(obj: JSONDict) -> Order | None:
 def _set(order: Order, status: PaymentStatus, why: str) -> str:
     before = order.payment_status
     moved = order_payment_status_set(order=order, status=status, reason=why)
+    return _outcome(before, status, moved)
+
+
+def _outcome(before: str, status: PaymentStatus, moved: bool) -> str:
+    """What a move did, for the event's record."""
     if not moved:
         return f"payment stays {before}: not moved to {status}"
     if before == status:
@@ -157,7 +164,15 @@ def _charge_refunded(order: Order, charge: JSONDict) -> str:
     refunded, amount = charge.get("amount_refunded") or 0, charge.get("amount") or 0
     partial = refunded < amount and not charge.get("refunded")
     status = PaymentStatus.PARTIALLY_REFUNDED if partial else PaymentStatus.REFUNDED
-    return _set(order, status, f"charge.refunded {refunded} of {amount}")
+    currency = str(charge.get("currency") or order.currency)
+    before = order.payment_status
+    moved = order_payment_status_set(
+        order=order,
+        status=status,
+        reason=f"charge.refunded {refunded} of {amount}",
+        refunded_amount=from_minor_units(refunded, currency) if refunded else None,
+    )
+    return _outcome(before, status, moved)
 
 
 def _dispute_created(order: Order, dispute: JSONDict) -> str:
@@ -167,13 +182,19 @@ def _dispute_created(order: Order, dispute: JSONDict) -> str:
 def _dispute_closed(order: Order, dispute: JSONDict) -> str:
     outcome = dispute.get("status")
     why = f"charge.dispute.closed ({outcome})"
+    before = PaymentStatus(order.payment_status_before_dispute or PaymentStatus.CAPTURED)
     if outcome in ("won", "warning_closed"):
-        return _set(order, PaymentStatus.CAPTURED, why)
+        # The money is back where it was when the dispute opened: a refund made before
+        # it stays a refund.
+        return _set(order, before, why)
     if outcome != "lost":
         return f"ignored: dispute status {outcome}"
-    # Lost: the disputed amount was withdrawn, as if refunded.
+    # Lost: the disputed amount was withdrawn, on top of what was refunded before.
     charged = to_minor_units(order.charged_amount or order.amount, order.currency)
-    partial = 0 < (dispute.get("amount") or charged) < charged
+    refunded = to_minor_units(order.refunded_amount or Decimal(0), order.currency)
+    if before == PaymentStatus.REFUNDED:
+        refunded = charged
+    partial = refunded + (dispute.get("amount") or charged) < charged
     return _set(order, PaymentStatus.PARTIALLY_REFUNDED if partial else PaymentStatus.REFUNDED, why)
 
 

@@ -108,6 +108,10 @@ class OrderOutputSerializer(serializers.Serializer):
     )
     charge_id = serializers.CharField(allow_blank=True)
     refund_id = serializers.CharField(allow_blank=True)
+    refunded_amount = serializers.SerializerMethodField(
+        help_text="What was refunded so far, in major units (null: nothing); a partial "
+        "refund is less than `amount`."
+    )
     email_sent = serializers.SerializerMethodField()
     fraud_review_required = serializers.BooleanField()
     fraud_approved = serializers.BooleanField(allow_null=True)
@@ -128,6 +132,12 @@ class OrderOutputSerializer(serializers.Serializer):
 
     def get_amount(self, order: Order) -> str:
         return amount_plain(order.amount, order.currency)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_refunded_amount(self, order: Order) -> str | None:
+        if order.refunded_amount is None:
+            return None
+        return amount_plain(order.refunded_amount, order.currency)
 
     @extend_schema_field(serializers.ChoiceField(choices=ORDER_STATUS_CHOICES))
     def get_status(self, order: Order) -> str:

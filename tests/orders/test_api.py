@@ -69,6 +69,7 @@ def test_create_returns_201_with_the_order_and_starts_its_run(api, queue_capture
         "payment_status": "none",
         "charge_id": "",
         "refund_id": "",
+        "refunded_amount": None,
         "email_sent": False,
         "fraud_review_required": False,
         "fraud_approved": None,

@@ -5,13 +5,16 @@ the real `stripe` library verifies every delivery."""
 
 import logging
 import time
+from decimal import Decimal
 
 import pytest
 import stripe
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from orders.models import Order, StripeEvent
-from orders.services import review_decide
+from orders.services import order_payment_release, review_decide
+from tests.support.api import api_client_for
 from tests.support.stripe_server import StripeServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -318,3 +321,92 @@ def test_radar_reviews_are_recorded_and_shown_in_the_admin(
     detail = admin_client.get(f"/admin/orders/stripeevent/{event.pk}/change/")
     assert detail.status_code == 200 and "prv_" in detail.content.decode()
     assert admin_client.get("/admin/orders/stripeevent/add/").status_code == 403
+
+
+# --- a refund is never forgotten -------------------------------------------------------
+
+
+def test_a_dispute_won_after_the_services_refund_leaves_it_refunded(
+    stripe_server, stripe_client, place_order, queue_capture
+):
+    intake = User.objects.create_user("intake")
+    intake.user_permissions.add(Permission.objects.get(codename="view_order"))
+    captured = placed(place_order, queue_capture, "250.00", client=intake)
+    order_payment_release(order=captured)  # the service's own refund, in full
+    captured.refresh_from_db()
+    refund_id = captured.refund_id
+    assert (captured.payment_status, captured.refunded_amount) == ("refunded", Decimal("250.00"))
+    assert refund_id == stripe_server.refunds_for(captured.charge_id)[0]["id"]
+
+    dispute = stripe_server.open_dispute(captured.charge_id)
+    closed = stripe_server.close_dispute(dispute["id"], "won")
+    for type_, obj in (
+        ("charge.refunded", stripe_server.charge(captured.charge_id)),
+        ("charge.dispute.created", dispute),
+        ("charge.dispute.closed", closed),
+    ):
+        assert send(stripe_client, type_, obj).status_code == 200
+    captured.refresh_from_db()
+    assert captured.payment_status == "refunded"
+    assert (captured.refund_id, captured.refunded_amount) == (refund_id, Decimal("250.00"))
+    assert [e.outcome for e in StripeEvent.objects.order_by("pk")] == [
+        "payment already refunded",
+        "payment refunded → disputed",
+        "payment disputed → refunded",
+    ]
+    shown = api_client_for(intake).get(f"/api/orders/{captured.order_id}/").json()
+    assert (shown["payment_status"], shown["refund_id"], shown["refunded_amount"]) == (
+        "refunded",
+        refund_id,
+        "250.00",
+    )
+
+
+def test_a_dispute_won_after_a_dashboard_refund_leaves_it_refunded(
+    stripe_server, stripe_client, captured
+):
+    refunded = stripe_server.refund_from_dashboard(captured.charge_id)
+    dispute = stripe_server.open_dispute(captured.charge_id)
+    send(stripe_client, "charge.refunded", refunded)
+    send(stripe_client, "charge.dispute.created", dispute)
+    captured.refresh_from_db()
+    assert captured.payment_status == "disputed"
+    send(stripe_client, "charge.dispute.closed", stripe_server.close_dispute(dispute["id"], "won"))
+    captured.refresh_from_db()
+    assert captured.payment_status == "refunded"
+    assert captured.refunded_amount == Decimal("250.00") and captured.refunded_at is not None
+
+
+def test_a_dispute_won_after_a_partial_refund_keeps_the_partial_refund(
+    stripe_server, stripe_client, captured
+):
+    partial = stripe_server.refund_from_dashboard(captured.charge_id, amount=5000)
+    dispute = stripe_server.open_dispute(captured.charge_id, amount=20000)
+    send(stripe_client, "charge.refunded", partial)
+    send(stripe_client, "charge.dispute.created", dispute)
+    send(stripe_client, "charge.dispute.closed", stripe_server.close_dispute(dispute["id"], "won"))
+    captured.refresh_from_db()
+    assert captured.payment_status == "partially_refunded"
+    assert captured.refunded_amount == Decimal("50.00")
+    # A late copy of that refund's event, or a smaller one, shrinks nothing.
+    send(stripe_client, "charge.refunded", {**partial, "amount_refunded": 100})
+    captured.refresh_from_db()
+    assert (captured.payment_status, captured.refunded_amount) == (
+        "partially_refunded",
+        Decimal("50.00"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("disputed", "expected"), [(20000, "refunded"), (10000, "partially_refunded")]
+)
+def test_a_dispute_lost_after_a_partial_refund_adds_the_withdrawal_to_it(
+    stripe_server, stripe_client, captured, disputed, expected
+):
+    partial = stripe_server.refund_from_dashboard(captured.charge_id, amount=5000)
+    dispute = stripe_server.open_dispute(captured.charge_id, amount=disputed)
+    send(stripe_client, "charge.refunded", partial)
+    send(stripe_client, "charge.dispute.created", dispute)
+    send(stripe_client, "charge.dispute.closed", stripe_server.close_dispute(dispute["id"], "lost"))
+    captured.refresh_from_db()
+    assert (captured.payment_status, captured.refunded_amount) == (expected, Decimal("50.00"))
