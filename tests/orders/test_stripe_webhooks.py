@@ -3,9 +3,11 @@ each event type updating the order. Orders are charged through the real `stripe`
 against the local Stripe-compatible server, whose own objects the events describe, and
 the real `stripe` library verifies every delivery."""
 
+import json
 import logging
 import time
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import stripe
@@ -410,3 +412,162 @@ def test_a_dispute_lost_after_a_partial_refund_adds_the_withdrawal_to_it(
     send(stripe_client, "charge.dispute.closed", stripe_server.close_dispute(dispute["id"], "lost"))
     captured.refresh_from_db()
     assert (captured.payment_status, captured.refunded_amount) == (expected, Decimal("50.00"))
+
+
+# --- signed but malformed ---------------------------------------------------------------
+
+
+def _event(type_: str, obj: Any) -> dict:
+    event = StripeServer.event(type_, {})
+    event["data"]["object"] = obj
+    return event
+
+
+def _malformed(case: str, captured: Order, charge: dict) -> Any:
+    """A signed body that is not a well-formed event, by `case`."""
+    refunded = _event("charge.refunded", charge)
+    stranger = {"id": "pi_unknown", "object": "payment_intent"}
+    return {
+        "data as a list": {**refunded, "data": [charge]},
+        "data as a string": {**refunded, "data": "charge"},
+        "data.object as a list": _event("charge.refunded", [charge]),
+        "data.object as a string": _event("charge.refunded", captured.charge_id),
+        "data without object": {**refunded, "data": {}},
+        "metadata as a list": _event(
+            "payment_intent.payment_failed",
+            {**stranger, "metadata": ["order_pk", str(captured.pk)]},
+        ),
+        "metadata value not a string": _event(
+            "payment_intent.payment_failed", {**stranger, "metadata": {"order_pk": captured.pk}}
+        ),
+        "amount as a string": _event("charge.refunded", {**charge, "amount": "25000"}),
+        "amount_refunded as a float": _event(
+            "charge.refunded", {**charge, "amount_refunded": 25000.0}
+        ),
+        "amount as a boolean": _event("charge.refunded", {**charge, "amount": True}),
+        "a negative amount": _event("charge.refunded", {**charge, "amount_refunded": -1}),
+        "payment_intent as a number": _event("charge.refunded", {**charge, "payment_intent": 12}),
+        "last_payment_error as a string": _event(
+            "payment_intent.payment_failed",
+            {"id": captured.charge_id, "object": "payment_intent", "last_payment_error": "x"},
+        ),
+        "a type over 100 characters": {**refunded, "type": "charge.refunded" + "x" * 90},
+        "an id over 255 characters": {**refunded, "id": "evt_" + "x" * 252},
+        "no id": {k: v for k, v in refunded.items() if k != "id"},
+        "the type as a number": {**refunded, "type": 7},
+        "the event as a list": [refunded],
+        "the event as a string": "charge.refunded",
+        # PostgreSQL's JSON cannot hold it: it is refused, and kept without it.
+        "a NUL character": {**refunded, "id": "evt_\x00", "type": "charge.refunded\x00"},
+    }[case]
+
+
+MALFORMED = [
+    "data as a list",
+    "data as a string",
+    "data.object as a list",
+    "data.object as a string",
+    "data without object",
+    "metadata as a list",
+    "metadata value not a string",
+    "amount as a string",
+    "amount_refunded as a float",
+    "amount as a boolean",
+    "a negative amount",
+    "payment_intent as a number",
+    "last_payment_error as a string",
+    "a type over 100 characters",
+    "an id over 255 characters",
+    "no id",
+    "the type as a number",
+    "the event as a list",
+    "the event as a string",
+    "a NUL character",
+]
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_signed_malformed_event_answers_400_and_is_stored_as_rejected(
+    stripe_server, stripe_client, captured, case
+):
+    charge = stripe_server.refund_from_dashboard(captured.charge_id)
+    payload = json.dumps(_malformed(case, captured, charge)).encode()
+    header = StripeServer.sign(payload, SECRET)
+    response = deliver(stripe_client, payload, header)
+    assert response.status_code == 400, response.content
+    assert response.content.decode().startswith("Malformed event")
+    [record] = StripeEvent.objects.all()
+    assert record.outcome.startswith("rejected: ") and record.order is None
+    assert len(record.event_id) <= 255 and len(record.type) <= 100
+    captured.refresh_from_db()
+    assert captured.payment_status == "captured"
+    # Stripe retries it: the same answer, and still one record.
+    again = deliver(stripe_client, payload, StripeServer.sign(payload, SECRET))
+    assert again.status_code == 400 and StripeEvent.objects.count() == 1
+
+
+def test_a_rejected_event_says_what_is_wrong(stripe_server, stripe_client, captured):
+    charge = stripe_server.refund_from_dashboard(captured.charge_id)
+    payload, header = StripeServer.signed_event(
+        "charge.refunded", {**charge, "amount": "25000"}, SECRET, event_id="evt_amount"
+    )
+    response = deliver(stripe_client, payload, header)
+    assert response.status_code == 400
+    assert "data.object.amount" in response.content.decode()
+    record = StripeEvent.objects.get(event_id="evt_amount")
+    assert record.type == "charge.refunded" and "data.object.amount" in record.outcome
+    assert record.payload["data"]["object"]["amount"] == "25000"
+
+
+def test_an_unhandled_event_type_needs_only_a_well_formed_envelope(stripe_client, captured):
+    # Fields the handlers read are checked on the events they handle only: another
+    # type's object may use the same names differently.
+    invoice = {"id": "in_1", "object": "invoice", "amount": "n/a", "metadata": []}
+    assert send(stripe_client, "invoice.created", invoice).status_code == 200
+    assert StripeEvent.objects.get().outcome == "ignored: not handled"
+
+
+def test_the_debug_error_page_never_shows_the_webhook_secret(
+    settings, stripe_server, captured, monkeypatch
+):
+    """With DJANGO_DEBUG=1 an exception inside the verification renders Django's
+    technical 500 page, with every frame's variables: the secret is not among them."""
+    settings.DEBUG = True
+
+    def exploding(payload, header, secret, tolerance=None):
+        raise RuntimeError("verification blew up")
+
+    monkeypatch.setattr(stripe.WebhookSignature, "verify_header", exploding)
+    charge = stripe_server.refund_from_dashboard(captured.charge_id)
+    payload, header = StripeServer.signed_event("charge.refunded", charge, SECRET)
+    client = Client(raise_request_exception=False)
+    for accept in ("text/html", "text/plain"):
+        response = client.post(
+            URL,
+            data=payload,
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=header,
+            HTTP_ACCEPT=accept,
+        )
+        page = response.content.decode()
+        assert response.status_code == 500
+        assert "verification blew up" in page and "exploding" in page  # the frames are shown
+        assert SECRET not in page
+
+
+def test_an_order_pk_that_is_no_number_of_ours_matches_no_order(stripe_client, captured):
+    for order_pk in ("\u00b2", "9" * 40, "", f" {captured.pk}"):
+        intent = {
+            "id": "pi_unknown",
+            "object": "payment_intent",
+            "metadata": {"order_pk": order_pk},
+        }
+        assert send(stripe_client, "payment_intent.canceled", intent).status_code == 200
+    assert set(StripeEvent.objects.values_list("outcome", flat=True)) == {"no matching order"}
+
+
+def test_nan_is_not_json(stripe_client, captured):
+    payload = json.dumps(StripeServer.event("charge.refunded", {"amount": float("nan")})).encode()
+    assert b"NaN" in payload
+    response = deliver(stripe_client, payload, StripeServer.sign(payload, SECRET))
+    assert response.status_code == 400 and not StripeEvent.objects.exists()
