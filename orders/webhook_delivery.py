@@ -12,12 +12,13 @@ WEBHOOKS_RETRY_SCHEDULE never changes a live run's steps.
 """
 
 import http.client
+import io
 import logging
 import socket
 import ssl
 import time
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -74,34 +75,117 @@ class Answer(BaseModel):
 
 # --- HTTP, to a checked address only --------------------------------------------------
 
+# The status line, the headers and the head of the body kept: a receiver may not make
+# an attempt read more (http.client alone allows 100 headers of 64 KiB).
+RESPONSE_MAX_BYTES = 64 * 1024
+
+
+class _AnswerTooLargeError(http.client.HTTPException):
+    pass
+
+
+class _Deadline:
+    """What is left of an attempt's time: socket timeouts apply per operation, so a
+    receiver that answers one header line at a time would never meet them."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer within {self.seconds:g} s")
+        return left
+
+
+class _BoundedReader(io.RawIOBase):
+    """The response's bytes: each read waits at most what is left of the deadline, and
+    no more than RESPONSE_MAX_BYTES are read in all."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open while read
+        self._deadline = deadline
+        self._left = RESPONSE_MAX_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            raise _AnswerTooLargeError(f"the answer's head is over {RESPONSE_MAX_BYTES} bytes")
+        self._sock.settimeout(self._deadline.left())
+        with memoryview(buffer) as view:
+            read = self._raw.readinto(view[: self._left]) or 0
+        self._left -= read
+        return read
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _BoundedSocket:
+    """The connection's socket as http.client uses it (`sendall`, `makefile`, `close`),
+    every operation bounded by the attempt's deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def sendall(self, data: bytes) -> None:
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                self._sock.settimeout(self._deadline.left())
+                sent += self._sock.send(view[sent:])
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_BoundedReader(self._sock, self._deadline))
+
+    def close(self) -> None:
+        self._sock.close()
+
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to `address` (checked) while speaking to `host` (Host header)."""
+    """Connects to `address` (checked) while speaking to `host` (Host header); the
+    whole exchange (connect, send, read) ends by `deadline`."""
 
-    def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int | None, *, address: str, deadline: _Deadline) -> None:
+        super().__init__(host, port, timeout=deadline.seconds)
         self._address = address
+        self._deadline = deadline
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = socket.create_connection((self._address, self.port), self._deadline.left())
+        try:
+            sock = self._secured(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = _BoundedSocket(sock, self._deadline)
+
+    def _secured(self, sock: socket.socket) -> socket.socket:
+        return sock
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
     """Connects to `address` (checked); TLS (SNI, certificate) for `host`."""
 
-    def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
-        self._tls = ssl.create_default_context()
-        super().__init__(host, port, timeout=timeout, context=self._tls)
-        self._address = address
+    default_port = http.client.HTTPS_PORT
 
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+    def _secured(self, sock: socket.socket) -> socket.socket:
+        sock.settimeout(self._deadline.left())  # the handshake as a whole (CPython's ssl)
+        return ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
 
 
 def webhook_post(*, url: str, body: str, headers: dict[str, str]) -> Answer:
     """POST `body` to `url` after checking its addresses again (DNS rebinding), without
-    following redirects. Never raises: what went wrong is the answer's `error`."""
+    following redirects, within WEBHOOKS_TIMEOUT_SECONDS for the whole exchange and
+    reading at most RESPONSE_MAX_BYTES of the answer. Never raises: what went wrong is
+    the answer's `error`."""
     started = time.monotonic()
     try:
         addresses = webhook_url_addresses(url)
@@ -111,11 +195,9 @@ def webhook_post(*, url: str, body: str, headers: dict[str, str]) -> Answer:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     https = parts.scheme.lower() == "https"
     connection_class = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
+    deadline = _Deadline(settings.WEBHOOKS_TIMEOUT_SECONDS)
     connection = connection_class(
-        parts.hostname or "",
-        parts.port,
-        address=addresses[0],
-        timeout=settings.WEBHOOKS_TIMEOUT_SECONDS,
+        parts.hostname or "", parts.port, address=addresses[0], deadline=deadline
     )
     try:
         connection.request(
@@ -130,6 +212,11 @@ def webhook_post(*, url: str, body: str, headers: dict[str, str]) -> Answer:
             status_code=response.status,
             latency_ms=round((time.monotonic() - started) * 1000),
             head=head.decode(errors="replace"),
+        )
+    except TimeoutError:  # the deadline, or a socket operation that met it
+        return Answer(
+            latency_ms=round((time.monotonic() - started) * 1000),
+            error=f"TimeoutError: no complete answer within {deadline.seconds:g} s",
         )
     except (OSError, http.client.HTTPException, ValueError) as exc:
         return Answer(

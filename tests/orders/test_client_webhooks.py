@@ -5,6 +5,7 @@ worker SIGKILLed mid-delivery (a real qcluster)."""
 
 import base64
 import re
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +29,7 @@ from orders.models import (
 )
 from orders.schemas import OrderPayload
 from orders.services import order_cancel, order_create, order_payment_status_set, review_decide
+from orders.webhook_delivery import webhook_post
 from tests.support.api import api_client_for
 from tests.support.cluster import QCluster, wait_until
 from tests.support.webhook_receiver import WebhookReceiver
@@ -417,6 +419,57 @@ def test_deleting_an_endpoint_stops_its_pending_deliveries(
     waits_expire(now=timezone.now() + timedelta(seconds=61))
     queue_capture.drain()
     assert len(receiver.received) == 1
+
+
+# --- the receiver does not choose how long an attempt lasts ---------------------------------
+
+
+def test_a_receiver_dripping_its_answer_is_cut_off_at_the_deadline(receiver, webhook_settings):
+    # 200 OK, then one header line every 0.3 s: no socket operation ever waits a whole
+    # second, and the whole answer would take 9 s.
+    webhook_settings.WEBHOOKS_TIMEOUT_SECONDS = 1.0
+    receiver.drip = 0.3
+    receiver.extra_headers = [("X-Drip", str(n)) for n in range(30)]
+    started = time.monotonic()
+    answer = webhook_post(url=receiver.url, body="{}", headers={})
+    took = time.monotonic() - started
+    assert 1.0 <= took < 1.8, took
+    assert answer.status_code is None and not answer.ok
+    assert answer.error == "TimeoutError: no complete answer within 1 s"
+    assert len(receiver.received) == 1  # the request itself went through
+
+
+def test_a_dripped_answer_is_recorded_as_a_timed_out_attempt_and_retried(
+    intake, receiver, queue_capture, webhook_settings
+):
+    webhook_settings.WEBHOOKS_TIMEOUT_SECONDS = 1.0
+    webhook_settings.WEBHOOKS_RETRY_SCHEDULE = [60]
+    receiver.drip = 0.3
+    receiver.extra_headers = [("X-Drip", str(n)) for n in range(30)]
+    webhook_endpoint_create(client=intake, url=receiver.url, events=["order.created"])
+    place(intake, "250.00", "ord-1")
+    queue_capture.drain()
+    delivery = WebhookDelivery.objects.get()
+    [attempt] = delivery.attempt_records.all()
+    assert attempt.status_code is None and "no complete answer within 1 s" in attempt.error
+    assert 1000 <= attempt.latency_ms < 1800
+    assert delivery.status == DeliveryStatus.PENDING and delivery.next_attempt_at is not None
+
+    receiver.drip = 0  # the receiver is fixed: the next attempt delivers
+    waits_expire(now=timezone.now() + timedelta(seconds=61))
+    queue_capture.drain()
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.DELIVERED and delivery.attempts == 2
+
+
+def test_an_answer_with_an_oversized_head_is_refused_unread(receiver, webhook_settings):
+    # 60 headers of 2 KB: within http.client's own limits (100 headers, 64 KiB a line).
+    receiver.extra_headers = [(f"X-Pad-{n}", "x" * 2000) for n in range(60)]
+    answer = webhook_post(url=receiver.url, body="{}", headers={})
+    assert answer.status_code is None and not answer.ok
+    assert answer.error == f"_AnswerTooLargeError: the answer's head is over {64 * 1024} bytes"
+    receiver.extra_headers = [(f"X-Pad-{n}", "x" * 2000) for n in range(20)]
+    assert webhook_post(url=receiver.url, body="{}", headers={}).status_code == 200
 
 
 # --- signatures --------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 It records every request (headers and body) and answers with the statuses queued by
 `answer(...)`, then 200. `delay` holds each answer back (a receiver slow enough for a
-worker to be killed mid-request).
+worker to be killed mid-request). `extra_headers` are added to every answer; with `drip`
+they are sent one at a time, `drip` seconds apart, after the status line (a receiver
+that holds an attempt without ever letting a socket operation time out).
 
     with WebhookReceiver() as receiver:
         receiver.answer(500, 500)   # two 500s, then 200s
@@ -38,6 +40,12 @@ class _Handler(QuietHandler):
             time.sleep(receiver.delay)
         try:
             self.send_response(status)
+            for name, value in receiver.extra_headers:
+                if receiver.drip:
+                    self.flush_headers()
+                    if receiver._halt.wait(receiver.drip):
+                        return
+                self.send_header(name, value)
             self.send_header("Content-Type", "text/plain")
             self.end_headers()
             self.wfile.write(f"answered {status}".encode())
@@ -53,8 +61,11 @@ class WebhookReceiver(BackgroundHTTPServer):
         super().__init__(host)
         self.received: list[Received] = []
         self.delay = 0.0
+        self.drip = 0.0
+        self.extra_headers: list[tuple[str, str]] = []
         self._answers: list[int] = []
         self._lock = threading.Lock()
+        self._halt = threading.Event()  # stops a drip when the receiver stops
 
     @property
     def url(self) -> str:
@@ -69,4 +80,9 @@ class WebhookReceiver(BackgroundHTTPServer):
         with self._lock:
             self.received.clear()
             self._answers.clear()
-        self.delay = 0.0
+        self.delay = self.drip = 0.0
+        self.extra_headers = []
+
+    def _stop(self) -> None:
+        self._halt.set()
+        super()._stop()
