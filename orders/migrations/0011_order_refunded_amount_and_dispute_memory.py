@@ -10,11 +10,14 @@ def remember_refunds_and_disputes(apps, schema_editor):
     refunds were whole, and a dispute opened on an order the service had refunded
     (its refund id is set) was on refunded money, any other on captured money."""
     Order = apps.get_model("orders", "Order")
+    whole = Coalesce(F("charged_amount"), F("amount"))
     Order.objects.filter(payment_status="refunded", refunded_amount__isnull=True).update(
-        refunded_amount=Coalesce(F("charged_amount"), F("amount"))
+        refunded_amount=whole
     )
     disputed = Order.objects.filter(payment_status="disputed", payment_status_before_dispute="")
-    disputed.filter(~Q(refund_id="")).update(payment_status_before_dispute="refunded")
+    disputed.filter(~Q(refund_id="")).update(
+        payment_status_before_dispute="refunded", refunded_amount=whole
+    )
     disputed.filter(refund_id="").update(payment_status_before_dispute="captured")
 
 
