@@ -107,6 +107,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything looks a cookie, a header or the URL up in the database.
+    "polos_site.middleware.NulRefusalMiddleware",
     # Serves the admin's and the console's static files from gunicorn: no CDN, no nginx.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
