@@ -62,6 +62,7 @@ from .money import amount_display
 from .order_processing import START_ORDER_AGENT_KEY
 from .payments import TransientPaymentError
 from .risk import RiskSignals, review_risk_signals, reviews_with_risk
+from .rules import OrderRuleError, note_check
 from .selectors import (
     ORDER_STATUS_CHOICES,
     order_failure_shown,
@@ -325,7 +326,11 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         reviews = list(queryset)
         if not request.POST.get("post"):
             return self._confirmation(request, reviews, action=action, approved=approved)
-        note = request.POST.get("note", "").strip()
+        try:
+            note = note_check(request.POST.get("note", ""))
+        except OrderRuleError as exc:  # one message, not one per review
+            self.message_user(request, f"Note refused: {exc} Nothing was decided.", messages.ERROR)
+            return None
         orders = {o.run_id: o for o in Order.objects.filter(run_id__in=[r.run_id for r in reviews])}
         decided: list[str] = []
         for review in reviews:

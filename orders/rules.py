@@ -2,13 +2,15 @@
 
 `OrderPayload` (orders.schemas) applies these checks, and every entry point builds
 one: the API's serializer, the console's start form (through the workflow's input
-model), `process_order`, `demo` and `order_create` itself. Nothing else holds a rule,
+model), `process_order`, `demo` and `order_create` itself. An idempotency key and a
+reviewer's note are texts under the same rules, checked by `order_create` and
+`review_decide` (and first by the API, to answer per field). Nothing else holds a rule,
 so the doors cannot drift apart, and no row that breaks a page or a log can be written.
 """
 
 import re
 import unicodedata
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -30,6 +32,11 @@ ORDER_ID_MAX_LENGTH = 64
 ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 CUSTOMER_ID_MAX_LENGTH = 255
 EMAIL_MAX_LENGTH = 254  # RFC 5321, and Order.customer_email's column
+IDEMPOTENCY_KEY_MAX_LENGTH = 255  # Order.idempotency_key's column
+REVIEW_NOTE_MAX_LENGTH = 1000
+# An amount written as text: ASCII digits and at most one dot. Decimal() alone would
+# also read "1_000", "1e3", full-width and Arabic-Indic digits.
+AMOUNT_TEXT_PATTERN = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
 
 # Stripe's minimum charge per currency (https://docs.stripe.com/currencies#minimum-and-
 # maximum-charge-amounts); other currencies: one minor unit.
@@ -71,13 +78,14 @@ class OrderRuleError(ValueError):
     """The value breaks one of the order rules; the message says which, for the client."""
 
 
-def text_check(value: str, *, max_length: int) -> str:
-    """A non-empty text of at most `max_length` characters with nothing that could
-    forge a log line or hide text: no control, format or line-separator characters."""
-    if not value:
-        raise OrderRuleError("This field may not be blank.")
+def text_check(value: str, *, max_length: int, noun: str = "field") -> str:
+    """A text of at most `max_length` characters, not only blanks (a customer id of
+    spaces names nobody), with nothing that could forge a log line or hide text: no
+    control, format or line-separator characters. `noun` names it in the messages."""
+    if not value.strip():
+        raise OrderRuleError(f"This {noun} may not be blank.")
     if len(value) > max_length:
-        raise OrderRuleError(f"Ensure this field has no more than {max_length} characters.")
+        raise OrderRuleError(f"Ensure this {noun} has no more than {max_length} characters.")
     if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value):
         raise OrderRuleError(
             "Control characters (line breaks, tabs, escapes, NUL...) are not allowed."
@@ -92,11 +100,28 @@ def order_id_check(value: str) -> str:
             f"Use 1 to {ORDER_ID_MAX_LENGTH} characters among letters, digits, "
             "'_', '.', ':' and '-'."
         )
+    if not value.strip("."):
+        # "." and ".." are path segments: every URL client resolves /orders/../ away.
+        raise OrderRuleError("An order id may not be made only of dots.")
     return value
 
 
 def customer_id_check(value: str) -> str:
     return text_check(value, max_length=CUSTOMER_ID_MAX_LENGTH)
+
+
+def idempotency_key_check(value: str) -> str:
+    """An `Idempotency-Key`: a text like any other (it is stored, logged and compared)."""
+    return text_check(value, max_length=IDEMPOTENCY_KEY_MAX_LENGTH, noun="header")
+
+
+def note_check(value: str) -> str:
+    """A reviewer's note, without its surrounding blanks: optional, and otherwise a text
+    like any other (no line breaks either: it is one remark, shown on one line)."""
+    note = value.strip()
+    if not note:
+        return ""
+    return text_check(note, max_length=REVIEW_NOTE_MAX_LENGTH, noun="note")
 
 
 def email_check(value: str) -> str:
@@ -136,16 +161,19 @@ def amount_max(currency: str) -> Decimal:
 
 
 def amount_parse(value: Any) -> Decimal:
-    """A number (JSON number or text) as an exact Decimal: 49.99 stays 49.99."""
+    """A number (an exact JSON number, or text) as an exact Decimal: 49.99 stays 49.99.
+    The API reads JSON numbers as Decimal (orders.api.parsers): a float has already
+    lost digits (49.999999999999999999 is 50.0), so only Python callers pass one."""
     if isinstance(value, bool):
         raise OrderRuleError("A valid number is required.")
     if isinstance(value, float | int):
-        value = str(value)
-    if isinstance(value, str):
-        try:
-            value = Decimal(value.strip())
-        except InvalidOperation:
-            raise OrderRuleError("A valid number is required.") from None
+        value = Decimal(str(value))
+    elif isinstance(value, str):
+        if not AMOUNT_TEXT_PATTERN.fullmatch(value):
+            raise OrderRuleError(
+                "A valid number is required. Use digits 0-9 and at most one '.', e.g. 49.99."
+            )
+        value = Decimal(value)
     if not isinstance(value, Decimal) or not value.is_finite():
         raise OrderRuleError("A valid number is required.")
     return value

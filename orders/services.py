@@ -65,6 +65,7 @@ from .payments import (
     payment_key,
 )
 from .policy import fraud_review_required, payment_capture_now
+from .rules import OrderRuleError, idempotency_key_check, note_check
 from .schemas import OrderPayload, OrderSnapshot
 from .selectors import order_fraud_review
 
@@ -72,7 +73,6 @@ logger = logging.getLogger(__name__)
 
 DECIDE_PERMISSION = "orders.decide_fraud_review"
 CANCEL_PERMISSION = "orders.cancel_order"
-REVIEW_NOTE_MAX_LENGTH = 1000
 
 
 class OrderConflictError(Exception):
@@ -249,11 +249,13 @@ def order_create(
 
     Order ids and idempotency keys are the client's own: only its orders are repeats or
     conflicts. Raises `OrderConflictError` when the client used the order id or
-    idempotency key with a different body.
+    idempotency key with a different body, `OrderRuleError` for a malformed key.
     """
     # Validated again: a payload built with `model_construct` or `model_copy(update=...)`
     # skipped the order rules, and no door may. Raises pydantic's ValidationError.
     payload = OrderPayload.model_validate(payload.model_dump())
+    if idempotency_key is not None:
+        idempotency_key_check(idempotency_key)
     fingerprint = _fingerprint(payload)
     existing = _order_find(
         client=client, order_id=payload.order_id, idempotency_key=idempotency_key
@@ -651,11 +653,10 @@ def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> 
     """
     if not by.has_perm(DECIDE_PERMISSION):
         raise PermissionDenied(f"{by.get_username()} may not decide fraud reviews")
-    note = note.strip()
-    if len(note) > REVIEW_NOTE_MAX_LENGTH:
-        raise ReviewError(f"The note is too long (at most {REVIEW_NOTE_MAX_LENGTH} characters)")
-    if "\x00" in note:
-        raise ReviewError("The note contains a NUL character")
+    try:
+        note = note_check(note)
+    except OrderRuleError as exc:
+        raise ReviewError(f"Note refused: {exc}") from None
     if order.run_id is None:  # what `run_resume` would find for it: no wait
         raise ReviewError(f"Order {order.order_id} has no fraud review to decide")
     try:

@@ -107,6 +107,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything looks a cookie, a header or the URL up in the database.
+    "polos_site.middleware.NulRefusalMiddleware",
     # Serves the admin's and the console's static files from gunicorn: no CDN, no nginx.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -405,6 +407,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only, its numbers exact (Decimal): amounts are money.
+    "DEFAULT_PARSER_CLASSES": ["orders.api.parsers.ExactJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/minute")},
     # `?limit=` is capped (orders.api.pagination): no request reads a whole table.

@@ -11,7 +11,12 @@ from rest_framework import serializers
 
 from orders.models import Order, PaymentStatus, ReviewState
 from orders.money import amount_plain
-from orders.rules import payload_errors
+from orders.rules import (
+    REVIEW_NOTE_MAX_LENGTH,
+    OrderRuleError,
+    note_check,
+    payload_errors,
+)
 from orders.schemas import OrderPayload
 from orders.selectors import (
     ORDER_STATUS_CHOICES,
@@ -23,8 +28,6 @@ from orders.selectors import (
 from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus, WorkflowRun
 from workflows.selectors import usage_cost
 
-IDEMPOTENCY_KEY_MAX_LENGTH = 255
-
 
 class _Text(serializers.CharField):
     """A string exactly as sent: no trimming, no checks of DRF's own (blank, NUL). What
@@ -35,6 +38,25 @@ class _Text(serializers.CharField):
         self.validators = []
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "format": "decimal",
+        "description": "Digits 0-9 with at most one '.', e.g. \"49.99\" (a JSON number "
+        "is read exactly, as written).",
+    }
+)
+class _Number(serializers.Field):
+    """A number exactly as sent (text, or a JSON number read as Decimal): whether "1_000"
+    or full-width digits spell a number is for the order rules to say, not DRF."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class OrderCreateInputSerializer(serializers.Serializer):
     """The body of an order: shapes only. Its rules are the domain's (`orders.rules`,
     applied by `OrderPayload`); their messages come back as this body's field errors."""
@@ -42,7 +64,7 @@ class OrderCreateInputSerializer(serializers.Serializer):
     order_id = _Text()
     customer_id = _Text()
     customer_email = _Text()
-    amount = serializers.DecimalField(max_digits=None, decimal_places=None)
+    amount = _Number()
     currency = _Text(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +77,18 @@ class OrderCreateInputSerializer(serializers.Serializer):
 
 class ReviewDecisionInputSerializer(serializers.Serializer):
     approved = serializers.BooleanField(required=True)
-    note = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    note = _Text(
+        required=False,
+        default="",
+        max_length=REVIEW_NOTE_MAX_LENGTH,
+        help_text="One line, kept with the decision.",
+    )
+
+    def validate_note(self, note: str) -> str:
+        try:
+            return note_check(note)
+        except OrderRuleError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
 class OrderListFilterSerializer(serializers.Serializer):

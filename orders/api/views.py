@@ -13,13 +13,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from orders.models import Order
+from orders.rules import IDEMPOTENCY_KEY_MAX_LENGTH, OrderRuleError, idempotency_key_check
 from orders.schemas import OrderPayload
 from orders.selectors import ORDER_STATUS_CHOICES, order_get_for, order_list_for, run_get_for
 from orders.services import (
@@ -33,7 +33,6 @@ from orders.services import (
 from .auth import request_client
 from .pagination import MAX_PAGE_SIZE
 from .serializers import (
-    IDEMPOTENCY_KEY_MAX_LENGTH,
     ErrorOutputSerializer,
     OrderCreateInputSerializer,
     OrderListFilterSerializer,
@@ -77,7 +76,6 @@ def _order_response(request: Request, order: Order, code: int = status.HTTP_200_
 
 
 class OrderListCreateApi(GenericAPIView):
-    parser_classes = [JSONParser]
     # Used by OPTIONS (DRF's metadata) to describe the POST body.
     serializer_class = OrderCreateInputSerializer
 
@@ -129,7 +127,7 @@ class OrderListCreateApi(GenericAPIView):
                 OpenApiParameter.HEADER,
                 required=False,
                 description=f"Client-chosen key, at most {IDEMPOTENCY_KEY_MAX_LENGTH} "
-                "characters, that makes retries safe.",
+                "characters and no control characters, that makes retries safe.",
             )
         ],
         request=OrderCreateInputSerializer,
@@ -144,15 +142,11 @@ class OrderListCreateApi(GenericAPIView):
     )
     def post(self, request: Request) -> Response:
         idempotency_key = request.headers.get(IDEMPOTENCY_HEADER, "").strip() or None
-        if idempotency_key and len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
-            raise exceptions.ValidationError(
-                {
-                    IDEMPOTENCY_HEADER: [
-                        f"Ensure this header has no more than {IDEMPOTENCY_KEY_MAX_LENGTH} "
-                        "characters."
-                    ]
-                }
-            )
+        if idempotency_key is not None:
+            try:
+                idempotency_key_check(idempotency_key)
+            except OrderRuleError as exc:
+                raise exceptions.ValidationError({IDEMPOTENCY_HEADER: [str(exc)]}) from None
         serializer = OrderCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
@@ -188,7 +182,6 @@ class OrderDetailApi(APIView):
 
 class OrderReviewDecideApi(APIView):
     permission_classes = [IsAuthenticated, CanDecideFraudReview]
-    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="orders_review_decide",

@@ -6,7 +6,6 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -41,7 +40,6 @@ def _with_secret(endpoint: WebhookEndpoint, code: int) -> Response:
 
 
 class WebhookEndpointListCreateApi(APIView):
-    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="webhooks_list",
