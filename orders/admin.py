@@ -37,6 +37,7 @@ from workflows import NonRetryableError
 from workflows.agents.transcript import agent_calls_prefix, llm_reply, tool_call_recorded
 from workflows.models import StepKind, StepRecord, WaitStatus
 from workflows.step_tree import StepNode, step_find, step_tree
+from workflows.views import VIEW_RUNS_PERMISSION
 
 from .client_webhooks import (
     WebhookRetryError,
@@ -446,7 +447,13 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             "time_left": time_left(review),
             "trace": agent_trace(review.run_id),
             "risk": self._risk(review),
-            "trace_url": reverse("workflows:run_detail", args=[review.run_id]),
+            # The console's trace is for those who may read runs; the agent's part of
+            # it is on this page for every reviewer.
+            "trace_url": (
+                reverse("workflows:run_detail", args=[review.run_id])
+                if request.user.has_perm(VIEW_RUNS_PERMISSION)
+                else None
+            ),
             "decided": review.status == WaitStatus.RESUMED,
             "deadline_passed": review.status == WaitStatus.WAITING and not review.is_open,
             "can_decide": review.is_open and self.has_decide_permission(request),
