@@ -103,6 +103,8 @@ INSTALLED_APPS = [
     "django_q",
     "axes",
     "orders",
+    # Last: its admin module gives third-party admin actions their permissions.
+    "polos_site",
 ]
 
 MIDDLEWARE = [
