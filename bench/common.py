@@ -334,17 +334,20 @@ def deferred_signals() -> Iterator[None]:
 
 def create_accounts() -> tuple[str, str]:
     """The client's and the reviewer's API tokens: the same user's, since the API decides
-    only the reviews of the client's own orders."""
-    from django.contrib.auth.models import Group, User
-    from rest_framework.authtoken.models import Token
+    only the reviews of the client's own orders. It is made as `create_api_token` makes
+    a client (an intake client), then joins the reviewers."""
+    from django.contrib.auth.models import Group
 
-    client = User.objects.create_user("bench-client")
+    from orders.roles import intake_client_create
+
+    client = intake_client_create(username="bench-client")
     try:
-        client.groups.add(Group.objects.get(name=REVIEWERS_GROUP))
+        client.user.groups.add(Group.objects.get(name=REVIEWERS_GROUP))
     except Group.DoesNotExist:
         raise BenchError(f"no group {REVIEWERS_GROUP!r} after migrate") from None
-    token = Token.objects.create(user=client).key
-    return token, token
+    if client.token is None:  # shown only when made: the bench needs a fresh database
+        raise BenchError("user 'bench-client' already had a token")
+    return client.token, client.token
 
 
 # -- the processes -----------------------------------------------------------------------

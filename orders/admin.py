@@ -16,6 +16,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
+from django.contrib.auth import get_permission_codename
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Case, IntegerField, QuerySet, Value, When
@@ -37,6 +38,7 @@ from workflows import NonRetryableError
 from workflows.agents.transcript import agent_calls_prefix, llm_reply, tool_call_recorded
 from workflows.models import StepKind, StepRecord, WaitStatus
 from workflows.step_tree import StepNode, step_find, step_tree
+from workflows.views import VIEW_RUNS_PERMISSION
 
 from .client_webhooks import (
     WebhookRetryError,
@@ -451,7 +453,13 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             "time_left": time_left(review),
             "trace": agent_trace(review.run_id),
             "risk": self._risk(review),
-            "trace_url": reverse("workflows:run_detail", args=[review.run_id]),
+            # The console's trace is for those who may read runs; the agent's part of
+            # it is on this page for every reviewer.
+            "trace_url": (
+                reverse("workflows:run_detail", args=[review.run_id])
+                if request.user.has_perm(VIEW_RUNS_PERMISSION)
+                else None
+            ),
             "decided": review.status == WaitStatus.RESUMED,
             "deadline_passed": review.status == WaitStatus.WAITING and not review.is_open,
             "can_decide": review.is_open and self.has_decide_permission(request),
@@ -832,13 +840,22 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Enable selected endpoints (reset their failure count)")
+    def has_rotate_secret_permission(self, request: HttpRequest) -> bool:
+        """Rotating replaces what the client's receiver verifies with, and shows the new
+        secret: it changes the endpoint."""
+        return self.has_change_permission(request)
+
+    @admin.action(
+        description="Enable selected endpoints (reset their failure count)", permissions=["change"]
+    )
     def enable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         for endpoint in queryset:
             webhook_endpoint_enable(endpoint=endpoint)
         self.message_user(request, f"Enabled {len(queryset)} endpoint(s).", messages.SUCCESS)
 
-    @admin.action(description="Rotate the secret of selected endpoints")
+    @admin.action(
+        description="Rotate the secret of selected endpoints", permissions=["rotate_secret"]
+    )
     def rotate_secret_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
         rotated = [webhook_endpoint_rotate_secret(endpoint=endpoint) for endpoint in queryset]
         return self._secrets_page(request, rotated, "New webhook secrets")
@@ -912,7 +929,13 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def payload_column(self, delivery: WebhookDelivery) -> str:
         return format_html("<pre>{}</pre>", json.dumps(delivery.payload, indent=2))
 
-    @admin.action(description="Retry selected deliveries")
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        """Retrying sends the event to the endpoint again: the model's change permission,
+        which `has_change_permission` does not ask (nobody edits a delivery's record)."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    @admin.action(description="Retry selected deliveries", permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         retried = 0
         for delivery in queryset:

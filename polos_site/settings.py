@@ -103,6 +103,8 @@ INSTALLED_APPS = [
     "django_q",
     "axes",
     "orders",
+    # Last: its admin module gives third-party admin actions their permissions.
+    "polos_site",
 ]
 
 MIDDLEWARE = [
@@ -406,7 +408,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # A token alone places no order: every API view also needs its role's permission.
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "orders.api.permissions.IntakeClientPermission",
+    ],
     # JSON only, its numbers exact (Decimal): amounts are money.
     "DEFAULT_PARSER_CLASSES": ["orders.api.parsers.ExactJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],

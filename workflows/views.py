@@ -26,6 +26,7 @@ summary (an order's status and payment status, say): the callable receives the r
 returns (label, text, url or None) triples.
 """
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -70,9 +71,25 @@ RUN_FACTS: dict[str, Callable[[WorkflowRun], list[RunFact]]] = {}
 """Workflow id → callable giving facts about a run for its page (see above)."""
 
 RUNS_PER_PAGE = 50
+VIEW_RUNS_PERMISSION = "workflows.view_workflowrun"
+"""Every console page needs it: runs' traces hold customers' data, amounts and model
+messages, which staff status alone must not show."""
 START_RUN_PERMISSION = "workflows.start_run"
 """Starting a run sends a payload to a workflow's side effects: staff status is not enough."""
 STATUS_FILTERS = ["all", *(s.value for s in RunStatus)]
+
+
+def console_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A console page: staff only (others go to the admin's login), and 403 without
+    `VIEW_RUNS_PERMISSION`, fragments and searches included."""
+
+    @functools.wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.has_perm(VIEW_RUNS_PERMISSION):
+            raise PermissionDenied(f"The console needs the {VIEW_RUNS_PERMISSION} permission.")
+        return view(request, *args, **kwargs)
+
+    return staff_member_required(guarded)
 
 
 def _is_fragment(request: HttpRequest) -> bool:
@@ -111,7 +128,7 @@ class RunRow:
         return usage_cost(self.run.usage)
 
 
-@staff_member_required
+@console_page
 def run_list(request: HttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     status = status if status in STATUS_FILTERS and status != "all" else ""
@@ -207,7 +224,7 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
     }
 
 
-@staff_member_required
+@console_page
 def run_detail(request: HttpRequest, run_id: UUID) -> HttpResponse:
     try:
         trace = run_trace(run_id=run_id)
@@ -237,7 +254,7 @@ def _workflow_entry(definition: WorkflowDefinition) -> dict[str, Any]:
     }
 
 
-@staff_member_required
+@console_page
 def workflow_list(request: HttpRequest) -> HttpResponse:
     agents = [
         {
@@ -272,7 +289,7 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@staff_member_required
+@console_page
 @require_http_methods(["GET", "POST"])
 def workflow_start_view(request: HttpRequest, workflow_id: str) -> HttpResponse:
     if not request.user.has_perm(START_RUN_PERMISSION):

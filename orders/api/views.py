@@ -1,5 +1,6 @@
 """The intake API. Views translate HTTP to service calls (writes) and selector calls
-(reads) and back; no business rule lives here.
+(reads) and back; no business rule lives here. Who may call it is
+`permissions.IntakeClientPermission`, every view's default.
 
 Every endpoint is per client: a token sees, reviews and deduplicates only the orders its
 user submitted, staff included. Another client's order or run is a 404. Staff see every
@@ -19,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from orders.models import Order
+from orders.roles import INTAKE_CLIENTS_GROUP, api_permission
 from orders.rules import IDEMPOTENCY_KEY_MAX_LENGTH, OrderRuleError, idempotency_key_check
 from orders.schemas import OrderPayload
 from orders.selectors import ORDER_STATUS_CHOICES, order_get_for, order_list_for, run_get_for
@@ -32,6 +34,7 @@ from orders.services import (
 
 from .auth import request_client
 from .pagination import MAX_PAGE_SIZE
+from .permissions import IntakeClientPermission
 from .serializers import (
     ErrorOutputSerializer,
     OrderCreateInputSerializer,
@@ -66,6 +69,10 @@ FIELD_ERRORS = OpenApiResponse(
     description="Invalid input: each field maps to its list of error messages.",
 )
 UNAUTHENTICATED = _error("No valid token (`Authorization: Token <key>`).")
+FORBIDDEN = _error(
+    f"The token's user lacks the permission: `{api_permission(write=True)}` to write, "
+    f'`{api_permission(write=False)}` to read (the "{INTAKE_CLIENTS_GROUP}" group holds both).'
+)
 THROTTLED = _error("Too many requests; retry after the `Retry-After` seconds.")
 ORDER_NOT_FOUND = _error("No order of yours with that id.")
 
@@ -103,6 +110,7 @@ class OrderListCreateApi(GenericAPIView):
             200: OrderOutputSerializer(many=True),
             400: FIELD_ERRORS,
             401: UNAUTHENTICATED,
+            403: FORBIDDEN,
             429: THROTTLED,
         },
     )
@@ -136,6 +144,7 @@ class OrderListCreateApi(GenericAPIView):
             200: OpenApiResponse(OrderOutputSerializer, description="A repeat: existing order."),
             400: FIELD_ERRORS,
             401: UNAUTHENTICATED,
+            403: FORBIDDEN,
             409: _error("The order id or idempotency key was used with another body."),
             429: THROTTLED,
         },
@@ -170,6 +179,7 @@ class OrderDetailApi(APIView):
         responses={
             200: OrderOutputSerializer,
             401: UNAUTHENTICATED,
+            403: FORBIDDEN,
             404: ORDER_NOT_FOUND,
             429: THROTTLED,
         },
@@ -181,22 +191,25 @@ class OrderDetailApi(APIView):
 
 
 class OrderReviewDecideApi(APIView):
-    permission_classes = [IsAuthenticated, CanDecideFraudReview]
+    permission_classes = [IsAuthenticated, IntakeClientPermission, CanDecideFraudReview]
 
     @extend_schema(
         operation_id="orders_review_decide",
         summary="Approve or reject an order's fraud review",
         description=(
-            "Needs the `orders.decide_fraud_review` permission, and the order must be "
-            "yours. Resumes the order's workflow; the response is the order as it is "
-            "right after the decision."
+            "Needs the `orders.decide_fraud_review` permission besides the intake "
+            "client's, and the order must be yours. Resumes the order's workflow; the "
+            "response is the order as it is right after the decision."
         ),
         request=ReviewDecisionInputSerializer,
         responses={
             200: OrderOutputSerializer,
             400: FIELD_ERRORS,
             401: UNAUTHENTICATED,
-            403: _error("The user may not decide fraud reviews."),
+            403: _error(
+                "The user may not decide fraud reviews, or lacks the intake client's "
+                "permission to write."
+            ),
             404: ORDER_NOT_FOUND,
             409: _error("Nothing to decide: no review, already decided, or expired."),
             429: THROTTLED,
@@ -230,6 +243,7 @@ class RunDetailApi(APIView):
         responses={
             200: RunOutputSerializer,
             401: UNAUTHENTICATED,
+            403: FORBIDDEN,
             404: _error("No run of your orders with that id."),
             429: THROTTLED,
         },

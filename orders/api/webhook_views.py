@@ -19,6 +19,7 @@ from orders.models import WebhookEndpoint
 from orders.selectors import webhook_endpoint_get_for, webhook_endpoint_list_for
 
 from .auth import request_client
+from .views import FORBIDDEN
 from .webhook_serializers import (
     WebhookEndpointCreateInputSerializer,
     WebhookEndpointOutputSerializer,
@@ -44,7 +45,7 @@ class WebhookEndpointListCreateApi(APIView):
     @extend_schema(
         operation_id="webhooks_list",
         summary="List your webhook endpoints (without their secrets)",
-        responses={200: WebhookEndpointOutputSerializer(many=True)},
+        responses={200: WebhookEndpointOutputSerializer(many=True), 403: FORBIDDEN},
     )
     def get(self, request: Request) -> Response:
         endpoints = webhook_endpoint_list_for(client=request_client(request))
@@ -55,7 +56,11 @@ class WebhookEndpointListCreateApi(APIView):
         summary="Register a webhook endpoint",
         description="Answers with the endpoint's signing `secret`, shown only this once.",
         request=WebhookEndpointCreateInputSerializer,
-        responses={201: WebhookEndpointSecretOutputSerializer, 400: FIELD_ERRORS},
+        responses={
+            201: WebhookEndpointSecretOutputSerializer,
+            400: FIELD_ERRORS,
+            403: FORBIDDEN,
+        },
     )
     def post(self, request: Request) -> Response:
         serializer = WebhookEndpointCreateInputSerializer(data=request.data)
@@ -73,7 +78,7 @@ class WebhookEndpointDetailApi(APIView):
     @extend_schema(
         operation_id="webhooks_delete",
         summary="Delete a webhook endpoint (its pending deliveries stop)",
-        responses={204: None, 404: NOT_FOUND},
+        responses={204: None, 403: FORBIDDEN, 404: NOT_FOUND},
     )
     def delete(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get_for(client=request_client(request), endpoint_id=endpoint_id)
@@ -87,7 +92,7 @@ class WebhookEndpointRotateSecretApi(APIView):
         summary="Replace a webhook endpoint's secret",
         description="The new secret signs every delivery from now on; it is shown only this once.",
         request=None,
-        responses={200: WebhookEndpointSecretOutputSerializer, 404: NOT_FOUND},
+        responses={200: WebhookEndpointSecretOutputSerializer, 403: FORBIDDEN, 404: NOT_FOUND},
     )
     def post(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get_for(client=request_client(request), endpoint_id=endpoint_id)

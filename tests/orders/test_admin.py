@@ -87,7 +87,13 @@ def test_review_page_shows_order_trace_and_buttons(suspended, reviewer):
     assert "start_order/tool/1/charge_stripe" in html and "calls charge_stripe" in html
     assert "&quot;status&quot;: &quot;requires_capture&quot;" in html  # a hold
     assert "human must review" in html
-    assert f'href="/runs/{order.run_id}/"' in html
+    # The console's full trace is for those who may read runs.
+    assert f'href="/runs/{order.run_id}/"' not in html
+    reviewer.user_permissions.add(Permission.objects.get(codename="view_workflowrun"))
+    assert (
+        f'href="/runs/{order.run_id}/"'
+        in logged_in(reviewer).get(change_url(review)).content.decode()
+    )
     assert f'action="{decide_url(review)}"' in html
     assert 'value="approve"' in html and 'value="reject"' in html and 'name="note"' in html
 

@@ -7,7 +7,6 @@ from django.core import signals
 from django.db import close_old_connections
 from django.test import override_settings
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -15,6 +14,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from orders.roles import intake_client_create
 from polos_site.wsgi import application
 
 # No 5xx, and every response as documented (status, content type, body). Whether the
@@ -50,8 +50,8 @@ def keep_test_connection():
 def auth_header(django_user_model, settings) -> dict[str, str]:
     settings.LLM_PROVIDER = "simulated"
     settings.PAYMENT_GATEWAY = "simulated"
-    user = django_user_model.objects.create_user("fuzzer", is_staff=True)
-    return {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+    django_user_model.objects.create_user("fuzzer", is_staff=True)
+    return {"Authorization": f"Token {intake_client_create(username='fuzzer').token}"}
 
 
 @pytest.mark.django_db

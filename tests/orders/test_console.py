@@ -1,7 +1,7 @@
 """The staff console's run page says which order a run is for, and where its money is."""
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 pytestmark = pytest.mark.django_db
@@ -18,6 +18,7 @@ def test_an_order_runs_page_shows_its_order_and_payment_status(place_order, queu
     small = place_order("25.00", order_id="small-1")
     queue_capture.drain()
     staff = User.objects.create_user("ops", password="ops-pass-123", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_workflowrun"))
     console = Client()
     console.force_login(staff)
 

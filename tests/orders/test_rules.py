@@ -97,9 +97,11 @@ def api() -> APIClient:
 
 @pytest.fixture
 def operator() -> Client:
-    """Staff holding `workflows.start_run`."""
+    """Staff holding `workflows.start_run` (and the console's `view_workflowrun`)."""
     user = User.objects.create_user("olga", password="x", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="start_run"))
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["start_run", "view_workflowrun"])
+    )
     client = Client()
     client.force_login(user)
     return client
@@ -183,8 +185,10 @@ def test_amounts_are_kept_in_the_currencys_decimals(api, queue_capture):
 
 
 def test_staff_without_the_start_permission_cannot_start_an_order(queue_capture):
+    sam = User.objects.create_user("sam", password="x", is_staff=True)
+    sam.user_permissions.add(Permission.objects.get(codename="view_workflowrun"))
     client = Client()
-    client.force_login(User.objects.create_user("sam", password="x", is_staff=True))
+    client.force_login(sam)
     assert client.get(START_URL).status_code == 403
     response = client.post(START_URL, {"payload": json.dumps(GOOD)})
     assert response.status_code == 403

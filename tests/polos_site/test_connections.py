@@ -13,10 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import connection
-from rest_framework.authtoken.models import Token
 
+from orders.roles import intake_client_create
 from tests.support.cluster import ROOT, QCluster, wait_until
 from tests.support.cluster import test_database_url as subprocess_database_url
 from tests.support.requirements import skip_or_fail
@@ -80,8 +79,7 @@ def request(method: str, url: str, token: str, body: dict | None = None) -> int:
 def test_web_and_workers_stay_within_the_documented_connection_budget():
     if connection.vendor != "postgresql":
         skip_or_fail("postgres", "connection pooling is PostgreSQL's (DATABASE_URL)")
-    user = User.objects.create_user("client-load")
-    token = Token.objects.create(user=user).key
+    token = intake_client_create(username="client-load").token
     port = free_port()
     sampler = ConnectionSampler(subprocess_database_url().replace("postgres://", "postgresql://"))
     env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "PYTHONUNBUFFERED": "1"}

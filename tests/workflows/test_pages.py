@@ -24,8 +24,11 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff() -> Client:
+    """Staff who may read runs (`workflows.view_workflowrun`)."""
+    user = User.objects.create_user("staff", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_workflowrun"))
     client = Client()
-    client.force_login(User.objects.create_user("staff", password="x", is_staff=True))
+    client.force_login(user)
     return client
 
 
@@ -33,7 +36,9 @@ def staff() -> Client:
 def operator() -> Client:
     """Staff who may also start runs (`workflows.start_run`)."""
     user = User.objects.create_user("operator", password="x", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="start_run"))
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_workflowrun", "start_run"])
+    )
     client = Client()
     client.force_login(user)
     return client

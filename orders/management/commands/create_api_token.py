@@ -1,27 +1,52 @@
+import argparse
 from typing import Any
 
-from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from rest_framework.authtoken.models import Token
+
+from orders.roles import INTAKE_CLIENTS_GROUP, intake_client_create, username_validate
+
+
+def username_argument(value: str) -> str:
+    try:
+        username_validate(value)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(" ".join(exc.messages)) from None
+    return value
 
 
 class Command(BaseCommand):
     help = (
-        "Print the API token of USERNAME (for `Authorization: Token <key>`), creating it "
-        "if the user has none. Only the key goes to stdout, so scripts can capture it."
+        "Make USERNAME an API client: create the user when missing (no password: it signs "
+        f'in with its token only), put it in the "{INTAKE_CLIENTS_GROUP}" group (may place '
+        "and read orders), and print its new token (for `Authorization: Token <key>`). The "
+        "token is printed once, when it is made, and only the key goes to stdout, so "
+        "scripts can capture it. A user who already has a token is still put in the group, "
+        "and keeps its token; --rotate replaces it."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("username", help="An existing user's username.")
+        parser.add_argument(
+            "username", type=username_argument, help="The client's username, new or existing."
+        )
+        parser.add_argument(
+            "--rotate",
+            action="store_true",
+            help="Replace the user's token with a new one (the old one stops working) and "
+            "print it.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         username: str = options["username"]
-        User = get_user_model()
-        try:
-            user = User._default_manager.get_by_natural_key(username)
-        except User.DoesNotExist:
-            raise CommandError(f"No user named {username!r}; create it first.") from None
-        token, _ = Token.objects.get_or_create(user=user)
-        if not user.is_active:
+        client = intake_client_create(username=username, token_rotate=options["rotate"])
+        if client.user_created:
+            self.stderr.write(f"Created user {username!r} in {INTAKE_CLIENTS_GROUP!r}.")
+        if not client.user.is_active:
             self.stderr.write(f"Warning: {username!r} is inactive; the API will refuse its token.")
-        self.stdout.write(token.key)
+        if client.token is None:
+            raise CommandError(
+                f"{username!r} already has an API token, shown when it was made; it is in "
+                f"{INTAKE_CLIENTS_GROUP!r}. Use --rotate to replace the token and print the "
+                "new one."
+            )
+        self.stdout.write(client.token)

@@ -5,7 +5,7 @@ from decimal import Decimal
 from io import StringIO
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.test import Client
 
@@ -57,6 +57,7 @@ def test_cost_is_computed_from_recorded_usage_per_call_and_per_run(queue_capture
     assert runs_cost_total() == (3150, Decimal("0.005710"))
 
     staff = User.objects.create_user("ops", password="ops-pass-123", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_workflowrun"))
     browser = Client()
     browser.force_login(staff)
     assert "$0.005710" in browser.get(f"/runs/{run.id}/").content.decode()
