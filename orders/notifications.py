@@ -14,15 +14,15 @@ from django.utils import timezone
 
 from workflows import NonRetryableError
 
-from .models import EmailRecord, EmailStatus, Order
+from .models import EmailKind, EmailRecord, EmailStatus, Order
 from .money import amount_grouped
 
 logger = logging.getLogger(__name__)
 
-CONFIRMATION = "confirmation"
+CONFIRMATION = EmailKind.CONFIRMATION
 # To the fraud reviewers, once per review each (an order has at most one review).
-REVIEW_ALERT = "review_alert"
-REVIEW_REMINDER = "review_reminder"
+REVIEW_ALERT = EmailKind.REVIEW_ALERT
+REVIEW_REMINDER = EmailKind.REVIEW_REMINDER
 REVIEWERS_GROUP = "Fraud reviewers"  # made by migration 0002
 EMAIL_RECIPIENT_MAX_LENGTH = 254  # EmailRecord.recipient
 
