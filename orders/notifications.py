@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from workflows import NonRetryableError
 
-from .models import EmailKind, EmailRecord, EmailStatus, Order
+from .models import EmailKind, EmailRecord, EmailStatus, Order, OrderStatus
 from .money import amount_grouped
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,10 @@ class ConfirmationUncertainError(NonRetryableError):
     whether it left is unknown, and only an operator (with the mail log) can tell."""
 
 
+class ConfirmationRefusedError(NonRetryableError):
+    """The order was cancelled before its confirmation was claimed: none is sent."""
+
+
 def confirmation_message_id(order: Order) -> str:
     """Stable per order, so an operator can look the message up in the mail log."""
     return f"<order-{order.pk}-confirmation@{settings.EMAIL_MESSAGE_ID_DOMAIN}>"
@@ -45,11 +49,20 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
     again. A worker killed between claim and send leaves the row `sending`: that raises
     `ConfirmationUncertainError` rather than guess, and `manage.py resolve_confirmation`
     settles it.
+
+    The claim holds the order's row, as `order_cancel` does: of a cancel and a claim at
+    the same moment one wins, so an order is never both cancelled and confirmed. A
+    cancelled order raises `ConfirmationRefusedError` and nothing is sent.
     """
     subject = f"Your order {order.order_id} is confirmed"
     message_id = confirmation_message_id(order)
     try:
         with transaction.atomic():
+            status = Order.objects.select_for_update().values_list("status", flat=True)
+            if status.get(pk=order.pk) == OrderStatus.CANCELLED:
+                raise ConfirmationRefusedError(
+                    f"Refused: order {order.order_id} was cancelled; no confirmation is sent."
+                )
             record = EmailRecord.objects.create(
                 order=order,
                 kind=CONFIRMATION,
