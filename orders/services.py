@@ -700,11 +700,32 @@ def _order_cancel_check(order: Order) -> None:
         raise OrderCancelError(f"Order {order.order_id} is {order.status}: nothing to cancel")
 
 
+class OrderForkError(RunStateError):
+    """The run's order is finished: a fork would move it backwards. A `RunStateError`,
+    so that `run_fork` rolls the fork back and its doors report the refusal."""
+
+
+_ORDER_FINISHED = (OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED)
+
+
 def order_follow_fork(*, origin: WorkflowRun, fork: WorkflowRun, **signal_kwargs: Any) -> None:
     """A forked order run continues the same order: the order moves to the fork (inside
     the fork's transaction). Its payment keys come from the order, not the run, so the
-    fork recovers what the origin's attempts did at Stripe instead of repeating it."""
-    Order.objects.filter(run=origin).update(run=fork, updated_at=timezone.now())
+    fork recovers what the origin's attempts did at Stripe instead of repeating it.
+
+    A finished order (completed, rejected, cancelled) is refused with `OrderForkError`:
+    its customer was confirmed, or its money released, and replaying its steps would
+    reopen its review or refund a confirmed order. Fork is for an order whose run failed
+    or stopped before settling it (`needs_attention`)."""
+    order = Order.objects.select_for_update().filter(run=origin).first()
+    if order is None:
+        return
+    if order.status in _ORDER_FINISHED:
+        raise OrderForkError(
+            f"Order {order.order_id} is {order.status}: forking its run would move a "
+            "finished order backwards. Fork is for failed and needs_attention runs."
+        )
+    Order.objects.filter(pk=order.pk).update(run=fork, updated_at=timezone.now())
 
 
 def order_run_cancel(run_id: UUID | str, by: AbstractBaseUser | None) -> None:
