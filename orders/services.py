@@ -228,6 +228,10 @@ def order_create(
                     customer_email=payload.customer_email,
                     amount=payload.amount,
                     currency=payload.currency,
+                    # Known at intake, so the 201 says it (the review opens later).
+                    fraud_review_required=fraud_review_required(
+                        amount=payload.amount, currency=payload.currency
+                    ),
                     request_fingerprint=fingerprint,
                     idempotency_key=idempotency_key,
                 )
@@ -263,6 +267,9 @@ def order_register_run(*, payload: OrderPayload, run_id: UUID) -> None:
             "customer_email": payload.customer_email,
             "amount": payload.amount,
             "currency": payload.currency,
+            "fraud_review_required": fraud_review_required(
+                amount=payload.amount, currency=payload.currency
+            ),
             "request_fingerprint": _fingerprint(payload),
             "run_id": run_id,
         },
