@@ -67,6 +67,7 @@ from .risk import RiskSignals, review_risk_signals, reviews_with_risk
 from .rules import OrderRuleError, note_check
 from .selectors import (
     ORDER_STATUS_CHOICES,
+    order_email_sent,
     order_failure_shown,
     order_status_shown,
     orders_in_status,
@@ -584,6 +585,7 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
                 "fields": (
                     "status_column",
                     "failure_column",
+                    "confirmation_column",
                     "fraud_review_required",
                     "fraud_approved",
                     "fraud_review_link",
@@ -649,6 +651,10 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     @admin.display(description="failure reason")
     def failure_column(self, order: Order) -> str:
         return order_failure_shown(order) or EMPTY
+
+    @admin.display(description="confirmation emailed", boolean=True)
+    def confirmation_column(self, order: Order) -> bool:
+        return order_email_sent(order)  # the customer's; the reviewers' are listed below
 
     @admin.display(description="amount", ordering="amount")
     def amount_column(self, order: Order) -> str:

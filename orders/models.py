@@ -141,7 +141,18 @@ class Order(models.Model):
 
     @property
     def email_sent(self) -> bool:
-        return self.emails.filter(status=EmailStatus.SENT).exists()
+        """Whether the customer's confirmation went out: the reviewers' emails are
+        recorded for the order too, and are not it."""
+        return self.emails.filter(CONFIRMATION_SENT).exists()
+
+
+class EmailKind(models.TextChoices):
+    """What an email recorded for an order is: the customer's confirmation, or one of the
+    fraud reviewers' (an order has at most one review, so one of each)."""
+
+    CONFIRMATION = "confirmation", "customer's confirmation"
+    REVIEW_ALERT = "review_alert", "reviewers' alert"
+    REVIEW_REMINDER = "review_reminder", "reviewers' reminder"
 
 
 class EmailStatus(models.TextChoices):
@@ -150,12 +161,16 @@ class EmailStatus(models.TextChoices):
     FAILED = "failed"
 
 
+# An order's "email sent" (model, API, admin, the workflow's snapshots): its confirmation.
+CONFIRMATION_SENT = models.Q(kind=EmailKind.CONFIRMATION, status=EmailStatus.SENT)
+
+
 class EmailRecord(models.Model):
     """Every message sent for an order. The unique (order, kind) row is claimed before
     sending, so a retried step can never send a second confirmation."""
 
     order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="emails")
-    kind = models.CharField(max_length=30, default="confirmation")
+    kind = models.CharField(max_length=30, choices=EmailKind, default=EmailKind.CONFIRMATION)
     recipient = models.EmailField()
     subject = models.CharField(max_length=255)
     message_id = models.CharField(max_length=255, blank=True)

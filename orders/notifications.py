@@ -14,15 +14,15 @@ from django.utils import timezone
 
 from workflows import NonRetryableError
 
-from .models import EmailRecord, EmailStatus, Order
+from .models import EmailKind, EmailRecord, EmailStatus, Order, OrderStatus
 from .money import amount_grouped
 
 logger = logging.getLogger(__name__)
 
-CONFIRMATION = "confirmation"
+CONFIRMATION = EmailKind.CONFIRMATION
 # To the fraud reviewers, once per review each (an order has at most one review).
-REVIEW_ALERT = "review_alert"
-REVIEW_REMINDER = "review_reminder"
+REVIEW_ALERT = EmailKind.REVIEW_ALERT
+REVIEW_REMINDER = EmailKind.REVIEW_REMINDER
 REVIEWERS_GROUP = "Fraud reviewers"  # made by migration 0002
 EMAIL_RECIPIENT_MAX_LENGTH = 254  # EmailRecord.recipient
 
@@ -30,6 +30,10 @@ EMAIL_RECIPIENT_MAX_LENGTH = 254  # EmailRecord.recipient
 class ConfirmationUncertainError(NonRetryableError):
     """A worker died after claiming the confirmation and before the mail server took it:
     whether it left is unknown, and only an operator (with the mail log) can tell."""
+
+
+class ConfirmationRefusedError(NonRetryableError):
+    """The order was cancelled before its confirmation was claimed: none is sent."""
 
 
 def confirmation_message_id(order: Order) -> str:
@@ -45,11 +49,20 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
     again. A worker killed between claim and send leaves the row `sending`: that raises
     `ConfirmationUncertainError` rather than guess, and `manage.py resolve_confirmation`
     settles it.
+
+    The claim holds the order's row, as `order_cancel` does: of a cancel and a claim at
+    the same moment one wins, so an order is never both cancelled and confirmed. A
+    cancelled order raises `ConfirmationRefusedError` and nothing is sent.
     """
     subject = f"Your order {order.order_id} is confirmed"
     message_id = confirmation_message_id(order)
     try:
         with transaction.atomic():
+            status = Order.objects.select_for_update().values_list("status", flat=True)
+            if status.get(pk=order.pk) == OrderStatus.CANCELLED:
+                raise ConfirmationRefusedError(
+                    f"Refused: order {order.order_id} was cancelled; no confirmation is sent."
+                )
             record = EmailRecord.objects.create(
                 order=order,
                 kind=CONFIRMATION,

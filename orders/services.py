@@ -270,6 +270,10 @@ def order_create(
                     customer_email=payload.customer_email,
                     amount=payload.amount,
                     currency=payload.currency,
+                    # Known at intake, so the 201 says it (the review opens later).
+                    fraud_review_required=fraud_review_required(
+                        amount=payload.amount, currency=payload.currency
+                    ),
                     request_fingerprint=fingerprint,
                     idempotency_key=idempotency_key,
                 )
@@ -305,6 +309,9 @@ def order_register_run(*, payload: OrderPayload, run_id: UUID) -> None:
             "customer_email": payload.customer_email,
             "amount": payload.amount,
             "currency": payload.currency,
+            "fraud_review_required": fraud_review_required(
+                amount=payload.amount, currency=payload.currency
+            ),
             "request_fingerprint": _fingerprint(payload),
             "run_id": run_id,
         },
@@ -683,48 +690,94 @@ def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> 
 
 
 def order_cancel(*, order: Order, by: User | None = None) -> Order:
-    """Cancel an order that is not finished: stop its run, give the money back (cancel
-    the hold or refund the capture) and mark it cancelled. The one way to cancel an
-    order's run: the orders admin, `cancel_order` and the console's run cancel all come
-    here (see `OrdersConfig.ready`). `by` None is an operator at the command line.
+    """Cancel an order that is not finished and whose customer was not told it is
+    confirmed: stop its run, give the money back (cancel the hold or refund the capture)
+    and mark it cancelled. The one way to cancel an order's run: the orders admin,
+    `cancel_order` and the console's run cancel all come here (see `OrdersConfig.ready`).
+    `by` None is an operator at the command line.
+
+    Once the confirmation email is claimed the customer is (being) told, so the cancel is
+    refused: a refund returns the money instead. The check and the cancel hold the
+    order's row, as the confirmation's claim does (`order_confirmation_send`): either
+    the cancel wins and no confirmation is sent, or the claim wins and this refuses.
 
     Marked cancelled before the money moves, so that a charge still in flight releases
     itself (`order_charge`); calling it again on a cancelled order only retries a
     release that a gateway outage interrupted. Raises `OrderCancelError` for a finished
-    order, `PermissionDenied` without the cancel permission.
+    or confirmed order, `PermissionDenied` without the cancel permission.
     """
     if by is not None and not by.has_perm(CANCEL_PERMISSION):
         raise PermissionDenied(f"{by.get_username()} may not cancel orders")
-    order.refresh_from_db()
-    money_held = order.payment_status in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED)
-    if order.status == OrderStatus.CANCELLED and not money_held:
-        raise OrderCancelError(f"Order {order.order_id} is already cancelled")
-    if order.status != OrderStatus.CANCELLED:
-        if order.status not in (OrderStatus.PROCESSING, OrderStatus.AWAITING_REVIEW):
-            raise OrderCancelError(f"Order {order.order_id} is {order.status}: nothing to cancel")
-        if order.run_id is not None:
-            try:
-                run_cancel(order.run_id)
-            except RunStateError:
-                pass  # finished or failed: nothing runs any more, the order still holds money
-        who = by.get_username() if by is not None else "an operator"
-        Order.objects.filter(pk=order.pk).update(
-            status=OrderStatus.CANCELLED,
-            failure_reason=f"cancelled by {who}"[:255],
-            updated_at=timezone.now(),
-        )
-        order_event_emit(order=order, type=WebhookEvent.CANCELED)
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order.pk)
+        money_held = order.payment_status in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED)
+        if order.status == OrderStatus.CANCELLED and not money_held:
+            raise OrderCancelError(f"Order {order.order_id} is already cancelled")
+        if order.status != OrderStatus.CANCELLED:
+            _order_cancel_check(order)
+            if order.run_id is not None:
+                try:
+                    run_cancel(order.run_id)
+                except RunStateError:
+                    pass  # finished or failed: nothing runs any more, the money is still held
+            who = by.get_username() if by is not None else "an operator"
+            Order.objects.filter(pk=order.pk).update(
+                status=OrderStatus.CANCELLED,
+                failure_reason=f"cancelled by {who}"[:255],
+                updated_at=timezone.now(),
+            )
+            order_event_emit(order=order, type=WebhookEvent.CANCELED)
     order_payment_release(order=order)
     order.refresh_from_db()
     logger.info("order %s cancelled; payment %s", order.order_id, order.payment_status)
     return order
 
 
+def _order_cancel_check(order: Order) -> None:
+    """Refuse to cancel an order whose customer was told, or is being told, that it is
+    confirmed (its confirmation is claimed), or that is finished."""
+    confirmation = EmailRecord.objects.filter(order=order, kind=CONFIRMATION).first()
+    if confirmation is not None:
+        told = (
+            "went out, so the customer was told it is confirmed"
+            if confirmation.status == EmailStatus.SENT
+            else "is being sent (or was, by a worker that died), so the customer may already "
+            "have been told it is confirmed"
+        )
+        raise OrderCancelError(
+            f"Order {order.order_id} can no longer be cancelled: its confirmation email "
+            f"{told}. Return the money with a refund instead."
+        )
+    if order.status not in (OrderStatus.PROCESSING, OrderStatus.AWAITING_REVIEW):
+        raise OrderCancelError(f"Order {order.order_id} is {order.status}: nothing to cancel")
+
+
+class OrderForkError(RunStateError):
+    """The run's order is finished: a fork would move it backwards. A `RunStateError`,
+    so that `run_fork` rolls the fork back and its doors report the refusal."""
+
+
+_ORDER_FINISHED = (OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED)
+
+
 def order_follow_fork(*, origin: WorkflowRun, fork: WorkflowRun, **signal_kwargs: Any) -> None:
     """A forked order run continues the same order: the order moves to the fork (inside
     the fork's transaction). Its payment keys come from the order, not the run, so the
-    fork recovers what the origin's attempts did at Stripe instead of repeating it."""
-    Order.objects.filter(run=origin).update(run=fork, updated_at=timezone.now())
+    fork recovers what the origin's attempts did at Stripe instead of repeating it.
+
+    A finished order (completed, rejected, cancelled) is refused with `OrderForkError`:
+    its customer was confirmed, or its money released, and replaying its steps would
+    reopen its review or refund a confirmed order. Fork is for an order whose run failed
+    or stopped before settling it (`needs_attention`)."""
+    order = Order.objects.select_for_update().filter(run=origin).first()
+    if order is None:
+        return
+    if order.status in _ORDER_FINISHED:
+        raise OrderForkError(
+            f"Order {order.order_id} is {order.status}: forking its run would move a "
+            "finished order backwards. Fork is for failed and needs_attention runs."
+        )
+    Order.objects.filter(pk=order.pk).update(run=fork, updated_at=timezone.now())
 
 
 def order_run_cancel(run_id: UUID | str, by: AbstractBaseUser | None) -> None:

@@ -262,7 +262,8 @@ def run_fork(run_id: UUID | str, *, from_step: str) -> WorkflowRun:
 
     The way to recover a run that failed on a bug once the fix is deployed. The origin
     must be finished or cancelled (`RunStateError` otherwise); the fork links to it
-    (`forked_from`, `forked_at_step`), and `run_forked` tells the application.
+    (`forked_from`, `forked_at_step`), and `run_forked` tells the application, which
+    may refuse the fork (`RunStateError`, and nothing is created).
     """
     with transaction.atomic():
         origin = WorkflowRun.objects.select_for_update().get(pk=run_id)

@@ -136,8 +136,9 @@ class OrderOutputSerializer(serializers.Serializer):
     )
     payment_status = serializers.ChoiceField(
         choices=PaymentStatus.choices,
-        help_text="Where the money is: `authorized` is a hold (the order awaits review), "
-        "`canceled` a released hold (never charged).",
+        help_text="Where the money is: `none` when nothing is charged yet (a new order), "
+        "`authorized` a hold (the order awaits review), `canceled` a released hold (never "
+        "charged).",
     )
     charge_id = serializers.CharField(allow_blank=True)
     refund_id = serializers.CharField(allow_blank=True)
@@ -146,7 +147,10 @@ class OrderOutputSerializer(serializers.Serializer):
         "refund is less than `amount`."
     )
     email_sent = serializers.SerializerMethodField()
-    fraud_review_required = serializers.BooleanField()
+    fraud_review_required = serializers.BooleanField(
+        help_text="Whether the fraud policy sends the order to a reviewer (over its "
+        "currency's threshold): known from intake on."
+    )
     fraud_approved = serializers.BooleanField(allow_null=True)
     review = serializers.SerializerMethodField()
     run_id = serializers.UUIDField(allow_null=True)

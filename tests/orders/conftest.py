@@ -21,6 +21,17 @@ def reviewer(db) -> User:
 
 
 @pytest.fixture
+def reviewer_with_email(reviewer) -> User:
+    """The "Fraud reviewers" group as production has it: a member with an email, so that
+    every review that opens alerts them, recorded with the order's emails. The order-flow
+    tests run with it: a flow checked only with a silent group hid that the alert was
+    taken for the customer's confirmation."""
+    reviewer.email = "rita@reviews.example.com"
+    reviewer.save(update_fields=["email"])
+    return reviewer
+
+
+@pytest.fixture
 def staff_without_permission(db) -> User:
     return User.objects.create_user("sam", password="staff-pass-123", is_staff=True)
 

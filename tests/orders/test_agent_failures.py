@@ -18,7 +18,10 @@ from tests.support.openai_server import reply_text, reply_tool_calls
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 from workflows.services import run_retry
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("reviewer_with_email"),  # production's reviewers: alerted
+]
 
 EMAIL = "ada@example.com"
 
@@ -76,21 +79,42 @@ def test_agent_giving_up_on_the_email_still_completes_a_small_order(
     assert len(stripe_server.successful_charges()) == 1
 
 
-def test_agent_giving_up_on_the_approved_confirmation_still_completes(
+def email_with_a_wrong_amount(order_id: str):
+    return reply_tool_calls(
+        [("send_confirmation_email", {"email": EMAIL, "order_id": order_id, "amount": "15.00"})]
+    )
+
+
+def test_agent_giving_up_on_the_approved_confirmation_still_confirms(
     openai_server, stripe_server, place_order, queue_capture, reviewer
 ):
+    """The reviewers' alert is an email recorded for the order, and not the customer's
+    confirmation: the fallback still sends it, and only then does the order say so."""
+    client = User.objects.create_user("shop")
+    api = api_client_for(client)
     openai_server.script([charge("1500.00"), answer("charge", "fraud_review")])
-    order = settled(place_order, queue_capture, "1500.00")
-    assert order.status == "awaiting_review"
+    order = place_order("1500.00", client=client)
+    queue_capture.drain()
+    assert [m.to for m in mail.outbox] == [[reviewer.email]]  # the alert
+    waiting = api.get(f"/api/orders/{order.order_id}/").json()
+    assert waiting["status"] == "awaiting_review" and waiting["email_sent"] is False
 
-    openai_server.script([email_with_amount_zero("ord-1500-00")] * 4)
+    # Refused each time (the amount is not the order's), until the agent gives up.
+    openai_server.script([email_with_a_wrong_amount("ord-1500-00")] * 4)
     review_decide(order=order, approved=True, by=reviewer)
     queue_capture.drain()
     order.refresh_from_db()
     assert order.status == "completed" and order.payment_status == "captured"
     assert order.run.status == RunStatus.COMPLETED
-    assert [m.to for m in mail.outbox] == [[EMAIL]]
+    assert [m.to for m in mail.outbox] == [[reviewer.email], [EMAIL]]
+    assert mail.outbox[1].subject == "Your order ord-1500-00 is confirmed"
     assert {"send_confirmation_failed", "confirm"} <= step_keys(order)
+    done = api.get(f"/api/orders/{order.order_id}/").json()
+    assert done["email_sent"] is True and order.run.output["email_sent"] is True
+    assert (
+        StepRecord.objects.get(run=order.run, key="check_confirmation").output["email_sent"]
+        is False
+    )
 
 
 def test_agent_that_never_stops_still_completes_a_small_order(
@@ -114,7 +138,7 @@ def test_agent_that_never_stops_on_a_large_order_is_held_for_review(
     openai_server.script([charge("1500.00")] * 10)
     order = settled(place_order, queue_capture, "1500.00")
     assert order.status == "awaiting_review" and order.payment_status == "authorized"
-    assert mail.outbox == []
+    assert [m.to for m in mail.outbox] == [[reviewer.email]]  # the reviewers' alert only
 
     openai_server.script(
         [
@@ -133,7 +157,7 @@ def test_agent_that_never_stops_on_a_large_order_is_held_for_review(
     assert queue_capture.drain() == ["completed"]
     order.refresh_from_db()
     assert order.status == "completed" and order.payment_status == "captured"
-    assert [m.to for m in mail.outbox] == [[EMAIL]]
+    assert [m.to for m in mail.outbox] == [[reviewer.email], [EMAIL]]
     assert openai_server.pending == 0
 
 

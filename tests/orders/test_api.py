@@ -338,6 +338,29 @@ def test_review_decisions(queue_capture, place_order, reviewer, staff_without_pe
     assert rita.post(f"{ORDERS}nope/review/", {"approved": True}, format="json").status_code == 404
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_201_says_what_the_fraud_policy_knows_at_intake(queue_capture, settings):
+    api = api_client_for(User.objects.create_user("intake"))
+    created = api.post(ORDERS, {**BODY, "order_id": "big", "amount": "2500.00"}, format="json")
+    assert created.status_code == 201
+    body = created.json()
+    # Over the threshold from the start; nothing is charged yet, and it says so.
+    assert body["fraud_review_required"] is True
+    assert (body["status"], body["payment_status"], body["charge_id"]) == ("processing", "none", "")
+
+    assert queue_capture.drain() == ["suspended"]
+    later = api.get(body["links"]["self"]).json()
+    assert later["fraud_review_required"] is True
+    assert (later["status"], later["payment_status"]) == ("awaiting_review", "authorized")
+
+    # The policy's own rule, per currency: 5,000 JPY is no large order.
+    settings.ORDER_CURRENCIES = ["usd", "jpy"]
+    settings.FRAUD_REVIEW_THRESHOLDS = {"jpy": "150000"}
+    yen = {**BODY, "order_id": "yen", "amount": "5000", "currency": "jpy"}
+    assert api.post(ORDERS, yen, format="json").json()["fraud_review_required"] is False
+    assert api.post(ORDERS, BODY, format="json").json()["fraud_review_required"] is False
+
+
 # --- OpenAPI ----------------------------------------------------------------------------
 
 

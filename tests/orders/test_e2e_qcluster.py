@@ -14,7 +14,11 @@ from orders.services import review_decide
 from tests.support.cluster import QCluster, wait_until
 from workflows.services import waits_expire
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.qcluster,
+    pytest.mark.usefixtures("reviewer_with_email"),  # production's reviewers: alerted
+]
 
 
 @pytest.fixture
@@ -54,6 +58,10 @@ def settled(order: Order, status: str, timeout: float = 30) -> Order:
     return order
 
 
+def recipients(smtp_server) -> list[str]:
+    return [m["To"] for m in smtp_server.messages]
+
+
 def charge_requests(stripe_server):
     return [
         r for r in stripe_server.requests if r.method == "POST" and r.path == "/v1/payment_intents"
@@ -90,13 +98,15 @@ def test_large_order_approved(cluster, stripe_server, smtp_server, place_order, 
     order = settled(place_order("1000.01"), "awaiting_review")
     [held] = stripe_server.payment_intents.values()
     assert (held["status"], held["amount_capturable"]) == ("requires_capture", 100001)
-    assert stripe_server.successful_charges() == [] and smtp_server.messages == []
+    assert stripe_server.successful_charges() == []
+    assert recipients(smtp_server) == [reviewer.email]  # the alert; the customer waits
 
     review_decide(order=order, approved=True, by=reviewer)
     order = settled(order, "completed")
     assert order.fraud_approved is True and order.payment_status == "captured"
     assert [c["amount"] for c in stripe_server.successful_charges()] == [100001]
-    assert len(smtp_server.messages) == 1 and stripe_server.refunds == {}
+    assert recipients(smtp_server) == [reviewer.email, order.customer_email]
+    assert order.email_sent and stripe_server.refunds == {}
 
 
 def test_large_order_rejected_is_released(
@@ -111,16 +121,18 @@ def test_large_order_rejected_is_released(
         r for r in stripe_server.requests if r.method == "POST" and r.path.endswith("/cancel")
     )
     assert cancel_request.idempotency_key == payment_key(operation="cancel", order_pk=order.pk)
-    assert smtp_server.messages == []
+    assert recipients(smtp_server) == [reviewer.email] and not order.email_sent
 
 
-def test_review_timeout_releases_the_hold(cluster, stripe_server, smtp_server, place_order):
+def test_review_timeout_releases_the_hold(
+    cluster, stripe_server, smtp_server, place_order, reviewer
+):
     order = settled(place_order("3000.00"), "awaiting_review")
     waits_expire(now=timezone.now() + timedelta(days=1, minutes=1))
     order = settled(order, "rejected")
     assert order.failure_reason == "review_timeout"
     assert order.payment_status == "canceled" and stripe_server.refunds == {}
-    assert smtp_server.messages == []
+    assert recipients(smtp_server) == [reviewer.email] and not order.email_sent
 
 
 def test_declined_card_fails_without_email(cluster, stripe_server, smtp_server, place_order):

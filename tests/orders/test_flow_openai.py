@@ -15,7 +15,10 @@ from orders.services import review_decide
 from tests.support.openai_server import reply_text, reply_tool_calls
 from workflows.models import StepRecord
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("reviewer_with_email"),  # production's reviewers: alerted
+]
 
 EMAIL = "ada@example.com"
 
@@ -109,14 +112,15 @@ def test_small_order(openai_server, stripe_server, place_order, queue_capture):
 def test_large_order_approved(openai_server, stripe_server, place_order, queue_capture, reviewer):
     openai_server.script([charge("1500.00"), answer("charge", "fraud_review")])
     order = run_order(place_order, queue_capture, "1500.00")
-    assert order.status == "awaiting_review" and mail.outbox == []
+    assert order.status == "awaiting_review" and [m.to for m in mail.outbox] == [[reviewer.email]]
 
     openai_server.script([send_email("ord-1500-00", "1500.00"), answer("email")])
     review_decide(order=order, approved=True, by=reviewer)
     queue_capture.drain()
     order.refresh_from_db()
     assert order.status == "completed" and order.fraud_approved is True
-    assert len(mail.outbox) == 1 and len(stripe_server.successful_charges()) == 1
+    assert [m.to for m in mail.outbox] == [[reviewer.email], [EMAIL]]
+    assert len(stripe_server.successful_charges()) == 1
     assert_the_agent_confirmed(order, "send_confirmation")
     approval_prompt = openai_server.chat_requests[-2].json["messages"][1]["content"]
     assert (
@@ -133,17 +137,18 @@ def test_large_order_rejected(openai_server, stripe_server, place_order, queue_c
     assert order.status == "rejected" and order.payment_status == "canceled"
     [intent] = stripe_server.payment_intents.values()
     assert (intent["capture_method"], intent["status"]) == ("manual", "canceled")
-    assert stripe_server.refunds == {} and order.refund_id == "" and mail.outbox == []
+    assert stripe_server.refunds == {} and order.refund_id == ""
+    assert [m.to for m in mail.outbox] == [[reviewer.email]]
     assert openai_server.pending == 0  # no model call after a rejection
 
 
 def test_model_that_forgets_the_review_is_overruled(
-    openai_server, stripe_server, place_order, queue_capture
+    openai_server, stripe_server, place_order, queue_capture, reviewer
 ):
     openai_server.script([charge("5000.00"), send_email("ord-5000-00", "5000.00"), answer("email")])
     order = run_order(place_order, queue_capture, "5000.00")
 
-    assert order.status == "awaiting_review" and mail.outbox == []
+    assert order.status == "awaiting_review" and [m.to for m in mail.outbox] == [[reviewer.email]]
     refusal = tool_results(openai_server)[1]["error"]
     assert "above the fraud threshold" in refusal and "not been approved" in refusal
     policy = StepRecord.objects.get(run=order.run, key="fraud_policy")
@@ -153,13 +158,14 @@ def test_model_that_forgets_the_review_is_overruled(
 
 
 def test_model_emailing_before_approval_is_refused(
-    openai_server, stripe_server, place_order, queue_capture
+    openai_server, stripe_server, place_order, queue_capture, reviewer
 ):
     openai_server.script(
         [charge("2500.00"), send_email("ord-2500-00", "2500.00"), answer("charge", "fraud_review")]
     )
     order = run_order(place_order, queue_capture, "2500.00")
-    assert order.status == "awaiting_review" and mail.outbox == []
+    assert order.status == "awaiting_review" and not order.email_sent
+    assert [m.to for m in mail.outbox] == [[reviewer.email]]
     assert "error" in tool_results(openai_server)[1]
 
 

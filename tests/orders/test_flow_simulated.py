@@ -7,11 +7,14 @@ from django.core import mail
 from django.utils import timezone
 
 from orders.models import FraudReview, Order, ReviewState
-from orders.services import ReviewError, review_decide
+from orders.services import OrderActionRefusedError, ReviewError, review_decide
 from workflows.models import RunStatus, StepRecord
 from workflows.services import waits_expire
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("reviewer_with_email"),  # production's reviewers: alerted
+]
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +76,27 @@ def test_the_workflow_confirms_when_the_email_tool_fails(queue_capture, place_or
     assert len(mail.outbox) == 1
 
 
+def test_the_workflow_confirms_an_approved_order_when_the_email_tool_fails(
+    queue_capture, place_order, reviewer, monkeypatch
+):
+    """The reviewers' alert went out for this order: it is no confirmation, so the
+    fallback still sends one."""
+    order = place_order("2500.00")
+    assert queue_capture.drain() == ["suspended"]
+    assert [m.to for m in mail.outbox] == [[reviewer.email]] and not reload(order).email_sent
+
+    def refuse(**kwargs):
+        raise OrderActionRefusedError("Refused: amount 15.00 is not the order's amount 2500.00.")
+
+    monkeypatch.setattr("orders.agents.order_confirm", refuse)  # the tool's, not the fallback's
+    review_decide(order=order, approved=True, by=reviewer)
+    assert queue_capture.drain() == ["completed"]
+    order = reload(order)
+    assert order.status == "completed" and order.email_sent
+    assert [m.to for m in mail.outbox] == [[reviewer.email], ["ada@example.com"]]
+    assert StepRecord.objects.get(run=order.run, key="confirm").status == "completed"
+
+
 def test_exactly_the_threshold_needs_no_review(queue_capture, place_order):
     order = reload(place_order("1000.00"))
     queue_capture.drain()
@@ -85,7 +109,8 @@ def test_above_threshold_waits_then_approval_confirms(queue_capture, place_order
     order = place_order("1000.01")
     assert queue_capture.drain() == ["suspended"]
     order = reload(order)
-    assert order.status == "awaiting_review" and mail.outbox == []
+    assert order.status == "awaiting_review"
+    assert [m.to for m in mail.outbox] == [[reviewer.email]]  # the customer is not told yet
     review = FraudReview.objects.get(run=order.run)
     assert review.data["amount"] == "1000.01" and review.data["charge_id"] == order.charge_id
 
@@ -94,8 +119,8 @@ def test_above_threshold_waits_then_approval_confirms(queue_capture, place_order
     order = reload(order)
     assert order.status == "completed" and order.fraud_approved is True
     assert_the_agent_confirmed(order, "send_confirmation")
-    assert len(mail.outbox) == 1 and order.refund_id == ""
-    assert order.payment_status == "captured"
+    assert [m.to for m in mail.outbox] == [[reviewer.email], ["ada@example.com"]]
+    assert order.payment_status == "captured" and order.refund_id == ""
     review.refresh_from_db()
     assert review.state == ReviewState.APPROVED and review.note == "known customer"
 
@@ -108,7 +133,8 @@ def test_rejection_releases_the_hold_and_sends_nothing(queue_capture, place_orde
     order = reload(order)
     assert order.status == "rejected" and order.payment_status == "canceled"
     assert order.refund_id == ""  # a hold is cancelled, never refunded
-    assert order.failure_reason == "review_rejected" and mail.outbox == []
+    assert order.failure_reason == "review_rejected"
+    assert [m.to for m in mail.outbox] == [[reviewer.email]]
     with pytest.raises(ReviewError, match="already decided"):
         review_decide(order=order, approved=True, by=reviewer)
 
@@ -120,7 +146,8 @@ def test_review_timeout_releases_the_hold(queue_capture, place_order, reviewer):
     queue_capture.drain()
     order = reload(order)
     assert order.status == "rejected" and order.failure_reason == "review_timeout"
-    assert order.payment_status == "canceled" and order.refund_id == "" and mail.outbox == []
+    assert order.payment_status == "canceled" and order.refund_id == ""
+    assert [m.to for m in mail.outbox] == [[reviewer.email]] and not order.email_sent
 
 
 def test_decline_fails_the_order_without_email(queue_capture, place_order):

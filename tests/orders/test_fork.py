@@ -1,19 +1,24 @@
 """Recovering an order run that failed on a bug: `fork_run` from the step after the
 charge, once the fix is deployed, through the real `stripe` SDK."""
 
+import re
 from io import StringIO
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
 from orders import order_processing
 from orders.models import Order, OrderStatus
+from orders.services import OrderForkError, order_cancel, review_decide
 from tests.support.api import api_client_for
 from workflows import NonRetryableError
 from workflows.models import RunStatus, StepRecord, WorkflowRun
+from workflows.services import run_fork
 
 pytestmark = pytest.mark.django_db
 
@@ -124,3 +129,73 @@ def test_forking_in_the_admin_needs_the_start_permission(place_order, queue_capt
     assert fork.status == RunStatus.PENDING and fork.forked_at_step == "fraud_policy"
     assert queue_capture.drain() == ["completed"]
     assert Order.objects.get(pk=order.pk).run_id == fork.id
+
+
+# --- a finished order is never moved backwards --------------------------------------------
+
+REFUSED = (
+    r"^Order {} is {}: forking its run would move a finished order backwards\. "
+    r"Fork is for failed and needs_attention runs\.$"
+)
+
+
+@pytest.fixture(params=["completed", "rejected", "cancelled"])
+def finished(request, place_order, queue_capture, reviewer) -> Order:
+    """An order its run settled: confirmed, rejected by its reviewer, or cancelled while
+    it waited for review."""
+    if request.param == "completed":
+        order = place_order("250.00")
+        assert queue_capture.drain() == ["completed"]
+    else:
+        order = place_order("2500.00")
+        assert queue_capture.drain() == ["suspended"]
+        if request.param == "rejected":
+            review_decide(order=order, approved=False, by=reviewer)
+            assert queue_capture.drain() == ["completed"]
+        else:
+            order_cancel(order=order)
+    order.refresh_from_db()
+    assert order.status == request.param
+    return order
+
+
+def assert_not_forked(order: Order) -> None:
+    before = Order.objects.get(pk=order.pk)
+    assert not WorkflowRun.objects.filter(forked_from_id=order.run_id).exists()
+    assert (before.status, before.run_id) == (order.status, order.run_id)
+    assert before.payment_status == order.payment_status
+
+
+def test_the_service_refuses_to_fork_a_finished_order(finished, queue_capture):
+    with pytest.raises(OrderForkError, match=REFUSED.format(finished.order_id, finished.status)):
+        run_fork(finished.run_id, from_step="fraud_policy")
+    assert_not_forked(finished)
+    assert queue_capture.sent == []
+
+
+def test_fork_run_refuses_a_finished_order(finished):
+    with pytest.raises(CommandError, match=REFUSED.format(finished.order_id, finished.status)):
+        call_command("fork_run", str(finished.run_id), "--from-step", "fraud_policy")
+    assert_not_forked(finished)
+
+
+def test_the_admin_fork_action_refuses_a_finished_order(finished):
+    from django.test import Client
+
+    operator = Client()
+    operator.force_login(User.objects.create_superuser("root", "root@example.com", "root-pw-123"))
+    response = operator.post(
+        "/admin/workflows/workflowrun/",
+        {
+            "action": "fork_selected",
+            "_selected_action": [str(finished.run_id)],
+            "post": "yes",
+            "from_step": "fraud_policy",
+        },
+    )
+    assert response.status_code == 302
+    shown = [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
+    [(level, message)] = shown
+    assert level == "error"
+    assert re.match(REFUSED.format(finished.order_id, finished.status), message)
+    assert_not_forked(finished)

@@ -18,7 +18,10 @@ from orders.services import review_decide
 from workflows.models import StepRecord
 from workflows.services import waits_expire
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("reviewer_with_email"),  # production's reviewers: alerted
+]
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +60,7 @@ def test_hold_then_capture_on_approval(stripe_server, place_order, queue_capture
     intent = intent_of(stripe_server, order)
     assert (intent["capture_method"], intent["status"]) == ("manual", "requires_capture")
     assert order.status == "awaiting_review" and order.payment_status == "authorized"
-    assert mail.outbox == []
+    assert [m.to for m in mail.outbox] == [[reviewer.email]]
 
     review_decide(order=order, approved=True, by=reviewer)
     assert queue_capture.drain() == ["completed"]
@@ -67,7 +70,8 @@ def test_hold_then_capture_on_approval(stripe_server, place_order, queue_capture
     assert order.status == "completed" and order.payment_status == "captured"
     key = payment_key(operation="capture", order_pk=order.pk)
     assert [r.idempotency_key for r in requests_to(stripe_server, "/capture")] == [key]
-    assert len(mail.outbox) == 1 and stripe_server.refunds == {}
+    assert [m.to for m in mail.outbox] == [[reviewer.email], [order.customer_email]]
+    assert stripe_server.refunds == {}
 
 
 def test_hold_then_cancel_on_rejection(stripe_server, place_order, queue_capture, reviewer):
@@ -77,7 +81,7 @@ def test_hold_then_cancel_on_rejection(stripe_server, place_order, queue_capture
     order.refresh_from_db()
     assert intent_of(stripe_server, order)["status"] == "canceled"
     assert order.status == "rejected" and order.payment_status == "canceled"
-    assert stripe_server.refunds == {} and mail.outbox == []
+    assert stripe_server.refunds == {} and [m.to for m in mail.outbox] == [[reviewer.email]]
     assert StepRecord.objects.filter(run=order.run, key="cancel").exists()
 
 
@@ -102,7 +106,7 @@ def test_expired_authorization_fails_the_order_on_approval(
     assert order.status == "failed" and order.payment_status == "failed"
     assert order.failure_reason.startswith("capture_failed: ")
     assert "expired" in order.failure_reason
-    assert mail.outbox == [] and stripe_server.refunds == {}
+    assert [m.to for m in mail.outbox] == [[reviewer.email]] and stripe_server.refunds == {}
     assert order.run.status == "completed"  # the workflow settled it: nothing to retry
 
 

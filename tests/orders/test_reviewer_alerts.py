@@ -2,17 +2,27 @@
 its time has passed, each delivered once (to the local SMTP server), through the
 existing expiry sweep."""
 
+import re
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from orders import notifications
 from orders.models import EmailRecord, EmailStatus, FraudReview
-from orders.notifications import REVIEW_ALERT, REVIEW_REMINDER, review_email_send
-from orders.services import order_review_open, review_reminders_send
+from orders.notifications import (
+    REVIEW_ALERT,
+    REVIEW_REMINDER,
+    order_confirmation_send,
+    review_email_send,
+)
+from orders.services import order_review_open, order_snapshot, review_reminders_send
+from tests.support.api import api_client_for
 from workflows.services import WAIT_SWEEP_HOOKS, waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -156,6 +166,45 @@ def test_crash_between_claim_and_send_is_not_sent_again(
     assert kinds(smtp_server) == ["Review"]  # in doubt: not sent blindly
     record.refresh_from_db()
     assert record.status == EmailStatus.SENDING
+
+    # The operator sees it for what it is: no confirmation, which `resolve_confirmation`
+    # would settle.
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    EmailRecord.objects.filter(pk=record.pk).update(created_at=an_hour_ago)
+    out = StringIO()
+    call_command("ops_status", stdout=out)
+    assert (
+        "reviewer emails in doubt (not sent again; check the mail log): ord-2500-00 "
+        "(review_reminder)" in out.getvalue()
+    )
+    assert "confirmations in doubt" not in out.getvalue()
+
+
+def test_the_alert_is_not_the_customers_confirmation(smtp_server, reviewers, suspended):
+    """Recorded for the order, but nowhere is it taken for the confirmation: the order,
+    the API, the admin and the workflow's snapshot all say none was sent."""
+    order, _ = suspended
+    assert EmailRecord.objects.get(order=order).kind == REVIEW_ALERT
+    order.client = User.objects.create_user("shop")
+    order.save(update_fields=["client"])
+    assert not order.email_sent and not order_snapshot(run_id=order.run_id).email_sent
+    api = api_client_for(order.client)
+    assert api.get("/api/orders/ord-2500-00/").json()["email_sent"] is False
+    assert [o["email_sent"] for o in api.get("/api/orders/").json()["results"]] == [False]
+
+    admin = Client()
+    admin.force_login(User.objects.get(username="root"))
+    page = admin.get(reverse("admin:orders_order_change", args=[order.pk])).content.decode()
+    field = re.search(r'field-confirmation_column.*?alt="(True|False)"', page, re.S)
+    assert field is not None and field.group(1) == "False"
+    assert "reviewers&#x27; alert" in page  # listed with the order's emails, for what it is
+
+    order_confirmation_send(order=order)
+    assert order.email_sent
+    page = admin.get(reverse("admin:orders_order_change", args=[order.pk])).content.decode()
+    field = re.search(r'field-confirmation_column.*?alt="(True|False)"', page, re.S)
+    assert field is not None and field.group(1) == "True"
+    assert api.get("/api/orders/").json()["results"][0]["email_sent"] is True
 
 
 def test_superusers_are_told_when_the_group_has_nobody(smtp_server, reviewer, suspended):

@@ -15,7 +15,7 @@ from django.test import override_settings
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from orders.models import Order, OrderStatus
+from orders.models import EmailKind, Order, OrderStatus
 from orders.schemas import OrderPayload
 from orders.services import ReviewError, order_confirmation_resolve, order_create, review_decide
 from tests.support.cluster import QCluster
@@ -133,7 +133,7 @@ class ChaosDriver:
         for order in Order.objects.filter(
             run__status=RunStatus.FAILED, run__error__contains="ConfirmationUncertainError"
         ):
-            sent = order.emails.get().message_id in received
+            sent = order.emails.get(kind=EmailKind.CONFIRMATION).message_id in received
             order_confirmation_resolve(order=order, sent=sent)
             self.resolved.append(f"{order.order_id} ({'sent' if sent else 'resent'})")
 

@@ -10,9 +10,10 @@ from workflows import NonRetryableError
 
 class Command(BaseCommand):
     help = (
-        "Cancel an unsettled order: stop its run, release its payment (cancel the hold, "
-        "or refund a capture) and mark it cancelled. Run it again if the gateway failed "
-        "midway: it retries the release. `cancel_run` on the order's run does the same."
+        "Cancel an unsettled order whose confirmation email was not sent: stop its run, "
+        "release its payment (cancel the hold, or refund a capture) and mark it cancelled. "
+        "Run it again if the gateway failed midway: it retries the release. `cancel_run` "
+        "on the order's run does the same."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

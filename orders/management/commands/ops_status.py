@@ -22,6 +22,11 @@ class Command(BaseCommand):
                 "confirmations in doubt (see `resolve_confirmation`): "
                 + ", ".join(overview.confirmations_in_doubt)
             )
+        if overview.reviewer_emails_in_doubt:
+            self.stdout.write(
+                "reviewer emails in doubt (not sent again; check the mail log): "
+                + ", ".join(overview.reviewer_emails_in_doubt)
+            )
         oldest = overview.oldest_pending_review
         if oldest is None:
             self.stdout.write("fraud reviews: none pending")

@@ -13,7 +13,7 @@ class Command(BaseCommand):
         "Start a new run of a finished or cancelled run's workflow and input that continues "
         "from step KEY under the code deployed now. The steps completed before KEY are "
         "copied, not run again (a charge is not repeated). For a run that failed on a bug "
-        "once the fix is deployed."
+        "once the fix is deployed. The workflow's application may refuse, saying why."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
