@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('orders', '0010_order_amount_fits'),
+        ('orders', '0012_intake_clients_group'),
     ]
 
     operations = [
