@@ -20,6 +20,13 @@ def create_group(apps, schema_editor):
     group.permissions.add(
         *Permission.objects.filter(content_type__app_label="orders", codename__in=CODENAMES)
     )
+    # Until now a token was the only thing an API client needed, and tokens were made for
+    # clients: the non-staff users who hold one join the group, so an upgrade breaks no
+    # working client. Staff tokens get no intake rights they were never meant to have.
+    User = apps.get_model("auth", "User")
+    group.user_set.add(
+        *User.objects.filter(auth_token__isnull=False, is_staff=False, is_superuser=False)
+    )
 
 
 def delete_group(apps, schema_editor):
@@ -31,6 +38,7 @@ class Migration(migrations.Migration):
         ("orders", "0011_order_refunded_amount_and_dispute_memory"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
+        ("authtoken", "0004_alter_tokenproxy_options"),
     ]
 
     operations = [migrations.RunPython(create_group, delete_group)]

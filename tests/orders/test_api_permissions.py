@@ -194,3 +194,34 @@ def test_the_schema_documents_the_403_of_every_operation(tmp_path):
         if "403" not in operation["responses"]
     ]
     assert len(paths) >= 6 and undocumented == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_upgrade_keeps_existing_clients_and_gives_staff_tokens_nothing():
+    """Before the group, a token was all a client needed: the migration that adds the group
+    puts the non-staff token holders in it, so no working client breaks on deploy."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("orders", "0011_order_refunded_amount_and_dispute_memory")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(
+        [*before, ("authtoken", "0004_alter_tokenproxy_options")]
+    ).apps
+    OldUser, OldToken = old.get_model("auth", "User"), old.get_model("authtoken", "Token")
+    client = OldUser.objects.create(username="old-client")
+    staff = OldUser.objects.create(username="old-staff", is_staff=True)
+    OldUser.objects.create(username="no-token")
+    for user, key in ((client, "a" * 40), (staff, "b" * 40)):
+        OldToken.objects.create(user=user, key=key)
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    members = set(
+        Group.objects.get(name="Intake clients").user_set.values_list("username", flat=True)
+    )
+    assert members == {"old-client"}
+    assert User.objects.get(username="old-client").has_perm("orders.add_order")
