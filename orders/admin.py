@@ -66,6 +66,7 @@ from .selectors import (
     ORDER_STATUS_CHOICES,
     order_failure_shown,
     order_status_shown,
+    order_waiting_for,
     orders_in_status,
 )
 from .services import (
@@ -570,6 +571,7 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             {
                 "fields": (
                     "status_column",
+                    "waiting_column",
                     "failure_column",
                     "fraud_review_required",
                     "fraud_approved",
@@ -634,6 +636,10 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     @admin.display(description="failure reason")
     def failure_column(self, order: Order) -> str:
         return order_failure_shown(order) or EMPTY
+
+    @admin.display(description="waiting for")
+    def waiting_column(self, order: Order) -> str:
+        return order_waiting_for(order) or EMPTY
 
     @admin.display(description="amount", ordering="amount")
     def amount_column(self, order: Order) -> str:
