@@ -22,9 +22,10 @@ class OrdersConfig(AppConfig):
         from .services import order_follow_fork, order_run_cancel, review_reminders_send
 
         # What people call the dependencies an order run may wait for ("waiting for
-        # Stripe (attempt 6, ...)"); the model provider keeps its own name.
+        # Stripe (attempt 6, ...)"); the order agent's model calls wait for its provider.
         DEPENDENCY_NAMES[STRIPE_DEPENDENCY] = "Stripe"
         DEPENDENCY_NAMES[SMTP_DEPENDENCY] = "the mail server"
+        DEPENDENCY_NAMES["openai"] = "the model provider"
         # A suspended order run's trace page links to the review where it is decided.
         WAIT_LINKS[FRAUD_REVIEW_KEY] = lambda wait: reverse(
             "admin:orders_fraudreview_change", args=[wait.pk]

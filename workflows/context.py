@@ -443,8 +443,9 @@ class StepContext:
             "circuit": pause is None,
             "horizon": policy.retry_horizon(),
         }
+        # Counted by `observability.step_retried`; no span of its own: the step's span,
+        # sent when it finally commits, covers its waits (it starts at the first one).
         await run_sync(self._ctx._park)(key, position, data, deadline)
-        observability.wait_recorded(self._ctx, key, position, RETRY_WAIT, now)
         raise Suspended(key)
 
     async def _record_failure(
