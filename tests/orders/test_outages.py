@@ -172,6 +172,24 @@ def test_a_send_cut_off_after_its_data_is_never_sent_twice(
     assert len(smtp_server.messages_to(EMAIL)) == 1
 
 
+def test_a_message_the_server_took_is_sent_even_if_the_goodbye_fails(
+    smtp_server, place_order, queue_capture, settings, monkeypatch
+):
+    """The server answered 250 and the connection broke at QUIT: delivered, recorded
+    sent, not sent again."""
+    settings.PAYMENT_GATEWAY = "simulated"
+
+    def reset(self):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(smtplib.SMTP, "quit", reset)
+    order = place_order("250.00")
+    assert queue_capture.drain() == ["completed"]
+    order.refresh_from_db()
+    assert order.email_sent and len(smtp_server.messages_to(EMAIL)) == 1
+    assert EmailRecord.objects.get(order=order).status == EmailStatus.SENT
+
+
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
