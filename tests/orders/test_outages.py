@@ -21,8 +21,17 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from orders.client_webhooks import webhook_secret_new
 from orders.mail import EmailRejectedError, TransientEmailError, email_failure
-from orders.models import EmailRecord, EmailStatus, FraudReview, Order
+from orders.models import (
+    EmailRecord,
+    EmailStatus,
+    FraudReview,
+    Order,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 from tests.support.api import api_client_for
 from tests.support.openai_server import reply_text, reply_tool_calls
 from tests.workflows.test_metrics import TOKEN, scrape
@@ -124,6 +133,36 @@ def test_stripe_down_the_order_waits_says_so_everywhere_and_completes_once(
     assert body["waiting_for"] is None
     assert Circuit.objects.get(dependency="stripe").state == CircuitState.CLOSED
     assert "waiting for Stripe" not in ops_status()
+
+
+def test_a_client_hears_of_no_outage_only_of_its_order_completing(
+    stripe_server, smtp_server, place_order, queue_capture, client_user, settings
+):
+    """The client's webhooks announce order statuses; an order waiting for Stripe is
+    still processing, so they say nothing until it completes."""
+    settings.WEBHOOKS_RETRY_SCHEDULE = [600]  # a failed delivery waits, durably
+    WebhookEndpoint.objects.create(
+        client=client_user,
+        url="http://127.0.0.1:9/hooks",
+        events=[event.value for event in WebhookEvent],
+        secret=webhook_secret_new(),
+    )
+    stripe_server.outage(status=503)
+    order = place_order("250.00", client=client_user)
+    queue_capture.drain()
+    order.refresh_from_db()
+    assert order.run.status == RunStatus.SUSPENDED
+    announced = lambda: list(  # noqa: E731
+        WebhookDelivery.objects.filter(order=order).order_by("pk").values_list("event_type")
+    )
+    assert announced() == [(WebhookEvent.CREATED,)]
+
+    stripe_server.end_outage()
+    retry_waits_wake(now=later(60))
+    queue_capture.drain()
+    order.refresh_from_db()
+    assert order.status == "completed"
+    assert announced() == [(WebhookEvent.CREATED,), (WebhookEvent.COMPLETED,)]
 
 
 def test_mail_server_down_the_confirmation_waits_and_is_sent_once(
