@@ -48,6 +48,7 @@ from .models import (
 from .redaction import redact
 from .retry import RetryPolicy, dependency_label, dependency_name
 from .runtime import SegmentReleased, run_sync, segment_should_stop
+from .services import retry_wait_release
 
 if TYPE_CHECKING:
     from .observability import _Segment
@@ -88,12 +89,11 @@ def _describe_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[s
 @dataclass(frozen=True)
 class _Outage:
     """What a step knows of its dependency's outage so far: the attempts it made, when
-    the first one failed, the last error, and whether it now waits for the circuit."""
+    the first one failed, and the last error."""
 
     attempts: int = 0
     first_failed_at: datetime | None = None
     error: str = ""
-    circuit: bool = False
 
     @classmethod
     def of(cls, wait: Wait | None) -> "_Outage":
@@ -114,7 +114,6 @@ class _Outage:
             attempts=attempt,
             first_failed_at=self.first_failed_at or timezone.now(),
             error=redact(f"{type(exc).__name__}: {exc}"),
-            circuit=False,
         )
 
     def circuit_refused(self, dependency: str) -> "_Outage":
@@ -122,7 +121,6 @@ class _Outage:
             self,
             first_failed_at=self.first_failed_at or timezone.now(),
             error=self.error or f"the circuit of {dependency_name(dependency)} is open",
-            circuit=True,
         )
 
     def horizon_end(self, policy: RetryPolicy) -> datetime:
@@ -574,8 +572,6 @@ class WorkflowContext:
     def _park(self, key: str, position: int, data: dict[str, Any], deadline: datetime) -> None:
         """Record the step's wait for its dependency (the same row each time the step
         waits again) and park the run, like a suspend."""
-        from .services import retry_wait_release  # services import this module's callers
-
         now = timezone.now()
         self._flush_markers()
         with transaction.atomic():
