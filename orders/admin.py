@@ -70,6 +70,7 @@ from .selectors import (
     order_email_sent,
     order_failure_shown,
     order_status_shown,
+    order_waiting_for,
     orders_in_status,
 )
 from .services import (
@@ -584,6 +585,7 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             {
                 "fields": (
                     "status_column",
+                    "waiting_column",
                     "failure_column",
                     "confirmation_column",
                     "fraud_review_required",
@@ -655,6 +657,10 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     @admin.display(description="confirmation emailed", boolean=True)
     def confirmation_column(self, order: Order) -> bool:
         return order_email_sent(order)  # the customer's; the reviewers' are listed below
+
+    @admin.display(description="waiting for")
+    def waiting_column(self, order: Order) -> str:
+        return order_waiting_for(order) or EMPTY
 
     @admin.display(description="amount", ordering="amount")
     def amount_column(self, order: Order) -> str:

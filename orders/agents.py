@@ -10,9 +10,11 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from workflows import run_sync
+from workflows import RetryPolicy, run_sync
 from workflows.agents import Agent, ModelRequest, SimulatedTurn, ToolContext, simulated_model, tool
 
+from .mail import SMTP_DEPENDENCY
+from .payments import STRIPE_DEPENDENCY
 from .policy import fraud_review_required, fraud_review_rule_text
 from .schemas import (
     ChargeStripeInput,
@@ -23,8 +25,14 @@ from .schemas import (
 )
 from .services import order_charge, order_check_arguments, order_confirm, order_for_run
 
+# A tool call retries in the worker (the model waits for its answer) and does not call a
+# dependency whose circuit is open; the workflow's own charge and confirm steps wait out
+# longer outages.
+CHARGE_TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.5, dependency=STRIPE_DEPENDENCY)
+EMAIL_TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.5, dependency=SMTP_DEPENDENCY)
 
-@tool(description="Charge a customer using Stripe payment processing")
+
+@tool(description="Charge a customer using Stripe payment processing", retry=CHARGE_TOOL_RETRY)
 async def charge_stripe(ctx: ToolContext, input: ChargeStripeInput) -> ChargeStripeOutput:
     def charge() -> ChargeStripeOutput:
         order = order_for_run(ctx.run_id)
@@ -42,7 +50,7 @@ async def charge_stripe(ctx: ToolContext, input: ChargeStripeInput) -> ChargeStr
     return await run_sync(charge)()
 
 
-@tool(description="Send order confirmation email to customer")
+@tool(description="Send order confirmation email to customer", retry=EMAIL_TOOL_RETRY)
 async def send_confirmation_email(ctx: ToolContext, input: SendEmailInput) -> SendEmailOutput:
     def send() -> SendEmailOutput:
         order = order_for_run(ctx.run_id)

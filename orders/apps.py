@@ -10,14 +10,22 @@ class OrdersConfig(AppConfig):
         from django.urls import reverse
 
         from workflows.models import WorkflowRun
+        from workflows.retry import DEPENDENCY_NAMES
         from workflows.services import RUN_CANCELLERS, WAIT_SWEEP_HOOKS
         from workflows.signals import run_forked
         from workflows.views import RUN_FACTS, WAIT_LINKS
 
+        from .mail import SMTP_DEPENDENCY
         from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
+        from .payments import STRIPE_DEPENDENCY
         from .selectors import order_run_facts
         from .services import order_follow_fork, order_run_cancel, review_reminders_send
 
+        # What people call the dependencies an order run may wait for ("waiting for
+        # Stripe (attempt 6, ...)"); the order agent's model calls wait for its provider.
+        DEPENDENCY_NAMES[STRIPE_DEPENDENCY] = "Stripe"
+        DEPENDENCY_NAMES[SMTP_DEPENDENCY] = "the mail server"
+        DEPENDENCY_NAMES["openai"] = "the model provider"
         # A suspended order run's trace page links to the review where it is decided.
         WAIT_LINKS[FRAUD_REVIEW_KEY] = lambda wait: reverse(
             "admin:orders_fraudreview_change", args=[wait.pk]

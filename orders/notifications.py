@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import EmailMultiAlternatives
+from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from workflows import NonRetryableError
 
+from .mail import delivery_outcome, email_failure
 from .models import EmailKind, EmailRecord, EmailStatus, Order, OrderStatus
 from .money import amount_grouped
 
@@ -88,20 +89,38 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
         "amount": amount_grouped(order.amount, order.currency),
         "currency": order.currency.upper(),
     }
+    connection = get_connection(fail_silently=False)
     message = EmailMultiAlternatives(
         subject=subject,
         body=render_to_string("emails/order_confirmation.txt", context),
         to=[order.customer_email],
         headers={"Message-ID": message_id},
+        connection=connection,
     )
     message.attach_alternative(
         render_to_string("emails/order_confirmation.html", context), "text/html"
     )
     try:
         message.send(fail_silently=False)
-    except Exception:
-        record.delete()
-        raise
+    except Exception as exc:
+        # How far it got decides (orders.mail): delivered, in doubt, or not delivered.
+        outcome = delivery_outcome(connection)
+        if outcome.in_doubt:  # the claim stays: never sent twice on a guess
+            raise ConfirmationUncertainError(
+                f"The confirmation of order {order.order_id} was sent to the mail server, "
+                f"which hung up before saying whether it took it ({type(exc).__name__}: "
+                f"{exc}). Look for Message-ID {message_id} in the mail log, then run "
+                f"`manage.py resolve_confirmation {order.order_id} --sent` or `--resend`."
+            ) from None
+        if not outcome.delivered:
+            record.delete()
+            raise email_failure(exc) from exc
+        logger.warning(
+            "order %s: the mail server took the confirmation (250), then %s: %s",
+            order.order_id,
+            type(exc).__name__,
+            exc,
+        )
     record.status = EmailStatus.SENT
     record.sent_at = timezone.now()
     record.save(update_fields=["status", "sent_at"])

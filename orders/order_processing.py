@@ -29,9 +29,15 @@ from workflows import RetryPolicy, WorkflowContext, workflow
 from workflows.errors import StepFailedError
 
 from .agents import approved_prompt, order_agent, start_prompt
+from .mail import SMTP_DEPENDENCY
 from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID, OrderStatus, PaymentStatus
 from .money import amount_plain
-from .payments import CaptureFailedError, PaymentDeclinedError, TransientPaymentError
+from .payments import (
+    STRIPE_DEPENDENCY,
+    CaptureFailedError,
+    PaymentDeclinedError,
+    TransientPaymentError,
+)
 from .policy import fraud_review_required, fraud_review_threshold
 from .schemas import ActionDetails, OrderAgentOutput, OrderPayload, OrderResult, OrderSnapshot
 from .services import (
@@ -46,10 +52,19 @@ from .services import (
     order_snapshot,
 )
 
-# Gateway outages are retried with backoff; once spent, the run fails and `retry_run`
-# continues it from here.
+# Gateway outages are waited out (a durable wait after the first few attempts, behind
+# Stripe's circuit) for the retry horizon; past it the run fails and `retry_run` (or
+# `retry_runs`) continues it from here.
 PAYMENT_RETRY = RetryPolicy(
-    max_attempts=5, initial_interval=1.0, max_interval=30.0, retry_on=(TransientPaymentError,)
+    max_attempts=5,
+    initial_interval=1.0,
+    max_interval=30.0,
+    retry_on=(TransientPaymentError,),
+    dependency=STRIPE_DEPENDENCY,
+)
+# The same for the mail server; other errors of the confirmation get 3 attempts.
+CONFIRM_RETRY = RetryPolicy(
+    max_attempts=3, initial_interval=1.0, max_interval=30.0, dependency=SMTP_DEPENDENCY
 )
 
 # The step keys of the order agent's two invocations: its model and tool calls are
@@ -179,7 +194,7 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
     )
     if not policy.review_required:
         if not order.email_sent:
-            await ctx.step.run("confirm", _confirm, ctx.run_id)
+            await ctx.step.run("confirm", _confirm, ctx.run_id, retry=CONFIRM_RETRY)
         return await ctx.step.run("finish", _finish, ctx.run_id, OrderStatus.COMPLETED)
 
     await ctx.step.run("open_review", order_review_open, run_id=ctx.run_id)
@@ -230,5 +245,5 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
         )
     order = await ctx.step.run("check_confirmation", order_snapshot, run_id=ctx.run_id)
     if not order.email_sent:
-        await ctx.step.run("confirm", _confirm, ctx.run_id)
+        await ctx.step.run("confirm", _confirm, ctx.run_id, retry=CONFIRM_RETRY)
     return await ctx.step.run("finish", _finish, ctx.run_id, OrderStatus.COMPLETED, "", True)

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from workflows import NonRetryableError
+from workflows.errors import TransientError
 
 from . import metrics, money
 
@@ -57,8 +58,13 @@ class CaptureFailedError(NonRetryableError):
         super().__init__(f"Capture failed: {reason}")
 
 
-class TransientPaymentError(Exception):
-    """The gateway could not answer now (network, rate limit, 5xx): try again."""
+STRIPE_DEPENDENCY = "stripe"
+"""The payment gateway, as steps and tools that call it name their dependency."""
+
+
+class TransientPaymentError(TransientError):
+    """The gateway could not answer now (network, rate limit, 5xx): try again (a step
+    that names `STRIPE_DEPENDENCY` waits for it over its retry horizon)."""
 
 
 class _KeySpentError(TransientPaymentError):

@@ -16,9 +16,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django_q.brokers import get_broker
 
+from workflows.console import waiting_for_text
 from workflows.errors import RunNotFoundError
 from workflows.models import RunStatus, WorkflowRun
-from workflows.selectors import run_get_with_steps, runs_cost_total
+from workflows.selectors import (
+    retry_waits_open,
+    run_get_with_steps,
+    run_waiting_for,
+    runs_cost_total,
+)
 
 from .models import (
     CONFIRMATION_SENT,
@@ -62,6 +68,15 @@ def order_failure_shown(order: Order) -> str:
     return order_attention(order) or order.failure_reason
 
 
+def order_waiting_for(order: Order) -> str | None:
+    """While the order's run waits out an outage of one of its dependencies, what for:
+    "waiting for Stripe (attempt 6, next at 14:02:10 UTC)"; None otherwise. The order's
+    status stays what it was (processing): a dependency that is down delays it."""
+    run = order.run
+    waiting = run_waiting_for(run) if run is not None else None
+    return waiting_for_text(waiting) if waiting is not None else None
+
+
 def orders_in_status(orders: QuerySet[Order], status: str) -> QuerySet[Order]:
     """`orders` whose shown status (`order_status_shown`) is `status`."""
     if status == NEEDS_ATTENTION:
@@ -92,7 +107,8 @@ def _orders() -> QuerySet[Order]:
                 "run__waits",
                 queryset=FraudReview.objects.select_related("resumed_by"),
                 to_attr="fraud_reviews",
-            )
+            ),
+            Prefetch("run__waits", queryset=retry_waits_open(), to_attr="retry_waits"),
         )
     )
 

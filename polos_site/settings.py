@@ -311,6 +311,36 @@ for _name, _, _prices in (item.partition(":") for item in env_list("WORKFLOWS_MO
 WORKFLOWS_RUN_BUDGET_USD = env_str("WORKFLOWS_RUN_BUDGET_USD") or None
 # How long one model call keeps waiting out 429s (Retry-After honoured) before it fails.
 WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS = env_int("WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS", 600)
+# Outages (workflows/retry.py, workflows/circuits.py): a step that names its dependency
+# retries its transient failures (refused or reset connections, timeouts, 5xx, 429) for
+# this many seconds from the first one, waiting durably, before its run fails;
+# WORKFLOWS_TRANSIENT_RETRY_HORIZONS="stripe=7200,smtp=600" sets it per dependency.
+WORKFLOWS_TRANSIENT_RETRY_HORIZON = env_int("WORKFLOWS_TRANSIENT_RETRY_HORIZON", 3600)
+WORKFLOWS_TRANSIENT_RETRY_HORIZONS: dict[str, float] = {}
+for _item in env_list("WORKFLOWS_TRANSIENT_RETRY_HORIZONS", []):
+    _dependency, _, _seconds = _item.partition("=")
+    try:
+        WORKFLOWS_TRANSIENT_RETRY_HORIZONS[_dependency.strip()] = float(int(_seconds))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"WORKFLOWS_TRANSIENT_RETRY_HORIZONS: {_item!r} is not dependency=seconds"
+        ) from None
+if WORKFLOWS_TRANSIENT_RETRY_HORIZON <= 0 or min(
+    WORKFLOWS_TRANSIENT_RETRY_HORIZONS.values(), default=1
+) <= 0:
+    raise ImproperlyConfigured("A transient retry horizon is a number of seconds above 0")
+# A dependency's circuit opens after this many consecutive transient failures, across
+# runs and processes (0: never); while open, one probe goes out at a time, the pause
+# between probes doubling from 1 s up to WORKFLOWS_CIRCUIT_PROBE_SECONDS.
+WORKFLOWS_CIRCUIT_FAILURES = env_int("WORKFLOWS_CIRCUIT_FAILURES", 5)
+WORKFLOWS_CIRCUIT_PROBE_SECONDS = env_int("WORKFLOWS_CIRCUIT_PROBE_SECONDS", 5)
+# How often each worker process queues the runs whose next attempt is due and hands out
+# the circuits' probes.
+WORKFLOWS_WAKE_SECONDS = env_int("WORKFLOWS_WAKE_SECONDS", 1)
+if WORKFLOWS_WAKE_SECONDS < 1 or WORKFLOWS_CIRCUIT_PROBE_SECONDS < 1:
+    raise ImproperlyConfigured(
+        "WORKFLOWS_WAKE_SECONDS and WORKFLOWS_CIRCUIT_PROBE_SECONDS are at least 1 (seconds)"
+    )
 
 # --- Model provider -------------------------------------------------------------------
 # `openai` speaks Chat Completions through the official SDK to OPENAI_BASE_URL (OpenAI,
@@ -374,8 +404,10 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30)
+# Django's SMTP backend, recording how far each message got (orders/mail.py): a send cut
+# off after its data is in doubt, never sent again on a guess.
 EMAIL_BACKEND = (
-    "django.core.mail.backends.smtp.EmailBackend"
+    "orders.mail.SMTPEmailBackend"
     if EMAIL_HOST
     else "django.core.mail.backends.console.EmailBackend"
 )

@@ -44,13 +44,15 @@ missing() {  # $1: the part, $2: what is skipped for want of it
 
 echo "== test suite on SQLite"
 # The tests that need PostgreSQL itself (several clusters, connection pooling; marker
-# `postgres`) run in the PostgreSQL pass, which CI cannot skip.
+# `postgres`) run in the PostgreSQL pass, which CI cannot skip. The outage drills (marker
+# `outage`: a dependency down for minutes) run here only: they test the engine's waits,
+# not the database or the broker, and take minutes each.
 .venv/bin/python -m pytest -m "not postgres" "$@"
 
 PG_URL=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 if .venv/bin/python scripts/service_up.py postgres "$PG_URL"; then
   echo "== test suite on PostgreSQL ($PG_URL)"
-  DATABASE_URL="$PG_URL" .venv/bin/python -m pytest "$@"
+  DATABASE_URL="$PG_URL" .venv/bin/python -m pytest -m "not outage" "$@"
 else
   missing postgres "PostgreSQL (not installed, or no server answers at $PG_URL)"
 fi
@@ -58,7 +60,7 @@ fi
 REDIS_TEST_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
 if .venv/bin/python scripts/service_up.py redis "$REDIS_TEST_URL"; then
   echo "== queue tests on the Redis broker ($REDIS_TEST_URL)"
-  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest -m "qcluster and not postgres" "$@"
+  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest -m "qcluster and not postgres and not outage" "$@"
 else
   missing redis "Redis (not installed, or no server answers at $REDIS_TEST_URL)"
 fi

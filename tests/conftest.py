@@ -6,6 +6,7 @@ import pytest
 
 from tests.support.cluster import TEST_WORKFLOW_MODULES
 from workflows import queue
+from workflows.circuits import circuits_forget
 from workflows.executor import run_execute
 
 # Importing registers the test workflows in this process; qcluster subprocesses import
@@ -26,6 +27,13 @@ class QueueCapture:
         while self.sent and len(outcomes) < limit:
             outcomes.append(run_execute(self.sent.pop(0)))
         return outcomes
+
+
+@pytest.fixture(autouse=True)
+def circuits_unknown():
+    """Each test starts without this process's view of the circuits (a previous test's
+    rows are gone with its database)."""
+    circuits_forget()
 
 
 @pytest.fixture
@@ -85,7 +93,7 @@ def smtp_server_session():
 def smtp_server(smtp_server_session, settings):
     """A local SMTP server, with Django's SMTP backend pointed at it."""
     smtp_server_session.reset()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_BACKEND = "orders.mail.SMTPEmailBackend"
     settings.EMAIL_HOST = "127.0.0.1"
     settings.EMAIL_PORT = smtp_server_session.port
     return smtp_server_session

@@ -1,4 +1,4 @@
-"""Runs, steps and waits in admin: read-only records, plus cancel and retry actions."""
+"""Runs, steps and waits in admin: read-only records, plus cancel, retry and fork actions."""
 
 import functools
 from collections.abc import Callable
@@ -14,10 +14,14 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from .console import waiting_for_text
 from .errors import RunStateError
 from .models import StepRecord, Wait, WorkflowRun
-from .services import run_cancel_requested, run_fork, run_retry
+from .selectors import run_waiting_for
+from .services import run_cancel_requested, run_fork, runs_retry_failed
 from .views import START_RUN_PERMISSION
+
+RETRY_RUN_PERMISSION = "workflows.retry_run"
 
 
 class ReadOnlyInline(admin.TabularInline[Any, WorkflowRun]):
@@ -54,12 +58,20 @@ class WorkflowRunAdmin(admin.ModelAdmin[WorkflowRun]):
         "finished_at",
         "forked_from",
     )
-    list_filter = ("status", "workflow_id")
-    search_fields = ("=id", "workflow_id")
+    list_filter = ("status", "workflow_id", "finished_at")
+    # The error too: after an outage, "SMTP" finds the runs it failed.
+    search_fields = ("=id", "workflow_id", "error")
+    search_help_text = "Search by run id, workflow id or error text."
     date_hierarchy = "created_at"
     inlines = [WaitInline, StepInline]
     actions = ["cancel_selected", "retry_selected", "fork_selected"]
-    readonly_fields = [*(f.name for f in WorkflowRun._meta.fields), "forks"]
+    readonly_fields = ["waiting_for", *(f.name for f in WorkflowRun._meta.fields), "forks"]
+
+    @admin.display(description="Waiting for")
+    def waiting_for(self, run: WorkflowRun) -> str:
+        waiting = run_waiting_for(run)
+        return waiting_for_text(waiting) if waiting else "—"
+
     fork_confirmation_template = "admin/workflows/workflowrun/fork_confirmation.html"
 
     @admin.display(description="Forks")
@@ -106,9 +118,20 @@ class WorkflowRunAdmin(admin.ModelAdmin[WorkflowRun]):
         cancel = functools.partial(run_cancel_requested, by=cast(AbstractBaseUser, request.user))
         self._apply(request, queryset, cancel, "Cancelled")
 
-    @admin.action(description="Retry selected failed runs", permissions=["change"])
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(RETRY_RUN_PERMISSION)
+
+    @admin.action(description="Retry selected failed runs", permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
-        self._apply(request, queryset, run_retry, "Queued again")
+        """`retry_runs` for the selection (filter the list by status, workflow, error
+        text and date, then select all)."""
+        result = runs_retry_failed(run_ids=list(queryset.values_list("pk", flat=True)))
+        if result.retried:
+            self.message_user(
+                request, f"Queued again {len(result.retried)} run(s).", messages.SUCCESS
+            )
+        for reason in result.refused:
+            self.message_user(request, reason, messages.WARNING)
 
     def has_start_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(START_RUN_PERMISSION)

@@ -5,7 +5,7 @@ tree from `step_tree`, the agent transcript format from `agents.transcript`.
 
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -27,6 +27,7 @@ from .agents.transcript import (
 from .models import RunStatus, StepKind, StepStatus, Wait, WorkflowRun
 from .selectors import (
     LIVE_RUN_STATUSES,
+    WaitingFor,
     run_get,
     run_open_wait,
     run_steps,
@@ -91,6 +92,16 @@ def ago_text(moment: datetime | None, now: datetime | None = None) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s ago"
     return f"{timesince(moment, now, depth=2)} ago"
+
+
+def waiting_for_text(waiting: WaitingFor) -> str:
+    """`waiting for Stripe (attempt 6, next at 14:02:10 UTC)`: what the console, the API,
+    admin and `ops_status` say of a run parked until its step's next attempt."""
+    circuit = ", circuit open" if waiting.circuit_open else ""
+    return (
+        f"waiting for {waiting.name} (attempt {waiting.attempt}{circuit}, "
+        f"next at {waiting.next_at.astimezone(UTC):%H:%M:%S} UTC)"
+    )
 
 
 def message_shown(message: ChatMessage) -> ChatMessage:

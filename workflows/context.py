@@ -11,14 +11,23 @@ import inspect
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, get_type_hints
 
 from django.db import transaction
 from django.utils import timezone
 
 from . import observability, serialization
+from .circuits import (
+    Admission,
+    circuit_enter,
+    circuit_exit_failed,
+    circuit_exit_succeeded,
+    circuit_still_open,
+)
 from .errors import (
+    DependencyUnavailableError,
     LeaseLostError,
     NonDeterminismError,
     NonRetryableError,
@@ -27,16 +36,19 @@ from .errors import (
 )
 from .leases import lease_check, lease_fenced_insert
 from .models import (
+    RETRY_WAIT,
     RunStatus,
     StepKind,
     StepRecord,
     StepStatus,
     Wait,
+    WaitStatus,
     WorkflowRun,
 )
 from .redaction import redact
-from .retry import RetryPolicy
+from .retry import RetryPolicy, dependency_label, dependency_name
 from .runtime import SegmentReleased, run_sync, segment_should_stop
+from .services import retry_wait_release
 
 if TYPE_CHECKING:
     from .observability import _Segment
@@ -72,6 +84,60 @@ def _describe_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[s
             except Exception:
                 described[name] = repr(values)
     return described
+
+
+@dataclass(frozen=True)
+class _Outage:
+    """What a step knows of its dependency's outage so far: the attempts it made, when
+    the first one failed, and the last error."""
+
+    attempts: int = 0
+    first_failed_at: datetime | None = None
+    error: str = ""
+
+    @classmethod
+    def of(cls, wait: Wait | None) -> "_Outage":
+        """As the step's last wait for its dependency recorded it (nothing: no outage)."""
+        if wait is None:
+            return cls()
+        data = wait.data or {}
+        first = data.get("first_failed_at")
+        return cls(
+            attempts=int(data.get("attempts", 0)),
+            first_failed_at=datetime.fromisoformat(first) if first else None,
+            error=str(data.get("error", "")),
+        )
+
+    def failed(self, attempt: int, exc: BaseException) -> "_Outage":
+        return replace(
+            self,
+            attempts=attempt,
+            first_failed_at=self.first_failed_at or timezone.now(),
+            error=redact(f"{type(exc).__name__}: {exc}"),
+        )
+
+    def circuit_refused(self, dependency: str) -> "_Outage":
+        return replace(
+            self,
+            first_failed_at=self.first_failed_at or timezone.now(),
+            error=self.error or f"the circuit of {dependency_name(dependency)} is open",
+        )
+
+    def horizon_end(self, policy: RetryPolicy) -> datetime:
+        return (self.first_failed_at or timezone.now()) + timedelta(
+            seconds=policy.retry_horizon()
+        )
+
+    def past_horizon(self, policy: RetryPolicy) -> bool:
+        return self.first_failed_at is not None and timezone.now() >= self.horizon_end(policy)
+
+    def unavailable(self, policy: RetryPolicy) -> DependencyUnavailableError:
+        return DependencyUnavailableError(
+            dependency_label(policy.dependency or ""),
+            horizon=policy.retry_horizon(),
+            attempts=self.attempts,
+            last_error=self.error,
+        )
 
 
 PATCH_KEY_PREFIX = "patch/"
@@ -215,8 +281,13 @@ class StepContext:
         if input is None and (args or kwargs):
             input = _describe_arguments(args, kwargs)
         policy = retry or DEFAULT_RETRY
-        started_at = timezone.now()
-        attempt = 0
+        dependency = policy.dependency
+        holder = str(self._ctx.run_id)
+        # A step that waited for its dependency before goes on counting from there.
+        waited = self._ctx._retry_waits.get(key)
+        outage = _Outage.of(waited)
+        started_at = waited.created_at if waited is not None else timezone.now()
+        attempt = outage.attempts
 
         def completed(result: Any) -> StepRecord:
             return StepRecord(
@@ -244,7 +315,18 @@ class StepContext:
             self._ctx._commit_step(record)
             return result, record
 
+        async def give_up(exc: BaseException) -> NoReturn:
+            await self._record_failure(key, position, kind, input, exc, attempt, started_at)
+            raise StepFailedError(key, exc, attempt) from exc
+
         while True:
+            if dependency is not None:
+                admission = await circuit_enter(dependency, holder=holder)
+                if admission is Admission.WAIT:  # the circuit is open: no call now
+                    outage = outage.circuit_refused(dependency)
+                    if outage.past_horizon(policy):
+                        await give_up(outage.unavailable(policy))
+                    await self._wait_for_dependency(key, position, policy, outage, None)
             attempt += 1
             try:
                 if inspect.iscoroutinefunction(fn):
@@ -260,11 +342,31 @@ class StepContext:
             except LeaseLostError:
                 raise
             except Exception as exc:
-                if policy.should_retry(exc, attempt):
-                    await asyncio.sleep(policy.delay(attempt, exc))
+                if dependency is None or not policy.transient(exc):
+                    if policy.should_retry(exc, attempt):
+                        await asyncio.sleep(policy.delay(attempt, exc))
+                        continue
+                    await give_up(exc)
+                circuit_open = await circuit_exit_failed(dependency, holder=holder, exc=exc)
+                outage = outage.failed(attempt, exc)
+                if outage.past_horizon(policy):
+                    await give_up(outage.unavailable(policy))
+                pause = policy.delay(attempt, exc)
+                # The first attempts of a blip wait in the worker; a longer outage, or an
+                # open circuit, parks the run and frees the worker.
+                inline = (
+                    not circuit_open
+                    and attempt < policy.max_attempts
+                    and pause <= INLINE_SLEEP_MAX_SECONDS
+                )
+                observability.step_retried(dependency, durable=not inline)
+                if inline:
+                    await asyncio.sleep(pause)
                     continue
-                await self._record_failure(key, position, kind, input, exc, attempt, started_at)
-                raise StepFailedError(key, exc, attempt) from exc
+                await self._wait_for_dependency(
+                    key, position, policy, outage, None if circuit_open else pause
+                )
+        await circuit_exit_succeeded(dependency)
         return serialization.load(record.output, annotation, record.output_type)
 
     async def uuid(self, key: str) -> uuid.UUID:
@@ -314,6 +416,36 @@ class StepContext:
         observability.wait_recorded(self._ctx, key, position, kind, started_at)
         raise Suspended(key)
 
+    async def _wait_for_dependency(
+        self,
+        key: str,
+        position: int,
+        policy: RetryPolicy,
+        outage: _Outage,
+        pause: float | None,
+    ) -> NoReturn:
+        """Park the run until the step's next attempt: after `pause` seconds, or (None)
+        until the dependency's circuit closes; at the latest at the end of the horizon,
+        when the step gives up. The wait is a `Wait` row: it survives any restart, and
+        the wake tick or the circuit's closing queues the run again."""
+        now = timezone.now()
+        horizon_end = outage.horizon_end(policy)
+        deadline = horizon_end
+        if pause is not None:
+            deadline = min(now + timedelta(seconds=pause), horizon_end)
+        data = {
+            "dependency": policy.dependency,
+            "attempts": outage.attempts,
+            "first_failed_at": (outage.first_failed_at or now).isoformat(),
+            "error": outage.error,
+            "circuit": pause is None,
+            "horizon": policy.retry_horizon(),
+        }
+        # Counted by `observability.step_retried`; no span of its own: the step's span,
+        # sent when it finally commits, covers its waits (it starts at the first one).
+        await run_sync(self._ctx._park)(key, position, data, deadline)
+        raise Suspended(key)
+
     async def _record_failure(
         self,
         key: str,
@@ -358,6 +490,7 @@ class WorkflowContext:
         definition: "WorkflowDefinition",
         history: list[StepRecord],
         lease_token: str,
+        retry_waits: list[Wait] | None = None,
     ) -> None:
         self.run_id: uuid.UUID = run.id
         self.workflow_id: str = run.workflow_id
@@ -366,6 +499,8 @@ class WorkflowContext:
         self.usage: dict[str, int] = {}
         for record in history:
             self._add_usage(record)
+        # Waits of steps for their dependency in earlier segments: their attempts so far.
+        self._retry_waits = {wait.key: wait for wait in retry_waits or []}
         self.step = StepContext(self, history)
 
     def patched(self, change_id: str) -> bool:
@@ -433,3 +568,36 @@ class WorkflowContext:
                 usage=self.usage,
                 updated_at=now,
             )
+
+    def _park(self, key: str, position: int, data: dict[str, Any], deadline: datetime) -> None:
+        """Record the step's wait for its dependency (the same row each time the step
+        waits again) and park the run, like a suspend."""
+        now = timezone.now()
+        self._flush_markers()
+        with transaction.atomic():
+            lease_check(self.run_id, self._lease_token)
+            wait, _ = Wait.objects.update_or_create(
+                run_id=self.run_id,
+                key=key,
+                defaults={
+                    "position": position,
+                    "kind": RETRY_WAIT,
+                    "data": data,
+                    "deadline": deadline,
+                    "status": WaitStatus.WAITING,
+                    "resume_data": None,
+                    "resumed_by": None,
+                    "resumed_at": None,
+                },
+            )
+            WorkflowRun.objects.filter(pk=self.run_id).update(
+                status=RunStatus.SUSPENDED,
+                lease_owner="",
+                lease_expires_at=None,
+                usage=self.usage,
+                updated_at=now,
+            )
+        # The circuit may have closed (and woken its waiters) between the refusal and this
+        # commit: then nobody else would wake this run before the horizon.
+        if data["circuit"] and not circuit_still_open(data["dependency"]):
+            retry_wait_release(wait_id=wait.pk, now=timezone.now())

@@ -40,6 +40,41 @@ class NonRetryableError(WorkflowError):
     """Raise from a step to fail it at once, whatever its retry policy says."""
 
 
+class TransientError(WorkflowError):
+    """A failure of the outside world that may pass (a dependency down, overloaded or
+    unreachable): a step whose retry policy names a dependency retries it durably, over
+    the dependency's retry horizon. Raise it, or subclass it for a domain's own errors;
+    `retry_after` is how long the dependency asked to be left alone, if it said."""
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DependencyUnavailableError(WorkflowError):
+    """A step's dependency stayed unavailable for its whole retry horizon: the step fails
+    (and, unless the workflow handles it, the run) naming the dependency."""
+
+    def __init__(self, name: str, *, horizon: float, attempts: int, last_error: str) -> None:
+        self.name = name
+        self.horizon = horizon
+        self.attempts = attempts
+        self.last_error = last_error
+        tried = f"{attempts} attempt(s)" if attempts else "no attempt (its circuit stayed open)"
+        super().__init__(
+            f"{name} stayed unavailable for {_seconds_text(horizon)} (the retry horizon; "
+            f"{tried}); last error: {last_error or 'none recorded'}"
+        )
+
+
+def _seconds_text(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 class NonDeterminismError(WorkflowError):
     """Replay asked for a different step than the one recorded at that position.
 

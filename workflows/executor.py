@@ -19,7 +19,7 @@ from . import observability
 from .context import WorkflowContext
 from .errors import LeaseLostError, Suspended, UnknownWorkflowError
 from .leases import LeaseKeeper, lease_release, lease_take, lease_token
-from .models import RunStatus, StepRecord, StepStatus, WorkflowRun
+from .models import RETRY_WAIT, RunStatus, StepRecord, StepStatus, Wait, WorkflowRun
 from .redaction import redact
 from .registry import WorkflowDefinition, workflow_get
 from .runtime import SegmentReleased, run_sync
@@ -34,7 +34,9 @@ class SegmentTimeoutError(Exception):
     """A segment ran longer than WORKFLOWS_SEGMENT_TIMEOUT_SECONDS."""
 
 
-def _segment_begin(run_id: uuid.UUID | str) -> tuple[WorkflowRun, list[StepRecord]]:
+def _segment_begin(
+    run_id: uuid.UUID | str,
+) -> tuple[WorkflowRun, list[StepRecord], list[Wait]]:
     run = WorkflowRun.objects.get(pk=run_id)
     # Failed steps too: a failure the workflow caught and handled replays as that
     # failure (`run_retry` deletes them, so a retried step runs anew).
@@ -43,7 +45,10 @@ def _segment_begin(run_id: uuid.UUID | str) -> tuple[WorkflowRun, list[StepRecor
             run=run, status__in=[StepStatus.COMPLETED, StepStatus.FAILED]
         ).order_by("position")
     )
-    return run, history
+    # A step can only have waited for its dependency in an earlier segment: a run's first
+    # segment (the common case) spends no query on it.
+    retry_waits = list(Wait.objects.filter(run=run, kind=RETRY_WAIT)) if run.attempts > 1 else []
+    return run, history, retry_waits
 
 
 async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | None") -> str:
@@ -52,7 +57,7 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | Non
     if not await run_sync(lease_take)(run_id, token):
         logger.info("run %s: not pending or leased elsewhere; nothing to do", run_id)
         return "skipped"
-    run, history = await run_sync(_segment_begin)(run_id)
+    run, history, retry_waits = await run_sync(_segment_begin)(run_id)
     try:
         definition = workflow_get(run.workflow_id)
     except UnknownWorkflowError as exc:
@@ -60,7 +65,13 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | Non
         return "failed"
 
     keeper = runtime.keeper if runtime is not None else LeaseKeeper()
-    ctx = WorkflowContext(run=run, definition=definition, history=history, lease_token=token)
+    ctx = WorkflowContext(
+        run=run,
+        definition=definition,
+        history=history,
+        lease_token=token,
+        retry_waits=retry_waits,
+    )
     observability.segment_started(ctx, run)
     try:
         with keeper.holding(run.id, token):

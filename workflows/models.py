@@ -38,6 +38,12 @@ class StepStatus(models.TextChoices):
     FAILED = "failed"
 
 
+RETRY_WAIT = "retry"
+"""`Wait.kind` of a step waiting for its next attempt at a dependency that is down (see
+`context.StepContext._run_traced`): its `data` holds the dependency, the attempts made,
+the first failure's time, the last error and whether it waits for the circuit."""
+
+
 class WaitStatus(models.TextChoices):
     WAITING = "waiting"
     RESUMED = "resumed"
@@ -82,7 +88,10 @@ class WorkflowRun(models.Model):
         ]
         # Starting a run from the console sends whatever payload the form holds to a
         # workflow (charges, emails): a permission of its own, not just staff status.
-        permissions = [("start_run", "Can start workflow runs from the console")]
+        permissions = [
+            ("start_run", "Can start workflow runs from the console"),
+            ("retry_run", "Can retry failed workflow runs"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow_id} {self.id} ({self.status})"
@@ -131,7 +140,11 @@ class Wait(models.Model):
     position = models.PositiveIntegerField()
     kind = models.CharField(
         max_length=10,
-        choices=[(StepKind.SUSPEND.value, "suspend"), (StepKind.SLEEP.value, "sleep")],
+        choices=[
+            (StepKind.SUSPEND.value, "suspend"),
+            (StepKind.SLEEP.value, "sleep"),
+            (RETRY_WAIT, "retry"),
+        ],
         default=StepKind.SUSPEND,
     )
     data = models.JSONField(default=dict, blank=True)
@@ -181,3 +194,33 @@ class ConcurrencySlot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resource} #{self.number} ({self.holder or 'free'})"
+
+
+class CircuitState(models.TextChoices):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open", "half-open"
+
+
+class Circuit(models.Model):
+    """The circuit of one outside dependency (Stripe, SMTP, a model provider), shared by
+    every process: open after a run of consecutive failures, so that steps wait for it
+    instead of calling a dead server; one probe at a time decides when it closes
+    (`workflows.circuits`)."""
+
+    dependency = models.CharField(max_length=100, unique=True)
+    state = models.CharField(max_length=10, choices=CircuitState, default=CircuitState.CLOSED)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    # Open: when the next probe may go, and the pause after it if it fails too.
+    probe_at = models.DateTimeField(null=True, blank=True)
+    probe_interval = models.FloatField(default=0)
+    # Half-open: who holds the probe, and until when (a holder that died gives it up).
+    probe_holder = models.CharField(max_length=64, blank=True)
+    probe_expires_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.dependency} ({self.state})"

@@ -43,6 +43,9 @@ processes (qcluster), and a scrape reaches one web process:
      step never reaches the provider, and a call whose step could not commit was still paid.
    - `workflows_model_rate_limited_total{provider,model}` (counter): `model_rate_limited`,
      on every 429 a provider answered.
+   - `workflows_step_retries_total{dependency,mode}` (counter): `step_retried`, when a
+     step whose policy names a dependency failed transiently and will try again, in the
+     worker (`inline`) or after a durable wait (`durable`).
 
    Multiprocess mode merges the processes of one host (one directory). On a host that
    runs only `qcluster`, run a web process too (bound to localhost is enough) and scrape
@@ -57,6 +60,11 @@ processes (qcluster), and a scrape reaches one web process:
      (as many rows as workflows x statuses; a scan of the runs table, so keep the scrape
      interval at 15 s or more).
    - `workflows_queue_depth`: `workflows.queue.queue_depth()` (the broker's own count).
+   - `workflows_circuit_state{dependency,state}`: 1 for each dependency's circuit state
+     (closed, open, half_open), 0 for the others; `workflows_circuit_consecutive_failures
+     {dependency}`; `workflows_runs_waiting_for_dependency{dependency}`: runs parked
+     until their step's next attempt (the circuits table, and one `GROUP BY` over the
+     open waits).
    - `workflows_metrics_collector_up{collector}`: 1, or 0 when that collector's query
      failed (logged; the scrape still answers with everything else).
 
@@ -157,6 +165,12 @@ MODEL_RATE_LIMITED = Counter(
     "429 answers from model providers.",
     ["provider", "model"],
 )
+STEP_RETRIES = Counter(
+    "workflows_step_retries",
+    "Retries of steps after a transient failure of their dependency, in the worker "
+    "(inline) or after a durable wait (durable).",
+    ["dependency", "mode"],
+)
 
 # One child per label set, kept here: `labels()` takes a lock and builds a tuple.
 _step_children: dict[tuple[str, str], Any] = {}
@@ -235,6 +249,11 @@ def model_called(provider: str, model: str, response: "ModelResponse") -> "Model
 
 def model_rate_limited(provider: str, model: str) -> None:
     MODEL_RATE_LIMITED.labels(provider, model).inc()
+
+
+def step_retried(dependency: str, *, durable: bool) -> None:
+    """A step failed transiently at `dependency` and will be attempted again."""
+    STEP_RETRIES.labels(dependency, "durable" if durable else "inline").inc()
 
 
 def step_committed(ctx: "WorkflowContext", record: "StepRecord") -> None:
@@ -683,6 +702,36 @@ class WorkflowsCollector:
             "Tasks waiting in the queue for a worker (the broker's count).",
             value=queue_depth(),
         )
+        yield from self._dependencies()
+
+    def _dependencies(self) -> Iterator[Metric]:
+        from .models import Circuit, CircuitState
+        from .selectors import runs_waiting_by_dependency
+
+        states = GaugeMetricFamily(
+            "workflows_circuit_state",
+            "Each dependency's circuit: 1 for its state, 0 for the others (database).",
+            labels=["dependency", "state"],
+        )
+        failures = GaugeMetricFamily(
+            "workflows_circuit_consecutive_failures",
+            "Transient failures in a row of each dependency, across runs (database).",
+            labels=["dependency"],
+        )
+        for circuit in Circuit.objects.order_by("dependency"):
+            for state in CircuitState:
+                states.add_metric([circuit.dependency, state.value], circuit.state == state)
+            failures.add_metric([circuit.dependency], circuit.consecutive_failures)
+        waiting = GaugeMetricFamily(
+            "workflows_runs_waiting_for_dependency",
+            "Runs parked until their step's next attempt at a dependency (database).",
+            labels=["dependency"],
+        )
+        for dependency, count in sorted(runs_waiting_by_dependency().items()):
+            waiting.add_metric([dependency], count)
+        yield states
+        yield failures
+        yield waiting
 
 
 def _collector_classes() -> list[Any]:

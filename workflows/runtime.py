@@ -12,6 +12,9 @@ it to the process's `WorkerRuntime` and returns:
   `WORKFLOWS_SYNC_THREADS` threads, each with its own database connection (borrowed
   from Django's pool on PostgreSQL);
 - one `LeaseKeeper` renews every in-flight lease in one UPDATE;
+- every `WORKFLOWS_WAKE_SECONDS` it queues the runs whose step's next attempt at a
+  dependency is due and hands out the circuits' probes (`services.retry_waits_wake`), so
+  a run waiting out an outage wakes within about a second of its time;
 - on SIGTERM (to the worker, or to the whole process group) or when django-q recycles
   the process, the runtime stops taking segments, lets those in flight finish for up to
   `WORKFLOWS_DRAIN_SECONDS`, then has the rest stop at their next step and hands their
@@ -60,7 +63,9 @@ class SegmentReleased(BaseException):
 class WorkerRuntime:
     """The event loop, the sync thread pool and the slots of one worker process."""
 
-    def __init__(self, *, concurrency: int, sync_threads: int) -> None:
+    def __init__(
+        self, *, concurrency: int, sync_threads: int, wake_seconds: float | None = None
+    ) -> None:
         self.concurrency = concurrency
         self.loop = asyncio.new_event_loop()
         self.executor = concurrent.futures.ThreadPoolExecutor(
@@ -74,10 +79,25 @@ class WorkerRuntime:
         self.releasing = False  # segments stop at their next step
         self._thread = threading.Thread(target=self._run_loop, name="workflows-loop", daemon=True)
         self._thread.start()
+        self._waker: concurrent.futures.Future[None] | None = None
+        if wake_seconds:
+            self._waker = asyncio.run_coroutine_threadsafe(
+                self._wake_forever(wake_seconds), self.loop
+            )
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+
+    async def _wake_forever(self, seconds: float) -> None:
+        from .services import retry_waits_wake
+
+        while self.accepting:
+            try:
+                await self.call_sync(retry_waits_wake)
+            except Exception:
+                logger.exception("waking runs whose retry is due failed; trying again")
+            await asyncio.sleep(seconds)
 
     @property
     def in_flight(self) -> int:
@@ -125,6 +145,8 @@ class WorkerRuntime:
     def stop(self, *, drain_seconds: float) -> None:
         """Take no more segments, drain, then hand unfinished runs back to the queue."""
         self.accepting = False
+        if self._waker is not None:
+            self._waker.cancel()
         pending = list(self._in_flight)
         if pending:
             logger.info("draining %d segment(s) for up to %.0f s", len(pending), drain_seconds)
@@ -201,7 +223,9 @@ def runtime_worker(*args: Any, **kwargs: Any) -> None:
 
     global _runtime
     _runtime = WorkerRuntime(
-        concurrency=settings.WORKFLOWS_CONCURRENCY, sync_threads=settings.WORKFLOWS_SYNC_THREADS
+        concurrency=settings.WORKFLOWS_CONCURRENCY,
+        sync_threads=settings.WORKFLOWS_SYNC_THREADS,
+        wake_seconds=settings.WORKFLOWS_WAKE_SECONDS,
     )
     signal.signal(signal.SIGTERM, _raise_stopping)
     observability.worker_started(_runtime)

@@ -3,6 +3,8 @@ spent. Nothing here writes, and nothing here formats: the console's presentation
 in `console`. A run that is not there raises `RunNotFoundError`.
 """
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -11,10 +13,22 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import BigIntegerField, Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
+from django.utils import timezone
 
 from .agents.pricing import COST_KEY, usd
+from .circuits import circuit_probe_at
 from .errors import RunNotFoundError
-from .models import RunStatus, StepRecord, Wait, WaitStatus, WorkflowRun
+from .models import (
+    RETRY_WAIT,
+    Circuit,
+    CircuitState,
+    RunStatus,
+    StepRecord,
+    Wait,
+    WaitStatus,
+    WorkflowRun,
+)
+from .retry import dependency_name
 
 LIVE_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING)
 _BAD_RUN_ID = (WorkflowRun.DoesNotExist, ValueError, TypeError, DjangoValidationError)
@@ -127,3 +141,129 @@ def run_waits(run: WorkflowRun) -> list[Wait]:
 def run_open_wait(waits: list[Wait]) -> Wait | None:
     """The wait a suspended run is parked on, if any."""
     return next((w for w in waits if w.status == WaitStatus.WAITING), None)
+
+
+# --- runs waiting for a dependency -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaitingFor:
+    """A run parked until its step's next attempt at a dependency that is down."""
+
+    dependency: str
+    name: str  # as people call it (`retry.DEPENDENCY_NAMES`)
+    step: str
+    attempt: int  # the number of the next attempt
+    next_at: datetime  # when it comes (the next probe, while the circuit is open)
+    circuit_open: bool
+    since: datetime  # the step's first failure
+    gives_up_at: datetime  # the end of its retry horizon
+    error: str
+
+
+def retry_waits_open() -> QuerySet[Wait]:
+    """Open waits of steps for their dependency (for a `Prefetch` of a run's `waits`)."""
+    return Wait.objects.filter(status=WaitStatus.WAITING, kind=RETRY_WAIT)
+
+
+def waiting_for_of(wait: Wait, *, now: datetime | None = None) -> WaitingFor | None:
+    """What an open wait of a step for its dependency says, or None for any other wait."""
+    if wait.kind != RETRY_WAIT or wait.status != WaitStatus.WAITING:
+        return None
+    now = now or timezone.now()
+    data = wait.data or {}
+    dependency = str(data.get("dependency", ""))
+    circuit_open = bool(data.get("circuit"))
+    next_at = wait.deadline
+    probe_at = circuit_probe_at(dependency) if circuit_open else None
+    if probe_at is not None:
+        next_at = min(max(probe_at, now), wait.deadline)
+    first = data.get("first_failed_at")
+    return WaitingFor(
+        dependency=dependency,
+        name=dependency_name(dependency),
+        step=wait.key,
+        attempt=int(data.get("attempts", 0)) + 1,
+        next_at=next_at,
+        circuit_open=circuit_open,
+        since=datetime.fromisoformat(first) if first else wait.created_at,
+        gives_up_at=wait.deadline if circuit_open else _horizon_end(data, wait),
+        error=str(data.get("error", "")),
+    )
+
+
+def _horizon_end(data: dict[str, Any], wait: Wait) -> datetime:
+    first, horizon = data.get("first_failed_at"), data.get("horizon")
+    if not first or not isinstance(horizon, int | float):
+        return wait.deadline
+    return datetime.fromisoformat(first) + timedelta(seconds=horizon)
+
+
+def run_waiting_for(run: WorkflowRun) -> WaitingFor | None:
+    """What the run waits for, if it is parked until a step's next attempt; from the
+    `retry_waits` prefetch (`retry_waits_open`) or the run's prefetched waits when the
+    caller made one."""
+    if run.status != RunStatus.SUSPENDED:
+        return None
+    waits = getattr(run, "retry_waits", None)
+    if waits is None and "waits" in getattr(run, "_prefetched_objects_cache", {}):
+        waits = list(run.waits.all())  # `run_get_with_steps` fetched them all
+    if waits is None:
+        waits = list(retry_waits_open().filter(run=run))
+    return next((w for w in map(waiting_for_of, waits) if w is not None), None)
+
+
+def runs_waiting_longest(*, limit: int = 5) -> list[tuple[UUID, WaitingFor]]:
+    """The runs that have waited longest for a dependency (`ops_status`)."""
+    waits = retry_waits_open().order_by("created_at", "pk")[:limit]
+    return [(w.run_id, info) for w in waits if (info := waiting_for_of(w)) is not None]
+
+
+def runs_waiting_by_dependency() -> dict[str, int]:
+    """How many runs wait for each dependency (one `GROUP BY` over the open waits)."""
+    rows = (
+        retry_waits_open()
+        .order_by()
+        .values_list(KT("data__dependency"))
+        .annotate(n=Count("pk"))
+    )
+    return {str(dependency): n for dependency, n in rows}
+
+
+@dataclass(frozen=True)
+class DependencyStatus:
+    """A dependency that is not simply fine: its circuit, and the runs waiting for it."""
+
+    dependency: str
+    name: str
+    state: str
+    consecutive_failures: int
+    opened_at: datetime | None
+    probe_at: datetime | None
+    last_error: str
+    waiting_runs: int
+
+
+def dependencies_troubled() -> list[DependencyStatus]:
+    """Every dependency whose circuit is not closed, or that runs wait for."""
+    waiting = runs_waiting_by_dependency()
+    circuits = {c.dependency: c for c in Circuit.objects.all()}
+    troubled = sorted(
+        {d for d, c in circuits.items() if c.state != CircuitState.CLOSED} | set(waiting)
+    )
+    statuses = []
+    for dependency in troubled:
+        circuit = circuits.get(dependency)
+        statuses.append(
+            DependencyStatus(
+                dependency=dependency,
+                name=dependency_name(dependency),
+                state=circuit.state if circuit else CircuitState.CLOSED,
+                consecutive_failures=circuit.consecutive_failures if circuit else 0,
+                opened_at=circuit.opened_at if circuit else None,
+                probe_at=circuit.probe_at if circuit else None,
+                last_error=circuit.last_error if circuit else "",
+                waiting_runs=waiting.get(dependency, 0),
+            )
+        )
+    return statuses

@@ -6,6 +6,7 @@ run inside that transaction (see `queue.run_enqueue`).
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -13,11 +14,12 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
 from . import observability
+from .circuits import circuit_probe_take, circuits_probe_due
 from .errors import (
     PayloadError,
     RunStateError,
@@ -28,6 +30,7 @@ from .errors import (
 from .leases import lease_expired
 from .models import (
     ACTIVE_RUN_STATUSES,
+    RETRY_WAIT,
     RunStatus,
     StepKind,
     StepRecord,
@@ -156,7 +159,9 @@ def waits_expire(*, now: datetime | None = None) -> list[Wait]:
     (a sleep simply ends). Run by the periodic task and `manage.py expire_waits`."""
     now = now or timezone.now()
     expired = []
-    due = Wait.objects.filter(status=WaitStatus.WAITING, deadline__lte=now)
+    due = Wait.objects.filter(status=WaitStatus.WAITING, deadline__lte=now).exclude(
+        kind=RETRY_WAIT
+    )
     for run_id, key in due.values_list("run_id", "key"):
         try:
             with transaction.atomic():
@@ -173,8 +178,68 @@ def waits_expire(*, now: datetime | None = None) -> list[Wait]:
                 )
         except (WaitAlreadyDecidedError, WaitExpiredError):
             continue  # decided between our SELECT and UPDATE
+    retry_waits_wake(now=now)  # each worker's tick does it sooner (WORKFLOWS_WAKE_SECONDS)
     _wait_sweep_hooks_run(now=now)
     return expired
+
+
+# --- steps waiting for a dependency (see `context.StepContext._run_traced`) -------------
+
+
+def retry_wait_release(
+    *, wait_id: int, now: datetime, status: WaitStatus = WaitStatus.EXPIRED
+) -> bool:
+    """End a step's wait for its dependency and queue its run, atomically; the run then
+    attempts the step again (nothing is recorded for the step itself). False: someone
+    else released it first (the conditional UPDATE decides), or it was cancelled."""
+    with transaction.atomic():
+        if not Wait.objects.filter(pk=wait_id, status=WaitStatus.WAITING).update(
+            status=status, resumed_at=now
+        ):
+            return False
+        run_id = Wait.objects.values_list("run_id", flat=True).get(pk=wait_id)
+        if not WorkflowRun.objects.filter(pk=run_id, status=RunStatus.SUSPENDED).update(
+            status=RunStatus.PENDING, updated_at=now
+        ):
+            return True  # cancelled meanwhile: nothing to execute
+        run_enqueue(run_id)
+    return True
+
+
+def _dependency_waits(dependency: str) -> QuerySet[Wait]:
+    return Wait.objects.filter(
+        status=WaitStatus.WAITING, kind=RETRY_WAIT, data__dependency=dependency
+    )
+
+
+def retry_waits_wake(*, now: datetime | None = None) -> int:
+    """Queue the runs whose step's next attempt is due, and hand each circuit's due probe
+    to the run that has waited longest for it. Every worker process runs it every
+    WORKFLOWS_WAKE_SECONDS (`runtime`), and the minute's wait sweep as well; conditional
+    UPDATEs make any number of them safe. Returns how many runs it queued."""
+    now = now or timezone.now()
+    woken = 0
+    for dependency in circuits_probe_due(now=now):
+        oldest = _dependency_waits(dependency).order_by("created_at", "pk").first()
+        if oldest is None:
+            continue  # nobody waits: the next run that needs it probes
+        if retry_wait_release(wait_id=oldest.pk, now=now, status=WaitStatus.RESUMED):
+            woken += 1
+            circuit_probe_take(dependency, holder=str(oldest.run_id), now=now)
+    due = Wait.objects.filter(status=WaitStatus.WAITING, kind=RETRY_WAIT, deadline__lte=now)
+    for wait_id in due.values_list("pk", flat=True):
+        woken += retry_wait_release(wait_id=wait_id, now=now)
+    return woken
+
+
+def dependency_waiters_wake(*, dependency: str, now: datetime | None = None) -> int:
+    """Queue every run waiting for `dependency` at once: its circuit has just closed.
+    Returns how many."""
+    now = now or timezone.now()
+    ids = list(_dependency_waits(dependency).values_list("pk", flat=True))
+    return sum(
+        retry_wait_release(wait_id=wait_id, now=now, status=WaitStatus.RESUMED) for wait_id in ids
+    )
 
 
 WaitSweepHook = Callable[..., object]
@@ -249,9 +314,68 @@ def run_retry(run_id: UUID | str) -> WorkflowRun:
         run = WorkflowRun.objects.get(pk=run_id)
         if not retried:
             raise RunStateError(f"Run {run_id} is {run.status}; only failed runs can be retried")
-        StepRecord.objects.filter(run=run, status=StepStatus.FAILED).delete()
+        failed = StepRecord.objects.filter(run=run, status=StepStatus.FAILED)
+        # A step that gave up on its dependency starts a new horizon.
+        Wait.objects.filter(run=run, kind=RETRY_WAIT, key__in=failed.values("key")).delete()
+        failed.delete()
         run_enqueue(run_id)
     return run
+
+
+@dataclass(frozen=True)
+class RunsRetried:
+    """What `runs_retry_failed` did, or would do (`dry_run`)."""
+
+    selected: list[WorkflowRun]
+    retried: list[WorkflowRun]
+    refused: list[str]  # why a chosen run was not retried (not failed, or no longer)
+    dry_run: bool
+
+
+def runs_retry_failed(
+    *,
+    workflow_id: str | None = None,
+    error_contains: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    run_ids: list[UUID] | None = None,
+    dry_run: bool = False,
+) -> RunsRetried:
+    """Retry failed runs in bulk, each as `run_retry` does: the failed runs of
+    `workflow_id`, whose error contains `error_contains` (any case), that failed between
+    `since` and `until`, and among `run_ids` if given (the admin's selection). With
+    `dry_run`, only say which. The way out after an outage longer than the retry horizon:
+    `manage.py retry_runs` and the runs admin's action both come here."""
+    if workflow_id:
+        workflow_get(workflow_id)  # UnknownWorkflowError for a mistyped id
+    runs = WorkflowRun.objects.filter(status=RunStatus.FAILED)
+    refused = []
+    if run_ids is not None:
+        chosen = WorkflowRun.objects.filter(pk__in=run_ids)
+        refused = [
+            f"Run {run.pk} is {run.status}; only failed runs can be retried"
+            for run in chosen.exclude(status=RunStatus.FAILED).order_by("created_at")
+        ]
+        runs = runs.filter(pk__in=run_ids)
+    if workflow_id:
+        runs = runs.filter(workflow_id=workflow_id)
+    if error_contains:
+        runs = runs.filter(error__icontains=error_contains)
+    if since is not None:
+        runs = runs.filter(finished_at__gte=since)
+    if until is not None:
+        runs = runs.filter(finished_at__lte=until)
+    selected = list(runs.order_by("finished_at", "created_at"))
+    retried = []
+    if not dry_run:
+        for run in selected:
+            try:
+                retried.append(run_retry(run.pk))
+            except RunStateError as exc:  # retried or cancelled since it was selected
+                refused.append(str(exc))
+        if retried:
+            logger.info("retried %d failed run(s)", len(retried))
+    return RunsRetried(selected=selected, retried=retried, refused=refused, dry_run=dry_run)
 
 
 def run_fork(run_id: UUID | str, *, from_step: str) -> WorkflowRun:

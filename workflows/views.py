@@ -44,7 +44,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from .agents import agents_all
-from .console import RunTrace, ago_text, pretty_json, run_duration_text, run_trace
+from .console import (
+    RunTrace,
+    ago_text,
+    pretty_json,
+    run_duration_text,
+    run_trace,
+    waiting_for_text,
+)
 from .console_schema import schema_example, schema_fields
 from .errors import PayloadError, RunNotFoundError, UnknownWorkflowError
 from .forms import WorkflowStartForm
@@ -57,6 +64,7 @@ from .selectors import (
     runs_list,
     usage_cost,
     usage_total,
+    waiting_for_of,
 )
 from .services import workflow_start
 
@@ -205,6 +213,7 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
     run = trace.run
     selected = trace.step(request.GET.get("step")) or trace.default_step()
     open_wait = trace.open_wait
+    waiting_for = waiting_for_of(open_wait) if open_wait else None
     return {
         "trace": trace,
         "run": run,
@@ -219,6 +228,8 @@ def _trace_context(request: HttpRequest, trace: RunTrace) -> dict[str, Any]:
         "open_wait_json": pretty_json(open_wait.data) if open_wait else "",
         "open_wait_time_left": open_wait.time_left_text() if open_wait else "",
         "open_wait_link": _wait_link(open_wait) if open_wait else None,
+        "waiting_for": waiting_for,
+        "waiting_for_text": waiting_for_text(waiting_for) if waiting_for else "",
         "is_live": trace.is_live,
         "run_facts": _run_facts(run),
     }

@@ -24,9 +24,11 @@ from orders.selectors import (
     order_failure_shown,
     order_review_info,
     order_status_shown,
+    order_waiting_for,
 )
+from workflows.console import waiting_for_text
 from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus, WorkflowRun
-from workflows.selectors import usage_cost
+from workflows.selectors import run_waiting_for, usage_cost
 
 
 class _Text(serializers.CharField):
@@ -134,6 +136,11 @@ class OrderOutputSerializer(serializers.Serializer):
     failure_reason = serializers.SerializerMethodField(
         help_text="Why the order failed, was rejected or needs attention."
     )
+    waiting_for = serializers.SerializerMethodField(
+        help_text="While a dependency of the order is down, what its run waits for, e.g. "
+        "`waiting for Stripe (attempt 6, next at 14:02:10 UTC)`; the order stays "
+        "`processing` and goes on by itself when the dependency is back. Null otherwise."
+    )
     payment_status = serializers.ChoiceField(
         choices=PaymentStatus.choices,
         help_text="Where the money is: `none` when nothing is charged yet (a new order), "
@@ -183,6 +190,10 @@ class OrderOutputSerializer(serializers.Serializer):
     @extend_schema_field(serializers.CharField(allow_blank=True))
     def get_failure_reason(self, order: Order) -> str:
         return order_failure_shown(order)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_waiting_for(self, order: Order) -> str | None:
+        return order_waiting_for(order)
 
     def get_email_sent(self, order: Order) -> bool:
         return order_email_sent(order)
@@ -266,6 +277,10 @@ class RunOutputSerializer(serializers.Serializer):
     )
     forked_at_step = serializers.CharField(allow_blank=True)
     forks = serializers.SerializerMethodField(help_text="Runs that continue this one.")
+    waiting_for = serializers.SerializerMethodField(
+        help_text="While the run waits out an outage of a dependency, what for "
+        "(`waiting for Stripe (attempt 6, next at 14:02:10 UTC)`); null otherwise."
+    )
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_model_cost_usd(self, run: WorkflowRun) -> str | None:
@@ -275,6 +290,11 @@ class RunOutputSerializer(serializers.Serializer):
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
     def get_forks(self, run: WorkflowRun) -> list[str]:
         return [str(pk) for pk in run.forks.values_list("pk", flat=True)]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_waiting_for(self, run: WorkflowRun) -> str | None:
+        waiting = run_waiting_for(run)
+        return waiting_for_text(waiting) if waiting is not None else None
 
 
 class ErrorOutputSerializer(serializers.Serializer):

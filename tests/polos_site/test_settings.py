@@ -67,3 +67,20 @@ def test_error_pages_hide_credentials_in_connection_urls(settings):
     settings.STRIPE_API_KEY = "sk_live_secret"
     shown = SafeReporterFilter().get_safe_settings()
     assert "hunter2" not in str(shown) and "sk_live_secret" not in str(shown)
+
+
+def test_the_retry_horizons_are_read_per_dependency_and_bad_ones_refused():
+    code = (
+        "from django.conf import settings; "
+        "print(settings.WORKFLOWS_TRANSIENT_RETRY_HORIZON, "
+        "settings.WORKFLOWS_TRANSIENT_RETRY_HORIZONS)"
+    )
+    env = {
+        "WORKFLOWS_TRANSIENT_RETRY_HORIZON": "1800",
+        "WORKFLOWS_TRANSIENT_RETRY_HORIZONS": "stripe=7200, smtp=600",
+    }
+    result = manage("shell", "-c", code, env=env)
+    assert result.stdout.strip().endswith("1800 {'stripe': 7200.0, 'smtp': 600.0}"), result.stderr
+    for bad in ("stripe", "stripe=soon", "smtp=0"):
+        refused = manage("check", env={"WORKFLOWS_TRANSIENT_RETRY_HORIZONS": bad})
+        assert refused.returncode != 0 and "horizon" in refused.stderr.lower(), bad

@@ -34,6 +34,10 @@ it, an assistant's tool calls left unanswered, and a strict schema (``response_f
 json_schema or a tool with ``strict``) that has a ``default``, an object without
 ``additionalProperties: false`` or a property missing from ``required``.
 
+``outage(seconds=None, status=503)`` answers every chat request with ``status`` (the
+script is not consumed) until the window ends or ``end_outage()``: an overloaded or
+restarting provider.
+
 When the script is exhausted the server answers ``500`` with the message
 "openai test server: no scripted response left" (and ``x-should-retry: false``
 so the SDK does not retry), which makes unexpected calls fail loudly.
@@ -491,6 +495,9 @@ class OpenAITestServer(BackgroundHTTPServer):
         self._ids = itertools.count(1)
         self._call_ids = itertools.count(1)
         self._fallback: ScriptItem | None = None
+        self._outage_until: float | None = None
+        self._outage_status = 503
+        self.outage_answered = 0  # chat requests answered with the outage's status
         self._in_flight = 0
         self.max_in_flight = 0  # most chat requests being answered at once
 
@@ -522,9 +529,25 @@ class OpenAITestServer(BackgroundHTTPServer):
         with self._lock:
             self._fallback = item
 
-    def reset(self) -> None:
-        """Forget the script, the fallback, recorded requests, errors and counters."""
+    def outage(self, seconds: float | None = None, *, status: int = 503) -> None:
+        """Answer every chat request with `status` until `end_outage()`, or for `seconds`."""
         with self._lock:
+            self._outage_until = time.monotonic() + (float("inf") if seconds is None else seconds)
+            self._outage_status = status
+
+    def end_outage(self) -> None:
+        with self._lock:
+            self._outage_until = None
+
+    def _in_outage(self) -> bool:
+        return self._outage_until is not None and time.monotonic() < self._outage_until
+
+    def reset(self) -> None:
+        """Forget the script, the fallback, the outage, recorded requests, errors and
+        counters."""
+        with self._lock:
+            self._outage_until = None
+            self.outage_answered = 0
             self._fallback = None
             self.max_in_flight = 0
             self._script.clear()
@@ -575,7 +598,11 @@ class OpenAITestServer(BackgroundHTTPServer):
         violation = self._violation(headers, parsed) if is_chat else None
         with self._lock:
             self._requests.append(RecordedRequest(method, path, headers, parsed, body))
-            if violation is not None:  # refused as the API refuses it: nothing consumed
+            outage = self._outage_status if is_chat and self._in_outage() else None
+            self.outage_answered += outage is not None
+            if outage is not None:  # the provider is down: nothing consumed
+                is_chat = False
+            elif violation is not None:  # refused as the API refuses it: nothing consumed
                 is_chat = False
             elif is_chat and isinstance(parsed, dict) and not parsed.get("stream"):
                 item = self._script.popleft() if self._script else self._fallback
@@ -583,7 +610,9 @@ class OpenAITestServer(BackgroundHTTPServer):
                 self._in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            if violation is not None:
+            if outage is not None:
+                self._send(handler, reply_error(outage, "openai test server: outage"))
+            elif violation is not None:
                 self._fail(handler, *violation)
             else:
                 self._answer(handler, method, path, parsed, item)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from workflows import NonRetryableError, RetryPolicy, WorkflowContext, workflow
+from workflows import NonRetryableError, RetryPolicy, TransientError, WorkflowContext, workflow
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_interval=0.01, backoff=2.0, jitter=0.1)
 
@@ -114,6 +114,52 @@ async def flaky(ctx: WorkflowContext, payload: FlakyInput) -> CountingOutput:
 
     attempts = await ctx.step.run("provider", call_provider, retry=FAST_RETRY)
     return CountingOutput(total=attempts)
+
+
+class DependentInput(BaseModel):
+    journal: str
+    dependency: str = "inventory"
+    failure: str = "refused"  # refused | transient | http503 | http400 | declined
+    horizon: float | None = None
+
+
+# Tests switch a dependency down and up: {dependency: True} while it is down.
+DEPENDENCIES_DOWN: dict[str, bool] = {}
+
+
+class _HTTPError(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+
+
+_FAILURES = {
+    "refused": lambda: ConnectionRefusedError(111, "Connection refused"),
+    "transient": lambda: TransientError("the service is overloaded"),
+    "http503": lambda: _HTTPError(503),
+    "http400": lambda: _HTTPError(400),
+    "declined": lambda: NonRetryableError("card declined"),
+}
+
+
+@workflow(id="test.dependent", description="One call to a dependency that may be down.")
+async def dependent(ctx: WorkflowContext, payload: DependentInput) -> Doubled:
+    def call() -> Doubled:
+        journal_append(payload.journal, "call")
+        if DEPENDENCIES_DOWN.get(payload.dependency):
+            raise _FAILURES[payload.failure]()
+        return Doubled(value=7)
+
+    policy = RetryPolicy(
+        max_attempts=2,
+        initial_interval=0.01,
+        max_interval=60,
+        dependency=payload.dependency,
+        horizon=payload.horizon,
+    )
+    result = await ctx.step.run("call", call, retry=policy)
+    await ctx.step.run("after", journal_append, payload.journal, "after")
+    return result
 
 
 class Empty(BaseModel):

@@ -1,4 +1,5 @@
-"""The run admin's cancel and retry actions, as an operator uses them."""
+"""The run admin's cancel and retry actions, as an operator uses them: each needs its own
+permission (cancel: change, retry: `workflows.retry_run`)."""
 
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def operator() -> Client:
     user = User.objects.create_user("olga", password="operator-pass-1", is_staff=True)
     user.user_permissions.add(
         *Permission.objects.filter(
-            codename__in=["view_workflowrun", "change_workflowrun"],
+            codename__in=["view_workflowrun", "change_workflowrun", "retry_run"],
             content_type__app_label="workflows",
         )
     )
@@ -94,3 +95,37 @@ def test_the_actions_need_the_change_permission(queue_capture):
     assert "cancel_selected" not in page and "retry_selected" not in page
     client.post(reverse(CHANGELIST), {"action": "cancel_selected", "_selected_action": [run.pk]})
     assert status_of(run) == RunStatus.SUSPENDED
+
+
+def test_retrying_needs_the_retry_permission(queue_capture, tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(BROKEN, "permanent", True)
+    journal = tmp_path / "journal.txt"
+    journal.touch()
+    failed = workflow_start("test.flaky", {"journal": str(journal), "permanent": True})
+    assert queue_capture.drain() == ["failed"]
+    editor = User.objects.create_user("ed", password="editor-pass-1", is_staff=True)
+    editor.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_workflowrun", "change_workflowrun"])
+    )
+    client = Client()
+    client.force_login(editor)
+    page = client.get(reverse(CHANGELIST)).content.decode()
+    assert "cancel_selected" in page and "retry_selected" not in page
+    client.post(reverse(CHANGELIST), {"action": "retry_selected", "_selected_action": [failed.pk]})
+    assert status_of(failed) == RunStatus.FAILED and queue_capture.sent == []
+
+    editor.user_permissions.add(Permission.objects.get(codename="retry_run"))
+    client.force_login(User.objects.get(pk=editor.pk))
+    assert "Queued again 1 run(s)." in act(client, "retry_selected", failed)
+    assert status_of(failed) == RunStatus.PENDING
+
+
+def test_the_runs_a_bulk_retry_is_after_are_found_by_their_error(operator, queue_capture, tmp_path):
+    """After an outage: search the failed runs by error text, select them all, retry."""
+    journal = tmp_path / "journal.txt"
+    journal.touch()
+    failed = workflow_start("test.flaky", {"journal": str(journal), "failures": 10})
+    done = workflow_start("test.counting", {"steps": 1})
+    assert sorted(queue_capture.drain()) == ["completed", "failed"]
+    page = operator.get(reverse(CHANGELIST), {"q": "provider unavailable"}).content.decode()
+    assert str(failed.pk) in page and str(done.pk) not in page

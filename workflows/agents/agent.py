@@ -31,11 +31,12 @@ from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
 from .. import observability
+from ..circuits import Admission, circuit_enter, circuit_exit_failed, circuit_exit_succeeded
 from ..errors import NonRetryableError
 from ..limits import concurrency_limit, concurrency_slot
 from ..models import StepKind
 from ..redaction import redact
-from ..retry import NO_RETRY, RetryPolicy
+from ..retry import NO_RETRY, RetryPolicy, dependency_name
 from .pricing import COST_KEY, budget_check, call_cost_microusd
 from .providers import (
     Provider,
@@ -51,8 +52,14 @@ from .types import AgentResult, Message, ModelRequest, ModelResponse, ToolCallRe
 if TYPE_CHECKING:
     from ..context import WorkflowContext
 
+# A model call's transient failures (5xx, timeouts, 429 without Retry-After) wait for the
+# provider over the retry horizon, behind its circuit: "{provider}" becomes its name.
 MODEL_RETRY = RetryPolicy(
-    max_attempts=3, initial_interval=1.0, max_interval=20.0, retry_on=(TransientModelError,)
+    max_attempts=3,
+    initial_interval=1.0,
+    max_interval=20.0,
+    retry_on=(TransientModelError,),
+    dependency="{provider}",
 )
 
 _agents: dict[str, "Agent"] = {}
@@ -294,7 +301,7 @@ class _AgentLoop:
             request,
             kind=StepKind.LLM,
             input=request.model_dump(mode="json"),
-            retry=self.agent.model_retry,
+            retry=self.agent.model_retry.named(provider=self.provider.name),
             meta=lambda r: {
                 "model": r.model,
                 "provider": self.provider.name,
@@ -316,12 +323,13 @@ class _AgentLoop:
 
     async def _complete(self, request: ModelRequest) -> ModelResponse:
         """One model call within the cluster-wide cap of its provider and model. A 429
-        waits as long as the provider asks (the slot given back meanwhile) and does not
-        count as a failed attempt, for up to WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS."""
+        that says when to come back (Retry-After) waits that long (the slot given back
+        meanwhile) and does not count as a failed attempt, for up to
+        WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS; one that does not is a failed attempt, which
+        the step's policy retries with its backoff."""
         resource = f"{self.provider.name}:{request.model}"
         limit = concurrency_limit(resource)
         give_up_at = time.monotonic() + settings.WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS
-        pause = 1.0
         while True:
             try:
                 async with concurrency_slot(resource, limit=limit):
@@ -330,10 +338,9 @@ class _AgentLoop:
             except RateLimitedError as exc:
                 self.rate_limited += 1
                 observability.model_rate_limited(self.provider.name, request.model)
-                if time.monotonic() >= give_up_at:
+                if exc.retry_after is None or time.monotonic() >= give_up_at:
                     raise
-                wait = exc.retry_after or pause
-                pause = min(pause * 2, 30.0)
+                wait = exc.retry_after
             await asyncio.sleep(wait * random.uniform(1.0, 1.25))
 
     async def _tool_call(self, call: dict[str, Any]) -> ToolCallRecord:
@@ -357,21 +364,32 @@ class _AgentLoop:
                 arguments = tool.input_model.model_validate_json(raw_arguments)
             except ValidationError as exc:
                 return {"error": f"Invalid arguments for {name}: {_errors_text(exc)}"}
+            # A tool call cannot wait durably (the model waits for its answer): it retries
+            # in the worker, and a dependency whose circuit is open is not called at all;
+            # the workflow's own steps wait out the outage.
+            dependency = tool.retry.dependency
+            holder = str(self.ctx.run_id)
             attempt = 0
             while True:
+                if await circuit_enter(dependency, holder=holder) is Admission.WAIT:
+                    unavailable = f"{dependency_name(dependency or '')} is unavailable"
+                    return {"error": f"{unavailable}; not attempted.", "attempts": attempt}
                 attempt += 1
                 try:
                     output = await tool(tool_ctx, arguments)
-                    return {
-                        "output": tool.output_model.model_validate(output).model_dump(mode="json")
-                    }
+                    shaped = tool.output_model.model_validate(output).model_dump(mode="json")
                 except Exception as exc:
-                    if tool.retry.should_retry(exc, attempt):
+                    circuit_open = False
+                    if dependency is not None and tool.retry.transient(exc):
+                        circuit_open = await circuit_exit_failed(dependency, holder=holder, exc=exc)
+                    if not circuit_open and tool.retry.should_retry(exc, attempt):
                         await asyncio.sleep(tool.retry.delay(attempt))
                         continue
                     prefix = "" if isinstance(exc, NonRetryableError) else f"{type(exc).__name__}: "
                     # Stored in the step and shown to the model: no credentials in it.
                     return {"error": redact(f"{prefix}{exc}"), "attempts": attempt}
+                await circuit_exit_succeeded(dependency)
+                return {"output": shaped}
 
         try:
             shown_arguments: Any = json.loads(raw_arguments)

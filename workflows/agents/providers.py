@@ -17,22 +17,19 @@ from typing import Any, Protocol
 import openai
 from django.conf import settings
 
-from ..errors import NonRetryableError
+from ..errors import NonRetryableError, TransientError
 from .types import Message, ModelRequest, ModelResponse, Usage
 
 logger = logging.getLogger(__name__)
 
 
-class TransientModelError(Exception):
-    """Timeout, connection or server error: worth another attempt."""
+class TransientModelError(TransientError):
+    """Timeout, connection or server error: worth another attempt (the model step waits
+    for its provider over the retry horizon)."""
 
 
 class RateLimitedError(TransientModelError):
     """The provider answered 429: come back after `retry_after` seconds (if it said)."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def _retry_after(response: Any) -> float | None:
