@@ -122,7 +122,10 @@ def test_order_journey_from_form_to_approved_review(live_server, page, cluster, 
     page.click("button[value=approve]")
     page.get_by_text("approved").first.wait_for()
 
-    page.goto(large_trace)
+    # A reviewer reads no traces (the console is the operators'): back to the operator.
+    assert page.goto(large_trace).status == 403
+    page.context.clear_cookies()
+    log_in(page, base, "operator", "operator-pass-123", large_trace.removeprefix(base))
     page.locator(".badge-completed").first.wait_for()
     page.get_by_text("send_confirmation").first.wait_for()
     shot(page, "07-trace-approved-order")
