@@ -1,4 +1,15 @@
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
+
+if TYPE_CHECKING:  # models import only once the apps are loaded
+    from workflows.models import Wait
+
+
+def _fraud_review_link(wait: "Wait") -> str:
+    from django.urls import reverse
+
+    return reverse("admin:orders_fraudreview_change", args=[wait.pk])
 
 
 class OrdersConfig(AppConfig):
@@ -7,15 +18,12 @@ class OrdersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.urls import reverse
-
-        from workflows.models import WorkflowRun
-        from workflows.retry import DEPENDENCY_NAMES
-        from workflows.services import RUN_CANCELLERS, WAIT_SWEEP_HOOKS
-        from workflows.signals import run_forked
-        from workflows.views import RUN_FACTS, WAIT_LINKS
+        """Every engine hook of the orders app, registered here and nowhere else (see
+        `workflows.hooks`)."""
+        from workflows import hooks
 
         from .mail import SMTP_DEPENDENCY
+        from .metrics import OrdersCollector
         from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
         from .payments import STRIPE_DEPENDENCY
         from .selectors import order_run_facts
@@ -23,19 +31,18 @@ class OrdersConfig(AppConfig):
 
         # What people call the dependencies an order run may wait for ("waiting for
         # Stripe (attempt 6, ...)"); the order agent's model calls wait for its provider.
-        DEPENDENCY_NAMES[STRIPE_DEPENDENCY] = "Stripe"
-        DEPENDENCY_NAMES[SMTP_DEPENDENCY] = "the mail server"
-        DEPENDENCY_NAMES["openai"] = "the model provider"
+        hooks.register_dependency_name(STRIPE_DEPENDENCY, "Stripe")
+        hooks.register_dependency_name(SMTP_DEPENDENCY, "the mail server")
+        hooks.register_dependency_name("openai", "the model provider")
         # A suspended order run's trace page links to the review where it is decided.
-        WAIT_LINKS[FRAUD_REVIEW_KEY] = lambda wait: reverse(
-            "admin:orders_fraudreview_change", args=[wait.pk]
-        )
+        hooks.register_wait_link(FRAUD_REVIEW_KEY, _fraud_review_link)
         # An order run's page says which order it is, its status and its payment's.
-        RUN_FACTS[ORDER_WORKFLOW_ID] = order_run_facts
+        hooks.register_run_facts(ORDER_WORKFLOW_ID, order_run_facts)
         # Cancelling an order's run cancels the order: its payment is released.
-        RUN_CANCELLERS[ORDER_WORKFLOW_ID] = order_run_cancel
+        hooks.register_run_canceller(ORDER_WORKFLOW_ID, order_run_cancel)
         # A forked order run continues the same order.
-        run_forked.connect(order_follow_fork, sender=WorkflowRun, dispatch_uid="order_follow_fork")
+        hooks.register_fork_hook(order_follow_fork)
         # The expiry sweep (every minute) also sends the fraud reviewers' reminders.
-        if review_reminders_send not in WAIT_SWEEP_HOOKS:
-            WAIT_SWEEP_HOOKS.append(review_reminders_send)
+        hooks.register_wait_sweep_hook(review_reminders_send)
+        # The review queue's size and age on `GET /metrics`.
+        hooks.register_metrics_collector(OrdersCollector())

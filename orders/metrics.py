@@ -14,8 +14,8 @@ worker process the event happens, merged at scrape time):
   `orders_stripe_webhook_events_rejected_total{event_type,reason}`: counted by the
   webhook view through `stripe_webhook_counted`.
 
-Database-backed, read at scrape time by `OrdersCollector` (listed in
-`settings.METRICS_COLLECTORS`): they are the state of the review queue, which no process
+Database-backed, read at scrape time by `OrdersCollector` (a metrics collector hook,
+registered in `orders/apps.py`): they are the state of the review queue, which no process
 could count.
 
 - `orders_fraud_reviews_open`: reviews waiting for a decision.

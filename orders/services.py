@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypedDict, cast
+from typing import TypedDict, cast
 from uuid import UUID
 
 from django.conf import settings
@@ -551,7 +551,7 @@ def review_reminders_send(*, now: datetime | None = None) -> int:
     """Send what the fraud reviewers are owed about open reviews: the alert when it was
     not sent at opening (it failed, or nobody was there to tell), and the reminder once
     FRAUD_REVIEW_REMINDER_AT of the review's time has passed. Each at most once (see
-    `review_email_send`). Registered in `workflows.services.WAIT_SWEEP_HOOKS`, so the
+    `review_email_send`). A wait sweep hook (`orders/apps.py`), so the
     existing once-a-minute expiry schedule runs it. Returns how many were sent."""
     now = now or timezone.now()
     share = settings.FRAUD_REVIEW_REMINDER_AT
@@ -760,7 +760,7 @@ class OrderForkError(RunStateError):
 _ORDER_FINISHED = (OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED)
 
 
-def order_follow_fork(*, origin: WorkflowRun, fork: WorkflowRun, **signal_kwargs: Any) -> None:
+def order_follow_fork(*, origin: WorkflowRun, fork: WorkflowRun) -> None:
     """A forked order run continues the same order: the order moves to the fork (inside
     the fork's transaction). Its payment keys come from the order, not the run, so the
     fork recovers what the origin's attempts did at Stripe instead of repeating it.
@@ -782,7 +782,7 @@ def order_follow_fork(*, origin: WorkflowRun, fork: WorkflowRun, **signal_kwargs
 
 def order_run_cancel(run_id: UUID | str, by: AbstractBaseUser | None) -> None:
     """Cancelling an order's run from the console or `cancel_run` cancels the order
-    (registered in `workflows.services.RUN_CANCELLERS`): its money must not stay taken.
+    (its run canceller, `orders/apps.py`): its money must not stay taken.
     Refusals come back as `RunStateError`, which those doors report."""
     order = Order.objects.filter(run__pk=run_id).first()
     if order is None:  # a run whose order was never registered holds no money

@@ -534,8 +534,6 @@ PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
 )
 os.makedirs(PROMETHEUS_MULTIPROC_DIR, exist_ok=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
-# Database-backed collectors of the domain, read at scrape time (one query each).
-METRICS_COLLECTORS = ["orders.metrics.OrdersCollector"]
 # OpenTelemetry traces over OTLP/HTTP when set (e.g. http://otel-collector:4318); an
 # application that installs its own TracerProvider gets the spans there instead.
 OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -5,7 +5,7 @@ from importlib import import_module
 import pytest
 
 from tests.support.cluster import TEST_WORKFLOW_MODULES
-from workflows import queue
+from workflows import hooks, queue
 from workflows.circuits import circuits_forget
 from workflows.executor import run_execute
 
@@ -34,6 +34,15 @@ def circuits_unknown():
     """Each test starts without this process's view of the circuits (a previous test's
     rows are gone with its database)."""
     circuits_forget()
+
+
+@pytest.fixture
+def hooks_registry(monkeypatch: pytest.MonkeyPatch) -> hooks.Hooks:
+    """A copy of the hooks in use, in use for one test: what the test registers goes
+    with it."""
+    registry = hooks.registry.copy()
+    monkeypatch.setattr(hooks, "registry", registry)
+    return registry
 
 
 @pytest.fixture

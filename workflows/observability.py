@@ -6,7 +6,7 @@ committed (`step_committed`, `wait_recorded`), a segment started and finished
 (`worker_slots`, `worker_started`, `worker_stopped`), a lease taken over
 (`lease_taken_over`), a model answering or rate-limiting (`model_called`,
 `model_rate_limited`). Nothing here knows of orders: a domain adds its own database
-metrics through `settings.METRICS_COLLECTORS` (dotted paths of collectors).
+metrics through a metrics collector hook (`hooks.register_metrics_collector`).
 
 ## Metrics: where each value comes from, and why
 
@@ -52,7 +52,7 @@ processes (qcluster), and a scrape reaches one web process:
    it, or its workers' values are not seen (docs/deploy.md).
 
 2. **Database-backed** values are read when scraped, by collectors (`WorkflowsCollector`
-   here; the domain's from `METRICS_COLLECTORS`), one bounded query each. They describe
+   here; the domain's registered in `hooks`), one bounded query each. They describe
    the cluster, not a process, so no process could count them (runs are created in web
    processes and finished in workers, and a restart would lose a process's count):
 
@@ -115,11 +115,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
-from django.utils.module_loading import import_string
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from . import hooks
 from .redaction import redact
 
 if TYPE_CHECKING:
@@ -734,11 +734,6 @@ class WorkflowsCollector:
         yield waiting
 
 
-def _collector_classes() -> list[Any]:
-    paths = getattr(settings, "METRICS_COLLECTORS", [])
-    return [WorkflowsCollector, *(import_string(path) for path in paths)]
-
-
 class _Guarded:
     """Runs a database collector; a failure is logged and reported as
     `workflows_metrics_collector_up{collector}=0`, and the scrape still answers."""
@@ -801,7 +796,7 @@ def metrics_registry() -> CollectorRegistry:
         prometheus_multiprocess.MultiProcessCollector(registry, path=path)
     else:
         registry.register(_ProcessRegistry())
-    registry.register(_Guarded(cls() for cls in _collector_classes()))
+    registry.register(_Guarded([WorkflowsCollector(), *hooks.registry.metrics_collectors]))
     return registry
 
 

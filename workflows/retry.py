@@ -18,16 +18,14 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import hooks
 from .errors import NonRetryableError, StepOutputError, TransientError
-
-DEPENDENCY_NAMES: dict[str, str] = {}
-"""Dependency id → what people call it ("stripe" → "Stripe"), for every message about a
-run waiting for it (the console, the API, errors). Registered by the application from its
-`AppConfig.ready()`; an id not registered is shown as it is."""
 
 
 def dependency_name(dependency: str) -> str:
-    return DEPENDENCY_NAMES.get(dependency, dependency)
+    """What people call it ("stripe" → "Stripe", registered in `hooks`), for every message
+    about a run waiting for it (the console, the API, errors); else its id."""
+    return hooks.registry.dependency_names.get(dependency, dependency)
 
 
 def dependency_label(dependency: str) -> str:

@@ -5,7 +5,6 @@ run inside that transaction (see `queue.run_enqueue`).
 """
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +17,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
-from . import observability
+from . import hooks, observability
 from .circuits import circuit_probe_take, circuits_probe_due
 from .errors import (
     PayloadError,
@@ -41,7 +40,6 @@ from .models import (
 )
 from .queue import queue_depth, run_enqueue
 from .registry import workflow_get
-from .signals import run_forked
 
 logger = logging.getLogger(__name__)
 
@@ -242,17 +240,10 @@ def dependency_waiters_wake(*, dependency: str, now: datetime | None = None) -> 
     )
 
 
-WaitSweepHook = Callable[..., object]
-WAIT_SWEEP_HOOKS: list[WaitSweepHook] = []
-"""Called as `hook(now=now)` after every `waits_expire` sweep (the periodic task, once a
-minute, and `expire_waits`): the place for an application's own periodic work about
-open waits (reminders, say) without a schedule of its own. Registered from the
-application's `AppConfig.ready()`; a hook that raises is logged and skipped, so that it
-can never stop waits from expiring."""
-
-
 def _wait_sweep_hooks_run(*, now: datetime) -> None:
-    for hook in WAIT_SWEEP_HOOKS:
+    """An application's periodic work about open waits (`hooks`); one that raises is
+    logged and skipped, so that it can never stop waits from expiring."""
+    for hook in hooks.registry.wait_sweep_hooks:
         try:
             hook(now=now)
         except Exception:
@@ -280,19 +271,11 @@ def run_cancel(run_id: UUID | str) -> WorkflowRun:
     return run
 
 
-RunCanceller = Callable[[UUID | str, AbstractBaseUser | None], object]
-RUN_CANCELLERS: dict[str, RunCanceller] = {}
-"""Workflow id → how an operator's cancel (admin action, `cancel_run`) cancels its runs,
-for an application whose runs hold what the engine cannot undo (money): it cancels its
-own way, calling `run_cancel` itself, and raises `RunStateError` to refuse. Registered
-from the application's `AppConfig.ready()`."""
-
-
 def run_cancel_requested(run_id: UUID | str, *, by: AbstractBaseUser | None = None) -> WorkflowRun:
-    """Cancel a run as an operator asked: through its workflow's canceller in
-    `RUN_CANCELLERS` if it has one, else `run_cancel`."""
+    """Cancel a run as an operator asked: through its workflow's run canceller (`hooks`)
+    if it has one, else `run_cancel`."""
     workflow_id = WorkflowRun.objects.values_list("workflow_id", flat=True).get(pk=run_id)
-    canceller = RUN_CANCELLERS.get(workflow_id)
+    canceller = hooks.registry.run_cancellers.get(workflow_id)
     if canceller is None:
         return run_cancel(run_id)
     canceller(run_id, by)
@@ -386,8 +369,8 @@ def run_fork(run_id: UUID | str, *, from_step: str) -> WorkflowRun:
 
     The way to recover a run that failed on a bug once the fix is deployed. The origin
     must be finished or cancelled (`RunStateError` otherwise); the fork links to it
-    (`forked_from`, `forked_at_step`), and `run_forked` tells the application, which
-    may refuse the fork (`RunStateError`, and nothing is created).
+    (`forked_from`, `forked_at_step`), and the fork hooks (`hooks`) tell the application,
+    which may refuse the fork (`RunStateError`, and nothing is created).
     """
     with transaction.atomic():
         origin = WorkflowRun.objects.select_for_update().get(pk=run_id)
@@ -417,7 +400,8 @@ def run_fork(run_id: UUID | str, *, from_step: str) -> WorkflowRun:
             status=WaitStatus.WAITING
         )
         Wait.objects.bulk_create([_copy_to(fork, wait, exclude=("id", "run")) for wait in decided])
-        run_forked.send(sender=WorkflowRun, origin=origin, fork=fork)
+        for hook in hooks.registry.fork_hooks:
+            hook(origin=origin, fork=fork)
         run_enqueue(fork.id)
     logger.info("run %s forked from %s at step %r", fork.id, origin.id, from_step)
     return fork

@@ -2,28 +2,8 @@
 form to start a run. Views stay thin: reads live in `selectors`, writes in `services`,
 and presentation in `console` (text, the trace) and `console_schema` (model tables).
 
-Linking a suspended run to the page where its wait is decided
--------------------------------------------------------------
-`workflows` knows nothing of the apps that suspend runs, so the trace page asks
-`WAIT_LINKS`, a registry keyed by wait key, for a link to wherever a wait is decided.
-Another app registers into it, typically from its `AppConfig.ready()`::
-
-    from django.urls import reverse
-    from workflows.views import WAIT_LINKS
-
-    WAIT_LINKS["fraud_review"] = lambda wait: reverse(
-        "admin:orders_fraudreview_change", args=[wait.pk]
-    )
-
-The callable receives the `Wait` and returns a URL, or None for no link. The link is
-labelled after the key ("Open the fraud review"). A callable that raises is logged
-and skipped: the trace page never breaks because of it.
-
-What a run is about
--------------------
-Likewise `RUN_FACTS`, keyed by workflow id, lets an app add facts to the run page's
-summary (an order's status and payment status, say): the callable receives the run and
-returns (label, text, url or None) triples.
+What the pages show about an application's runs (a run's facts, a link to wherever its
+wait is decided) comes from its hooks (`hooks`).
 """
 
 import functools
@@ -43,6 +23,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
+from . import hooks
 from .agents import agents_all
 from .console import (
     RunTrace,
@@ -55,6 +36,7 @@ from .console import (
 from .console_schema import schema_example, schema_fields
 from .errors import PayloadError, RunNotFoundError, UnknownWorkflowError
 from .forms import WorkflowStartForm
+from .hooks import RunFact
 from .models import RunStatus, Wait, WorkflowRun
 from .registry import WorkflowDefinition, workflow_get, workflows_all
 from .selectors import (
@@ -69,14 +51,6 @@ from .selectors import (
 from .services import workflow_start
 
 logger = logging.getLogger(__name__)
-
-WaitLink = Callable[[Wait], str | None]
-WAIT_LINKS: dict[str, WaitLink] = {}
-"""Wait key → callable giving the URL where such a wait is decided (see above)."""
-
-RunFact = tuple[str, str, str | None]
-RUN_FACTS: dict[str, Callable[[WorkflowRun], list[RunFact]]] = {}
-"""Workflow id → callable giving facts about a run for its page (see above)."""
 
 RUNS_PER_PAGE = 50
 VIEW_RUNS_PERMISSION = "workflows.view_workflowrun"
@@ -185,24 +159,24 @@ def run_list(request: HttpRequest) -> HttpResponse:
 
 
 def _run_facts(run: WorkflowRun) -> list[RunFact]:
-    make = RUN_FACTS.get(run.workflow_id)
+    make = hooks.registry.run_facts.get(run.workflow_id)
     if make is None:
         return []
     try:
         return make(run)
     except Exception:
-        logger.exception("RUN_FACTS[%r] failed for run %s", run.workflow_id, run.pk)
+        logger.exception("run facts of %r failed for run %s", run.workflow_id, run.pk)
         return []
 
 
 def _wait_link(wait: Wait) -> dict[str, str] | None:
-    make = WAIT_LINKS.get(wait.key)
+    make = hooks.registry.wait_links.get(wait.key)
     if make is None:
         return None
     try:
         url = make(wait)
     except Exception:
-        logger.exception("WAIT_LINKS[%r] failed for wait %s", wait.key, wait.pk)
+        logger.exception("wait link of %r failed for wait %s", wait.key, wait.pk)
         return None
     if not url:
         return None

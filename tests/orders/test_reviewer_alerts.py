@@ -23,7 +23,8 @@ from orders.notifications import (
 )
 from orders.services import order_review_open, order_snapshot, review_reminders_send
 from tests.support.api import api_client_for
-from workflows.services import WAIT_SWEEP_HOOKS, waits_expire
+from workflows import hooks
+from workflows.services import waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,7 +62,7 @@ def kinds(smtp_server) -> list[str]:
 
 
 def test_sweep_hook_is_registered():
-    assert review_reminders_send in WAIT_SWEEP_HOOKS
+    assert review_reminders_send in hooks.registry.wait_sweep_hooks
 
 
 def test_alert_reaches_the_reviewers_once(smtp_server, reviewers, suspended):

@@ -33,7 +33,7 @@ from workflows.models import (
     WaitStatus,
     WorkflowRun,
 )
-from workflows.retry import DEPENDENCY_NAMES, failure_is_transient
+from workflows.retry import failure_is_transient
 from workflows.selectors import run_waiting_for
 from workflows.services import retry_waits_wake
 
@@ -239,12 +239,12 @@ def test_a_permanent_failure_fails_the_step_at_once(queue_capture, journal, fail
 
 
 def test_past_the_horizon_the_run_fails_naming_the_dependency(
-    queue_capture, journal, settings, monkeypatch
+    queue_capture, journal, settings, hooks_registry
 ):
     """The step's first failure is moved back past the horizon, as if the outage had gone
     on that long: its next attempt fails, and the run with it."""
     settings.WORKFLOWS_CIRCUIT_FAILURES = 0
-    monkeypatch.setitem(DEPENDENCY_NAMES, "inventory", "the inventory service")
+    hooks_registry.register_dependency_name("inventory", "the inventory service")
     DEPENDENCIES_DOWN["inventory"] = True
     run = workflow_start(
         "test.dependent", {"journal": str(journal), "failure": "http503", "horizon": 60}

@@ -14,7 +14,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.workflows.sample_workflows import BROKEN
-from workflows import views
 from workflows.console import run_trace
 from workflows.models import RunStatus, StepKind, StepRecord, StepStatus, WorkflowRun
 from workflows.services import workflow_start
@@ -207,7 +206,7 @@ def test_trace_shows_a_tool_steps_arguments_and_result(staff, agent_run):
     assert "Result" in detail and '"sum": 5' in detail
 
 
-def test_trace_of_a_suspended_run_shows_its_wait(staff, suspended_run, monkeypatch):
+def test_trace_of_a_suspended_run_shows_its_wait(staff, suspended_run, hooks_registry):
     # The page is read 30 s after the wait began, however long the set-up took.
     deadline = suspended_run.waits.get().deadline
     with time_machine.travel(deadline - timedelta(minutes=59, seconds=30), tick=False):
@@ -219,7 +218,7 @@ def test_trace_of_a_suspended_run_shows_its_wait(staff, suspended_run, monkeypat
     assert 'data-step="approval"' in page and "waiting" in page
     assert 'data-live="false"' in page  # suspended runs do not poll
 
-    monkeypatch.setitem(views.WAIT_LINKS, "approval", lambda wait: f"/decide/{wait.pk}/")
+    hooks_registry.register_wait_link("approval", lambda wait: f"/decide/{wait.pk}/")
     page = text(staff.get(trace_url(suspended_run)))
     wait = suspended_run.waits.get()
     assert f'href="/decide/{wait.pk}/"' in page and "Open the approval" in page
@@ -227,7 +226,7 @@ def test_trace_of_a_suspended_run_shows_its_wait(staff, suspended_run, monkeypat
     def broken(wait):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(views.WAIT_LINKS, "approval", broken)
+    hooks_registry.wait_links["approval"] = broken
     assert staff.get(trace_url(suspended_run)).status_code == 200
 
 
