@@ -151,7 +151,7 @@ class WaitingFor:
     """A run parked until its step's next attempt at a dependency that is down."""
 
     dependency: str
-    name: str  # as people call it (`retry.DEPENDENCY_NAMES`)
+    name: str  # as people call it (a dependency name hook, `hooks`)
     step: str
     attempt: int  # the number of the next attempt
     next_at: datetime  # when it comes (the next probe, while the circuit is open)
