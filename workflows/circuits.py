@@ -4,7 +4,7 @@ worker process and machine through its `Circuit` row.
 - **closed**: attempts go out. Each transient failure (any run, any process) adds one to
   `consecutive_failures`, each success sets it back to 0.
 - **open** after `WORKFLOWS_CIRCUIT_FAILURES` consecutive failures: no attempt goes out;
-  a step waits for the circuit (durably, see `context.StepContext._run_traced`) instead of
+  a step waits for the circuit (durably, see `context.LiveStepRunner.run_step`) instead of
   hammering a dead server, and an agent's tool call is told the dependency is down.
 - **half-open**: once `probe_at` passes, one attempt, the probe, is let through (its
   holder, a run, holds it until `probe_expires_at`; a holder that died gives it up). The

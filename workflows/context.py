@@ -4,6 +4,12 @@ Every `ctx.step.*` call has a key, unique within the run. On replay a completed 
 returns its stored output without running anything; otherwise the step runs and its
 output is committed (one statement, fenced by the run's lease) before the workflow
 goes on.
+
+`StepContext.execute_step` is the one path of every step (workflows' `run`, the engine's
+own steps, the agent runtime's model and tool calls): it replays from the run's `History`
+and hands a step that has no record to the context's `StepRunner`. A worker's runner
+(`LiveStepRunner`) runs and commits it; `replay_check`'s runs nothing. Both therefore
+replay, and find divergences, with the same code.
 """
 
 import asyncio
@@ -29,11 +35,11 @@ from .circuits import (
 from .errors import (
     DependencyUnavailableError,
     LeaseLostError,
-    NonDeterminismError,
     NonRetryableError,
     StepFailedError,
     Suspended,
 )
+from .history import History
 from .leases import lease_check, lease_fenced_insert
 from .models import (
     RETRY_WAIT,
@@ -141,11 +147,6 @@ class _Outage:
 
 
 PATCH_KEY_PREFIX = "patch/"
-DIVERGENCE_HELP = (
-    "Wrap the change in `if ctx.patched('<change-id>'):` so that runs started before it "
-    "keep their old path, and run `manage.py replay_check` before deploying "
-    "(`manage.py fork_run` restarts a failed run from a step under the new code)."
-)
 
 
 def patch_key(change_id: str) -> str:
@@ -153,34 +154,48 @@ def patch_key(change_id: str) -> str:
     return f"{PATCH_KEY_PREFIX}{change_id}"
 
 
+@dataclass(frozen=True)
+class StepCall:
+    """A step the run has no record of, as `execute_step` hands it to the runner."""
+
+    key: str
+    position: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    retry: RetryPolicy | None
+    kind: StepKind
+    input: Any
+    meta: Callable[[Any], dict[str, Any]] | None
+    annotation: Any  # the output's type, from `fn`'s return annotation
+
+
+class StepRunner(Protocol):
+    """What happens to a step or wait the history has no result for. The one point
+    where a live segment and `replay_check` differ: everything before it is shared."""
+
+    async def run_step(self, call: StepCall) -> Any:
+        """Carry out the step and return its output (as replay would rebuild it)."""
+        ...
+
+    async def wait(
+        self, key: str, position: int, kind: StepKind, data: dict[str, Any], window: timedelta
+    ) -> NoReturn:
+        """Park the run at a suspend or long sleep; never returns."""
+        ...
+
+
 class StepContext:
     """`ctx.step`: the durable operations a workflow may perform."""
 
-    def __init__(self, ctx: "WorkflowContext", history: list[StepRecord]) -> None:
+    def __init__(self, ctx: "WorkflowContext", history: History, runner: StepRunner) -> None:
         self._ctx = ctx
-        self._by_key = {record.key: record for record in history}
-        self._by_position = {record.position: record for record in history}
-        self._position = 0
-        self._seen: set[str] = set()
+        self._history = history
+        self._runner = runner
         self._patches: dict[str, bool] = {}
         # Patch markers decided but not yet written: committed just before the next
         # step or suspend, so a marker is always in the history before anything after it.
         self._pending_markers: list[StepRecord] = []
-
-    def _diverged(
-        self, key: str | None, position: int, recorded: str | None
-    ) -> NonDeterminismError:
-        asked = f"step {key!r}" if key else "no further step"
-        there = f"{recorded!r}" if recorded else "nothing"
-        return NonDeterminismError(
-            f"Run {self._ctx.run_id} of workflow {self._ctx.workflow_id!r} asked for {asked} "
-            f"at position {position}, but its history has {there} there: the workflow code "
-            f"changed under a live run (a step added, removed, renamed or moved before "
-            f"{recorded or key!r}). {DIVERGENCE_HELP}",
-            position=position,
-            expected=recorded,
-            found=key,
-        )
 
     # -- versioning -----------------------------------------------------------------
 
@@ -188,16 +203,16 @@ class StepContext:
         if change_id in self._patches:
             return self._patches[change_id]
         key = patch_key(change_id)
-        recorded = self._by_position.get(self._position)
+        recorded = self._history.at(self._history.position)
         if recorded is not None and recorded.key == key:
-            self._claim(key)  # the run took the new branch before: replay it
+            self._history.claim(key)  # the run took the new branch before: replay it
             decision = True
         elif recorded is not None:
             decision = False  # the run passed this point under the old code
         elif deprecated:
             decision = True  # no old run remains: nothing to record
         else:
-            position, _ = self._claim(key)
+            position, _ = self._history.claim(key)
             self._pending_markers.append(
                 StepRecord(
                     run_id=self._ctx.run_id,
@@ -214,30 +229,6 @@ class StepContext:
         self._patches[change_id] = decision
         return decision
 
-    # -- replay bookkeeping ---------------------------------------------------------
-
-    def _claim(self, key: str) -> tuple[int, StepRecord | None]:
-        """Take the next position for `key` and return its recorded result, if any."""
-        if not key or not isinstance(key, str):
-            raise ValueError("A step key must be a non-empty string")
-        if key in self._seen:
-            raise ValueError(f"Step key {key!r} is used twice in run {self._ctx.run_id}")
-        self._seen.add(key)
-        position = self._position
-        self._position += 1
-        at_position = self._by_position.get(position)
-        if at_position is not None and at_position.key != key:
-            raise self._diverged(key, position, at_position.key)
-        record = self._by_key.get(key)
-        if record is not None and record.position != position:
-            raise self._diverged(key, position, None)
-        return position, record
-
-    def _unreached(self) -> StepRecord | None:
-        """The first recorded step the code has not asked for, when it stops early."""
-        later = [p for p in self._by_position if p >= self._position]
-        return self._by_position[min(later)] if later else None
-
     # -- public operations ----------------------------------------------------------
 
     async def run(
@@ -253,9 +244,9 @@ class StepContext:
         A pydantic model output comes back as the same model on replay (the function's
         return annotation, or the stored class, decides the type).
         """
-        return await self._run_traced(key, fn, *args, retry=retry, **kwargs)
+        return await self.execute_step(key, fn, *args, retry=retry, **kwargs)
 
-    async def _run_traced(
+    async def execute_step(
         self,
         key: str,
         fn: Callable[..., Any],
@@ -267,20 +258,82 @@ class StepContext:
         **kwargs: Any,
     ) -> Any:
         """`run` with the trace details the engine records: the step's kind, the input
-        shown in the trace, and `meta` (extra fields taken from the result). Internal: the
-        agent runtime and `sleep` use it; workflows call `run`."""
-        position, record = self._claim(key)
+        shown in the trace, and `meta` (extra fields taken from the result). For the
+        engine's own steps and the agent runtime, which need those details; workflows
+        call `run`.
+
+        A step the history holds replays (a recorded failure raises `StepFailedError`
+        again); any other goes to the context's runner.
+        """
+        position, record = self._history.claim(key)
         annotation = _return_annotation(fn)
         if record is not None and record.status == StepStatus.FAILED:
             raise StepFailedError(key, NonRetryableError(record.error), record.attempt)
         if record is not None:
             return serialization.load(record.output, annotation, record.output_type)
+        call = StepCall(key, position, fn, args, kwargs, retry, kind, input, meta, annotation)
+        return await self._runner.run_step(call)
+
+    async def uuid(self, key: str) -> uuid.UUID:
+        """A random UUID, the same one on every replay."""
+        return uuid.UUID(await self.execute_step(key, lambda: str(uuid.uuid4())))
+
+    async def now(self, key: str) -> datetime:
+        """The current time, the same one on every replay."""
+        return datetime.fromisoformat(
+            await self.execute_step(key, lambda: timezone.now().isoformat())
+        )
+
+    async def sleep(self, key: str, seconds: float) -> None:
+        """Sleep durably. A long sleep suspends the run and frees the worker; the
+        periodic wait sweep wakes it (so long sleeps wake within one sweep period)."""
+        if seconds <= INLINE_SLEEP_MAX_SECONDS:
+            await self.execute_step(key, asyncio.sleep, seconds, kind=StepKind.SLEEP, input=seconds)
+            return
+        await self._wait(key, StepKind.SLEEP, {"seconds": seconds}, timedelta(seconds=seconds))
+
+    async def suspend(
+        self, key: str, data: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Suspend the run until `run_resume(run_id, key, ...)` or the timeout.
+
+        Returns `{"data": <resume data>, "resumed_by": ..., "resumed_at": ...,
+        "timed_out": False}`; on timeout `{"data": {}, ..., "timed_out": True}`.
+        """
+        window = timedelta(seconds=timeout) if timeout is not None else DEFAULT_SUSPEND_TIMEOUT
+        resumed: dict[str, Any] = await self._wait(key, StepKind.SUSPEND, data or {}, window)
+        return resumed
+
+    async def agent_invoke_and_wait(self, key: str, invocation: Invocation) -> Any:
+        """Run an agent (see `workflows.agents`) inside this run; each of its model and
+        tool calls is a step under `key`."""
+        return await invocation.invoke(self._ctx, key)
+
+    # -- internals ------------------------------------------------------------------
+
+    async def _wait(self, key: str, kind: StepKind, data: dict[str, Any], window: timedelta) -> Any:
+        position, record = self._history.claim(key)
+        if record is not None:
+            return record.output
+        await self._runner.wait(key, position, kind, data, window)
+
+
+class LiveStepRunner:
+    """A worker's runner: runs a new step (retrying it, waiting durably for its
+    dependency) and commits its record, fenced by the run's lease."""
+
+    def __init__(self, ctx: "WorkflowContext") -> None:
+        self._ctx = ctx
+
+    async def run_step(self, call: StepCall) -> Any:
+        key, position, fn, args, kwargs = call.key, call.position, call.fn, call.args, call.kwargs
+        kind, meta, annotation, input = call.kind, call.meta, call.annotation, call.input
         if segment_should_stop():
             raise SegmentReleased(key)
 
         if input is None and (args or kwargs):
             input = _describe_arguments(args, kwargs)
-        policy = retry or DEFAULT_RETRY
+        policy = call.retry or DEFAULT_RETRY
         dependency = policy.dependency
         holder = str(self._ctx.run_id)
         # A step that waited for its dependency before goes on counting from there.
@@ -369,47 +422,9 @@ class StepContext:
         await circuit_exit_succeeded(dependency)
         return serialization.load(record.output, annotation, record.output_type)
 
-    async def uuid(self, key: str) -> uuid.UUID:
-        """A random UUID, the same one on every replay."""
-        return uuid.UUID(await self._run_traced(key, lambda: str(uuid.uuid4())))
-
-    async def now(self, key: str) -> datetime:
-        """The current time, the same one on every replay."""
-        return datetime.fromisoformat(
-            await self._run_traced(key, lambda: timezone.now().isoformat())
-        )
-
-    async def sleep(self, key: str, seconds: float) -> None:
-        """Sleep durably. A long sleep suspends the run and frees the worker; the
-        periodic wait sweep wakes it (so long sleeps wake within one sweep period)."""
-        if seconds <= INLINE_SLEEP_MAX_SECONDS:
-            await self._run_traced(key, asyncio.sleep, seconds, kind=StepKind.SLEEP, input=seconds)
-            return
-        await self._wait(key, StepKind.SLEEP, {"seconds": seconds}, timedelta(seconds=seconds))
-
-    async def suspend(
-        self, key: str, data: dict[str, Any] | None = None, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Suspend the run until `run_resume(run_id, key, ...)` or the timeout.
-
-        Returns `{"data": <resume data>, "resumed_by": ..., "resumed_at": ...,
-        "timed_out": False}`; on timeout `{"data": {}, ..., "timed_out": True}`.
-        """
-        window = timedelta(seconds=timeout) if timeout is not None else DEFAULT_SUSPEND_TIMEOUT
-        resumed: dict[str, Any] = await self._wait(key, StepKind.SUSPEND, data or {}, window)
-        return resumed
-
-    async def agent_invoke_and_wait(self, key: str, invocation: Invocation) -> Any:
-        """Run an agent (see `workflows.agents`) inside this run; each of its model and
-        tool calls is a step under `key`."""
-        return await invocation.invoke(self._ctx, key)
-
-    # -- internals ------------------------------------------------------------------
-
-    async def _wait(self, key: str, kind: StepKind, data: dict[str, Any], window: timedelta) -> Any:
-        position, record = self._claim(key)
-        if record is not None:
-            return record.output
+    async def wait(
+        self, key: str, position: int, kind: StepKind, data: dict[str, Any], window: timedelta
+    ) -> NoReturn:
         data = serialization.dump(key, data)
         started_at = timezone.now()
         await run_sync(self._ctx._suspend)(key, position, kind, data, window)
@@ -480,28 +495,35 @@ class StepContext:
 class WorkflowContext:
     """Passed to every workflow function as `ctx`."""
 
-    # Set by `observability.segment_started` when tracing is on.
-    _observed_segment: "_Segment"
+    # The segment's span while tracing is on: set by `observability.segment_started`,
+    # which alone reads it; the engine only carries it.
+    observed_segment: "_Segment | None" = None
 
     def __init__(
         self,
         *,
         run: WorkflowRun,
         definition: "WorkflowDefinition",
-        history: list[StepRecord],
+        history: History,
         lease_token: str,
         retry_waits: list[Wait] | None = None,
+        runner: StepRunner | None = None,
     ) -> None:
+        """`runner`: what happens to steps the history has no record of; a worker's
+        (`LiveStepRunner`) unless replay passes its own."""
         self.run_id: uuid.UUID = run.id
         self.workflow_id: str = run.workflow_id
         self.definition = definition
+        # Public so that whoever executes the workflow function can check, when it
+        # returns, that it reached every recorded step (`history.check_complete()`).
+        self.history = history
         self._lease_token = lease_token
         self.usage: dict[str, int] = {}
-        for record in history:
+        for record in history.records:
             self._add_usage(record)
         # Waits of steps for their dependency in earlier segments: their attempts so far.
         self._retry_waits = {wait.key: wait for wait in retry_waits or []}
-        self.step = StepContext(self, history)
+        self.step = StepContext(self, history, runner or LiveStepRunner(self))
 
     def patched(self, change_id: str) -> bool:
         """Whether this run takes the branch of change `change_id`.

@@ -18,8 +18,9 @@ from django.utils import timezone
 from . import observability
 from .context import WorkflowContext
 from .errors import LeaseLostError, Suspended, UnknownWorkflowError
+from .history import History, history_load
 from .leases import LeaseKeeper, lease_release, lease_take, lease_token
-from .models import RETRY_WAIT, RunStatus, StepRecord, StepStatus, Wait, WorkflowRun
+from .models import RETRY_WAIT, RunStatus, Wait, WorkflowRun
 from .redaction import redact
 from .registry import WorkflowDefinition, workflow_get
 from .runtime import SegmentReleased, run_sync
@@ -36,15 +37,9 @@ class SegmentTimeoutError(Exception):
 
 def _segment_begin(
     run_id: uuid.UUID | str,
-) -> tuple[WorkflowRun, list[StepRecord], list[Wait]]:
+) -> tuple[WorkflowRun, History, list[Wait]]:
     run = WorkflowRun.objects.get(pk=run_id)
-    # Failed steps too: a failure the workflow caught and handled replays as that
-    # failure (`run_retry` deletes them, so a retried step runs anew).
-    history = list(
-        StepRecord.objects.filter(
-            run=run, status__in=[StepStatus.COMPLETED, StepStatus.FAILED]
-        ).order_by("position")
-    )
+    history = history_load(run)
     # A step can only have waited for its dependency in an earlier segment: a run's first
     # segment (the common case) spends no query on it.
     retry_waits = list(Wait.objects.filter(run=run, kind=RETRY_WAIT)) if run.attempts > 1 else []
@@ -100,9 +95,7 @@ async def _segment_body(
     try:
         payload = definition.input_model.model_validate(run.input)
         result = await definition.fn(ctx, payload)
-        unreached = ctx.step._unreached()
-        if unreached is not None:  # the code no longer reaches a step the run recorded
-            raise ctx.step._diverged(None, unreached.position, unreached.key)
+        ctx.history.check_complete()
         output = _dump_output(definition.output_model, result)
     except Suspended:
         return "suspended"

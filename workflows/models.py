@@ -40,7 +40,7 @@ class StepStatus(models.TextChoices):
 
 RETRY_WAIT = "retry"
 """`Wait.kind` of a step waiting for its next attempt at a dependency that is down (see
-`context.StepContext._run_traced`): its `data` holds the dependency, the attempts made,
+`context.LiveStepRunner.run_step`): its `data` holds the dependency, the attempts made,
 the first failure's time, the last error and whether it waits for the circuit."""
 
 

@@ -313,12 +313,12 @@ def segment_started(ctx: "WorkflowContext", run: "WorkflowRun") -> None:
     """A segment took its run's lease and loaded the history."""
     if _tracer() is None:
         return
-    ctx._observed_segment = _Segment(run.attempts, span_id(run.id, f"segment/{run.attempts}"))
+    ctx.observed_segment = _Segment(run.attempts, span_id(run.id, f"segment/{run.attempts}"))
 
 
 def segment_failed(ctx: "WorkflowContext", exc: BaseException) -> None:
     """The run failed in this segment: its segment span carries the error."""
-    segment = getattr(ctx, "_observed_segment", None)
+    segment = ctx.observed_segment
     if segment is not None:
         segment.error = exc
 
@@ -326,7 +326,7 @@ def segment_failed(ctx: "WorkflowContext", exc: BaseException) -> None:
 def segment_finished(ctx: "WorkflowContext", outcome: str) -> None:
     """The segment ended (`outcome`: completed, suspended, failed, released, lease_lost)."""
     SEGMENTS.labels(ctx.workflow_id, outcome).inc()
-    segment: _Segment | None = getattr(ctx, "_observed_segment", None)
+    segment: _Segment | None = ctx.observed_segment
     tracer = _tracer() if segment is not None else None
     if segment is None or tracer is None:
         return
@@ -358,7 +358,7 @@ def segment_finished(ctx: "WorkflowContext", outcome: str) -> None:
 
 
 def _segment_span_id(ctx: "WorkflowContext") -> int | None:
-    segment = getattr(ctx, "_observed_segment", None)
+    segment = ctx.observed_segment
     return segment.span_id if segment is not None else None
 
 
@@ -587,7 +587,7 @@ def _step_attributes(
 
 def _span_of_step(tracer: Any, ctx: "WorkflowContext", record: "StepRecord") -> None:
     key, kind = record.key, str(record.kind)
-    segment: _Segment | None = getattr(ctx, "_observed_segment", None)
+    segment: _Segment | None = ctx.observed_segment
     attributes = _step_attributes(
         ctx, key, kind, str(record.status), position=record.position, attempt=record.attempt
     )

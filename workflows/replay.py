@@ -6,6 +6,10 @@ no record ends the replay, since a worker would execute it then), so a change th
 would strand suspended runs with a non-determinism error is found before reviewers
 click Approve. No step body runs, nothing is written, nothing leaves the process.
 
+It replays with the live engine's own code (`WorkflowContext`, `StepContext` and the
+`History` with its divergence check); only its `StepRunner` differs, one that runs
+nothing. So it cannot judge a run otherwise than a worker would.
+
 ```python
 for result in runs_replay_check(statuses=ACTIVE_RUN_STATUSES):
     if not result.ok:
@@ -17,24 +21,23 @@ import asyncio
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import islice
-from typing import Any, Protocol, TypedDict, cast
+from typing import Any, NoReturn, Protocol, TypedDict, cast
 
 from django.db.models import Prefetch
 
-from . import serialization
-from .context import StepContext, WorkflowContext, _return_annotation
+from .context import StepCall, WorkflowContext
 from .errors import (
     NonDeterminismError,
-    NonRetryableError,
     StepFailedError,
     UnknownWorkflowError,
 )
+from .history import REPLAYED_STEP_STATUSES, History
 from .models import (
     ACTIVE_RUN_STATUSES,
     StepKind,
     StepRecord,
-    StepStatus,
     Wait,
     WaitStatus,
     WorkflowRun,
@@ -63,39 +66,18 @@ class ReplayResult:
         return {**self.__dict__, "run_id": str(self.run_id)}
 
 
-class _ReplayStepContext(StepContext):
-    """Steps answer from the history; the first one without a record ends the replay."""
+class ReplayStepRunner:
+    """The runner that runs nothing: the first step or wait the history has no result
+    for ends the replay, since a worker would carry it out from there. A patch marker
+    decided on the way stays unwritten: only a live runner's commits write them."""
 
-    async def _run_traced(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        _, record = self._claim(key)
-        if record is None or record.status == _OPEN_WAIT:
-            raise _ReplayEnd
-        if record.status == StepStatus.FAILED:  # a failure the workflow handled
-            raise StepFailedError(key, NonRetryableError(record.error), record.attempt)
-        return serialization.load(record.output, _return_annotation(fn), record.output_type)
+    async def run_step(self, call: StepCall) -> NoReturn:
+        raise _ReplayEnd
 
-    async def _wait(self, key: str, kind: StepKind, data: Any, window: Any) -> Any:
-        _, record = self._claim(key)
-        if record is None or record.status == _OPEN_WAIT:
-            raise _ReplayEnd  # still waiting: the run would suspend here again
-        return record.output
-
-    def _patch_decision(self, change_id: str, *, deprecated: bool) -> bool:
-        decision = super()._patch_decision(change_id, deprecated=deprecated)
-        self._pending_markers.clear()  # nothing is written
-        return decision
-
-
-class _ReplayContext(WorkflowContext):
-    def __init__(self, *, run: WorkflowRun, history: list[StepRecord]) -> None:
-        super().__init__(
-            run=run, definition=workflow_get(run.workflow_id), history=history, lease_token=""
-        )
-        self.step = _ReplayStepContext(self, history)
-
-
-# The status of an open wait in a replayed history: the step it becomes once decided.
-_OPEN_WAIT = "waiting"
+    async def wait(
+        self, key: str, position: int, kind: StepKind, data: dict[str, Any], window: timedelta
+    ) -> NoReturn:
+        raise _ReplayEnd  # still waiting: the run would suspend here again
 
 
 class _PrefetchedRun(Protocol):
@@ -111,30 +93,34 @@ class _RunFields(TypedDict):
     status: str
 
 
-def _history(run: WorkflowRun) -> list[StepRecord]:
-    """The steps a worker would replay (completed, and failed ones the workflow handled),
-    and each open wait as the step it becomes when decided."""
+def _history(run: WorkflowRun) -> History:
+    """The steps a worker would replay, and each open wait as the step it becomes when
+    decided."""
     prefetched = cast(_PrefetchedRun, run)
-    history = list(prefetched.replay_steps)
-    history += [
-        StepRecord(run_id=run.id, key=w.key, position=w.position, status=_OPEN_WAIT)
-        for w in prefetched.replay_waits
-    ]
-    return history
+    return History(
+        run_id=run.id,
+        workflow_id=run.workflow_id,
+        records=prefetched.replay_steps,
+        open_waits=prefetched.replay_waits,
+    )
 
 
 async def _replay(run: WorkflowRun) -> ReplayResult:
     result: _RunFields = {"run_id": run.id, "workflow_id": run.workflow_id, "status": run.status}
     try:
-        ctx = _ReplayContext(run=run, history=_history(run))
+        ctx = WorkflowContext(
+            run=run,
+            definition=workflow_get(run.workflow_id),
+            history=_history(run),
+            lease_token="",
+            runner=ReplayStepRunner(),
+        )
         payload = ctx.definition.input_model.model_validate(run.input)
         try:
             await ctx.definition.fn(ctx, payload)
         except (_ReplayEnd, StepFailedError):  # new steps from here, or the recorded failure
             return ReplayResult(**result, ok=True)
-        unreached = ctx.step._unreached()
-        if unreached is not None:
-            raise ctx.step._diverged(None, unreached.position, unreached.key)
+        ctx.history.check_complete()
     except NonDeterminismError as exc:
         return ReplayResult(
             **result,
@@ -170,9 +156,7 @@ def runs_replay_check(
     runs = WorkflowRun.objects.filter(status__in=list(statuses)).order_by("created_at")
     if workflow_id:
         runs = runs.filter(workflow_id=workflow_id)
-    steps = StepRecord.objects.filter(
-        status__in=[StepStatus.COMPLETED, StepStatus.FAILED]
-    ).order_by("position")
+    steps = StepRecord.objects.filter(status__in=REPLAYED_STEP_STATUSES).order_by("position")
     waits = Wait.objects.filter(status=WaitStatus.WAITING)
     loop = asyncio.new_event_loop()
     try:

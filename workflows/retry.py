@@ -9,7 +9,7 @@ Three kinds of failure:
   connections, timeouts, HTTP 5xx and 429, a `TransientError`) of a step whose policy
   names a `dependency`: retried with capped exponential backoff and jitter for the
   dependency's retry horizon (an hour by default), durably once the pause outgrows a
-  short in-process wait (see `context.StepContext._run_traced`), and behind the
+  short in-process wait (see `context.LiveStepRunner.run_step`), and behind the
   dependency's circuit (`circuits`);
 - **other retryable errors**: `max_attempts` attempts in the worker, as before.
 """

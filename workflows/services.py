@@ -181,7 +181,7 @@ def waits_expire(*, now: datetime | None = None) -> list[Wait]:
     return expired
 
 
-# --- steps waiting for a dependency (see `context.StepContext._run_traced`) -------------
+# --- steps waiting for a dependency (see `context.LiveStepRunner.run_step`) -------------
 
 
 def retry_wait_release(

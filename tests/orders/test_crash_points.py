@@ -183,7 +183,7 @@ def test_crash_after_charge_step_committed(
 ):
     """(c) The charge tool step is committed; the worker dies before the next model
     call. Replay returns the recorded charge: Stripe sees no second request."""
-    original_call = StepContext._run_traced
+    original_call = StepContext.execute_step
     crashed: list[str] = []
 
     async def crash_before_next_model_call(self, key, *args, **kwargs):
@@ -192,7 +192,7 @@ def test_crash_after_charge_step_committed(
             raise WorkerCrash
         return await original_call(self, key, *args, **kwargs)
 
-    monkeypatch.setattr(StepContext, "_run_traced", crash_before_next_model_call)
+    monkeypatch.setattr(StepContext, "execute_step", crash_before_next_model_call)
     order = place_order("250.00")
     run = execute_until_crash(order, queue_capture)
     assert step_keys(order) == ["register_order", "start_order/llm/1", CHARGE_STEP]

@@ -202,7 +202,7 @@ class _AgentLoop:
                 raise NonRetryableError(failure)
             return summary
 
-        data = await self.ctx.step._run_traced(
+        data = await self.ctx.step.execute_step(
             self.key,
             finish,
             kind=StepKind.AGENT,
@@ -295,7 +295,7 @@ class _AgentLoop:
             tools=self.agent.tool_schemas,
             response_format=self.agent.response_format,
         )
-        response: ModelResponse = await self.ctx.step._run_traced(
+        response: ModelResponse = await self.ctx.step.execute_step(
             llm_step_key(self.key, self.model_calls),
             self._complete,
             request,
@@ -395,7 +395,7 @@ class _AgentLoop:
             shown_arguments: Any = json.loads(raw_arguments)
         except ValueError:
             shown_arguments = raw_arguments
-        outcome = await self.ctx.step._run_traced(
+        outcome = await self.ctx.step.execute_step(
             step_key,
             execute,
             kind=StepKind.TOOL,

@@ -171,7 +171,7 @@ def test_crash_after_charge_committed_repeats_no_call(
             reply_text(ANSWER),
         ]
     )
-    original_call = StepContext._run_traced
+    original_call = StepContext.execute_step
     crashed = []
 
     async def crash_before_second_model_call(self, key, *args, **kwargs):
@@ -180,7 +180,7 @@ def test_crash_after_charge_committed_repeats_no_call(
             raise WorkerCrash
         return await original_call(self, key, *args, **kwargs)
 
-    monkeypatch.setattr(StepContext, "_run_traced", crash_before_second_model_call)
+    monkeypatch.setattr(StepContext, "execute_step", crash_before_second_model_call)
     run = workflow_start("test.agent", {"question": "Charge 25.00"})
     with pytest.raises(WorkerCrash):
         queue_capture.drain()
