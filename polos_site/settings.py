@@ -509,7 +509,7 @@ LOGGING = {
     },
 }
 
-# --- Metrics and traces (workflows/observability.py) ------------------------------------
+# --- Metrics and traces (workflows/observability/) ------------------------------------
 import hashlib  # noqa: E402 (kept within this section)
 import tempfile  # noqa: E402
 

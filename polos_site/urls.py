@@ -12,7 +12,7 @@ admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
-    # Prometheus, with `Authorization: Bearer <METRICS_TOKEN>` (workflows/observability.py).
+    # Prometheus, with `Authorization: Bearer <METRICS_TOKEN>` (workflows/observability/).
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("webhooks/stripe/", stripe_webhook_view, name="stripe-webhook"),
