@@ -1,5 +1,5 @@
 """The orders side of `GET /metrics` (the engine's side and the endpoint itself are in
-`workflows/observability.py`, whose docstring says how the two sources combine).
+`workflows/observability/`, whose docstrings say how the two sources combine).
 
 Process-local counters (prometheus-client multiprocess mode: counted in whichever web or
 worker process the event happens, merged at scrape time):

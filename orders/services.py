@@ -32,12 +32,11 @@ from workflows import (
 )
 from workflows.models import RunStatus, WorkflowRun
 
-from .client_webhooks import order_event_emit
+from .client_webhooks.models import ORDER_STATUS_EVENTS, PAYMENT_STATUS_EVENTS, WebhookEvent
+from .client_webhooks.services import order_event_emit
 from .models import (
     FRAUD_REVIEW_KEY,
-    ORDER_STATUS_EVENTS,
     ORDER_WORKFLOW_ID,
-    PAYMENT_STATUS_EVENTS,
     EmailRecord,
     EmailStatus,
     FraudReview,
@@ -45,7 +44,6 @@ from .models import (
     OrderStatus,
     PaymentStatus,
     ReviewState,
-    WebhookEvent,
 )
 from .notifications import (
     CONFIRMATION,

@@ -103,6 +103,7 @@ INSTALLED_APPS = [
     "django_q",
     "axes",
     "orders",
+    "orders.client_webhooks",
     # Last: its admin module gives third-party admin actions their permissions.
     "polos_site",
 ]
@@ -258,7 +259,7 @@ else:
 # Modules imported at start-up so that their @workflow functions are registered.
 WORKFLOWS_MODULES = [
     "orders.order_processing",
-    "orders.webhook_delivery",
+    "orders.client_webhooks.delivery",
     *env_list("WORKFLOWS_EXTRA_MODULES", []),
 ]
 WORKFLOWS_LEASE_SECONDS = env_int("WORKFLOWS_LEASE_SECONDS", 60)
@@ -465,7 +466,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# --- Webhooks to API clients (orders/client_webhooks.py) -----------------------------------
+# --- Webhooks to API clients (orders/client_webhooks/) --------------------------------------
 # Seconds between a delivery's attempts; one more attempt follows the last pause, then the
 # delivery is failed. The default spans about 24 h: 5 s, 30 s, 2 min, 10 min, 30 min, then
 # hourly.
@@ -509,7 +510,7 @@ LOGGING = {
     },
 }
 
-# --- Metrics and traces (workflows/observability.py) ------------------------------------
+# --- Metrics and traces (workflows/observability/) ------------------------------------
 import hashlib  # noqa: E402 (kept within this section)
 import tempfile  # noqa: E402
 

@@ -1,5 +1,6 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from orders.stripe_webhooks import stripe_webhook_view
@@ -12,8 +13,14 @@ admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
-    # Prometheus, with `Authorization: Bearer <METRICS_TOKEN>` (workflows/observability.py).
+    # Prometheus, with `Authorization: Bearer <METRICS_TOKEN>` (workflows/observability/).
     path("metrics", metrics_view, name="metrics"),
+    # The client webhooks' admin pages moved with their app (orders/client_webhooks/):
+    # links to where they were still land.
+    re_path(
+        r"^admin/orders/(?P<page>webhook(?:endpoint|delivery|attempt)/.*)$",
+        RedirectView.as_view(url="/admin/client_webhooks/%(page)s", query_string=True),
+    ),
     path("admin/", admin.site.urls),
     path("webhooks/stripe/", stripe_webhook_view, name="stripe-webhook"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

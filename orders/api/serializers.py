@@ -2,15 +2,13 @@
 `orders.services`, the reads `orders.selectors`."""
 
 from typing import Any
-from urllib.parse import quote
 
-from django.urls import NoReverseMatch, reverse
 from drf_spectacular.utils import extend_schema_field
 from pydantic import ValidationError as PydanticValidationError
 from rest_framework import serializers
 
 from orders.models import Order, PaymentStatus, ReviewState
-from orders.money import amount_plain
+from orders.presenters import order_presented
 from orders.rules import (
     REVIEW_NOTE_MAX_LENGTH,
     OrderRuleError,
@@ -18,14 +16,7 @@ from orders.rules import (
     payload_errors,
 )
 from orders.schemas import OrderPayload
-from orders.selectors import (
-    ORDER_STATUS_CHOICES,
-    order_email_sent,
-    order_failure_shown,
-    order_review_info,
-    order_status_shown,
-    order_waiting_for,
-)
+from orders.selectors import ORDER_STATUS_CHOICES
 from workflows.console import waiting_for_text
 from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus, WorkflowRun
 from workflows.selectors import run_waiting_for, usage_cost
@@ -111,35 +102,38 @@ class OrderLinksSerializer(serializers.Serializer):
     trace = serializers.CharField(allow_null=True, help_text="Path of the run's trace page (HTML).")
 
 
-def _order_url(order_id: str) -> str:
-    """The order's API path; an id the URL pattern cannot hold (a row older than the
-    rules) is percent-encoded rather than failing the whole list."""
-    try:
-        return reverse("api:order-detail", kwargs={"order_id": order_id})
-    except NoReverseMatch:
-        return reverse("api:order-detail", kwargs={"order_id": quote(order_id, safe="")})
+@extend_schema_field(serializers.ChoiceField(choices=ORDER_STATUS_CHOICES))
+class _StatusShown(serializers.ReadOnlyField):
+    pass
 
 
+# The schema of an order's body. The body itself is `orders.presenters.order_presented`
+# (also a webhook event's `data`), with links absolute on the request.
 class OrderOutputSerializer(serializers.Serializer):
     order_id = serializers.CharField()
     customer_id = serializers.CharField()
     customer_email = serializers.EmailField()
-    amount = serializers.SerializerMethodField(
-        help_text="In major units, with the currency's decimals: 49.90 USD, 500 JPY."
+    amount = serializers.CharField(
+        read_only=True,
+        help_text="In major units, with the currency's decimals: 49.90 USD, 500 JPY.",
     )
     currency = serializers.CharField()
-    status = serializers.SerializerMethodField(
+    status = _StatusShown(
         help_text="The order's status; `needs_attention` when its run failed (or was "
         "cancelled) before the order was settled: `retry_run` continues it, "
-        "`cancel_order` releases its payment."
+        "`cancel_order` releases its payment.",
     )
-    failure_reason = serializers.SerializerMethodField(
-        help_text="Why the order failed, was rejected or needs attention."
+    failure_reason = serializers.CharField(
+        allow_blank=True,
+        read_only=True,
+        help_text="Why the order failed, was rejected or needs attention.",
     )
-    waiting_for = serializers.SerializerMethodField(
+    waiting_for = serializers.CharField(
+        allow_null=True,
+        read_only=True,
         help_text="While a dependency of the order is down, what its run waits for, e.g. "
         "`waiting for Stripe (attempt 6, next at 14:02:10 UTC)`; the order stays "
-        "`processing` and goes on by itself when the dependency is back. Null otherwise."
+        "`processing` and goes on by itself when the dependency is back. Null otherwise.",
     )
     payment_status = serializers.ChoiceField(
         choices=PaymentStatus.choices,
@@ -149,74 +143,32 @@ class OrderOutputSerializer(serializers.Serializer):
     )
     charge_id = serializers.CharField(allow_blank=True)
     refund_id = serializers.CharField(allow_blank=True)
-    refunded_amount = serializers.SerializerMethodField(
+    refunded_amount = serializers.CharField(
+        allow_null=True,
+        read_only=True,
         help_text="What was refunded so far, in major units (null: nothing); a partial "
-        "refund is less than `amount`."
+        "refund is less than `amount`.",
     )
-    email_sent = serializers.SerializerMethodField()
+    email_sent = serializers.BooleanField(read_only=True)
     fraud_review_required = serializers.BooleanField(
         help_text="Whether the fraud policy sends the order to a reviewer (over its "
         "currency's threshold): known from intake on."
     )
     fraud_approved = serializers.BooleanField(allow_null=True)
-    review = serializers.SerializerMethodField()
+    review = ReviewOutputSerializer(allow_null=True, read_only=True)
     run_id = serializers.UUIDField(allow_null=True)
-    model_cost_usd = serializers.SerializerMethodField(
+    model_cost_usd = serializers.CharField(
+        allow_null=True,
+        read_only=True,
         help_text="What the order's model calls cost so far, in US dollars (null: none "
-        "priced, e.g. the simulated model)."
+        "priced, e.g. the simulated model).",
     )
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
-    links = serializers.SerializerMethodField()
+    links = OrderLinksSerializer(read_only=True)
 
-    @extend_schema_field(serializers.CharField(allow_null=True))
-    def get_model_cost_usd(self, order: Order) -> str | None:
-        cost = usage_cost(order.run.usage) if order.run is not None else None
-        return str(cost) if cost is not None else None
-
-    def get_amount(self, order: Order) -> str:
-        return amount_plain(order.amount, order.currency)
-
-    @extend_schema_field(serializers.CharField(allow_null=True))
-    def get_refunded_amount(self, order: Order) -> str | None:
-        if order.refunded_amount is None:
-            return None
-        return amount_plain(order.refunded_amount, order.currency)
-
-    @extend_schema_field(serializers.ChoiceField(choices=ORDER_STATUS_CHOICES))
-    def get_status(self, order: Order) -> str:
-        return order_status_shown(order)
-
-    @extend_schema_field(serializers.CharField(allow_blank=True))
-    def get_failure_reason(self, order: Order) -> str:
-        return order_failure_shown(order)
-
-    @extend_schema_field(serializers.CharField(allow_null=True))
-    def get_waiting_for(self, order: Order) -> str | None:
-        return order_waiting_for(order)
-
-    def get_email_sent(self, order: Order) -> bool:
-        return order_email_sent(order)
-
-    @extend_schema_field(ReviewOutputSerializer(allow_null=True))
-    def get_review(self, order: Order) -> dict[str, Any] | None:
-        info = order_review_info(order)
-        return None if info is None else ReviewOutputSerializer(info).data
-
-    @extend_schema_field(OrderLinksSerializer)
-    def get_links(self, order: Order) -> dict[str, str | None]:
-        request = self.context["request"]
-        order_url = _order_url(order.order_id)
-        if order.run_id is None:
-            return {"self": request.build_absolute_uri(order_url), "run": None, "trace": None}
-        run_url = reverse("api:run-detail", kwargs={"run_id": order.run_id})
-        return {
-            "self": request.build_absolute_uri(order_url),
-            "run": request.build_absolute_uri(run_url),
-            "trace": request.build_absolute_uri(
-                reverse("workflows:run_detail", args=[order.run_id])
-            ),
-        }
+    def to_representation(self, instance: Order) -> dict[str, Any]:
+        return order_presented(instance, link=self.context["request"].build_absolute_uri)
 
 
 class StepOutputSerializer(serializers.Serializer):

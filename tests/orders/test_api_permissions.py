@@ -14,8 +14,9 @@ from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from orders.client_webhooks import webhook_endpoint_create
-from orders.models import Order, WebhookEndpoint
+from orders.client_webhooks.models import WebhookEndpoint
+from orders.client_webhooks.services import webhook_endpoint_create
+from orders.models import Order
 from orders.schemas import OrderPayload
 from orders.selectors import order_review_info
 from orders.services import order_create

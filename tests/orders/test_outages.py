@@ -21,17 +21,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from orders.client_webhooks import webhook_secret_new
+from orders.client_webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from orders.client_webhooks.services import webhook_secret_new
 from orders.mail import EmailRejectedError, TransientEmailError, email_failure
-from orders.models import (
-    EmailRecord,
-    EmailStatus,
-    FraudReview,
-    Order,
-    WebhookDelivery,
-    WebhookEndpoint,
-    WebhookEvent,
-)
+from orders.models import EmailRecord, EmailStatus, FraudReview, Order
 from tests.support.api import api_client_for
 from tests.support.openai_server import reply_text, reply_tool_calls
 from tests.workflows.test_metrics import TOKEN, scrape

@@ -106,7 +106,7 @@ def test_the_crafted_posts_reach_every_action_a_superuser_is_offered(monkeypatch
     ran = actions_run_by_crafted_posts(root, monkeypatch)
     assert len(ran) == len(set(ran)) and set(ran) == expected
     assert {
-        "orders.WebhookEndpoint.rotate_secret_selected",
+        "client_webhooks.WebhookEndpoint.rotate_secret_selected",
         "django_q.Failure.resubmit_selected",
     } <= expected
 

@@ -101,7 +101,7 @@ def test_an_api_query_with_a_nul_is_bad_input(api, url):
         "/admin/orders/order/?payment_status=%00",
         "/admin/orders/fraudreview/?q=%00",
         "/admin/orders/stripeevent/?type=%00",
-        "/admin/orders/webhookdelivery/?event_type=%00",
+        "/admin/client_webhooks/webhookdelivery/?event_type=%00",
         "/admin/workflows/workflowrun/?workflow_id=%00",
         "/admin/auth/user/?username=%00",
     ],

@@ -16,20 +16,23 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.utils import timezone
 
-from orders import client_webhooks
-from orders.client_webhooks import order_event_emit, webhook_endpoint_create, webhook_headers
-from orders.models import (
+from orders.client_webhooks import services as client_webhooks
+from orders.client_webhooks.delivery import webhook_post
+from orders.client_webhooks.models import (
     DeliveryStatus,
-    Order,
-    PaymentStatus,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
 )
+from orders.client_webhooks.services import (
+    order_event_emit,
+    webhook_endpoint_create,
+    webhook_headers,
+)
+from orders.models import Order, PaymentStatus
 from orders.schemas import OrderPayload
 from orders.services import order_cancel, order_create, order_payment_status_set, review_decide
-from orders.webhook_delivery import webhook_post
 from tests.support.api import api_client_for
 from tests.support.cluster import QCluster, wait_until
 from tests.support.webhook_receiver import WebhookReceiver
@@ -38,7 +41,7 @@ from workflows.services import runs_reap, waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 WEBHOOKS = "/api/webhooks/"
 ALL_EVENTS = list(WebhookEvent.values)
 
@@ -569,16 +572,16 @@ def test_a_worker_killed_mid_delivery_loses_no_event(intake, receiver, webhook_s
 def test_admin_adds_an_endpoint_shows_its_secret_once_and_retries_deliveries(
     admin_client, intake, receiver, queue_capture, webhook_settings
 ):
-    add = "/admin/orders/webhookendpoint/add/"
+    add = "/admin/client_webhooks/webhookendpoint/add/"
     assert admin_client.get(add).status_code == 200
     page = admin_client.post(
         add, {"client": intake.pk, "url": receiver.url, "events": ["order.created"]}
     )
     endpoint = WebhookEndpoint.objects.get()
     assert page.status_code == 200 and endpoint.secret in page.content.decode()
-    change = admin_client.get(f"/admin/orders/webhookendpoint/{endpoint.pk}/change/")
+    change = admin_client.get(f"/admin/client_webhooks/webhookendpoint/{endpoint.pk}/change/")
     assert endpoint.secret not in change.content.decode()
-    listing = admin_client.get("/admin/orders/webhookendpoint/").content.decode()
+    listing = admin_client.get("/admin/client_webhooks/webhookendpoint/").content.decode()
     assert "enabled" in listing and endpoint.secret not in listing
 
     webhook_settings.WEBHOOKS_RETRY_SCHEDULE = []  # one attempt
@@ -587,12 +590,31 @@ def test_admin_adds_an_endpoint_shows_its_secret_once_and_retries_deliveries(
     queue_capture.drain()
     delivery = WebhookDelivery.objects.get()
     assert delivery.status == DeliveryStatus.FAILED
-    detail = admin_client.get(f"/admin/orders/webhookdelivery/{delivery.pk}/change/")
+    detail = admin_client.get(f"/admin/client_webhooks/webhookdelivery/{delivery.pk}/change/")
     assert "answered 500" in detail.content.decode()
     admin_client.post(
-        "/admin/orders/webhookdelivery/",
+        "/admin/client_webhooks/webhookdelivery/",
         {"action": "retry_selected", "_selected_action": [delivery.pk]},
     )
     queue_capture.drain()
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.DELIVERED and delivery.attempts == 2
+
+
+def test_an_events_data_is_the_order_exactly_as_the_api_shows_it(
+    intake, queue_capture, webhook_settings, reviewer
+):
+    """One presenter renders both: the API's order body and an event's `data`."""
+    webhook_settings.WEBHOOKS_LINKS_BASE_URL = "http://testserver"
+    api = api_client_for(intake)
+    order = place(intake, "2500.00", "ord-big")
+    queue_capture.drain(limit=200)
+    for _ in range(2):  # awaiting review, then decided and completed
+        order = Order.objects.get(pk=order.pk)
+        body = api.get(f"/api/orders/{order.order_id}/").json()
+        assert body["review"] is not None and body["run_id"] == str(order.run_id)
+        assert client_webhooks._order_data(order) == body
+        if order.status == "awaiting_review":
+            review_decide(order=order, approved=True, by=reviewer)
+            queue_capture.drain(limit=200)
+    assert body["status"] == "completed" and body["review"]["decided_by"] == "rita"

@@ -1,9 +1,9 @@
 """Shapes of the webhook endpoints API. What a URL or an event list may be is the
-domain's rule (`orders.client_webhooks`), not checked here."""
+domain's rule (`orders.client_webhooks.services`), not checked here."""
 
 from rest_framework import serializers
 
-from orders.models import WebhookEvent
+from ..models import WebhookEvent
 
 
 class WebhookEndpointCreateInputSerializer(serializers.Serializer):

@@ -2,9 +2,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orders.client_webhooks import WebhookRetryError, webhook_delivery_retry
-from orders.models import WebhookDelivery
-from orders.selectors import webhook_deliveries_failed
+from orders.client_webhooks.models import WebhookDelivery
+from orders.client_webhooks.selectors import webhook_deliveries_failed
+from orders.client_webhooks.services import WebhookRetryError, webhook_delivery_retry
 
 
 class Command(BaseCommand):

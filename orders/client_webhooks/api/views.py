@@ -1,6 +1,6 @@
 """The webhook endpoints API, per client like the orders API: another client's endpoint
-is a 404. Views translate HTTP to `orders.client_webhooks` (writes) and
-`orders.selectors` (reads); the URL and event rules live in the domain."""
+is a 404. Views translate HTTP to `orders.client_webhooks.services` (writes) and
+`orders.client_webhooks.selectors` (reads); the URL and event rules live in the domain."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
@@ -10,17 +10,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orders.client_webhooks import (
+from orders.api.auth import request_client
+from orders.api.views import FORBIDDEN
+
+from ..models import WebhookEndpoint
+from ..selectors import webhook_endpoint_get_for, webhook_endpoint_list_for
+from ..services import (
     webhook_endpoint_create,
     webhook_endpoint_delete,
     webhook_endpoint_rotate_secret,
 )
-from orders.models import WebhookEndpoint
-from orders.selectors import webhook_endpoint_get_for, webhook_endpoint_list_for
-
-from .auth import request_client
-from .views import FORBIDDEN
-from .webhook_serializers import (
+from .serializers import (
     WebhookEndpointCreateInputSerializer,
     WebhookEndpointOutputSerializer,
     WebhookEndpointSecretOutputSerializer,

@@ -8,14 +8,14 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from orders.client_webhooks import webhook_endpoint_create
-from orders.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from orders.client_webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from orders.client_webhooks.services import webhook_endpoint_create
 from workflows.models import WorkflowRun
 
 pytestmark = pytest.mark.django_db
 
-ENDPOINTS = "/admin/orders/webhookendpoint/"
-DELIVERIES = "/admin/orders/webhookdelivery/"
+ENDPOINTS = "/admin/client_webhooks/webhookendpoint/"
+DELIVERIES = "/admin/client_webhooks/webhookdelivery/"
 NUMBERS = itertools.count()
 
 
@@ -124,3 +124,14 @@ def test_a_view_only_user_cannot_retry_a_delivery(failed_delivery, queue_capture
     failed_delivery.refresh_from_db()
     assert failed_delivery.status == DeliveryStatus.PENDING
     assert queue_capture.sent == [str(failed_delivery.run_id)]
+
+
+def test_the_pages_where_the_webhook_admin_was_still_lead_to_it(endpoint):
+    """The admin moved with the app (`/admin/orders/...` to `/admin/client_webhooks/...`):
+    bookmarks and links in old messages still land, and still need their permission."""
+    old = f"/admin/orders/webhookendpoint/{endpoint.pk}/change/?_changelist_filters=x"
+    response = Client().get(old)
+    assert response.status_code == 302
+    assert response["Location"] == f"{ENDPOINTS}{endpoint.pk}/change/?_changelist_filters=x"
+    assert staff_with(*VIEWER).get(old, follow=True).status_code == 200
+    assert Client().get(old, follow=True).redirect_chain[-1][0].startswith("/admin/login/")

@@ -28,16 +28,16 @@ from django.db.models import F
 from django.utils import timezone
 from pydantic import BaseModel
 
+from orders.metrics import client_webhook_attempt_counted
 from workflows import WorkflowContext, workflow
 
-from .client_webhooks import (
+from .models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from .services import (
     WEBHOOK_DELIVERY_WORKFLOW_ID,
     webhook_body,
     webhook_headers,
     webhook_url_addresses,
 )
-from .metrics import client_webhook_attempt_counted
-from .models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Signed order-status webhooks to the API clients: their endpoints, the rules a URL must
 pass, the events, and the signature. Delivery itself is the `webhook_delivery` workflow
-(`orders/webhook_delivery.py`).
+(`delivery.py`).
 
 - An event is emitted from one place, `order_event_emit`, called by the services where
   an order's status (or its payment's) changes. It only writes delivery rows and starts
@@ -35,6 +35,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from orders.models import Order
+from orders.presenters import order_presented
+from orders.selectors import orders_list
 from workflows import RunStateError, run_cancel, workflow_start
 from workflows.models import ACTIVE_RUN_STATUSES
 
@@ -42,7 +45,6 @@ from .models import (
     ORDER_STATUS_EVENTS,
     PAYMENT_STATUS_EVENTS,
     DeliveryStatus,
-    Order,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -214,20 +216,13 @@ def webhook_endpoint_enable(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
 # --- Events ----------------------------------------------------------------------------
 
 
-class _LinksBase:
-    """Stands in for the request `OrderOutputSerializer` builds its links with: links are
-    absolute on WEBHOOKS_LINKS_BASE_URL, or paths when it is unset."""
-
-    def build_absolute_uri(self, location: str) -> str:
-        return settings.WEBHOOKS_LINKS_BASE_URL.rstrip("/") + location
+def _link(location: str) -> str:
+    """Links are absolute on WEBHOOKS_LINKS_BASE_URL, or paths when it is unset."""
+    return settings.WEBHOOKS_LINKS_BASE_URL.rstrip("/") + location
 
 
 def _order_data(order: Order) -> dict[str, Any]:
-    from .api.serializers import OrderOutputSerializer  # the API layer renders the order
-
-    return json.loads(
-        json.dumps(OrderOutputSerializer(order, context={"request": _LinksBase()}).data)
-    )
+    return order_presented(order, link=_link)
 
 
 def event_id_for(*, order: Order, type: WebhookEvent) -> str:
@@ -264,8 +259,6 @@ def order_event_emit(*, order: Order | None, type: WebhookEvent | None) -> list[
 
 
 def _deliveries_create(*, order_pk: int, client_id: int, type: str) -> list[WebhookDelivery]:
-    from .selectors import orders_list
-
     type = WebhookEvent(type)
     endpoints = [
         endpoint
