@@ -15,11 +15,11 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
 
-from . import observability
+from . import observability, transitions
 from .context import WorkflowContext
 from .errors import LeaseLostError, Suspended, UnknownWorkflowError
 from .leases import LeaseKeeper, lease_release, lease_take, lease_token
-from .models import RETRY_WAIT, RunStatus, StepRecord, StepStatus, Wait, WorkflowRun
+from .models import RETRY_WAIT, StepRecord, StepStatus, Wait, WorkflowRun
 from .redaction import redact
 from .registry import WorkflowDefinition, workflow_get
 from .runtime import SegmentReleased, run_sync
@@ -134,31 +134,19 @@ def _dump_output(model: Any, result: Any) -> Any:
 
 
 def _finish_completed(run_id: uuid.UUID, token: str, output: Any, usage: dict[str, int]) -> bool:
-    now = timezone.now()
-    return bool(
-        WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
-            status=RunStatus.COMPLETED,
-            output=output,
-            usage=usage,
-            lease_owner="",
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-        )
+    return transitions.complete(
+        run_id=run_id, token=token, output=output, usage=usage, now=timezone.now()
     )
 
 
 def _finish_failed(
     run_id: uuid.UUID, token: str, exc: BaseException, usage: dict[str, int]
 ) -> None:
-    now = timezone.now()
-    WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
-        status=RunStatus.FAILED,
+    transitions.fail(
+        run_id=run_id,
+        token=token,
         error=redact(f"{type(exc).__name__}: {exc}"),
         error_traceback=redact("".join(traceback.format_exception(exc))),
         usage=usage,
-        lease_owner="",
-        lease_expires_at=None,
-        finished_at=now,
-        updated_at=now,
+        now=timezone.now(),
     )
