@@ -306,7 +306,8 @@ def _raise_stopping(signum: int, frame: object) -> None:
 
 def runtime_worker(*args: Any, **kwargs: Any) -> None:
     """django-q2's worker loop, with a runtime started for it and drained after it
-    (on SIGTERM, on recycle, on the cluster's STOP)."""
+    (on SIGTERM, on recycle, on the cluster's STOP). What it assumes of that loop is
+    listed in `management/commands/qcluster.py` (`DJANGO_Q2_INTERNALS`)."""
     from django_q.worker import worker
 
     runtime = WorkerRuntime(
