@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, get_type_hints
 from django.db import transaction
 from django.utils import timezone
 
-from . import observability, serialization
+from . import observability, serialization, transitions
 from .circuits import (
     Admission,
     circuit_enter,
@@ -40,10 +40,9 @@ from .errors import (
     Suspended,
 )
 from .history import History
-from .leases import lease_check, lease_fenced_insert
+from .leases import lease_fenced_insert
 from .models import (
     RETRY_WAIT,
-    RunStatus,
     StepKind,
     StepRecord,
     StepStatus,
@@ -566,13 +565,21 @@ class WorkflowContext:
         for marker in markers:
             lease_fenced_insert(marker, self._lease_token)
 
+    def _run_suspend(self, now: datetime) -> None:
+        """Park the run (its slot is freed), fenced by the lease like a step commit;
+        called first in the transaction that records what it waits for."""
+        if not transitions.suspend(
+            run_id=self.run_id, token=self._lease_token, usage=self.usage, now=now
+        ):
+            raise LeaseLostError(f"Run {self.run_id} is no longer leased by this worker")
+
     def _suspend(
         self, key: str, position: int, kind: StepKind, data: Any, window: timedelta
     ) -> None:
         now = timezone.now()
         self._flush_markers()
         with transaction.atomic():
-            lease_check(self.run_id, self._lease_token)
+            self._run_suspend(now)
             Wait.objects.get_or_create(
                 run_id=self.run_id,
                 key=key,
@@ -583,13 +590,6 @@ class WorkflowContext:
                     "deadline": now + window,
                 },
             )
-            WorkflowRun.objects.filter(pk=self.run_id).update(
-                status=RunStatus.SUSPENDED,
-                lease_owner="",
-                lease_expires_at=None,
-                usage=self.usage,
-                updated_at=now,
-            )
 
     def _park(self, key: str, position: int, data: dict[str, Any], deadline: datetime) -> None:
         """Record the step's wait for its dependency (the same row each time the step
@@ -597,7 +597,7 @@ class WorkflowContext:
         now = timezone.now()
         self._flush_markers()
         with transaction.atomic():
-            lease_check(self.run_id, self._lease_token)
+            self._run_suspend(now)
             wait, _ = Wait.objects.update_or_create(
                 run_id=self.run_id,
                 key=key,
@@ -611,13 +611,6 @@ class WorkflowContext:
                     "resumed_by": None,
                     "resumed_at": None,
                 },
-            )
-            WorkflowRun.objects.filter(pk=self.run_id).update(
-                status=RunStatus.SUSPENDED,
-                lease_owner="",
-                lease_expires_at=None,
-                usage=self.usage,
-                updated_at=now,
             )
         # The circuit may have closed (and woken its waiters) between the refusal and this
         # commit: then nobody else would wake this run before the horizon.

@@ -2,31 +2,36 @@
 fails or suspends. Safe to call twice at once: the lease decides who executes.
 
 `segment_execute` is the coroutine a worker's runtime runs, many at once (see
-`runtime.py`); `run_execute` runs one inline, for synchronous mode and tests.
+`runtime.py`); `run_execute` runs one inline, for synchronous mode and tests, on an
+`InlineRuntime`: the same code, only sync work runs elsewhere.
 """
 
 import asyncio
 import logging
 import traceback
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
 
-from . import observability
+from . import observability, transitions
 from .context import WorkflowContext
 from .errors import LeaseLostError, Suspended, UnknownWorkflowError
 from .history import History, history_load
-from .leases import LeaseKeeper, lease_release, lease_take, lease_token
-from .models import RETRY_WAIT, RunStatus, Wait, WorkflowRun
+from .leases import lease_release, lease_take, lease_token
+from .models import RETRY_WAIT, Wait, WorkflowRun
 from .redaction import redact
 from .registry import WorkflowDefinition, workflow_get
-from .runtime import SegmentReleased, run_sync
-
-if TYPE_CHECKING:
-    from .runtime import WorkerRuntime
+from .runtime import (
+    InlineRuntime,
+    SegmentOutcome,
+    SegmentReleased,
+    SegmentRuntime,
+    run_sync,
+    segment_running_on,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +51,24 @@ def _segment_begin(
     return run, history, retry_waits
 
 
-async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | None") -> str:
-    """Execute a run's next segment. Returns what happened, for logs and tests."""
+async def segment_execute(run_id: uuid.UUID | str, runtime: SegmentRuntime) -> SegmentOutcome:
+    """Execute a run's next segment on `runtime`. Returns what happened."""
+    with segment_running_on(runtime):
+        return await _segment_execute(run_id, runtime)
+
+
+async def _segment_execute(run_id: uuid.UUID | str, runtime: SegmentRuntime) -> SegmentOutcome:
     token = lease_token()
     if not await run_sync(lease_take)(run_id, token):
         logger.info("run %s: not pending or leased elsewhere; nothing to do", run_id)
-        return "skipped"
+        return SegmentOutcome.SKIPPED
     run, history, retry_waits = await run_sync(_segment_begin)(run_id)
     try:
         definition = workflow_get(run.workflow_id)
     except UnknownWorkflowError as exc:
         await run_sync(_finish_failed)(run.id, token, exc, {})
-        return "failed"
+        return SegmentOutcome.FAILED
 
-    keeper = runtime.keeper if runtime is not None else LeaseKeeper()
     ctx = WorkflowContext(
         run=run,
         definition=definition,
@@ -69,7 +78,7 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | Non
     )
     observability.segment_started(ctx, run)
     try:
-        with keeper.holding(run.id, token):
+        with runtime.keeper.holding(run.id, token):
             outcome = await asyncio.wait_for(
                 _segment_body(ctx, definition, run, token),
                 timeout=settings.WORKFLOWS_SEGMENT_TIMEOUT_SECONDS,
@@ -80,44 +89,49 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: "WorkerRuntime | Non
             f"The segment ran longer than {limit} s; retry_run continues it"
         )
         await run_sync(_finish_failed)(run.id, token, timeout, ctx.usage)
-        outcome = "failed"
+        outcome = SegmentOutcome.FAILED
         observability.segment_failed(ctx, timeout)
-    finally:
-        if runtime is None:
-            await keeper.close()
     observability.segment_finished(ctx, outcome)
     return outcome
 
 
 async def _segment_body(
     ctx: WorkflowContext, definition: WorkflowDefinition, run: WorkflowRun, token: str
-) -> str:
+) -> SegmentOutcome:
     try:
         payload = definition.input_model.model_validate(run.input)
         result = await definition.fn(ctx, payload)
         ctx.history.check_complete()
         output = _dump_output(definition.output_model, result)
     except Suspended:
-        return "suspended"
+        return SegmentOutcome.SUSPENDED
     except SegmentReleased:
         released = await run_sync(lease_release)(run.id, token)
         logger.info("run %s: handed back to the queue (worker stopping)", run.id)
-        return "released" if released else "lease_lost"
+        return SegmentOutcome.RELEASED if released else SegmentOutcome.LEASE_LOST
     except LeaseLostError:
         logger.warning("run %s: lease lost (cancelled or taken over); stopping", run.id)
-        return "lease_lost"
+        return SegmentOutcome.LEASE_LOST
     except Exception as exc:
         logger.info("run %s failed: %s", run.id, exc)
         observability.segment_failed(ctx, exc)
         await run_sync(_finish_failed)(run.id, token, exc, ctx.usage)
-        return "failed"
+        return SegmentOutcome.FAILED
     finished = await run_sync(_finish_completed)(run.id, token, output, ctx.usage)
-    return "completed" if finished else "lease_lost"
+    return SegmentOutcome.COMPLETED if finished else SegmentOutcome.LEASE_LOST
 
 
-def run_execute(run_id: uuid.UUID | str) -> str:
+def run_execute(run_id: uuid.UUID | str) -> SegmentOutcome:
     """Execute a run's next segment inline, in this thread's transaction."""
-    return async_to_sync(segment_execute)(run_id, None)
+    return async_to_sync(_execute_inline)(run_id)
+
+
+async def _execute_inline(run_id: uuid.UUID | str) -> SegmentOutcome:
+    runtime = InlineRuntime()
+    try:
+        return await segment_execute(run_id, runtime)
+    finally:
+        await runtime.close()
 
 
 def _dump_output(model: Any, result: Any) -> Any:
@@ -127,31 +141,19 @@ def _dump_output(model: Any, result: Any) -> Any:
 
 
 def _finish_completed(run_id: uuid.UUID, token: str, output: Any, usage: dict[str, int]) -> bool:
-    now = timezone.now()
-    return bool(
-        WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
-            status=RunStatus.COMPLETED,
-            output=output,
-            usage=usage,
-            lease_owner="",
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-        )
+    return transitions.complete(
+        run_id=run_id, token=token, output=output, usage=usage, now=timezone.now()
     )
 
 
 def _finish_failed(
     run_id: uuid.UUID, token: str, exc: BaseException, usage: dict[str, int]
 ) -> None:
-    now = timezone.now()
-    WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
-        status=RunStatus.FAILED,
+    transitions.fail(
+        run_id=run_id,
+        token=token,
         error=redact(f"{type(exc).__name__}: {exc}"),
         error_traceback=redact("".join(traceback.format_exception(exc))),
         usage=usage,
-        lease_owner="",
-        lease_expires_at=None,
-        finished_at=now,
-        updated_at=now,
+        now=timezone.now(),
     )

@@ -6,12 +6,16 @@ A run is executed by whoever holds its lease (`WorkflowRun.lease_owner` + expiry
   whose lease expired, can be taken. A duplicate delivery of the same task loses here.
 - **keep** (`LeaseKeeper`): one periodic UPDATE per process renews the leases of every
   segment it has in flight, however many.
-- **fence** (`lease_fenced_insert`, `lease_check`): every step commit inserts its row only
-  if the lease is still held, in the same statement; a worker that lost the run (taken
-  over, cancelled) stops at its next step.
+- **fence** (`lease_fenced_insert`): every step commit inserts its row only if the lease
+  is still held, in the same statement; a worker that lost the run (taken over,
+  cancelled) stops at its next step. A suspend is fenced by its own transition.
 - **release** (`lease_release`): a worker that stops with segments unfinished hands their
   runs back (pending, queued again) so another worker continues at once.
-- **expiry** (`lease_expired`): the reaper re-queues running runs whose worker died.
+- **expiry** (`transitions.lease_expired`): the reaper re-queues running runs whose
+  worker died.
+
+This module is the lease's policy (how long, when to renew, what a hand-back sends);
+the UPDATEs themselves are `transitions.py`'s, like every change of a run's state.
 """
 
 import asyncio
@@ -21,16 +25,14 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import observability
+from . import observability, transitions
 from .errors import LeaseLostError
 from .models import RunStatus, StepRecord, WorkflowRun
 from .queue import run_enqueue
@@ -47,32 +49,17 @@ def lease_token() -> str:
     return uuid.uuid4().hex
 
 
-def lease_expired(now: datetime) -> Q:
-    """Running runs whose worker stopped renewing: the reaper takes them over."""
-    return Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
-
-
 def lease_take(run_id: uuid.UUID | str, token: str) -> bool:
     """Take the run's lease with one conditional UPDATE, or return False. A pending run
     is tried first; only if it is not pending, a running one whose lease expired (a
     take-over, counted: one more UPDATE, only off the common path)."""
     now = timezone.now()
-    for taken_over, takeable in ((False, Q(status=RunStatus.PENDING)), (True, lease_expired(now))):
-        if (
-            WorkflowRun.objects.filter(pk=run_id)
-            .filter(takeable)
-            .update(
-                status=RunStatus.RUNNING,
-                lease_owner=token,
-                lease_expires_at=now + lease_duration(),
-                attempts=F("attempts") + 1,
-                started_at=Coalesce(F("started_at"), now),
-                updated_at=now,
-            )
-        ):
-            if taken_over:
-                observability.lease_taken_over()
-            return True
+    until = now + lease_duration()
+    if transitions.take(run_id=run_id, token=token, until=until, now=now):
+        return True
+    if transitions.take_over(run_id=run_id, token=token, until=until, now=now):
+        observability.lease_taken_over()
+        return True
     return False
 
 
@@ -80,36 +67,17 @@ def lease_renew(tokens: list[str]) -> int:
     """Extend every lease still held under `tokens`, in one UPDATE. Returns how many."""
     if not tokens:
         return 0
-    return WorkflowRun.objects.filter(lease_owner__in=tokens, status=RunStatus.RUNNING).update(
-        lease_expires_at=timezone.now() + lease_duration()
-    )
-
-
-def lease_check(run_id: uuid.UUID | str, token: str) -> None:
-    """Renew one lease, or raise `LeaseLostError`: for writes that are not a step row
-    (a suspend), inside their own transaction."""
-    renewed = WorkflowRun.objects.filter(
-        pk=run_id, lease_owner=token, status=RunStatus.RUNNING
-    ).update(lease_expires_at=timezone.now() + lease_duration())
-    if not renewed:
-        raise LeaseLostError(f"Run {run_id} is no longer leased by this worker")
+    return transitions.leases_extend(tokens=tokens, until=timezone.now() + lease_duration())
 
 
 def lease_release(run_id: uuid.UUID | str, token: str) -> bool:
     """Hand a run this worker could not finish back to the queue: pending again, its
     task sent, in one transaction. Nothing happens if the lease was lost meanwhile."""
     with transaction.atomic():
-        released = WorkflowRun.objects.filter(
-            pk=run_id, lease_owner=token, status=RunStatus.RUNNING
-        ).update(
-            status=RunStatus.PENDING,
-            lease_owner="",
-            lease_expires_at=None,
-            updated_at=timezone.now(),
-        )
+        released = transitions.release(run_id=run_id, token=token, now=timezone.now())
         if released:
             run_enqueue(run_id)
-    return bool(released)
+    return released
 
 
 # The step commit is the engine's hot path: one statement, committed on its own, that

@@ -20,18 +20,43 @@ it to the process's `WorkerRuntime` and returns:
   `WORKFLOWS_DRAIN_SECONDS`, then has the rest stop at their next step and hands their
   runs back to the queue (`lease_release`), so another worker continues them at once.
 
-Outside a worker (synchronous mode, tests, `run_execute`) a segment runs inline.
+Outside a worker (synchronous mode, tests, `run_execute`) a segment runs on an
+`InlineRuntime`. Either way the segment is handed its runtime (`segment_execute(run_id,
+runtime)`), which sets it for the segment's code (`segment_runtime`): `run_sync` and
+`segment_should_stop` ask the segment's runtime, so inline and worker execution take the
+same path and differ only in where sync work runs.
+
+Which code runs on which thread, in a worker process:
+
+- **main thread**: django-q2's worker loop (`runtime_worker` → `django_q.worker.worker`)
+  takes a task and calls `tasks.run_execute_task`, which hands the run to
+  `WorkerRuntime.submit` (blocking while every slot is taken) and returns. SIGTERM
+  raises `WorkerStopping` here; `WorkerRuntime.stop` (the drain, the hand-back of what
+  is left) runs here too.
+- **`workflows-loop`**: the event loop. Every segment (`executor.segment_execute`): the
+  workflow function, its async steps and the agent loop with its model calls; the
+  `LeaseKeeper`'s renewals and the wake tick are tasks on it too. Nothing here blocks:
+  sync work goes through `run_sync`.
+- **`workflows-sync_N`** (the pool): whatever `run_sync` is given: every ORM write of
+  the engine (take, step commits, transitions), sync steps (Stripe, SMTP). Each thread
+  has its own database connection.
+
+Inline (`run_execute`), asgiref runs the segment's coroutine on a loop of its own, and
+`run_sync` brings sync work back to the calling thread, inside its transaction.
 """
 
 import asyncio
 import concurrent.futures
+import contextvars
+import enum
 import logging
 import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -60,7 +85,45 @@ class SegmentReleased(BaseException):
     `Exception` cannot swallow it."""
 
 
-class WorkerRuntime:
+class SegmentOutcome(enum.StrEnum):
+    """How a segment ended (for logs, metrics and tests)."""
+
+    SKIPPED = "skipped"  # not pending, or leased elsewhere: another delivery has it
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SUSPENDED = "suspended"  # waiting (suspend, long sleep, a dependency down)
+    RELEASED = "released"  # its worker stopped; handed back to the queue
+    LEASE_LOST = "lease_lost"  # cancelled or taken over while it ran
+
+
+class SegmentRuntime:
+    """What a segment runs on: where its sync work runs, who renews its lease, and
+    whether it must stop at its next step."""
+
+    keeper: LeaseKeeper
+
+    async def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        raise NotImplementedError
+
+    def must_stop(self) -> bool:
+        return False
+
+
+class InlineRuntime(SegmentRuntime):
+    """One segment executed in the caller's thread (`run_execute`): sync work in that
+    thread, as asgiref's `sync_to_async` does, so that it sees the caller's transaction."""
+
+    def __init__(self) -> None:
+        self.keeper = LeaseKeeper()
+
+    async def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await sync_to_async(fn)(*args, **kwargs)
+
+    async def close(self) -> None:
+        await self.keeper.close()
+
+
+class WorkerRuntime(SegmentRuntime):
     """The event loop, the sync thread pool and the slots of one worker process."""
 
     def __init__(
@@ -73,7 +136,7 @@ class WorkerRuntime:
         )
         self.keeper = LeaseKeeper()
         self._slots = threading.BoundedSemaphore(concurrency)
-        self._in_flight: set[concurrent.futures.Future[str]] = set()
+        self._in_flight: set[concurrent.futures.Future[SegmentOutcome]] = set()
         self._lock = threading.Lock()
         self.accepting = True
         self.releasing = False  # segments stop at their next step
@@ -110,9 +173,16 @@ class WorkerRuntime:
             return False
 
     async def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self.owns_current_loop():
+            # Code nested in another loop (a step's own `async_to_sync`) cannot wait on
+            # this loop's pool: the call stays in its thread.
+            return await sync_to_async(fn)(*args, **kwargs)
         return await self.loop.run_in_executor(
             self.executor, _call_with_own_connection, fn, args, kwargs
         )
+
+    def must_stop(self) -> bool:
+        return self.releasing and self.owns_current_loop()
 
     def submit(self, run_id: uuid.UUID | str, *, wait_seconds: float) -> bool:
         """Start a segment of `run_id` on the loop once a slot is free. Called by the
@@ -134,7 +204,7 @@ class WorkerRuntime:
         future.add_done_callback(self._finished)
         return True
 
-    def _finished(self, future: concurrent.futures.Future[str]) -> None:
+    def _finished(self, future: concurrent.futures.Future[SegmentOutcome]) -> None:
         with self._lock:
             self._in_flight.discard(future)
             observability.worker_slots(self)
@@ -178,35 +248,53 @@ def _call_with_own_connection(
             connection.close()
 
 
-_runtime: WorkerRuntime | None = None
+_segment_runtime: contextvars.ContextVar[SegmentRuntime | None] = contextvars.ContextVar(
+    "workflows_segment_runtime", default=None
+)
+_worker_runtime: contextvars.ContextVar[WorkerRuntime | None] = contextvars.ContextVar(
+    "workflows_worker_runtime", default=None
+)
+
+
+@contextmanager
+def segment_running_on(runtime: SegmentRuntime) -> Iterator[None]:
+    """Run the enclosed segment code on `runtime` (set by `segment_execute`)."""
+    token = _segment_runtime.set(runtime)
+    try:
+        yield
+    finally:
+        _segment_runtime.reset(token)
+
+
+def segment_runtime() -> SegmentRuntime | None:
+    """The runtime of the segment this code runs in, if any."""
+    return _segment_runtime.get()
 
 
 def worker_runtime() -> WorkerRuntime | None:
-    """This process's runtime, if it is a worker that runs one."""
-    return _runtime
+    """The runtime django-q2's worker loop was started with (`runtime_worker`), for the
+    task that hands it a run; None where tasks run without one (synchronous mode)."""
+    return _worker_runtime.get()
 
 
 def run_sync(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`fn` as an awaitable that runs off the event loop.
+    """`fn` as an awaitable that runs off the event loop, where the segment's runtime
+    runs sync work: the worker's bounded thread pool, or the caller's thread inline.
+    Outside a segment, in the caller's thread (asgiref's `sync_to_async`)."""
+    runtime = _segment_runtime.get()
+    if runtime is None:
+        return sync_to_async(fn)
 
-    In a worker: on the runtime's bounded thread pool. Elsewhere (inline execution,
-    tests): in the caller's thread, as asgiref's `sync_to_async` does, so that code run
-    inline sees its caller's transaction.
-    """
-    runtime = _runtime
-    if runtime is not None and runtime.owns_current_loop():
+    async def call(*args: Any, **kwargs: Any) -> T:
+        return await runtime.call_sync(fn, *args, **kwargs)
 
-        async def call(*args: Any, **kwargs: Any) -> T:
-            return await runtime.call_sync(fn, *args, **kwargs)
-
-        return call
-    return sync_to_async(fn)
+    return call
 
 
 def segment_should_stop() -> bool:
     """True when the worker is stopping and segments must yield at their next step."""
-    runtime = _runtime
-    return runtime is not None and runtime.releasing and runtime.owns_current_loop()
+    runtime = _segment_runtime.get()
+    return runtime is not None and runtime.must_stop()
 
 
 # --- the django-q2 worker process ------------------------------------------------------
@@ -218,23 +306,25 @@ def _raise_stopping(signum: int, frame: object) -> None:
 
 def runtime_worker(*args: Any, **kwargs: Any) -> None:
     """django-q2's worker loop, with a runtime started for it and drained after it
-    (on SIGTERM, on recycle, on the cluster's STOP)."""
+    (on SIGTERM, on recycle, on the cluster's STOP). What it assumes of that loop is
+    listed in `management/commands/qcluster.py` (`DJANGO_Q2_INTERNALS`)."""
     from django_q.worker import worker
 
-    global _runtime
-    _runtime = WorkerRuntime(
+    runtime = WorkerRuntime(
         concurrency=settings.WORKFLOWS_CONCURRENCY,
         sync_threads=settings.WORKFLOWS_SYNC_THREADS,
         wake_seconds=settings.WORKFLOWS_WAKE_SECONDS,
     )
     signal.signal(signal.SIGTERM, _raise_stopping)
-    observability.worker_started(_runtime)
+    observability.worker_started(runtime)
+    token = _worker_runtime.set(runtime)  # read by the task django-q2 calls in this thread
     try:
         worker(*args, **kwargs)
     except WorkerStopping:
         logger.info("worker %s got SIGTERM: draining", os.getpid())
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain
-        _runtime.stop(drain_seconds=settings.WORKFLOWS_DRAIN_SECONDS)
+        runtime.stop(drain_seconds=settings.WORKFLOWS_DRAIN_SECONDS)
+        _worker_runtime.reset(token)
         connection.close()
         observability.worker_stopped()  # its live gauges go; its spans are sent

@@ -17,7 +17,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
-from . import hooks, observability
+from . import hooks, observability, transitions
 from .circuits import circuit_probe_take, circuits_probe_due
 from .errors import (
     PayloadError,
@@ -26,7 +26,6 @@ from .errors import (
     WaitExpiredError,
     WaitNotFoundError,
 )
-from .leases import lease_expired
 from .models import (
     ACTIVE_RUN_STATUSES,
     RETRY_WAIT,
@@ -40,6 +39,7 @@ from .models import (
 )
 from .queue import queue_depth, run_enqueue
 from .registry import workflow_get
+from .transitions import lease_expired
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,7 @@ def _release_wait(
         started_at=wait.created_at,
         finished_at=now,
     )
-    WorkflowRun.objects.filter(pk=run_id, status=RunStatus.SUSPENDED).update(
-        status=RunStatus.PENDING, updated_at=now
-    )
+    transitions.resume(run_id=run_id, now=now)
     run_enqueue(run_id)
     return wait
 
@@ -196,9 +194,7 @@ def retry_wait_release(
         ):
             return False
         run_id = Wait.objects.values_list("run_id", flat=True).get(pk=wait_id)
-        if not WorkflowRun.objects.filter(pk=run_id, status=RunStatus.SUSPENDED).update(
-            status=RunStatus.PENDING, updated_at=now
-        ):
+        if not transitions.resume(run_id=run_id, now=now):
             return True  # cancelled meanwhile: nothing to execute
         run_enqueue(run_id)
     return True
@@ -255,13 +251,7 @@ def run_cancel(run_id: UUID | str) -> WorkflowRun:
     it stops at its next step commit."""
     now = timezone.now()
     with transaction.atomic():
-        cancelled = WorkflowRun.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).update(
-            status=RunStatus.CANCELLED,
-            lease_owner="",
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-        )
+        cancelled = transitions.cancel(run_id=run_id, now=now)
         run = WorkflowRun.objects.get(pk=run_id)
         if not cancelled:
             raise RunStateError(f"Run {run_id} is {run.status}; only active runs can be cancelled")
@@ -287,13 +277,7 @@ def run_retry(run_id: UUID | str) -> WorkflowRun:
     (and are not run again), the failed step is forgotten and runs anew."""
     now = timezone.now()
     with transaction.atomic():
-        retried = WorkflowRun.objects.filter(pk=run_id, status=RunStatus.FAILED).update(
-            status=RunStatus.PENDING,
-            error="",
-            error_traceback="",
-            finished_at=None,
-            updated_at=now,
-        )
+        retried = transitions.retry(run_id=run_id, now=now)
         run = WorkflowRun.objects.get(pk=run_id)
         if not retried:
             raise RunStateError(f"Run {run_id} is {run.status}; only failed runs can be retried")
@@ -436,13 +420,11 @@ def runs_reap(*, now: datetime | None = None) -> list[UUID]:
     requeued = []
     for run_id in candidates:
         with transaction.atomic():
-            revived = WorkflowRun.objects.filter(dead, pk=run_id).update(
-                status=RunStatus.PENDING, lease_owner="", lease_expires_at=None, updated_at=now
-            )
+            revived = transitions.reap(run_id=run_id, now=now)
             if revived:
                 observability.lease_taken_over()  # a dead worker's lease, taken back
-            elif pending_tasks_lost:
-                revived = WorkflowRun.objects.filter(lost, pk=run_id).update(updated_at=now)
+            elif pending_tasks_lost:  # still pending: only its clock restarts
+                revived = bool(WorkflowRun.objects.filter(lost, pk=run_id).update(updated_at=now))
             if revived:
                 run_enqueue(run_id)
                 requeued.append(run_id)

@@ -15,7 +15,7 @@ def run_execute_task(run_id: str) -> str:
     runtime = worker_runtime()
     if runtime is None:
         close_old_connections()
-        return run_execute(run_id)
+        return run_execute(run_id).value  # a plain str in django-q2's task results
     if runtime.submit(run_id, wait_seconds=settings.WORKFLOWS_SLOT_WAIT_SECONDS):
         return "accepted"
     # Stopping, or every slot stayed busy: back on the queue for another worker.

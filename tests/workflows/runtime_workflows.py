@@ -8,7 +8,7 @@ import time
 from pydantic import BaseModel
 
 from workflows import WorkflowContext, workflow
-from workflows.runtime import worker_runtime
+from workflows.runtime import WorkerRuntime, segment_runtime
 
 
 class SlowCallsInput(BaseModel):
@@ -31,12 +31,12 @@ async def slow_call(seconds: float) -> CallRecord:
     """Stands in for a model call: waits without holding a thread."""
     started = time.time()
     await asyncio.sleep(seconds)
-    runtime = worker_runtime()
+    runtime = segment_runtime()
     return CallRecord(
         pid=os.getpid(),
         started=started,
         finished=time.time(),
-        in_flight=runtime.in_flight if runtime else 1,
+        in_flight=runtime.in_flight if isinstance(runtime, WorkerRuntime) else 1,
     )
 
 

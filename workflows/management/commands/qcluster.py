@@ -13,10 +13,15 @@ globals its `Cluster` and `Sentinel` look up when they start processes):
   stops the pusher, hands the tasks its workers will not take back to the queue, and
   waits for the workers to drain. django-q2's own sentinel dies on the spot instead,
   and the parent then hangs in its exit-time join.
+
+What of django-q2 this relies on beyond its documented API is listed once, below, in
+`DJANGO_Q2_INTERNALS`; tests/workflows/test_qcluster_internals.py fails when an upgrade
+changes any of it.
 """
 
 import queue
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 from django_q import cluster
@@ -24,6 +29,81 @@ from django_q.management.commands.qcluster import Command as DjangoQCommand
 
 from workflows.queue import EXECUTE_TASK, run_enqueue
 from workflows.runtime import runtime_worker
+
+DJANGO_Q2_VERSION = "1.11"
+"""The django-q2 series these internals were read from (requirements.txt pins 1.11.1)."""
+
+
+@dataclass(frozen=True)
+class Q2Internal:
+    path: str  # dotted path of a django-q2 function or method
+    parameters: tuple[str, ...]  # its parameter names, in order
+    names: tuple[str, ...]  # globals, attributes or string constants its code must use
+    why: str
+
+
+DJANGO_Q2_INTERNALS = (
+    Q2Internal(
+        "django_q.cluster.Cluster.start",
+        ("self",),
+        ("Sentinel",),
+        "starts the module global `Sentinel`, looked up then: `cluster.Sentinel = "
+        "DrainingSentinel` takes effect",
+    ),
+    Q2Internal(
+        "django_q.cluster.Sentinel.__init__",
+        ("self", "stop_event", "start_event", "cluster_id", "broker", "timeout", "start"),
+        ("task_queue", "event_out", "pusher", "broker"),
+        "DrainingSentinel passes `start=False` to ignore SIGTERM before it starts, and "
+        "reads these attributes",
+    ),
+    Q2Internal("django_q.cluster.Sentinel.start", ("self",), (), "DrainingSentinel calls it"),
+    Q2Internal(
+        "django_q.cluster.Sentinel.stop",
+        ("self",),
+        ("event_out", "pusher", "STOP"),
+        "DrainingSentinel.stop stops the pusher first, then lets it put its STOP pills",
+    ),
+    Q2Internal(
+        "django_q.cluster.Sentinel.spawn_worker",
+        ("self",),
+        ("spawn_process", "worker"),
+        "spawns the module global `worker`, looked up at each spawn: `cluster.worker = "
+        "runtime_worker` reaches every worker process, reincarnated ones too",
+    ),
+    Q2Internal(
+        "django_q.cluster.Sentinel.spawn_process",
+        ("self", "target", "args"),
+        ("worker", "pool", "timer"),
+        "counts a process as a pool worker when its target is that same global",
+    ),
+    Q2Internal(
+        "django_q.worker.worker",
+        ("task_queue", "result_queue", "timer", "timeout"),
+        ("STOP", "func", "args", "kwargs"),
+        "`runtime_worker` passes its arguments through; it calls each task's function in "
+        "its own thread (where `runtime_worker` set the runtime for `run_execute_task`), "
+        "and SIGTERM's `WorkerStopping` is raised inside its loop",
+    ),
+    Q2Internal(
+        "django_q.pusher.pusher",
+        ("task_queue", "event", "broker"),
+        ("ack_id",),
+        "puts each task in the task queue with its `ack_id`, which the hand-back acknowledges",
+    ),
+    Q2Internal(
+        "django_q.brokers.Broker.acknowledge",
+        ("self", "task_id"),
+        (),
+        "the hand-back acknowledges the tasks it queues again",
+    ),
+    Q2Internal(
+        "django_q.management.commands.qcluster.Command.handle",
+        ("self", "args", "options"),
+        ("Cluster",),
+        "`Command.handle` patches the globals above, then runs django-q2's own",
+    ),
+)
 
 
 class DrainingSentinel(cluster.Sentinel):
