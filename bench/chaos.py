@@ -8,7 +8,7 @@ It owns everything it uses: its database (a temp SQLite file, or a database `ben
 created, and dropped at the end, on the PostgreSQL server of `--database-url`; the
 database named in the URL is only used to issue CREATE/DROP DATABASE), a local
 Stripe-compatible server and a local SMTP server (from `tests/support`), and the qcluster
-processes. Orders go in through `orders.services.order_create` in K+1 waves; after each
+processes. Orders go in through `orders.services.intake.order_create` in K+1 waves; after each
 of the first K waves the whole cluster (sentinel and workers) is SIGKILLed at a random
 moment, a new one is started with a 2 s lease, and once the dead leases have expired the
 runs are reaped from here. Large orders are approved or rejected (`review_decide`) as they

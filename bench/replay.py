@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def suspend_orders(count: int) -> None:
     """N orders over the threshold, each executed inline until its fraud review."""
     from orders.schemas import OrderPayload
-    from orders.services import order_create
+    from orders.services.intake import order_create
     from workflows import queue
     from workflows.executor import run_execute
 

@@ -23,7 +23,8 @@ from .schemas import (
     SendEmailInput,
     SendEmailOutput,
 )
-from .services import order_charge, order_check_arguments, order_confirm, order_for_run
+from .services.lifecycle import order_check_arguments, order_confirm, order_for_run
+from .services.payments import order_charge
 
 # A tool call retries in the worker (the model waits for its answer) and does not call a
 # dependency whose circuit is open; the workflow's own charge and confirm steps wait out

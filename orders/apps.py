@@ -27,7 +27,9 @@ class OrdersConfig(AppConfig):
         from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
         from .payments import STRIPE_DEPENDENCY
         from .selectors import order_run_facts
-        from .services import order_follow_fork, order_run_cancel, review_reminders_send
+        from .services.cancellation import order_run_cancel
+        from .services.lifecycle import order_follow_fork
+        from .services.reviews import review_reminders_send
 
         # What people call the dependencies an order run may wait for ("waiting for
         # Stripe (attempt 6, ...)"); the order agent's model calls wait for its provider.

@@ -31,7 +31,7 @@ class OrderStatus(models.TextChoices):
 
 
 class PaymentStatus(models.TextChoices):
-    """Where the order's money is. Moves only through `orders.services` (see
+    """Where the order's money is. Moves only through `orders.services.payments` (see
     `PAYMENT_TRANSITIONS` there), whether the service moved it or Stripe told us."""
 
     NONE = "none", "no payment"

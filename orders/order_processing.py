@@ -40,17 +40,10 @@ from .payments import (
 )
 from .policy import fraud_review_required, fraud_review_threshold
 from .schemas import ActionDetails, OrderAgentOutput, OrderPayload, OrderResult, OrderSnapshot
-from .services import (
-    order_capture,
-    order_charge,
-    order_confirm,
-    order_finish,
-    order_for_run,
-    order_payment_release,
-    order_register_run,
-    order_review_open,
-    order_snapshot,
-)
+from .services.intake import order_register_run
+from .services.lifecycle import order_confirm, order_finish, order_for_run, order_snapshot
+from .services.payments import order_capture, order_charge, order_payment_release
+from .services.reviews import order_review_open
 
 # Gateway outages are waited out (a durable wait after the first few attempts, behind
 # Stripe's circuit) for the retry horizon; past it the run fails and `retry_run` (or

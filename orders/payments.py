@@ -11,6 +11,10 @@ Refunds, captures and cancels follow the same rule.
 A charge is captured at once, or only authorized (`capture=False`: a PaymentIntent with
 `capture_method=manual`, a hold on the card) and later captured or cancelled; the
 orders service decides which (`orders.policy.payment_capture_now`).
+
+Over 500 lines on purpose: the two gateways implement one `PaymentGateway` protocol
+and are read side by side (the simulation answers as Stripe does), with the key and
+recovery rules they share.
 """
 
 import hashlib

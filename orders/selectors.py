@@ -4,14 +4,12 @@ runs and their fraud reviews. Writes live in `orders.services`."""
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 from uuid import UUID
 
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
-from django.http import Http404
-from django.shortcuts import get_object_or_404
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db.models import Count, Exists, Model, OuterRef, Prefetch, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 from django_q.brokers import get_broker
@@ -26,6 +24,7 @@ from workflows.selectors import (
     runs_cost_total,
 )
 
+from .errors import NotFound
 from .models import (
     CONFIRMATION_SENT,
     EmailKind,
@@ -35,6 +34,8 @@ from .models import (
     Order,
     OrderStatus,
 )
+
+_M = TypeVar("_M", bound=Model)
 
 # An order whose run stopped (failed, or cancelled behind the order's back) before the
 # order was settled: shown as this status, with the run's error as the reason, until
@@ -110,18 +111,27 @@ def _orders() -> QuerySet[Order]:
     )
 
 
+def _one(queryset: QuerySet[_M], **lookups: object) -> _M:
+    """The one object matching `lookups`, or `NotFound` worded as Django's
+    `get_object_or_404` words it (the API has always answered so)."""
+    try:
+        return queryset.get(**lookups)
+    except ObjectDoesNotExist:
+        raise NotFound(f"No {queryset.model._meta.object_name} matches the given query.") from None
+
+
 def order_get(*, order_id: str, client: User | None = None) -> Order:
     """For staff tools (commands): the order with that id, the `client`'s if given.
-    `Http404` if none; without a client, `Order.MultipleObjectsReturned` when clients
+    `NotFound` if none; without a client, `Order.MultipleObjectsReturned` when clients
     share the id, so that a command never acts on a guess."""
     orders = _orders() if client is None else _orders().filter(client=client)
-    return get_object_or_404(orders, order_id=order_id)
+    return _one(orders, order_id=order_id)
 
 
 def order_get_for(*, client: User, order_id: str) -> Order:
-    """The API client's own order with that id, or `Http404`: another client's order is
+    """The API client's own order with that id, or `NotFound`: another client's order is
     not found either, so ids never leak between clients."""
-    return get_object_or_404(_orders(), client=client, order_id=order_id)
+    return _one(_orders(), client=client, order_id=order_id)
 
 
 def order_list_for(*, client: User, status: str | None = None) -> QuerySet[Order]:
@@ -154,18 +164,18 @@ def _owns_run_or_its_fork(*, client: User, run_id: UUID | str) -> bool:
 
 def run_get_for(*, client: User, run_id: UUID | str) -> WorkflowRun:
     """The run of one of the API client's orders (its current run, or one it was forked
-    from), with its steps and waits; `Http404` for another client's run, a run without
+    from), with its steps and waits; `NotFound` for another client's run, a run without
     an order, or a malformed id."""
     try:
         owned = _owns_run_or_its_fork(client=client, run_id=run_id)
     except (ValueError, ValidationError):
         owned = False
     if not owned:
-        raise Http404(f"No run {run_id}")
+        raise NotFound(f"No run {run_id}")
     try:
         return run_get_with_steps(run_id=run_id)
     except RunNotFoundError as exc:
-        raise Http404(str(exc)) from exc
+        raise NotFound(str(exc)) from exc
 
 
 def orders_list(*, status: str | None = None) -> QuerySet[Order]:

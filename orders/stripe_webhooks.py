@@ -2,9 +2,10 @@
 `payment_status` true when something happens outside the service (a refund made in the
 dashboard, a dispute, an authorization that expired, a Radar review).
 
-The view verifies the signature (`stripe.WebhookSignature.verify_header` with
-`STRIPE_WEBHOOK_SECRET`), checks the event's shape (`stripe_event_parse`: a signed event
-of the wrong shape is stored as rejected and answered 400) and hands it to
+The view (`orders.api.stripe_webhook_view`, the HTTP edge) verifies the signature
+(`stripe.WebhookSignature.verify_header` with `STRIPE_WEBHOOK_SECRET`), checks the
+event's shape (`stripe_event_parse`: a signed event of the wrong shape is stored as
+rejected, by `stripe_event_reject`, and answered 400) and hands it to
 `stripe_event_apply`, which stores it once by its id and applies it in the same
 transaction: a redelivered event finds its row and changes nothing, and an event whose
 handling failed is not stored, so Stripe's retry applies it.
@@ -30,26 +31,18 @@ An event about nothing of ours is stored as "no matching order" and acknowledged
 """
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any
 
-import stripe
-from django.conf import settings
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.debug import sensitive_variables
-from django.views.decorators.http import require_POST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .metrics import stripe_webhook_counted
 from .models import Order, PaymentStatus, StripeEvent
 from .payments import from_minor_units, to_minor_units
-from .services import order_payment_status_set, order_radar_review_set
+from .services.payments import order_payment_status_set, order_radar_review_set
 
 logger = logging.getLogger(__name__)
 
@@ -111,58 +104,6 @@ class MalformedEventError(ValueError):
 
 
 Handler = Callable[[Order, StripeObject], str]
-
-
-@csrf_exempt
-@require_POST
-def stripe_webhook_view(request: HttpRequest) -> HttpResponse:
-    """Verify the signature, check the event's shape, then apply it once. Never accepts
-    an unsigned event: without a secret the endpoint is closed (503, and the log says
-    why). A signed event of the wrong shape is stored as rejected and answered 400
-    (Stripe would retry a 500 for days)."""
-    if not settings.STRIPE_WEBHOOK_SECRET:
-        logger.error("Stripe webhook refused: STRIPE_WEBHOOK_SECRET is not set")
-        stripe_webhook_counted(None, False, reason="unconfigured")
-        return HttpResponse("Stripe webhooks are not configured.", status=503)
-    try:
-        event = _verified(request.body, request.headers.get("Stripe-Signature"))
-    except stripe.SignatureVerificationError:
-        logger.warning("Stripe webhook refused: bad or missing signature")
-        stripe_webhook_counted(None, False, reason="signature")
-        return HttpResponse("Invalid signature.", status=400)
-    except ValueError:  # not UTF-8 or not JSON, though signed
-        logger.warning("Stripe webhook refused: the body is not a JSON event")
-        stripe_webhook_counted(None, False, reason="malformed")
-        return HttpResponse("Malformed event.", status=400)
-    try:
-        envelope, obj = stripe_event_parse(event)
-    except MalformedEventError as exc:
-        record = stripe_event_reject(event=event, body=request.body, problem=str(exc))
-        logger.warning("Stripe webhook refused: event %s is malformed: %s", record.event_id, exc)
-        stripe_webhook_counted(None, False, reason="malformed")
-        return HttpResponse(f"Malformed event: {exc}", status=400)
-    record, created = stripe_event_apply(envelope=envelope, obj=obj, payload=event)
-    stripe_webhook_counted(record.type, True)
-    return JsonResponse({"received": True, "duplicate": not created, "outcome": record.outcome})
-
-
-@sensitive_variables()
-def _verified(body: bytes, header: str | None) -> Any:
-    """The signed body, parsed; raises `stripe.SignatureVerificationError`, or
-    ValueError for a body that is not JSON. Every variable here and in what it calls
-    (the secret, under whatever name) is hidden from error pages and reports."""
-    secret = settings.STRIPE_WEBHOOK_SECRET
-    stripe.WebhookSignature.verify_header(
-        body,
-        header,
-        secret,
-        tolerance=stripe.Webhook.DEFAULT_TOLERANCE,  # 5 min: replays
-    )
-    return json.loads(body, parse_constant=_not_json)
-
-
-def _not_json(constant: str) -> None:
-    raise ValueError(f"{constant} is not JSON")  # no database stores NaN in JSON
 
 
 def stripe_event_parse(event: Any) -> tuple[StripeEventIn, StripeObject | None]:

@@ -452,6 +452,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/minute")},
     # `?limit=` is capped (orders.api.pagination): no request reads a whole table.
     "DEFAULT_PAGINATION_CLASS": "orders.api.pagination.LimitOffsetPagination",
+    # The domain's `NotFound` (a selector's) is a 404.
+    "EXCEPTION_HANDLER": "orders.api.exceptions.api_exception_handler",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",

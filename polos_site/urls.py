@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from orders.stripe_webhooks import stripe_webhook_view
+from orders.api.stripe_webhook_view import stripe_webhook_view
 from workflows.observability import metrics_view
 
 from .health import healthz

@@ -24,9 +24,8 @@ from .agents.transcript import (
     llm_tools_offered,
     tool_call_recorded,
 )
-from .models import RunStatus, StepKind, StepStatus, Wait, WorkflowRun
+from .models import EXECUTING_RUN_STATUSES, RunStatus, StepKind, StepStatus, Wait, WorkflowRun
 from .selectors import (
-    LIVE_RUN_STATUSES,
     WaitingFor,
     run_get,
     run_open_wait,
@@ -242,7 +241,7 @@ class RunTrace:
 
     @property
     def is_live(self) -> bool:
-        return self.run.status in LIVE_RUN_STATUSES
+        return self.run.status in EXECUTING_RUN_STATUSES
 
     def step(self, key: str | None) -> TraceStep | None:
         if not key:

@@ -40,6 +40,7 @@ from .errors import (
     Suspended,
 )
 from .history import History
+from .idempotency import step_idempotency_key
 from .leases import lease_fenced_insert
 from .models import (
     RETRY_WAIT,
@@ -545,7 +546,7 @@ class WorkflowContext:
     def idempotency_key(self, step_key: str) -> str:
         """The key a step passes to an outside provider: stable across retries and
         replays of this run, different for every run and step."""
-        return f"{self.run_id}:{step_key}"
+        return step_idempotency_key(self.run_id, step_key)
 
     def _add_usage(self, record: StepRecord) -> None:
         for name, count in record.meta.get("usage", {}).items():

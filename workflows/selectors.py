@@ -30,7 +30,6 @@ from .models import (
 )
 from .retry import dependency_name
 
-LIVE_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING)
 _BAD_RUN_ID = (WorkflowRun.DoesNotExist, ValueError, TypeError, DjangoValidationError)
 
 

@@ -37,10 +37,9 @@ from .console_schema import schema_example, schema_fields
 from .errors import PayloadError, RunNotFoundError, UnknownWorkflowError
 from .forms import WorkflowStartForm
 from .hooks import RunFact
-from .models import RunStatus, Wait, WorkflowRun
+from .models import EXECUTING_RUN_STATUSES, RunStatus, Wait, WorkflowRun
 from .registry import WorkflowDefinition, workflow_get, workflows_all
 from .selectors import (
-    LIVE_RUN_STATUSES,
     run_status_counts,
     run_workflow_ids,
     runs_list,
@@ -149,7 +148,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "workflow_id": workflow_id,
         "workflow_ids": sorted({*run_workflow_ids(), *(d.id for d in workflows_all())}),
         "search": search,
-        "is_live": any(row.run.status in LIVE_RUN_STATUSES for row in rows),
+        "is_live": any(row.run.status in EXECUTING_RUN_STATUSES for row in rows),
         "prev_url": query(page=str(page.previous_page_number())) if page.has_previous() else "",
         "next_url": query(page=str(page.next_page_number())) if page.has_next() else "",
         "filtered": bool(status or workflow_id or search),

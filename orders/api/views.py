@@ -24,13 +24,8 @@ from orders.roles import INTAKE_CLIENTS_GROUP, api_permission
 from orders.rules import IDEMPOTENCY_KEY_MAX_LENGTH, OrderRuleError, idempotency_key_check
 from orders.schemas import OrderPayload
 from orders.selectors import ORDER_STATUS_CHOICES, order_get_for, order_list_for, run_get_for
-from orders.services import (
-    DECIDE_PERMISSION,
-    OrderConflictError,
-    ReviewError,
-    order_create,
-    review_decide,
-)
+from orders.services.intake import OrderConflictError, order_create
+from orders.services.reviews import DECIDE_PERMISSION, ReviewError, review_decide
 
 from .auth import request_client
 from .pagination import MAX_PAGE_SIZE

@@ -2,9 +2,8 @@
 
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
-from django.http import Http404
-from django.shortcuts import get_object_or_404
 
+from ..errors import NotFound
 from .models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
 
@@ -14,13 +13,16 @@ def webhook_endpoint_list_for(*, client: User) -> QuerySet[WebhookEndpoint]:
 
 
 def webhook_endpoint_get_for(*, client: User, endpoint_id: int | str) -> WebhookEndpoint:
-    """The API client's own endpoint with that id, or `Http404` (another client's, or a
-    malformed id, too)."""
+    """The API client's own endpoint with that id, or `NotFound` (another client's, or a
+    malformed id, too), which the API answers as 404."""
     try:
         pk = int(endpoint_id)
     except (TypeError, ValueError):
-        raise Http404(f"No webhook endpoint {endpoint_id}") from None
-    return get_object_or_404(WebhookEndpoint, client=client, pk=pk)
+        raise NotFound(f"No webhook endpoint {endpoint_id}") from None
+    endpoint = WebhookEndpoint.objects.filter(client=client, pk=pk).first()
+    if endpoint is None:
+        raise NotFound("No WebhookEndpoint matches the given query.")
+    return endpoint
 
 
 def webhook_deliveries_failed() -> QuerySet[WebhookDelivery]:

@@ -3,8 +3,8 @@
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.management.base import CommandError, CommandParser
-from django.http import Http404
 
+from orders.errors import NotFound
 from orders.models import Order
 from orders.selectors import order_get
 
@@ -31,7 +31,7 @@ def order_for_command(*, order_id: str, client_username: str | None) -> Order:
     client = user_get(client_username) if client_username else None
     try:
         return order_get(order_id=order_id, client=client)
-    except Http404:
+    except NotFound:
         whose = f" of client {client_username!r}" if client_username else ""
         raise CommandError(f"No order {order_id!r}{whose}") from None
     except Order.MultipleObjectsReturned:

@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group, Permission, User
 
 from orders.models import Order
 from orders.schemas import OrderPayload
-from orders.services import order_create
+from orders.services.intake import order_create
 
 
 @pytest.fixture

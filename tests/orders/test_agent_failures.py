@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from orders.models import Order
-from orders.services import review_decide
+from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from tests.support.openai_server import reply_text, reply_tool_calls
 from workflows.models import RunStatus, StepRecord, WorkflowRun

@@ -12,10 +12,13 @@ from django.core.cache import cache, caches
 from django.core.cache.backends.db import DatabaseCache
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.http import Http404
 from rest_framework.throttling import UserRateThrottle
 
 from orders.api.pagination import MAX_PAGE_SIZE
+from orders.errors import NotFound
 from orders.models import Order
+from orders.selectors import order_get_for, run_get_for
 from tests.support import cluster
 from tests.support.api import api_client_for
 
@@ -87,6 +90,17 @@ def test_another_clients_order_is_not_found(alice, bob, queue_capture):
     missing = api_client_for(bob).get(f"{ORDERS}never-was/")
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json() == missing.json() == NOT_FOUND
+
+
+def test_the_selectors_say_not_found_in_the_domains_words(alice, bob, queue_capture):
+    """A selector knows nothing of HTTP: it raises the domain's `NotFound`, which the API
+    (above) answers as a 404 with the same words."""
+    run_id = submit(alice, "a-1", "12.34")["run_id"]
+    with pytest.raises(NotFound, match=r"^No Order matches the given query\.$") as order:
+        order_get_for(client=bob, order_id="a-1")
+    with pytest.raises(NotFound, match=f"^No run {run_id}$") as run:
+        run_get_for(client=bob, run_id=run_id)
+    assert not isinstance(order.value, Http404) and not isinstance(run.value, Http404)
 
 
 def test_another_clients_run_is_not_found(alice, bob, queue_capture):

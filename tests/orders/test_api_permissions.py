@@ -19,7 +19,7 @@ from orders.client_webhooks.services import webhook_endpoint_create
 from orders.models import Order
 from orders.schemas import OrderPayload
 from orders.selectors import order_review_info
-from orders.services import order_create
+from orders.services.intake import order_create
 from tests.support.api import api_client_for
 from workflows.models import WorkflowRun
 

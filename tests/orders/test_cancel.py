@@ -19,16 +19,13 @@ from django.db.models.signals import post_save
 from django.test import Client
 from django.urls import reverse
 
-from orders import services
+from orders.errors import PaymentReleasePendingError
 from orders.models import EmailRecord, EmailStatus, FraudReview, Order
 from orders.notifications import CONFIRMATION
-from orders.services import (
-    OrderCancelError,
-    order_cancel,
-    order_capture,
-    order_charge,
-    order_confirm,
-)
+from orders.services import cancellation
+from orders.services.cancellation import OrderCancelError, order_cancel
+from orders.services.lifecycle import order_confirm
+from orders.services.payments import order_capture, order_charge
 from workflows import NonRetryableError
 from workflows.models import RunStatus, WaitStatus
 from workflows.services import run_cancel
@@ -137,6 +134,38 @@ def call_command_output(*args: str) -> str:
     out = StringIO()
     call_command(*args, stdout=out)
     return out.getvalue()
+
+
+def test_a_release_the_gateway_failed_is_one_error_every_door_reports(
+    held, stripe_server, superuser
+):
+    """Stripe down while the hold is released: the order stays cancelled with its money
+    held, each door says so in its own words and how to retry, and a later cancel, once
+    Stripe is back, releases it."""
+    not_released = f"Order {held.order_id} is cancelled, but its payment was not released: "
+    stripe_server.outage()
+    with pytest.raises(PaymentReleasePendingError, match=f"^{not_released}"):
+        order_cancel(order=held, by=superuser)
+    held.refresh_from_db()
+    assert (held.status, held.payment_status) == ("cancelled", "authorized")
+    with pytest.raises(
+        CommandError, match=rf"(?s)^{not_released}.+\. Run cancel_order again to retry\.$"
+    ):
+        call_command("cancel_order", held.order_id)
+    with pytest.raises(CommandError, match=rf"(?s)^{not_released}.+\. Cancel it again to retry\.$"):
+        call_command("cancel_run", str(held.run_id))
+    admin = Client()
+    admin.force_login(superuser)
+    response = admin.post(
+        reverse("admin:orders_order_changelist"),
+        {"action": "cancel_selected", "_selected_action": [held.pk]},
+    )
+    [message] = [str(m) for m in get_messages(response.wsgi_request)]
+    assert re.match(rf"(?s)^{not_released}.+; cancel it again to retry\.$", message)
+
+    stripe_server.end_outage()
+    order_cancel(order=held, by=superuser)
+    assert_cancelled(held, "canceled")
 
 
 # --- after the confirmation: the customer was told, so a refund instead ------------------
@@ -270,7 +299,7 @@ def test_race_the_cancel_first_no_confirmation_is_sent(
         go_on.wait(30)
         return run_cancel(run_id)
 
-    monkeypatch.setattr(services, "run_cancel", slow_run_cancel)
+    monkeypatch.setattr(cancellation, "run_cancel", slow_run_cancel)
     try:
         cancelling, cancel_done = {}, threading.Event()
         cancel = in_thread(

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 
 from orders.models import FraudReview
-from orders.services import ReviewError, review_decide
+from orders.services.reviews import ReviewError, review_decide
 from workflows.models import StepRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)

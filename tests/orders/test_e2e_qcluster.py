@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from orders.models import Order
 from orders.payments import payment_key
-from orders.services import review_decide
+from orders.services.reviews import review_decide
 from tests.support.cluster import QCluster, wait_until
 from workflows.services import waits_expire
 

@@ -11,7 +11,7 @@ import pytest
 from django.core import mail
 
 from orders.models import FraudReview, Order
-from orders.services import review_decide
+from orders.services.reviews import review_decide
 from tests.support.openai_server import reply_text, reply_tool_calls
 from workflows.models import StepRecord
 

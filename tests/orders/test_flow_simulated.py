@@ -6,8 +6,9 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
+from orders.errors import OrderActionRefusedError
 from orders.models import FraudReview, Order, ReviewState
-from orders.services import OrderActionRefusedError, ReviewError, review_decide
+from orders.services.reviews import ReviewError, review_decide
 from workflows.models import RunStatus, StepRecord
 from workflows.services import waits_expire
 

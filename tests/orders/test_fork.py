@@ -14,7 +14,9 @@ from rest_framework.test import APIClient
 
 from orders import order_processing
 from orders.models import Order, OrderStatus
-from orders.services import OrderForkError, order_cancel, review_decide
+from orders.services.cancellation import order_cancel
+from orders.services.lifecycle import OrderForkError
+from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from workflows import NonRetryableError
 from workflows.models import RunStatus, StepRecord, WorkflowRun

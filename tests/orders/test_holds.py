@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from orders.models import Order
 from orders.payments import CaptureFailedError, SimulatedGateway, payment_key
-from orders.services import review_decide
+from orders.services.reviews import review_decide
 from workflows.models import StepRecord
 from workflows.services import waits_expire
 

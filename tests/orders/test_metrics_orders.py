@@ -10,7 +10,7 @@ import pytest
 from orders import metrics
 from orders.models import Order
 from orders.payments import SimulatedGateway, payment_gateway
-from orders.services import review_decide
+from orders.services.reviews import review_decide
 from tests.workflows.test_metrics import Scrape, scrape
 from workflows.models import StepRecord
 

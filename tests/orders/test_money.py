@@ -20,7 +20,8 @@ from orders.money import (
 )
 from orders.policy import check_currencies, fraud_review_required, fraud_review_threshold
 from orders.schemas import OrderPayload
-from orders.services import order_create, review_decide
+from orders.services.intake import order_create
+from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from workflows.models import RunStatus
 

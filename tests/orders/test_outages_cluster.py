@@ -29,7 +29,7 @@ from django.utils import timezone
 from orders.models import FraudReview, Order, OrderStatus
 from orders.schemas import OrderPayload
 from orders.selectors import NEEDS_ATTENTION, order_status_shown, order_waiting_for
-from orders.services import order_create
+from orders.services.intake import order_create
 from tests.support.cluster import QCluster, chaos_settings, wait_until
 from workflows.models import RETRY_WAIT, Circuit, CircuitState, RunStatus, Wait, WorkflowRun
 from workflows.services import runs_reap

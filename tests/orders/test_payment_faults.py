@@ -16,7 +16,7 @@ from django.core import mail
 
 from orders.models import Order
 from orders.payments import StripeGateway, TransientPaymentError, payment_key
-from orders.services import review_decide
+from orders.services.reviews import review_decide
 from tests.support.cluster import QCluster, wait_until
 from tests.support.openai_server import reply_text, reply_tool_calls
 from workflows.models import RunStatus

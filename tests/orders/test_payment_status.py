@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from orders.models import Order, PaymentStatus
-from orders.services import PAYMENT_TRANSITIONS, order_payment_status_set
+from orders.services.payments import PAYMENT_TRANSITIONS, order_payment_status_set
 
 pytestmark = pytest.mark.django_db
 

@@ -21,7 +21,8 @@ from orders.notifications import (
     order_confirmation_send,
     review_email_send,
 )
-from orders.services import order_review_open, order_snapshot, review_reminders_send
+from orders.services.lifecycle import order_snapshot
+from orders.services.reviews import order_review_open, review_reminders_send
 from tests.support.api import api_client_for
 from workflows import hooks
 from workflows.services import waits_expire

@@ -20,7 +20,8 @@ from rest_framework.test import APIClient
 from orders.models import FraudReview, Order, ReviewState
 from orders.rules import OrderRuleError
 from orders.schemas import OrderPayload
-from orders.services import ReviewError, order_create, review_decide
+from orders.services.intake import order_create
+from orders.services.reviews import ReviewError, review_decide
 from tests.support.api import api_client_for
 from workflows.models import WorkflowRun
 

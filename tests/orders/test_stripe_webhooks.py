@@ -15,7 +15,8 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from orders.models import Order, StripeEvent
-from orders.services import order_payment_release, review_decide
+from orders.services.payments import order_payment_release
+from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from tests.support.stripe_server import StripeServer
 

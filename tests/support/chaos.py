@@ -17,7 +17,9 @@ from django_q.models import OrmQ
 
 from orders.models import EmailKind, Order, OrderStatus
 from orders.schemas import OrderPayload
-from orders.services import ReviewError, order_confirmation_resolve, order_create, review_decide
+from orders.services.intake import order_create
+from orders.services.lifecycle import order_confirmation_resolve
+from orders.services.reviews import ReviewError, review_decide
 from tests.support.cluster import QCluster
 from workflows.models import RunStatus, WorkflowRun
 from workflows.services import runs_reap

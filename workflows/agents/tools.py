@@ -11,6 +11,7 @@ import openai
 from pydantic import BaseModel
 
 from ..errors import NonRetryableError
+from ..idempotency import step_idempotency_key
 from ..retry import RetryPolicy
 
 
@@ -33,7 +34,7 @@ class ToolContext:
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.run_id}:{self.step_key}"
+        return step_idempotency_key(self.run_id, self.step_key)
 
 
 ToolFn = Callable[[ToolContext, Any], Awaitable[BaseModel]]

@@ -2,10 +2,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from orders.errors import PaymentReleasePendingError
 from orders.management.lookups import add_client_argument, order_for_command
-from orders.payments import TransientPaymentError
-from orders.services import OrderCancelError, order_cancel
-from workflows import NonRetryableError
+from orders.services.cancellation import OrderCancelError, order_cancel
 
 
 class Command(BaseCommand):
@@ -26,9 +25,6 @@ class Command(BaseCommand):
             order = order_cancel(order=order, by=None)
         except OrderCancelError as exc:
             raise CommandError(str(exc)) from None
-        except (TransientPaymentError, NonRetryableError) as exc:
-            raise CommandError(
-                f"Order {order.order_id} is cancelled, but its payment was not released: "
-                f"{exc}. Run cancel_order again to retry."
-            ) from None
+        except PaymentReleasePendingError as exc:
+            raise CommandError(f"{exc}. Run cancel_order again to retry.") from None
         self.stdout.write(f"order {order.order_id}: cancelled; payment {order.payment_status}")

@@ -21,7 +21,8 @@ from orders.policy import fraud_review_required
 from orders.rules import payload_error_text, payload_errors
 from orders.schemas import OrderPayload
 from orders.selectors import order_email_sent, order_review_info, orders_list
-from orders.services import ReviewError, order_create, review_decide
+from orders.services.intake import order_create
+from orders.services.reviews import ReviewError, review_decide
 from workflows.management.tables import table_write
 from workflows.models import RunStatus
 

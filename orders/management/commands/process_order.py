@@ -12,7 +12,7 @@ from orders.management.lookups import user_get
 from orders.models import Order
 from orders.rules import payload_error_text, payload_errors
 from orders.schemas import OrderPayload
-from orders.services import OrderConflictError, order_create
+from orders.services.intake import OrderConflictError, order_create
 from workflows.models import EXECUTING_RUN_STATUSES, RunStatus, WorkflowRun
 
 POLL_SECONDS = 0.2

@@ -3,7 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orders.management.lookups import add_client_argument, order_for_command
-from orders.services import NoConfirmationInDoubtError, order_confirmation_resolve
+from orders.services.lifecycle import NoConfirmationInDoubtError, order_confirmation_resolve
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orders.management.lookups import add_client_argument, order_for_command, user_get
-from orders.services import ReviewError, review_decide
+from orders.services.reviews import ReviewError, review_decide
 
 
 class Command(BaseCommand):

@@ -32,7 +32,10 @@ from orders.client_webhooks.services import (
 )
 from orders.models import Order, PaymentStatus
 from orders.schemas import OrderPayload
-from orders.services import order_cancel, order_create, order_payment_status_set, review_decide
+from orders.services.cancellation import order_cancel
+from orders.services.intake import order_create
+from orders.services.payments import order_payment_status_set
+from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from tests.support.cluster import QCluster, wait_until
 from tests.support.webhook_receiver import WebhookReceiver

@@ -1,20 +1,16 @@
-"""Orders and the fraud-review queue in admin.
+"""The fraud-review queue and a review's page.
 
-Nothing here is edited through forms: orders are read-only records, and a review is
-decided only through `review_decide`, from the "Approve/Reject selected" actions (with
-a confirmation page, like `delete_selected`) or the Approve/Reject buttons of a
-review's page; both take `FraudReviewAdmin._decide`, which also records the decision in
-the review's history. Users holding the decide permission (the "Fraud reviewers" group) may
-also view the queue and the orders, without any model's view permission.
-"""
+A review is decided only through `review_decide`, from the "Approve/Reject selected"
+actions (with a confirmation page, like `delete_selected`) or the Approve/Reject buttons
+of a review's page; both take `FraudReviewAdmin._decide`, which also records the
+decision in the review's history."""
 
-import json
 from collections.abc import Callable
 from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
+from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, IntegerField, QuerySet, Value, When
@@ -31,43 +27,16 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
-from workflows import NonRetryableError
-from workflows.agents.transcript import agent_calls_prefix, llm_reply, tool_call_recorded
-from workflows.models import StepKind, StepRecord, WaitStatus
-from workflows.step_tree import StepNode, step_find, step_tree
+from workflows.models import WaitStatus
 from workflows.views import VIEW_RUNS_PERMISSION
 
-from .models import (
-    EmailRecord,
-    FraudReview,
-    FraudReviewQuerySet,
-    Order,
-    ReviewState,
-    StripeEvent,
-)
-from .money import amount_display
-from .order_processing import START_ORDER_AGENT_KEY
-from .payments import TransientPaymentError
-from .risk import RiskSignals, review_risk_signals, reviews_with_risk
-from .rules import OrderRuleError, note_check
-from .selectors import (
-    ORDER_STATUS_CHOICES,
-    order_email_sent,
-    order_failure_shown,
-    order_status_shown,
-    order_waiting_for,
-    orders_in_status,
-)
-from .services import (
-    CANCEL_PERMISSION,
-    DECIDE_PERMISSION,
-    OrderCancelError,
-    ReviewError,
-    order_cancel,
-    review_decide,
-)
+from ..models import FraudReview, FraudReviewQuerySet, Order, ReviewState
+from ..risk import RiskSignals, review_risk_signals, reviews_with_risk
+from ..rules import OrderRuleError, note_check
+from ..services.reviews import ReviewError, review_decide
+from .agent_trace import agent_trace
+from .common import EMPTY, ReadOnlyForReviewersMixin, can_decide
 
-EMPTY = "—"
 STATE_COLOURS = {
     ReviewState.PENDING: "#b26b00",
     ReviewState.APPROVED: "#1e7e34",
@@ -75,10 +44,6 @@ STATE_COLOURS = {
     ReviewState.EXPIRED: "#666",
     ReviewState.CANCELLED: "#666",
 }
-
-
-def can_decide(request: HttpRequest) -> bool:
-    return request.user.has_perm(DECIDE_PERMISSION)
 
 
 def time_left(review: FraudReview) -> str:
@@ -103,58 +68,6 @@ def amount_text(review: FraudReview) -> str:
     return f"{review.data.get('amount', '?')} {str(review.data.get('currency', '')).upper()}"
 
 
-def _compact(value: Any, limit: int = 1500) -> str:
-    """A JSON value (or a JSON text) on as few lines as it takes, truncated."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return Truncator(value).chars(limit)
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return Truncator(text).chars(limit)
-
-
-def agent_trace(run_id: Any) -> list[dict[str, Any]]:
-    """The order agent's model messages and tool calls, in order, for the review page."""
-    records = StepRecord.objects.filter(
-        run_id=run_id, key__startswith=agent_calls_prefix(START_ORDER_AGENT_KEY)
-    ).order_by("position")
-    agent = step_find(step_tree([StepNode.of_record(r) for r in records]), START_ORDER_AGENT_KEY)
-    entries: list[dict[str, Any]] = []
-    for step in (node.record for node in (agent.descendants() if agent else [])):
-        if step is None:
-            continue
-        if step.kind == StepKind.LLM:
-            reply = llm_reply(step.output)
-            entries.append(
-                {
-                    "key": step.key,
-                    "kind": "llm",
-                    "content": _compact(reply.content if reply else None),
-                    "tool_calls": [
-                        {"name": call.name, "arguments": _compact(call.arguments)}
-                        for call in (reply.tool_calls if reply else ())
-                    ],
-                    "error": step.error,
-                }
-            )
-        elif step.kind == StepKind.TOOL:
-            call = tool_call_recorded(step.key, step.input, step.output)
-            entries.append(
-                {
-                    "key": step.key,
-                    "kind": "tool",
-                    "tool": call.tool_name,
-                    "arguments": _compact(call.arguments),
-                    "output": _compact(call.output),
-                    "error": call.error or step.error,
-                }
-            )
-    return entries
-
-
 class ReviewStateFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
@@ -168,23 +81,6 @@ class ReviewStateFilter(admin.SimpleListFilter):
             # The filter is FraudReviewAdmin's: its queryset is the reviews' own.
             return cast(FraudReviewQuerySet, queryset).in_state(value)
         return queryset
-
-
-class ReadOnlyForReviewersMixin(admin.ModelAdmin[Any]):
-    """Records nobody adds or edits here, which fraud reviewers may view without holding
-    the model's view permission (their group holds only the decide permission)."""
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return super().has_view_permission(request, obj) or can_decide(request)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return super().has_module_permission(request) or can_decide(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _risk_column(attribute: str, description: str) -> Callable[[Any, FraudReview], str]:
@@ -227,9 +123,6 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
 
     def has_decide_permission(self, request: HttpRequest) -> bool:
         return can_decide(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     # --- the queue: pending first, then the oldest deadline -------------------------
 
@@ -498,229 +391,3 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             request, f"{verb} the review of order {order.order_id}.", messages.SUCCESS
         )
         return HttpResponseRedirect(page)
-
-
-# --- orders ---------------------------------------------------------------------------
-
-
-def can_view_orders(request: HttpRequest) -> bool:
-    return request.user.has_perm("orders.view_order") or can_decide(request)
-
-
-class EmailRecordInline(admin.TabularInline):
-    model = EmailRecord
-    fields = ("kind", "recipient", "subject", "status", "message_id", "created_at", "sent_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return super().has_view_permission(request, obj) or can_view_orders(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class OrderStatusFilter(admin.SimpleListFilter):
-    """The status as shown: `needs attention` when the order's run stopped unsettled."""
-
-    title = "status"
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return list(ORDER_STATUS_CHOICES)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        value = self.value()
-        if value in dict(ORDER_STATUS_CHOICES):
-            return orders_in_status(queryset, value)
-        return queryset
-
-
-@admin.register(Order)
-class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
-    list_display = (
-        "order_id",
-        "client",
-        "customer_id",
-        "amount_column",
-        "status_column",
-        "payment_status",
-        "charge_id",
-        "refund_id",
-        "created_at",
-    )
-    list_filter = (OrderStatusFilter, "payment_status", "currency")
-    list_select_related = ("client", "run")
-    actions = ["cancel_selected"]
-    search_fields = ("order_id", "customer_id", "customer_email")
-    date_hierarchy = "created_at"
-    inlines = [EmailRecordInline]
-    fieldsets = (
-        (None, {"fields": ("order_id", "customer_id", "customer_email", "amount_column")}),
-        (
-            "Status",
-            {
-                "fields": (
-                    "status_column",
-                    "waiting_column",
-                    "failure_column",
-                    "confirmation_column",
-                    "fraud_review_required",
-                    "fraud_approved",
-                    "fraud_review_link",
-                )
-            },
-        ),
-        (
-            "Payment",
-            {
-                "fields": (
-                    "payment_status",
-                    "charge_id",
-                    "charged_amount_column",
-                    "charged_at",
-                    "refund_id",
-                    "refunded_amount_column",
-                    "refunded_at",
-                    "payment_status_before_dispute",
-                    "radar_review",
-                    "stripe_events_link",
-                )
-            },
-        ),
-        ("Record", {"fields": ("client", "run", "idempotency_key", "created_at", "updated_at")}),
-    )
-    readonly_fields = flatten_fieldsets(fieldsets)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_cancel_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(CANCEL_PERMISSION)
-
-    @admin.action(
-        description="Cancel selected orders (void or refund the payment)",
-        permissions=["cancel"],
-    )
-    def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        done = []
-        for order in queryset:
-            try:
-                order = order_cancel(order=order, by=cast(User, request.user))
-            except OrderCancelError as exc:
-                self.message_user(request, str(exc), messages.WARNING)
-                continue
-            except (TransientPaymentError, NonRetryableError) as exc:  # the gateway
-                self.message_user(
-                    request,
-                    f"Order {order.order_id} is cancelled but its payment was not released "
-                    f"({exc}); cancel it again to retry.",
-                    messages.ERROR,
-                )
-                continue
-            self.log_change(request, order, f"Cancelled; payment {order.payment_status}.")
-            done.append(f"{order.order_id} (payment {order.payment_status})")
-        if done:
-            self.message_user(request, f"Cancelled: {', '.join(done)}.", messages.SUCCESS)
-
-    @admin.display(description="status", ordering="status")
-    def status_column(self, order: Order) -> str:
-        return dict(ORDER_STATUS_CHOICES).get(order_status_shown(order), order.status)
-
-    @admin.display(description="failure reason")
-    def failure_column(self, order: Order) -> str:
-        return order_failure_shown(order) or EMPTY
-
-    @admin.display(description="confirmation emailed", boolean=True)
-    def confirmation_column(self, order: Order) -> bool:
-        return order_email_sent(order)  # the customer's; the reviewers' are listed below
-
-    @admin.display(description="waiting for")
-    def waiting_column(self, order: Order) -> str:
-        return order_waiting_for(order) or EMPTY
-
-    @admin.display(description="amount", ordering="amount")
-    def amount_column(self, order: Order) -> str:
-        return amount_display(order.amount, order.currency)
-
-    @admin.display(description="charged amount")
-    def charged_amount_column(self, order: Order) -> str:
-        if order.charged_amount is None:
-            return EMPTY
-        return amount_display(order.charged_amount, order.currency)
-
-    @admin.display(description="refunded amount")
-    def refunded_amount_column(self, order: Order) -> str:
-        if order.refunded_amount is None:
-            return EMPTY
-        return amount_display(order.refunded_amount, order.currency)
-
-    @admin.display(description="Stripe events")
-    def stripe_events_link(self, order: Order) -> str:
-        count = order.stripe_events.count()
-        if not count:
-            return EMPTY
-        url = reverse("admin:orders_stripeevent_changelist") + f"?order__id__exact={order.pk}"
-        return format_html('<a href="{}">{} received</a>', url, count)
-
-    @admin.display(description="fraud review")
-    def fraud_review_link(self, order: Order) -> str:
-        review = FraudReview.objects.filter(run_id=order.run_id).first() if order.run_id else None
-        if review is None:
-            return EMPTY
-        url = reverse("admin:orders_fraudreview_change", args=[quote(review.pk)])
-        return format_html('{} <a href="{}">open the review</a>', state_badge(review), url)
-
-
-# --- Stripe's webhook events ------------------------------------------------------------
-
-
-@admin.register(StripeEvent)
-class StripeEventAdmin(admin.ModelAdmin):
-    """Stripe's webhook events as received and applied (`orders.stripe_webhooks`): a
-    record of what Stripe told us and what it did to which order, never edited here."""
-
-    list_display = ("event_id", "type", "order_column", "outcome", "received_at")
-    list_filter = ("type",)
-    list_select_related = ("order",)
-    search_fields = ("event_id", "order__order_id", "order__charge_id")
-    search_help_text = "Search by event id, order id or PaymentIntent id."
-    date_hierarchy = "received_at"
-    fields = (
-        "event_id",
-        "type",
-        "order_column",
-        "outcome",
-        "received_at",
-        "processed_at",
-        "payload_column",
-    )
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description="order", ordering="order__order_id")
-    def order_column(self, event: StripeEvent) -> str:
-        if event.order is None:
-            return EMPTY
-        url = reverse("admin:orders_order_change", args=[quote(event.order.pk)])
-        return format_html('<a href="{}">{}</a>', url, event.order.order_id)
-
-    @admin.display(description="payload")
-    def payload_column(self, event: StripeEvent) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(event.payload, indent=2))

@@ -1,0 +1,155 @@
+"""The fraud review: opening it (with the reviewers' alert), the reminders sweep, and
+the reviewer's decision, which resumes the run."""
+
+import logging
+from datetime import datetime, timedelta
+from typing import TypedDict, cast
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+from django_stubs_ext import WithAnnotations
+
+from workflows import WaitAlreadyDecidedError, WaitExpiredError, WaitNotFoundError, run_resume
+
+from ..client_webhooks.models import WebhookEvent
+from ..client_webhooks.services import order_event_emit
+from ..models import (
+    FRAUD_REVIEW_KEY,
+    EmailRecord,
+    EmailStatus,
+    FraudReview,
+    Order,
+    OrderStatus,
+)
+from ..notifications import REVIEW_ALERT, REVIEW_REMINDER, review_email_send
+from ..rules import OrderRuleError, note_check
+from ..selectors import order_fraud_review
+
+logger = logging.getLogger(__name__)
+
+
+DECIDE_PERMISSION = "orders.decide_fraud_review"
+
+
+class ReviewError(Exception):
+    """The review cannot be decided now: nothing to decide, already decided, expired."""
+
+
+def order_review_open(*, run_id: UUID) -> None:
+    """Mark the order awaiting review and tell the fraud reviewers (the workflow's
+    `open_review` step, just before it suspends at `fraud_review`).
+
+    The alert never fails the step: an alert not sent (mail server down, nobody to
+    tell) is sent by the next `review_reminders_send` sweep instead. Its deadline is the
+    one the suspend is about to record (same timeout, a moment later)."""
+    now = timezone.now()
+    Order.objects.filter(run_id=run_id).exclude(status=OrderStatus.CANCELLED).update(
+        status=OrderStatus.AWAITING_REVIEW, fraud_review_required=True, updated_at=now
+    )
+    order_event_emit(
+        order=Order.objects.filter(run_id=run_id).first(), type=WebhookEvent.AWAITING_REVIEW
+    )
+    order = Order.objects.filter(run_id=run_id, status=OrderStatus.AWAITING_REVIEW).first()
+    if order is None:
+        return
+    try:
+        review_email_send(
+            order=order,
+            kind=REVIEW_ALERT,
+            deadline=now + timedelta(seconds=settings.FRAUD_REVIEW_TIMEOUT),
+        )
+    except Exception:
+        logger.exception("order %s: the reviewers' alert failed; the sweep retries", order.order_id)
+
+
+class _EmailsSent(TypedDict):
+    alerted: bool
+    reminded: bool
+
+
+def review_reminders_send(*, now: datetime | None = None) -> int:
+    """Send what the fraud reviewers are owed about open reviews: the alert when it was
+    not sent at opening (it failed, or nobody was there to tell), and the reminder once
+    FRAUD_REVIEW_REMINDER_AT of the review's time has passed. Each at most once (see
+    `review_email_send`). A wait sweep hook (`orders/apps.py`), so the
+    existing once-a-minute expiry schedule runs it. Returns how many were sent."""
+    now = now or timezone.now()
+    share = settings.FRAUD_REVIEW_REMINDER_AT
+    done = [EmailStatus.SENT, EmailStatus.SENDING]  # sending: in progress, or in doubt
+
+    def recorded(kind: str) -> Exists:
+        return Exists(
+            EmailRecord.objects.filter(order__run_id=OuterRef("run_id"), kind=kind, status__in=done)
+        )
+
+    # The stubs do not follow `annotate` through a custom queryset's methods.
+    reviews = cast(
+        "list[WithAnnotations[FraudReview, _EmailsSent]]",
+        list(
+            FraudReview.objects.pending()
+            .filter(deadline__gt=now)
+            .annotate(alerted=recorded(REVIEW_ALERT), reminded=recorded(REVIEW_REMINDER))
+            .filter(Q(alerted=False) | Q(reminded=False))
+        ),
+    )
+    orders = Order.objects.filter(
+        run_id__in=[review.run_id for review in reviews], status=OrderStatus.AWAITING_REVIEW
+    ).in_bulk(field_name="run_id")
+    sent = 0
+    for review in reviews:
+        order = orders.get(review.run_id)
+        if order is None:
+            continue
+        due = [] if review.alerted else [REVIEW_ALERT]
+        remind_at = review.created_at + (review.deadline - review.created_at) * share
+        if share and not review.reminded and now >= remind_at:
+            due.append(REVIEW_REMINDER)
+        for kind in due:
+            record = review_email_send(order=order, kind=kind, deadline=review.deadline)
+            if record is not None and record.status == EmailStatus.FAILED:
+                # The mail server is down: the next sweep tries again, rather than this
+                # one waiting out EMAIL_TIMEOUT once per review.
+                return sent
+            sent += record is not None and record.status == EmailStatus.SENT
+    return sent
+
+
+def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> FraudReview:
+    """Approve or reject an order's pending fraud review and resume its workflow.
+
+    One conditional UPDATE decides races: of two reviewers clicking at once, one wins
+    and the other gets `ReviewError` saying it was already decided.
+    """
+    if not by.has_perm(DECIDE_PERMISSION):
+        raise PermissionDenied(f"{by.get_username()} may not decide fraud reviews")
+    try:
+        note = note_check(note)
+    except OrderRuleError as exc:
+        raise ReviewError(f"Note refused: {exc}") from None
+    if order.run_id is None:  # what `run_resume` would find for it: no wait
+        raise ReviewError(f"Order {order.order_id} has no fraud review to decide")
+    try:
+        run_resume(order.run_id, FRAUD_REVIEW_KEY, {"approved": approved, "note": note}, by=by)
+    except WaitNotFoundError:
+        raise ReviewError(f"Order {order.order_id} has no fraud review to decide") from None
+    except WaitAlreadyDecidedError:
+        review = order_fraud_review(order=order)
+        raise ReviewError(
+            f"The review of order {order.order_id} was already decided"
+            + (f" ({review.state})" if review else "")
+        ) from None
+    except WaitExpiredError:
+        raise ReviewError(
+            f"The review of order {order.order_id} expired; its payment will be released"
+        ) from None
+    logger.info(
+        "order %s: fraud review %s by %s",
+        order.order_id,
+        "approved" if approved else "rejected",
+        by.get_username(),
+    )
+    return FraudReview.objects.get(run_id=order.run_id, key=FRAUD_REVIEW_KEY)
