@@ -164,8 +164,9 @@ def test_a_hundred_runs_in_flight_per_worker_survive_sigkills(stripe_server, smt
         chaos.start_cluster()
         chaos.submit(planned)
         for _ in range(kills):
-            chaos.pump_until_running(at_least=100, timeout=60)
             chaos.pump(rng.uniform(0.2, 1.0))
+            # Killed at once once 100 run: a pause here let a run finish first (99 seen).
+            chaos.pump_until_running(at_least=100, timeout=60)
             chaos.kill_and_restart()
             chaos.pump(LEASE_SECONDS + 0.2)
             chaos.reap()
