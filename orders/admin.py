@@ -33,9 +33,9 @@ from django.utils.text import Truncator
 
 from workflows import NonRetryableError
 from workflows.agents.transcript import agent_calls_prefix, llm_reply, tool_call_recorded
+from workflows.console.step_tree import StepNode, step_find, step_tree
+from workflows.console.views import VIEW_RUNS_PERMISSION
 from workflows.models import StepKind, StepRecord, WaitStatus
-from workflows.step_tree import StepNode, step_find, step_tree
-from workflows.views import VIEW_RUNS_PERMISSION
 
 from .models import (
     EmailRecord,

@@ -30,8 +30,8 @@ from orders.services import (
     order_confirm,
 )
 from workflows import NonRetryableError
+from workflows.engine.services import run_cancel
 from workflows.models import RunStatus, WaitStatus
-from workflows.services import run_cancel
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

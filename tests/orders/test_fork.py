@@ -17,8 +17,8 @@ from orders.models import Order, OrderStatus
 from orders.services import OrderForkError, order_cancel, review_decide
 from tests.support.api import api_client_for
 from workflows import NonRetryableError
+from workflows.engine.services import run_fork
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.services import run_fork
 
 pytestmark = pytest.mark.django_db
 

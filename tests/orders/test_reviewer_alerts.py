@@ -23,8 +23,8 @@ from orders.notifications import (
 )
 from orders.services import order_review_open, order_snapshot, review_reminders_send
 from tests.support.api import api_client_for
-from workflows import hooks
-from workflows.services import waits_expire
+from workflows.engine import hooks
+from workflows.engine.services import waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

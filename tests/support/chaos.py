@@ -19,8 +19,8 @@ from orders.models import EmailKind, Order, OrderStatus
 from orders.schemas import OrderPayload
 from orders.services import ReviewError, order_confirmation_resolve, order_create, review_decide
 from tests.support.cluster import QCluster
+from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import runs_reap
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from uuid import UUID
 import openai
 from pydantic import BaseModel
 
-from ..errors import NonRetryableError
-from ..retry import RetryPolicy
+from workflows.engine.errors import NonRetryableError
+from workflows.engine.retry import RetryPolicy
 
 
 class ToolError(NonRetryableError):

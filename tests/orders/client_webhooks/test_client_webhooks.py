@@ -36,8 +36,8 @@ from orders.services import order_cancel, order_create, order_payment_status_set
 from tests.support.api import api_client_for
 from tests.support.cluster import QCluster, wait_until
 from tests.support.webhook_receiver import WebhookReceiver
+from workflows.engine.services import runs_reap, waits_expire
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import runs_reap, waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from uuid import UUID
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from .agents.transcript import (
+from workflows.agents.transcript import (
     AgentStepRecorded,
     ChatMessage,
     ToolCallRecorded,
@@ -24,8 +24,8 @@ from .agents.transcript import (
     llm_tools_offered,
     tool_call_recorded,
 )
-from .models import RunStatus, StepKind, StepStatus, Wait, WorkflowRun
-from .selectors import (
+from workflows.console.step_tree import StepNode, step_tree, steps_flat
+from workflows.engine.selectors import (
     LIVE_RUN_STATUSES,
     WaitingFor,
     run_get,
@@ -34,7 +34,7 @@ from .selectors import (
     run_waits,
     usage_cost,
 )
-from .step_tree import StepNode, step_tree, steps_flat
+from workflows.models import RunStatus, StepKind, StepStatus, Wait, WorkflowRun
 
 _MIN_BAR_PCT = 0.6
 
