@@ -129,14 +129,15 @@ def _start_unqueued(k: int) -> Any:
     """A pending run of bench.noop whose task is not sent: executed in-process."""
     from unittest import mock
 
-    from workflows import queue, workflow_start
+    from workflows import workflow_start
+    from workflows.engine import queue
 
     with mock.patch.object(queue, "_send", lambda run_id: None):
         return workflow_start(WORKFLOW_ID, {"steps": k}).id
 
 
 def _execute(run_id: Any) -> None:
-    from workflows.executor import run_execute
+    from workflows.engine.executor import run_execute
 
     outcome = run_execute(run_id)
     if outcome != "completed":

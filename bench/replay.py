@@ -40,8 +40,8 @@ def suspend_orders(count: int) -> None:
     """N orders over the threshold, each executed inline until its fraud review."""
     from orders.schemas import OrderPayload
     from orders.services.intake import order_create
-    from workflows import queue
-    from workflows.executor import run_execute
+    from workflows.engine import queue
+    from workflows.engine.executor import run_execute
 
     queued: list[str] = []
     queue._send = queued.append  # execute here, not in a cluster
@@ -70,8 +70,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         from django.db import connection
         from django.test.utils import CaptureQueriesContext
 
+        from workflows.engine.replay import runs_replay_check
         from workflows.models import RunStatus, StepRecord, WorkflowRun
-        from workflows.replay import runs_replay_check
 
         log(f"suspending {args.runs} orders at their fraud review")
         suspend_orders(args.runs)

@@ -19,8 +19,8 @@ class OrdersConfig(AppConfig):
 
     def ready(self) -> None:
         """Every engine hook of the orders app, registered here and nowhere else (see
-        `workflows.hooks`)."""
-        from workflows import hooks
+        `workflows.engine.hooks`)."""
+        from workflows.engine import hooks
 
         from .mail import SMTP_DEPENDENCY
         from .metrics import OrdersCollector

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.core.mail.backends.smtp import EmailBackend
 
-from workflows.errors import NonRetryableError, TransientError
+from workflows.engine.errors import NonRetryableError, TransientError
 
 SMTP_DEPENDENCY = "smtp"
 """The mail server, as steps and tools that send mail name their dependency."""

@@ -26,7 +26,7 @@ from django.conf import settings
 from pydantic import BaseModel
 
 from workflows import RetryPolicy, WorkflowContext, workflow
-from workflows.errors import StepFailedError
+from workflows.engine.errors import StepFailedError
 
 from .agents import approved_prompt, order_agent, start_prompt
 from .mail import SMTP_DEPENDENCY

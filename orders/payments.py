@@ -31,7 +31,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from workflows import NonRetryableError
-from workflows.errors import TransientError
+from workflows.engine.errors import TransientError
 
 from . import metrics, money
 

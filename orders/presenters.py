@@ -10,7 +10,7 @@ from urllib.parse import quote
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from workflows.selectors import usage_cost
+from workflows.engine.selectors import usage_cost
 
 from .models import Order
 from .money import amount_plain

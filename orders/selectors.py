@@ -14,15 +14,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django_q.brokers import get_broker
 
-from workflows.console import waiting_for_text
-from workflows.errors import RunNotFoundError
-from workflows.models import RunStatus, WorkflowRun
-from workflows.selectors import (
+from workflows.console.presenters import waiting_for_text
+from workflows.engine.errors import RunNotFoundError
+from workflows.engine.selectors import (
     retry_waits_open,
     run_get_with_steps,
     run_waiting_for,
     runs_cost_total,
 )
+from workflows.models import RunStatus, WorkflowRun
 
 from .errors import NotFound
 from .models import (

@@ -266,7 +266,7 @@ WORKFLOWS_LEASE_SECONDS = env_int("WORKFLOWS_LEASE_SECONDS", 60)
 # A run pending this long while the queue is empty lost its task (a killed cluster held
 # it); the reaper queues it again.
 WORKFLOWS_PENDING_REQUEUE_SECONDS = env_int("WORKFLOWS_PENDING_REQUEUE_SECONDS", 60)
-# Run segments one worker process keeps in flight on its event loop (workflows/runtime.py).
+# Run segments one worker process keeps in flight on its event loop (workflows/worker/runtime.py).
 WORKFLOWS_CONCURRENCY = env_int("WORKFLOWS_CONCURRENCY", 100)
 # Threads per worker process for sync work (ORM, Stripe, SMTP), each with a connection.
 WORKFLOWS_SYNC_THREADS = env_int("WORKFLOWS_SYNC_THREADS", 6)
@@ -278,7 +278,7 @@ WORKFLOWS_SLOT_WAIT_SECONDS = min(60, env_int("Q_TIMEOUT", 600) // 2)
 # The longest segment (start or resume to complete, fail or suspend), model calls included.
 WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("Q_TIMEOUT", 600)
 # Cluster-wide caps on model calls in flight: "provider:model=N" or "provider=N", comma-
-# separated (workflows/limits.py). The simulated provider is not capped unless named.
+# separated (workflows/engine/limits.py). The simulated provider is not capped unless named.
 WORKFLOWS_MODEL_CONCURRENCY = {
     name.strip(): int(limit)
     for name, _, limit in (
@@ -289,7 +289,7 @@ WORKFLOWS_MODEL_CONCURRENCY = {
 WORKFLOWS_SLOT_TTL_SECONDS = env_int("WORKFLOWS_SLOT_TTL_SECONDS", 300)
 # Dollars per million input/output tokens, by model name (a dated name such as
 # gpt-4o-mini-2024-07-18 takes its base model's price). Extend or override with
-# WORKFLOWS_MODEL_PRICES="model:input/output,..." (workflows/agents/pricing.py).
+# WORKFLOWS_MODEL_PRICES="model:input/output,..." (workflows/engine/pricing.py).
 WORKFLOWS_MODEL_PRICES = {
     "gpt-4o-mini": {"input": "0.15", "output": "0.60"},
     "gpt-4o": {"input": "2.50", "output": "10.00"},
@@ -312,9 +312,9 @@ for _name, _, _prices in (item.partition(":") for item in env_list("WORKFLOWS_MO
 WORKFLOWS_RUN_BUDGET_USD = env_str("WORKFLOWS_RUN_BUDGET_USD") or None
 # How long one model call keeps waiting out 429s (Retry-After honoured) before it fails.
 WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS = env_int("WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS", 600)
-# Outages (workflows/retry.py, workflows/circuits.py): a step that names its dependency
-# retries its transient failures (refused or reset connections, timeouts, 5xx, 429) for
-# this many seconds from the first one, waiting durably, before its run fails;
+# Outages (workflows/engine/retry.py, workflows/engine/circuits.py): a step that names
+# its dependency retries its transient failures (refused or reset connections, timeouts,
+# 5xx, 429) for this many seconds from the first one, waiting durably, before its run fails;
 # WORKFLOWS_TRANSIENT_RETRY_HORIZONS="stripe=7200,smtp=600" sets it per dependency.
 WORKFLOWS_TRANSIENT_RETRY_HORIZON = env_int("WORKFLOWS_TRANSIENT_RETRY_HORIZON", 3600)
 WORKFLOWS_TRANSIENT_RETRY_HORIZONS: dict[str, float] = {}
@@ -493,9 +493,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     # Credentials (URL userinfo, auth headers, secret settings' values) are masked in
-    # every record before any handler writes it (workflows/redaction.py). Every handler
+    # every record before any handler writes it (workflows/engine/redaction.py). Every handler
     # gets the filter: a handler added here must list it too.
-    "filters": {"redact": {"()": "workflows.redaction.RedactingFilter"}},
+    "filters": {"redact": {"()": "workflows.engine.redaction.RedactingFilter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

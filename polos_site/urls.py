@@ -26,5 +26,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("orders.api.urls")),
-    path("", include("workflows.urls")),
+    path("", include("workflows.console.urls")),
 ]

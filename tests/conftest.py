@@ -5,9 +5,9 @@ from importlib import import_module
 import pytest
 
 from tests.support.cluster import TEST_WORKFLOW_MODULES
-from workflows import hooks, queue
-from workflows.circuits import circuits_forget
-from workflows.executor import run_execute
+from workflows.engine import hooks, queue
+from workflows.engine.circuits import circuits_forget
+from workflows.engine.executor import run_execute
 
 # Importing registers the test workflows in this process; qcluster subprocesses import
 # them through WORKFLOWS_EXTRA_MODULES (see tests/support/cluster.py).

@@ -27,8 +27,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getattr__ below
-    from .context import WorkflowContext
-    from .errors import (
+    from workflows.engine.context import WorkflowContext
+    from workflows.engine.errors import (
         NonRetryableError,
         PayloadError,
         RunStateError,
@@ -37,30 +37,36 @@ if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getat
         WaitExpiredError,
         WaitNotFoundError,
     )
-    from .registry import workflow, workflow_get, workflows_all
-    from .retry import RetryPolicy
-    from .runtime import run_sync
-    from .services import run_cancel, run_fork, run_resume, run_retry, workflow_start
+    from workflows.engine.registry import workflow, workflow_get, workflows_all
+    from workflows.engine.retry import RetryPolicy
+    from workflows.engine.runtime import run_sync
+    from workflows.engine.services import (
+        run_cancel,
+        run_fork,
+        run_resume,
+        run_retry,
+        workflow_start,
+    )
 
 _EXPORTS = {
-    "workflow": "registry",
-    "workflow_get": "registry",
-    "workflows_all": "registry",
-    "WorkflowContext": "context",
-    "RetryPolicy": "retry",
-    "NonRetryableError": "errors",
-    "TransientError": "errors",
-    "PayloadError": "errors",
-    "RunStateError": "errors",
-    "WaitAlreadyDecidedError": "errors",
-    "WaitExpiredError": "errors",
-    "WaitNotFoundError": "errors",
-    "workflow_start": "services",
-    "run_resume": "services",
-    "run_cancel": "services",
-    "run_retry": "services",
-    "run_fork": "services",
-    "run_sync": "runtime",
+    "workflow": "engine.registry",
+    "workflow_get": "engine.registry",
+    "workflows_all": "engine.registry",
+    "WorkflowContext": "engine.context",
+    "RetryPolicy": "engine.retry",
+    "NonRetryableError": "engine.errors",
+    "TransientError": "engine.errors",
+    "PayloadError": "engine.errors",
+    "RunStateError": "engine.errors",
+    "WaitAlreadyDecidedError": "engine.errors",
+    "WaitExpiredError": "engine.errors",
+    "WaitNotFoundError": "engine.errors",
+    "workflow_start": "engine.services",
+    "run_resume": "engine.services",
+    "run_cancel": "engine.services",
+    "run_retry": "engine.services",
+    "run_fork": "engine.services",
+    "run_sync": "engine.runtime",
 }
 
 __all__ = [

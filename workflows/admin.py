@@ -14,12 +14,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .console import waiting_for_text
-from .errors import RunStateError
-from .models import StepRecord, Wait, WorkflowRun
-from .selectors import run_waiting_for
-from .services import run_cancel_requested, run_fork, runs_retry_failed
-from .views import START_RUN_PERMISSION
+from workflows.console.presenters import waiting_for_text
+from workflows.console.views import START_RUN_PERMISSION
+from workflows.engine.errors import RunStateError
+from workflows.engine.selectors import run_waiting_for
+from workflows.engine.services import run_cancel_requested, run_fork, runs_retry_failed
+from workflows.models import StepRecord, Wait, WorkflowRun
 
 RETRY_RUN_PERMISSION = "workflows.retry_run"
 

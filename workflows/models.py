@@ -206,7 +206,7 @@ class Circuit(models.Model):
     """The circuit of one outside dependency (Stripe, SMTP, a model provider), shared by
     every process: open after a run of consecutive failures, so that steps wait for it
     instead of calling a dead server; one probe at a time decides when it closes
-    (`workflows.circuits`)."""
+    (`workflows.engine.circuits`)."""
 
     dependency = models.CharField(max_length=100, unique=True)
     state = models.CharField(max_length=10, choices=CircuitState, default=CircuitState.CLOSED)

@@ -1,12 +1,16 @@
-"""django-q2 entry points. Thin: each calls one engine function."""
+"""django-q2 entry points (the worker layer). Thin: each calls one engine function.
+
+This module stays at `workflows.tasks`, outside `workflows/worker/`, because queued
+tasks (`queue.EXECUTE_TASK`) and the schedules migration 0002 stored in the database
+name these functions by that dotted path; moving it would orphan them."""
 
 from django.conf import settings
 from django.db import close_old_connections
 
-from .executor import run_execute
-from .queue import run_enqueue
-from .runtime import worker_runtime
-from .services import runs_reap, waits_expire
+from workflows.engine.executor import run_execute
+from workflows.engine.queue import run_enqueue
+from workflows.engine.services import runs_reap, waits_expire
+from workflows.worker.runtime import worker_runtime
 
 
 def run_execute_task(run_id: str) -> str:

@@ -8,8 +8,8 @@ from typing import Any
 from django.utils.text import Truncator
 
 from workflows.agents.transcript import agent_calls_prefix, llm_reply, tool_call_recorded
+from workflows.console.step_tree import StepNode, step_find, step_tree
 from workflows.models import StepKind, StepRecord
-from workflows.step_tree import StepNode, step_find, step_tree
 
 from ..order_processing import START_ORDER_AGENT_KEY
 

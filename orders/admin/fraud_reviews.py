@@ -27,8 +27,8 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from workflows.console.views import VIEW_RUNS_PERMISSION
 from workflows.models import WaitStatus
-from workflows.views import VIEW_RUNS_PERMISSION
 
 from ..models import FraudReview, FraudReviewQuerySet, Order, ReviewState
 from ..risk import RiskSignals, review_risk_signals, reviews_with_risk

@@ -17,9 +17,9 @@ from orders.rules import (
 )
 from orders.schemas import OrderPayload
 from orders.selectors import ORDER_STATUS_CHOICES
-from workflows.console import waiting_for_text
+from workflows.console.presenters import waiting_for_text
+from workflows.engine.selectors import run_waiting_for, usage_cost
 from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus, WorkflowRun
-from workflows.selectors import run_waiting_for, usage_cost
 
 
 class _Text(serializers.CharField):

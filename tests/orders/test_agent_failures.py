@@ -15,8 +15,8 @@ from orders.models import Order
 from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from tests.support.openai_server import reply_text, reply_tool_calls
+from workflows.engine.services import run_retry
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.services import run_retry
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

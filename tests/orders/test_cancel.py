@@ -27,8 +27,8 @@ from orders.services.cancellation import OrderCancelError, order_cancel
 from orders.services.lifecycle import order_confirm
 from orders.services.payments import order_capture, order_charge
 from workflows import NonRetryableError
+from workflows.engine.services import run_cancel
 from workflows.models import RunStatus, WaitStatus
-from workflows.services import run_cancel
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

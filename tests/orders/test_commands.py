@@ -13,8 +13,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from orders.models import FraudReview, Order
-from workflows import queue as workflow_queue
-from workflows.executor import run_execute
+from workflows.engine import queue as workflow_queue
+from workflows.engine.executor import run_execute
 from workflows.models import Wait
 
 pytestmark = pytest.mark.django_db(transaction=True)

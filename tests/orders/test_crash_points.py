@@ -21,9 +21,9 @@ from django.utils import timezone
 
 from orders.models import Order
 from orders.payments import StripeGateway, payment_key
-from workflows.context import StepContext, WorkflowContext
+from workflows.engine.context import StepContext, WorkflowContext
+from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.services import runs_reap
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from orders.models import Order
 from orders.payments import payment_key
 from orders.services.reviews import review_decide
 from tests.support.cluster import QCluster, wait_until
-from workflows.services import waits_expire
+from workflows.engine.services import waits_expire
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -9,8 +9,8 @@ from django.utils import timezone
 from orders.errors import OrderActionRefusedError
 from orders.models import FraudReview, Order, ReviewState
 from orders.services.reviews import ReviewError, review_decide
+from workflows.engine.services import waits_expire
 from workflows.models import RunStatus, StepRecord
-from workflows.services import waits_expire
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -19,8 +19,8 @@ from orders.services.lifecycle import OrderForkError
 from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from workflows import NonRetryableError
+from workflows.engine.services import run_fork
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.services import run_fork
 
 pytestmark = pytest.mark.django_db
 

@@ -15,8 +15,8 @@ from django.utils import timezone
 from orders.models import Order
 from orders.payments import CaptureFailedError, SimulatedGateway, payment_key
 from orders.services.reviews import review_decide
+from workflows.engine.services import waits_expire
 from workflows.models import StepRecord
-from workflows.services import waits_expire
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

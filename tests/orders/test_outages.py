@@ -28,10 +28,10 @@ from orders.models import EmailRecord, EmailStatus, FraudReview, Order
 from tests.support.api import api_client_for
 from tests.support.openai_server import reply_text, reply_tool_calls
 from tests.workflows.test_metrics import TOKEN, scrape
-from workflows import circuits
+from workflows.engine import circuits
+from workflows.engine.retry import RetryPolicy
+from workflows.engine.services import retry_waits_wake
 from workflows.models import RETRY_WAIT, Circuit, CircuitState, RunStatus, Wait, WorkflowRun
-from workflows.retry import RetryPolicy
-from workflows.services import retry_waits_wake
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

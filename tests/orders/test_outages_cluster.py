@@ -31,8 +31,8 @@ from orders.schemas import OrderPayload
 from orders.selectors import NEEDS_ATTENTION, order_status_shown, order_waiting_for
 from orders.services.intake import order_create
 from tests.support.cluster import QCluster, chaos_settings, wait_until
+from workflows.engine.services import runs_reap
 from workflows.models import RETRY_WAIT, Circuit, CircuitState, RunStatus, Wait, WorkflowRun
-from workflows.services import runs_reap
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -19,8 +19,8 @@ from orders.payments import StripeGateway, TransientPaymentError, payment_key
 from orders.services.reviews import review_decide
 from tests.support.cluster import QCluster, wait_until
 from tests.support.openai_server import reply_text, reply_tool_calls
+from workflows.engine.retry import RetryPolicy
 from workflows.models import RunStatus
-from workflows.retry import RetryPolicy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

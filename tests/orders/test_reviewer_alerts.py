@@ -24,8 +24,8 @@ from orders.notifications import (
 from orders.services.lifecycle import order_snapshot
 from orders.services.reviews import order_review_open, review_reminders_send
 from tests.support.api import api_client_for
-from workflows import hooks
-from workflows.services import waits_expire
+from workflows.engine import hooks
+from workflows.engine.services import waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,8 +21,8 @@ from orders.services.intake import order_create
 from orders.services.lifecycle import order_confirmation_resolve
 from orders.services.reviews import ReviewError, review_decide
 from tests.support.cluster import QCluster
+from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import runs_reap
 
 
 @dataclass(frozen=True)

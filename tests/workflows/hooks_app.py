@@ -7,9 +7,9 @@ from typing import Any
 from django.apps import AppConfig
 from prometheus_client.core import GaugeMetricFamily
 
-from workflows.errors import RunStateError
+from workflows.engine.errors import RunStateError
+from workflows.engine.services import run_cancel
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import run_cancel
 
 FORKS: list[tuple[Any, Any]] = []
 SWEEPS: list[datetime] = []
@@ -53,7 +53,7 @@ class ApprovalsConfig(AppConfig):
     label = "test_approvals"
 
     def ready(self) -> None:
-        from workflows import hooks
+        from workflows.engine import hooks
 
         hooks.register_wait_link("approval", approval_link)
         hooks.register_run_facts("test.approval", approval_facts)

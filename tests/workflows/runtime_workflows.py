@@ -8,7 +8,8 @@ import time
 from pydantic import BaseModel
 
 from workflows import WorkflowContext, workflow
-from workflows.runtime import WorkerRuntime, segment_runtime
+from workflows.engine.runtime import segment_runtime
+from workflows.worker.runtime import WorkerRuntime
 
 
 class SlowCallsInput(BaseModel):

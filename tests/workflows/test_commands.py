@@ -13,8 +13,8 @@ from django.db import connection
 
 from tests.support.cluster import ROOT
 from tests.workflows.sample_workflows import BROKEN
+from workflows.engine.services import workflow_start
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import workflow_start
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,8 +10,8 @@ from tests.support.requirements import skip_or_fail
 from tests.workflows.cluster_workflows import MODULES
 from tests.workflows.sample_workflows import journal_lines
 from workflows import workflow_start
+from workflows.engine.queue import run_enqueue
 from workflows.models import RunStatus, WorkflowRun
-from workflows.queue import run_enqueue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
 

@@ -22,11 +22,11 @@ from workflows import (
     workflow,
     workflow_start,
 )
-from workflows.errors import UnknownWorkflowError
-from workflows.executor import run_execute
+from workflows.engine.errors import UnknownWorkflowError
+from workflows.engine.executor import run_execute
+from workflows.engine.registry import unregister
+from workflows.engine.services import runs_reap, waits_expire
 from workflows.models import RunStatus, StepRecord, StepStatus, Wait, WaitStatus, WorkflowRun
-from workflows.registry import unregister
-from workflows.services import runs_reap, waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -343,9 +343,9 @@ def test_reaper_requeues_pending_runs_whose_task_was_lost(queue_capture, monkeyp
     long_ago = timezone.now() - timedelta(minutes=5)
     WorkflowRun.objects.filter(pk=run.id).update(updated_at=long_ago)
 
-    monkeypatch.setattr("workflows.services.queue_depth", lambda: 3)
+    monkeypatch.setattr("workflows.engine.services.queue_depth", lambda: 3)
     assert runs_reap() == []  # other tasks are still queued: it is waiting its turn
 
-    monkeypatch.setattr("workflows.services.queue_depth", lambda: 0)
+    monkeypatch.setattr("workflows.engine.services.queue_depth", lambda: 0)
     assert runs_reap() == [run.id]
     assert queue_capture.drain() == ["completed"]

@@ -1,4 +1,4 @@
-"""`workflows.hooks`: a second application (not orders) plugs into the engine with one hook
+"""`workflows.engine.hooks`: a second application (not orders) plugs into the engine with one hook
 of each kind, registered in its `AppConfig.ready()`; importing registers nothing."""
 
 import doctest
@@ -16,11 +16,11 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from workflows import hooks
-from workflows.errors import RunStateError
+from workflows.engine import hooks
+from workflows.engine.errors import RunStateError
+from workflows.engine.retry import dependency_label
+from workflows.engine.services import run_cancel_requested, run_fork, waits_expire, workflow_start
 from workflows.models import RunStatus, Wait, WaitStatus, WorkflowRun
-from workflows.retry import dependency_label
-from workflows.services import run_cancel_requested, run_fork, waits_expire, workflow_start
 
 pytestmark = pytest.mark.django_db
 

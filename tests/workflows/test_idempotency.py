@@ -5,8 +5,8 @@ from types import SimpleNamespace
 from uuid import uuid4
 
 from workflows.agents.tools import ToolContext
-from workflows.context import WorkflowContext
-from workflows.idempotency import step_idempotency_key
+from workflows.engine.context import WorkflowContext
+from workflows.engine.idempotency import step_idempotency_key
 
 
 def test_a_step_and_a_tool_call_get_the_same_key_for_the_same_step():

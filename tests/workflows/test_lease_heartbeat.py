@@ -9,10 +9,10 @@ from django.db import connection
 
 from tests.support.cluster import QCluster, wait_until
 from workflows import workflow_start
-from workflows.executor import run_execute
-from workflows.leases import lease_take
+from workflows.engine.executor import run_execute
+from workflows.engine.leases import lease_take
+from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.services import runs_reap
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cluster import QCluster, wait_until
 from tests.support.openai_server import reply_error, reply_text
-from workflows import observability, queue, run_resume, workflow_start
-from workflows.executor import run_execute
+from workflows import observability, run_resume, workflow_start
+from workflows.engine import queue
+from workflows.engine.executor import run_execute
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 
 pytestmark = pytest.mark.django_db(transaction=True)

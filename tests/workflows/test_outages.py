@@ -13,16 +13,13 @@ import stripe
 from django.utils import timezone
 
 from tests.workflows.sample_workflows import DEPENDENCIES_DOWN, journal_lines
-from workflows import (
-    NonRetryableError,
-    RetryPolicy,
-    TransientError,
-    circuits,
-    run_retry,
-    workflow_start,
-)
-from workflows.circuits import Admission, circuit_admit, circuit_failed, circuit_succeeded
-from workflows.console import waiting_for_text
+from workflows import NonRetryableError, RetryPolicy, TransientError, run_retry, workflow_start
+from workflows.console.presenters import waiting_for_text
+from workflows.engine import circuits
+from workflows.engine.circuits import Admission, circuit_admit, circuit_failed, circuit_succeeded
+from workflows.engine.retry import failure_is_transient
+from workflows.engine.selectors import run_waiting_for
+from workflows.engine.services import retry_waits_wake
 from workflows.models import (
     RETRY_WAIT,
     Circuit,
@@ -33,9 +30,6 @@ from workflows.models import (
     WaitStatus,
     WorkflowRun,
 )
-from workflows.retry import failure_is_transient
-from workflows.selectors import run_waiting_for
-from workflows.services import retry_waits_wake
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,9 +14,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.workflows.sample_workflows import BROKEN
-from workflows.console import run_trace
+from workflows.console.presenters import run_trace
+from workflows.engine.services import workflow_start
 from workflows.models import RunStatus, StepKind, StepRecord, StepStatus, WorkflowRun
-from workflows.services import workflow_start
 
 pytestmark = pytest.mark.django_db
 

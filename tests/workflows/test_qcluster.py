@@ -10,8 +10,8 @@ import pytest
 from tests.support.cluster import QCluster, wait_until
 from tests.workflows.sample_workflows import journal_lines
 from workflows import run_resume, workflow_start
+from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.services import runs_reap
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
 

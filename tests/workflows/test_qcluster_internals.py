@@ -11,11 +11,7 @@ from typing import Any
 
 import pytest
 
-from workflows.management.commands.qcluster import (
-    DJANGO_Q2_INTERNALS,
-    DJANGO_Q2_VERSION,
-    Q2Internal,
-)
+from workflows.worker.cluster import DJANGO_Q2_INTERNALS, DJANGO_Q2_VERSION, Q2Internal
 
 
 def resolve(path: str) -> Any:

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 from tests.support.openai_server import reply_error, reply_text, reply_tool_calls
 from workflows import WorkflowContext, workflow, workflow_start
 from workflows.agents import Agent, ToolContext, tool
+from workflows.engine.redaction import RedactingFilter, redact
+from workflows.engine.retry import NO_RETRY
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.redaction import RedactingFilter, redact
-from workflows.retry import NO_RETRY
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from tests.workflows.sample_workflows import BROKEN, DEPENDENCIES_DOWN
 from workflows import workflow_start
+from workflows.engine.services import runs_retry_failed
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import runs_retry_failed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

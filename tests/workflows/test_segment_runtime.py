@@ -8,9 +8,10 @@ from pydantic import BaseModel
 
 from tests.support.cluster import wait_until
 from workflows import WorkflowContext, workflow, workflow_start
-from workflows.executor import run_execute
+from workflows.engine.executor import run_execute
+from workflows.engine.runtime import SegmentOutcome, segment_runtime
 from workflows.models import RunStatus, WorkflowRun
-from workflows.runtime import SegmentOutcome, WorkerRuntime, segment_runtime
+from workflows.worker.runtime import WorkerRuntime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

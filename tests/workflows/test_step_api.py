@@ -8,12 +8,16 @@ import pytest
 from pydantic import BaseModel
 
 from workflows import WorkflowContext, run_resume, workflow, workflow_start
+from workflows.engine.replay import runs_replay_check
 from workflows.models import RunStatus, WorkflowRun
-from workflows.replay import runs_replay_check
 
 ROOT = Path(__file__).resolve().parents[2]
 # The engine core: the only modules that may touch `ctx._*` and `ctx.step._*`.
-ENGINE_CORE = {"workflows/context.py", "workflows/executor.py", "workflows/history.py"}
+ENGINE_CORE = {
+    "workflows/engine/context.py",
+    "workflows/engine/executor.py",
+    "workflows/engine/history.py",
+}
 SCANNED = ("workflows", "orders", "polos_site", "bench", "tests")
 
 

@@ -1,4 +1,4 @@
-"""A run's status and lease change only through `workflows/transitions.py`, and only
+"""A run's status and lease change only through `workflows/engine/transitions.py`, and only
 along `RUN_TRANSITIONS`."""
 
 import ast
@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from workflows import transitions
+from workflows.engine import transitions
+from workflows.engine.transitions import RUN_STATUS_MOVES, RUN_TRANSITIONS, Lease, Transition
 from workflows.models import RunStatus, WorkflowRun
-from workflows.transitions import RUN_STATUS_MOVES, RUN_TRANSITIONS, Lease, Transition
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("workflows", "orders")
-OWNER = ROOT / "workflows" / "transitions.py"
+OWNER = ROOT / "workflows" / "engine" / "transitions.py"
 RUN_STATE_FIELDS = frozenset({"status", "lease_owner", "lease_expires_at"})
 _WRITES = {"update", "create", "get_or_create", "update_or_create", "bulk_update", "bulk_create"}
 # `UPDATE <the runs' table> SET`, however the table is named (literal, or the model's).
@@ -154,7 +154,7 @@ def test_only_transitions_writes_a_runs_status_or_lease():
         for path in scanned_modules()
         for line, what in run_state_writes(path.read_text())
     ]
-    assert offenders == [], "write these through workflows/transitions.py:\n" + "\n".join(
+    assert offenders == [], "write these through workflows/engine/transitions.py:\n" + "\n".join(
         offenders
     )
 

@@ -11,10 +11,10 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.workflows.sample_workflows import DEPLOYED, journal_lines
 from workflows import run_fork, run_resume, workflow_start
-from workflows.errors import RunStateError
+from workflows.engine.errors import RunStateError
+from workflows.engine.replay import runs_replay_check
+from workflows.engine.services import run_cancel
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.replay import runs_replay_check
-from workflows.services import run_cancel
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
+from workflows.engine.services import workflow_start
 from workflows.models import WorkflowRun
-from workflows.services import workflow_start
 
 pytestmark = pytest.mark.django_db
 

@@ -1,9 +1,9 @@
 """The agent runtime: `Agent`, `@tool`, and the `openai` and `simulated` providers."""
 
-from .agent import Agent, AgentInvocation, agents_all
-from .providers import SimulatedTurn, TransientModelError, simulated_model
-from .tools import Tool, ToolContext, ToolError, tool
-from .types import AgentResult, ModelRequest, ModelResponse, ToolCallRecord, Usage
+from workflows.agents.agent import Agent, AgentInvocation, agents_all
+from workflows.agents.providers import SimulatedTurn, TransientModelError, simulated_model
+from workflows.agents.tools import Tool, ToolContext, ToolError, tool
+from workflows.agents.types import AgentResult, ModelRequest, ModelResponse, ToolCallRecord, Usage
 
 __all__ = [
     "Agent",

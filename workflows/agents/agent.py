@@ -30,27 +30,39 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
-from .. import observability
-from ..circuits import Admission, circuit_enter, circuit_exit_failed, circuit_exit_succeeded
-from ..errors import NonRetryableError
-from ..limits import concurrency_limit, concurrency_slot
-from ..models import StepKind
-from ..redaction import redact
-from ..retry import NO_RETRY, RetryPolicy, dependency_name
-from .pricing import COST_KEY, budget_check, call_cost_microusd
-from .providers import (
+from workflows import observability
+from workflows.agents.providers import (
     Provider,
     RateLimitedError,
     TransientModelError,
     provider_for,
     provider_name,
 )
-from .tools import Tool, ToolContext
-from .transcript import llm_step_key, tool_step_key
-from .types import AgentResult, Message, ModelRequest, ModelResponse, ToolCallRecord, Usage
+from workflows.agents.tools import Tool, ToolContext
+from workflows.agents.transcript import llm_step_key, tool_step_key
+from workflows.agents.types import (
+    AgentResult,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ToolCallRecord,
+    Usage,
+)
+from workflows.engine.circuits import (
+    Admission,
+    circuit_enter,
+    circuit_exit_failed,
+    circuit_exit_succeeded,
+)
+from workflows.engine.errors import NonRetryableError
+from workflows.engine.limits import concurrency_limit, concurrency_slot
+from workflows.engine.pricing import COST_KEY, budget_check, call_cost_microusd
+from workflows.engine.redaction import redact
+from workflows.engine.retry import NO_RETRY, RetryPolicy, dependency_name
+from workflows.models import StepKind
 
 if TYPE_CHECKING:
-    from ..context import WorkflowContext
+    from workflows.engine.context import WorkflowContext
 
 # A model call's transient failures (5xx, timeouts, 429 without Retry-After) wait for the
 # provider over the retry horizon, behind its circuit: "{provider}" becomes its name.

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import openai
 from django.conf import settings
 
-from ..errors import NonRetryableError, TransientError
-from .types import Message, ModelRequest, ModelResponse, Usage
+from workflows.agents.types import Message, ModelRequest, ModelResponse, Usage
+from workflows.engine.errors import NonRetryableError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class Provider(Protocol):
 
 
 def _scrub(text: str, secret: str | None) -> str:
-    """`text` without the key, URL credentials or auth headers (workflows.redaction)."""
-    from ..redaction import redact
+    """`text` without the key, URL credentials or auth headers (workflows.engine.redaction)."""
+    from workflows.engine.redaction import redact
 
     return redact(text, extra=[secret])
 

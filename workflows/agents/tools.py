@@ -10,9 +10,9 @@ from uuid import UUID
 import openai
 from pydantic import BaseModel
 
-from ..errors import NonRetryableError
-from ..idempotency import step_idempotency_key
-from ..retry import RetryPolicy
+from workflows.engine.errors import NonRetryableError
+from workflows.engine.idempotency import step_idempotency_key
+from workflows.engine.retry import RetryPolicy
 
 
 class ToolError(NonRetryableError):

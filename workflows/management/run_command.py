@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workflows.errors import RunStateError
+from workflows.engine.errors import RunStateError
 from workflows.models import WorkflowRun
 
 

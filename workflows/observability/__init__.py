@@ -17,8 +17,8 @@ metrics through a metrics collector hook (`hooks.register_metrics_collector`).
 The engine imports this package and calls the hooks re-exported here.
 """
 
-from .collector import WorkflowsCollector, metrics_registry
-from .events import (
+from workflows.observability.collector import WorkflowsCollector, metrics_registry
+from workflows.observability.events import (
     segment_failed,
     segment_finished,
     segment_started,
@@ -26,7 +26,7 @@ from .events import (
     wait_recorded,
     worker_stopped,
 )
-from .metrics import (
+from workflows.observability.metrics import (
     lease_taken_over,
     model_called,
     model_rate_limited,
@@ -34,8 +34,15 @@ from .metrics import (
     worker_slots,
     worker_started,
 )
-from .tracing import _Segment, _tracer, span_id, trace_id, tracing_flush, tracing_reset
-from .views import metrics_view
+from workflows.observability.tracing import (
+    _Segment,
+    _tracer,
+    span_id,
+    trace_id,
+    tracing_flush,
+    tracing_reset,
+)
+from workflows.observability.views import metrics_view
 
 __all__ = [
     "WorkflowsCollector",

@@ -8,7 +8,7 @@ processes and finished in workers, and a restart would lose a process's count):
 - `workflows_runs{workflow,status}`: one `GROUP BY workflow_id, status` over the runs
   (as many rows as workflows x statuses; a scan of the runs table, so keep the scrape
   interval at 15 s or more).
-- `workflows_queue_depth`: `workflows.queue.queue_depth()` (the broker's own count).
+- `workflows_queue_depth`: `workflows.engine.queue.queue_depth()` (the broker's own count).
 - `workflows_circuit_state{dependency,state}`: 1 for each dependency's circuit state
   (closed, open, half_open), 0 for the others; `workflows_circuit_consecutive_failures
   {dependency}`; `workflows_runs_waiting_for_dependency{dependency}`: runs parked
@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .. import hooks
+from workflows.engine import hooks
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class WorkflowsCollector:
     def collect(self) -> Iterator[Metric]:
         from django.db.models import Count
 
-        from ..models import RunStatus, WorkflowRun
-        from ..queue import queue_depth
-        from ..registry import workflows_all
+        from workflows.engine.queue import queue_depth
+        from workflows.engine.registry import workflows_all
+        from workflows.models import RunStatus, WorkflowRun
 
         runs = GaugeMetricFamily(
             "workflows_runs",
@@ -69,8 +69,8 @@ class WorkflowsCollector:
         yield from self._dependencies()
 
     def _dependencies(self) -> Iterator[Metric]:
-        from ..models import Circuit, CircuitState
-        from ..selectors import runs_waiting_by_dependency
+        from workflows.engine.selectors import runs_waiting_by_dependency
+        from workflows.models import Circuit, CircuitState
 
         states = GaugeMetricFamily(
             "workflows_circuit_state",

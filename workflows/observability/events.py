@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from ..redaction import redact
-from .metrics import SEGMENTS, _step_child
-from .tracing import (
+from workflows.engine.redaction import redact
+from workflows.observability.metrics import SEGMENTS, _step_child
+from workflows.observability.tracing import (
     _emit,
     _Segment,
     _segment_span_id,
@@ -24,8 +24,8 @@ from .tracing import (
 )
 
 if TYPE_CHECKING:
-    from ..context import WorkflowContext
-    from ..models import StepRecord, WorkflowRun
+    from workflows.engine.context import WorkflowContext
+    from workflows.models import StepRecord, WorkflowRun
 
 
 def worker_stopped() -> None:

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from ..agents.types import ModelResponse
-    from ..runtime import WorkerRuntime
+    from workflows.agents.types import ModelResponse
+    from workflows.worker.runtime import WorkerRuntime
 
 # --- process-local metrics --------------------------------------------------------------
 

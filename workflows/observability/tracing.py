@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 if TYPE_CHECKING:
-    from ..context import WorkflowContext
-    from ..models import StepRecord
+    from workflows.engine.context import WorkflowContext
+    from workflows.models import StepRecord
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def _step_attributes(
 
 def _span_of_step(tracer: Any, ctx: "WorkflowContext", record: "StepRecord") -> None:
     # Here, not at the top: `workflows.agents` imports this package (its model hooks).
-    from ..agents.transcript import agent_call_key_parse
+    from workflows.agents.transcript import agent_call_key_parse
 
     key, kind = record.key, str(record.kind)
     segment: _Segment | None = ctx.observed_segment

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from prometheus_client import generate_latest
 
-from .collector import metrics_registry
+from workflows.observability.collector import metrics_registry
 
 
 def _authorized(request: HttpRequest, token: str) -> bool:

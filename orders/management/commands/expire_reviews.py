@@ -3,7 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from orders.models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
-from workflows.services import waits_expire
+from workflows.engine.services import waits_expire
 
 
 class Command(BaseCommand):

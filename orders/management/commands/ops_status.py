@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand
 from django.utils.timesince import timesince
 
 from orders.selectors import ops_overview
-from workflows.console import waiting_for_text
-from workflows.selectors import DependencyStatus, dependencies_troubled, runs_waiting_longest
+from workflows.console.presenters import waiting_for_text
+from workflows.engine.selectors import DependencyStatus, dependencies_troubled, runs_waiting_longest
 
 
 def _clock(moment: datetime | None) -> str:

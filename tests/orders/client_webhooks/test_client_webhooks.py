@@ -39,8 +39,8 @@ from orders.services.reviews import review_decide
 from tests.support.api import api_client_for
 from tests.support.cluster import QCluster, wait_until
 from tests.support.webhook_receiver import WebhookReceiver
+from workflows.engine.services import runs_reap, waits_expire
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import runs_reap, waits_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,10 +10,10 @@ from django.utils import timezone
 from tests.support.openai_server import reply_error, reply_text, reply_tool_calls, tool_call
 from tests.workflows.sample_workflows import journal_lines
 from workflows import workflow_start
-from workflows.context import StepContext
-from workflows.executor import run_execute
+from workflows.engine.context import StepContext
+from workflows.engine.executor import run_execute
+from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.services import runs_reap
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

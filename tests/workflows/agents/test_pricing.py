@@ -11,9 +11,9 @@ from django.test import Client
 
 from tests.support.openai_server import reply_text, reply_tool_calls
 from workflows import workflow_start
-from workflows.agents.pricing import call_cost_microusd, model_price, usd
+from workflows.engine.pricing import call_cost_microusd, model_price, usd
+from workflows.engine.selectors import runs_cost_total
 from workflows.models import RunStatus, StepRecord, WorkflowRun
-from workflows.selectors import runs_cost_total
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

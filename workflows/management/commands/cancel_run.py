@@ -1,5 +1,5 @@
+from workflows.engine.services import run_cancel_requested
 from workflows.management.run_command import RunStateCommand
-from workflows.services import run_cancel_requested
 
 
 class Command(RunStateCommand):

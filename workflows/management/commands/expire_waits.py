@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from workflows.services import waits_expire
+from workflows.engine.services import waits_expire
 
 
 class Command(BaseCommand):

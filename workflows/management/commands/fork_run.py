@@ -3,9 +3,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workflows.errors import RunStateError
+from workflows.engine.errors import RunStateError
+from workflows.engine.services import run_fork
 from workflows.models import WorkflowRun
-from workflows.services import run_fork
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from workflows.services import runs_reap
+from workflows.engine.services import runs_reap
 
 
 class Command(BaseCommand):

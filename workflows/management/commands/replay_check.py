@@ -3,10 +3,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from workflows.engine.registry import workflows_all
+from workflows.engine.replay import runs_replay_check
 from workflows.management.tables import table_write
 from workflows.models import ACTIVE_RUN_STATUSES, RunStatus
-from workflows.registry import workflows_all
-from workflows.replay import runs_replay_check
 
 
 class Command(BaseCommand):

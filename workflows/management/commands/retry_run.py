@@ -1,5 +1,5 @@
+from workflows.engine.services import run_retry
 from workflows.management.run_command import RunStateCommand
-from workflows.services import run_retry
 
 
 class Command(RunStateCommand):

@@ -7,10 +7,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from workflows.errors import UnknownWorkflowError
+from workflows.engine.errors import UnknownWorkflowError
+from workflows.engine.services import runs_retry_failed
 from workflows.management.tables import table_write
 from workflows.models import RunStatus, WorkflowRun
-from workflows.services import runs_retry_failed
 
 HEADERS = ["id", "workflow", "failed", "error"]
 ERROR_WIDTH = 90

@@ -5,11 +5,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from workflows.console import run_duration_text
+from workflows.console.presenters import run_duration_text
+from workflows.engine.registry import workflows_all
+from workflows.engine.selectors import runs_list, usage_cost, usage_total
 from workflows.management.tables import table_write
 from workflows.models import RunStatus, WorkflowRun
-from workflows.registry import workflows_all
-from workflows.selectors import runs_list, usage_cost, usage_total
 
 HEADERS = ["id", "workflow", "status", "created", "duration", "attempts", "tokens", "cost"]
 

@@ -14,11 +14,11 @@ from workflows.agents.transcript import (
     llm_reply,
     tool_call_recorded,
 )
-from workflows.errors import RunNotFoundError
+from workflows.console.step_tree import StepNode, step_tree
+from workflows.engine.errors import RunNotFoundError
+from workflows.engine.selectors import run_get_with_steps, usage_total
 from workflows.management.tables import table_write
 from workflows.models import StepKind, StepRecord, StepStatus, Wait, WorkflowRun
-from workflows.selectors import run_get_with_steps, usage_total
-from workflows.step_tree import StepNode, step_tree
 
 ABRIDGE = 60
 

@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
-from ..errors import NonRetryableError
+from workflows.engine.errors import NonRetryableError
 
 COST_KEY = "cost_microusd"
 """The usage key a model call's cost is recorded (and summed) under."""

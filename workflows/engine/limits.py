@@ -23,8 +23,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import ConcurrencySlot
-from .runtime import run_sync
+from workflows.engine.runtime import run_sync
+from workflows.models import ConcurrencySlot
 
 # Waiting for a slot polls the database, backing off up to this long between tries.
 MAX_POLL_SECONDS = 1.0

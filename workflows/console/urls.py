@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from . import views
+from workflows.console import views
 
 app_name = "workflows"
 

@@ -32,10 +32,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from . import observability, transitions
-from .errors import LeaseLostError
-from .models import RunStatus, StepRecord, WorkflowRun
-from .queue import run_enqueue
+from workflows import observability
+from workflows.engine import transitions
+from workflows.engine.errors import LeaseLostError
+from workflows.engine.queue import run_enqueue
+from workflows.models import RunStatus, StepRecord, WorkflowRun
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class LeaseKeeper:
                 await self._task
 
     async def _renew_forever(self) -> None:
-        from .runtime import run_sync  # the runtime imports this module
+        from workflows.engine.runtime import run_sync  # the runtime imports this module
 
         interval = lease_duration().total_seconds() / 3
         while self._tokens:

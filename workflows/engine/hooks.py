@@ -9,7 +9,7 @@ reader finds every hook of an application in one place.
 
 A runnable example (a second application with its own workflow)::
 
-    >>> from workflows import hooks
+    >>> from workflows.engine import hooks
     >>> def renewal_facts(run):
     ...     return [("Subscription", "S-1", None)]
     >>> def renewal_cancel(run_id, by):
@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # models import only once Django is set up; this module impor
     from django.contrib.auth.base_user import AbstractBaseUser
     from prometheus_client.core import Metric
 
-    from .models import Wait, WorkflowRun
+    from workflows.models import Wait, WorkflowRun
 
 RunFact = tuple[str, str, str | None]
 """(label, text, url or None): one line of a run page's summary."""

@@ -22,7 +22,7 @@ from typing import Any
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 
-from .models import RunStatus, WorkflowRun
+from workflows.models import RunStatus, WorkflowRun
 
 RunId = uuid.UUID | str
 

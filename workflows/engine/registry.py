@@ -9,7 +9,7 @@ from typing import Any, TypeVar, get_type_hints
 from django.conf import settings
 from pydantic import BaseModel
 
-from .errors import UnknownWorkflowError
+from workflows.engine.errors import UnknownWorkflowError
 
 WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
 F = TypeVar("F", bound=WorkflowFn)
@@ -97,7 +97,7 @@ def workflow(
     ```
 
     `budget_usd` caps what one run may spend on model calls (see
-    `workflows.agents.pricing`); without it, `WORKFLOWS_RUN_BUDGET_USD` applies, if set.
+    `workflows.engine.pricing`); without it, `WORKFLOWS_RUN_BUDGET_USD` applies, if set.
     """
 
     def decorator(fn: F) -> F:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Self, TypeVar
 
-from .agents.transcript import agent_call_key_parse, agent_calls_prefix
-from .models import StepKind, StepRecord, StepStatus, Wait
-from .selectors import usage_total
+from workflows.agents.transcript import agent_call_key_parse, agent_calls_prefix
+from workflows.engine.selectors import usage_total
+from workflows.models import StepKind, StepRecord, StepStatus, Wait
 
 UNFINISHED_AGENT_STATUS = "running"
 """The status of an agent's node while it has no record of its own."""

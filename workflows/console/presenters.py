@@ -13,7 +13,7 @@ from uuid import UUID
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from .agents.transcript import (
+from workflows.agents.transcript import (
     AgentStepRecorded,
     ChatMessage,
     ToolCallRecorded,
@@ -24,8 +24,8 @@ from .agents.transcript import (
     llm_tools_offered,
     tool_call_recorded,
 )
-from .models import EXECUTING_RUN_STATUSES, RunStatus, StepKind, StepStatus, Wait, WorkflowRun
-from .selectors import (
+from workflows.console.step_tree import StepNode, step_tree, steps_flat
+from workflows.engine.selectors import (
     WaitingFor,
     run_get,
     run_open_wait,
@@ -33,7 +33,14 @@ from .selectors import (
     run_waits,
     usage_cost,
 )
-from .step_tree import StepNode, step_tree, steps_flat
+from workflows.models import (
+    EXECUTING_RUN_STATUSES,
+    RunStatus,
+    StepKind,
+    StepStatus,
+    Wait,
+    WorkflowRun,
+)
 
 _MIN_BAR_PCT = 0.6
 

@@ -31,9 +31,9 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .models import Circuit, CircuitState
-from .redaction import redact
-from .runtime import run_sync
+from workflows.engine.redaction import redact
+from workflows.engine.runtime import run_sync
+from workflows.models import Circuit, CircuitState
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def circuit_succeeded(dependency: str, *, now: datetime | None = None) -> bool:
     _snapshot.dirty.discard(dependency)
     _snapshot.circuits.pop(dependency, None)
     if closed:
-        from .services import dependency_waiters_wake  # services use this module
+        from workflows.engine.services import dependency_waiters_wake  # services use this module
 
         woken = dependency_waiters_wake(dependency=dependency, now=now)
         logger.warning("circuit of %s closed: it answers again; %d run(s) woken", dependency, woken)

@@ -15,10 +15,11 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from .agents.pricing import COST_KEY, usd
-from .circuits import circuit_probe_at
-from .errors import RunNotFoundError
-from .models import (
+from workflows.engine.circuits import circuit_probe_at
+from workflows.engine.errors import RunNotFoundError
+from workflows.engine.pricing import COST_KEY, usd
+from workflows.engine.retry import dependency_name
+from workflows.models import (
     RETRY_WAIT,
     Circuit,
     CircuitState,
@@ -28,7 +29,6 @@ from .models import (
     WaitStatus,
     WorkflowRun,
 )
-from .retry import dependency_name
 
 _BAD_RUN_ID = (WorkflowRun.DoesNotExist, ValueError, TypeError, DjangoValidationError)
 

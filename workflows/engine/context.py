@@ -10,6 +10,10 @@ own steps, the agent runtime's model and tool calls): it replays from the run's 
 and hands a step that has no record to the context's `StepRunner`. A worker's runner
 (`LiveStepRunner`) runs and commits it; `replay_check`'s runs nothing. Both therefore
 replay, and find divergences, with the same code.
+
+Over 500 lines because the step API (`StepContext`), the live runner (`LiveStepRunner`)
+and the context they act on (`WorkflowContext`) share the context's private commit,
+usage and suspend methods; split, those would be private names imported across modules.
 """
 
 import asyncio
@@ -24,25 +28,30 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, get_type_hints
 from django.db import transaction
 from django.utils import timezone
 
-from . import observability, serialization, transitions
-from .circuits import (
+from workflows import observability
+from workflows.engine import serialization, transitions
+from workflows.engine.circuits import (
     Admission,
     circuit_enter,
     circuit_exit_failed,
     circuit_exit_succeeded,
     circuit_still_open,
 )
-from .errors import (
+from workflows.engine.errors import (
     DependencyUnavailableError,
     LeaseLostError,
     NonRetryableError,
     StepFailedError,
     Suspended,
 )
-from .history import History
-from .idempotency import step_idempotency_key
-from .leases import lease_fenced_insert
-from .models import (
+from workflows.engine.history import History
+from workflows.engine.idempotency import step_idempotency_key
+from workflows.engine.leases import lease_fenced_insert
+from workflows.engine.redaction import redact
+from workflows.engine.retry import RetryPolicy, dependency_label, dependency_name
+from workflows.engine.runtime import SegmentReleased, run_sync, segment_should_stop
+from workflows.engine.services import retry_wait_release
+from workflows.models import (
     RETRY_WAIT,
     StepKind,
     StepRecord,
@@ -51,14 +60,10 @@ from .models import (
     WaitStatus,
     WorkflowRun,
 )
-from .redaction import redact
-from .retry import RetryPolicy, dependency_label, dependency_name
-from .runtime import SegmentReleased, run_sync, segment_should_stop
-from .services import retry_wait_release
 
 if TYPE_CHECKING:
-    from .observability import _Segment
-    from .registry import WorkflowDefinition
+    from workflows.engine.registry import WorkflowDefinition
+    from workflows.observability import _Segment
 
 DEFAULT_RETRY = RetryPolicy()
 # Sleeps up to this long happen in the worker; longer ones suspend the run and free it.

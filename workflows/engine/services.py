@@ -17,16 +17,20 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
-from . import hooks, observability, transitions
-from .circuits import circuit_probe_take, circuits_probe_due
-from .errors import (
+from workflows import observability
+from workflows.engine import hooks, transitions
+from workflows.engine.circuits import circuit_probe_take, circuits_probe_due
+from workflows.engine.errors import (
     PayloadError,
     RunStateError,
     WaitAlreadyDecidedError,
     WaitExpiredError,
     WaitNotFoundError,
 )
-from .models import (
+from workflows.engine.queue import queue_depth, run_enqueue
+from workflows.engine.registry import workflow_get
+from workflows.engine.transitions import lease_expired
+from workflows.models import (
     ACTIVE_RUN_STATUSES,
     RETRY_WAIT,
     RunStatus,
@@ -37,9 +41,6 @@ from .models import (
     WaitStatus,
     WorkflowRun,
 )
-from .queue import queue_depth, run_enqueue
-from .registry import workflow_get
-from .transitions import lease_expired
 
 logger = logging.getLogger(__name__)
 

@@ -48,23 +48,22 @@ Inline (`run_execute`), asgiref runs the segment's coroutine on a loop of its ow
 import asyncio
 import concurrent.futures
 import contextvars
-import enum
 import logging
 import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from . import observability
-from .leases import LeaseKeeper, lease_release
+from workflows import observability
+from workflows.engine.leases import LeaseKeeper, lease_release
+from workflows.engine.runtime import SegmentOutcome, SegmentRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -77,50 +76,6 @@ STOP_GRACE_SECONDS = 5.0
 
 class WorkerStopping(BaseException):
     """Raised in a worker's main thread by SIGTERM: stop taking tasks and drain."""
-
-
-class SegmentReleased(BaseException):
-    """Raised at a step boundary of a segment whose worker is stopping. A
-    `BaseException`, like `asyncio.CancelledError`, so that workflow code catching
-    `Exception` cannot swallow it."""
-
-
-class SegmentOutcome(enum.StrEnum):
-    """How a segment ended (for logs, metrics and tests)."""
-
-    SKIPPED = "skipped"  # not pending, or leased elsewhere: another delivery has it
-    COMPLETED = "completed"
-    FAILED = "failed"
-    SUSPENDED = "suspended"  # waiting (suspend, long sleep, a dependency down)
-    RELEASED = "released"  # its worker stopped; handed back to the queue
-    LEASE_LOST = "lease_lost"  # cancelled or taken over while it ran
-
-
-class SegmentRuntime:
-    """What a segment runs on: where its sync work runs, who renews its lease, and
-    whether it must stop at its next step."""
-
-    keeper: LeaseKeeper
-
-    async def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        raise NotImplementedError
-
-    def must_stop(self) -> bool:
-        return False
-
-
-class InlineRuntime(SegmentRuntime):
-    """One segment executed in the caller's thread (`run_execute`): sync work in that
-    thread, as asgiref's `sync_to_async` does, so that it sees the caller's transaction."""
-
-    def __init__(self) -> None:
-        self.keeper = LeaseKeeper()
-
-    async def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await sync_to_async(fn)(*args, **kwargs)
-
-    async def close(self) -> None:
-        await self.keeper.close()
 
 
 class WorkerRuntime(SegmentRuntime):
@@ -153,7 +108,7 @@ class WorkerRuntime(SegmentRuntime):
         self.loop.run_forever()
 
     async def _wake_forever(self, seconds: float) -> None:
-        from .services import retry_waits_wake
+        from workflows.engine.services import retry_waits_wake
 
         while self.accepting:
             try:
@@ -195,7 +150,7 @@ class WorkerRuntime(SegmentRuntime):
         if not self.accepting:
             self._slots.release()
             return False
-        from .executor import segment_execute
+        from workflows.engine.executor import segment_execute
 
         future = asyncio.run_coroutine_threadsafe(segment_execute(run_id, self), self.loop)
         with self._lock:
@@ -248,53 +203,15 @@ def _call_with_own_connection(
             connection.close()
 
 
-_segment_runtime: contextvars.ContextVar[SegmentRuntime | None] = contextvars.ContextVar(
-    "workflows_segment_runtime", default=None
-)
 _worker_runtime: contextvars.ContextVar[WorkerRuntime | None] = contextvars.ContextVar(
     "workflows_worker_runtime", default=None
 )
-
-
-@contextmanager
-def segment_running_on(runtime: SegmentRuntime) -> Iterator[None]:
-    """Run the enclosed segment code on `runtime` (set by `segment_execute`)."""
-    token = _segment_runtime.set(runtime)
-    try:
-        yield
-    finally:
-        _segment_runtime.reset(token)
-
-
-def segment_runtime() -> SegmentRuntime | None:
-    """The runtime of the segment this code runs in, if any."""
-    return _segment_runtime.get()
 
 
 def worker_runtime() -> WorkerRuntime | None:
     """The runtime django-q2's worker loop was started with (`runtime_worker`), for the
     task that hands it a run; None where tasks run without one (synchronous mode)."""
     return _worker_runtime.get()
-
-
-def run_sync(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`fn` as an awaitable that runs off the event loop, where the segment's runtime
-    runs sync work: the worker's bounded thread pool, or the caller's thread inline.
-    Outside a segment, in the caller's thread (asgiref's `sync_to_async`)."""
-    runtime = _segment_runtime.get()
-    if runtime is None:
-        return sync_to_async(fn)
-
-    async def call(*args: Any, **kwargs: Any) -> T:
-        return await runtime.call_sync(fn, *args, **kwargs)
-
-    return call
-
-
-def segment_should_stop() -> bool:
-    """True when the worker is stopping and segments must yield at their next step."""
-    runtime = _segment_runtime.get()
-    return runtime is not None and runtime.must_stop()
 
 
 # --- the django-q2 worker process ------------------------------------------------------
@@ -307,7 +224,7 @@ def _raise_stopping(signum: int, frame: object) -> None:
 def runtime_worker(*args: Any, **kwargs: Any) -> None:
     """django-q2's worker loop, with a runtime started for it and drained after it
     (on SIGTERM, on recycle, on the cluster's STOP). What it assumes of that loop is
-    listed in `management/commands/qcluster.py` (`DJANGO_Q2_INTERNALS`)."""
+    listed in `workflows.worker.cluster` (`DJANGO_Q2_INTERNALS`)."""
     from django_q.worker import worker
 
     runtime = WorkerRuntime(

@@ -23,9 +23,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from . import hooks
-from .agents import agents_all
-from .console import (
+from workflows.agents import agents_all
+from workflows.console.forms import WorkflowStartForm
+from workflows.console.presenters import (
     RunTrace,
     ago_text,
     pretty_json,
@@ -33,13 +33,12 @@ from .console import (
     run_trace,
     waiting_for_text,
 )
-from .console_schema import schema_example, schema_fields
-from .errors import PayloadError, RunNotFoundError, UnknownWorkflowError
-from .forms import WorkflowStartForm
-from .hooks import RunFact
-from .models import EXECUTING_RUN_STATUSES, RunStatus, Wait, WorkflowRun
-from .registry import WorkflowDefinition, workflow_get, workflows_all
-from .selectors import (
+from workflows.console.schema import schema_example, schema_fields
+from workflows.engine import hooks
+from workflows.engine.errors import PayloadError, RunNotFoundError, UnknownWorkflowError
+from workflows.engine.hooks import RunFact
+from workflows.engine.registry import WorkflowDefinition, workflow_get, workflows_all
+from workflows.engine.selectors import (
     run_status_counts,
     run_workflow_ids,
     runs_list,
@@ -47,7 +46,8 @@ from .selectors import (
     usage_total,
     waiting_for_of,
 )
-from .services import workflow_start
+from workflows.engine.services import workflow_start
+from workflows.models import EXECUTING_RUN_STATUSES, RunStatus, Wait, WorkflowRun
 
 logger = logging.getLogger(__name__)
 

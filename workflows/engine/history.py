@@ -9,8 +9,8 @@ worker does (Temporal's replayer reuses its live worker for the same reason).
 import uuid
 from collections.abc import Iterable
 
-from .errors import NonDeterminismError
-from .models import StepRecord, StepStatus, Wait, WorkflowRun
+from workflows.engine.errors import NonDeterminismError
+from workflows.models import StepRecord, StepStatus, Wait, WorkflowRun
 
 DIVERGENCE_HELP = (
     "Wrap the change in `if ctx.patched('<change-id>'):` so that runs started before it "

@@ -18,8 +18,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import hooks
-from .errors import NonRetryableError, StepOutputError, TransientError
+from workflows.engine import hooks
+from workflows.engine.errors import NonRetryableError, StepOutputError, TransientError
 
 
 def dependency_name(dependency: str) -> str:

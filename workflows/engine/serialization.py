@@ -8,7 +8,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 from pydantic_core import to_jsonable_python as to_jsonable_python  # `context` uses it
 
-from .errors import StepOutputError
+from workflows.engine.errors import StepOutputError
 
 _NO_ANNOTATION = object()
 

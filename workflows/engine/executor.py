@@ -16,15 +16,15 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
 
-from . import observability, transitions
-from .context import WorkflowContext
-from .errors import LeaseLostError, Suspended, UnknownWorkflowError
-from .history import History, history_load
-from .leases import lease_release, lease_take, lease_token
-from .models import RETRY_WAIT, Wait, WorkflowRun
-from .redaction import redact
-from .registry import WorkflowDefinition, workflow_get
-from .runtime import (
+from workflows import observability
+from workflows.engine import transitions
+from workflows.engine.context import WorkflowContext
+from workflows.engine.errors import LeaseLostError, Suspended, UnknownWorkflowError
+from workflows.engine.history import History, history_load
+from workflows.engine.leases import lease_release, lease_take, lease_token
+from workflows.engine.redaction import redact
+from workflows.engine.registry import WorkflowDefinition, workflow_get
+from workflows.engine.runtime import (
     InlineRuntime,
     SegmentOutcome,
     SegmentReleased,
@@ -32,6 +32,7 @@ from .runtime import (
     run_sync,
     segment_running_on,
 )
+from workflows.models import RETRY_WAIT, Wait, WorkflowRun
 
 logger = logging.getLogger(__name__)
 

@@ -27,14 +27,11 @@ from typing import Any, NoReturn, Protocol, TypedDict, cast
 
 from django.db.models import Prefetch
 
-from .context import StepCall, WorkflowContext
-from .errors import (
-    NonDeterminismError,
-    StepFailedError,
-    UnknownWorkflowError,
-)
-from .history import REPLAYED_STEP_STATUSES, History
-from .models import (
+from workflows.engine.context import StepCall, WorkflowContext
+from workflows.engine.errors import NonDeterminismError, StepFailedError, UnknownWorkflowError
+from workflows.engine.history import REPLAYED_STEP_STATUSES, History
+from workflows.engine.registry import workflow_get
+from workflows.models import (
     ACTIVE_RUN_STATUSES,
     StepKind,
     StepRecord,
@@ -42,7 +39,6 @@ from .models import (
     WaitStatus,
     WorkflowRun,
 )
-from .registry import workflow_get
 
 BATCH_SIZE = 500
 
