@@ -152,10 +152,7 @@ class AgentInvocation:
 
     async def invoke(self, ctx: "WorkflowContext", key: str) -> AgentResult:
         provider = provider_for(self.agent.provider, base_url=self.agent.provider_base_url)
-        try:
-            return await _AgentLoop(self.agent, ctx, key, self.input, provider).run()
-        finally:
-            await provider.close()
+        return await _AgentLoop(self.agent, ctx, key, self.input, provider).run()
 
 
 def _assistant_message(message: Message) -> Message:

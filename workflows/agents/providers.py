@@ -19,6 +19,7 @@ from django.conf import settings
 
 from workflows.agents.types import Message, ModelRequest, ModelResponse, Usage
 from workflows.engine.errors import NonRetryableError, TransientError
+from workflows.engine.runtime import loop_resource
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class OpenAIProvider:
         self._client: openai.AsyncOpenAI | None = None
 
     def client(self) -> openai.AsyncOpenAI:
-        # Created lazily inside the event loop of the agent invocation that uses it.
+        # Created lazily inside the event loop that uses it (`provider_for` keeps one
+        # provider per loop: an httpx client must not cross loops).
         if self._client is None:
             self._client = openai.AsyncOpenAI(
                 api_key=self.api_key or "missing",
@@ -233,9 +235,20 @@ def provider_name(agent_provider: str) -> str:
 
 
 def provider_for(agent_provider: str, *, base_url: str | None = None) -> Provider:
+    """The running loop's provider for this configuration, shared by every invocation
+    on the loop (one client, kept-alive connections) and closed by the loop's owner
+    (`workflows.engine.runtime.loop_resource`)."""
     name = provider_name(agent_provider)
     if name == "simulated":
         return SimulatedProvider()
     if name == "openai":
-        return OpenAIProvider(base_url=base_url)
+        base_url = base_url or settings.OPENAI_BASE_URL or None
+        configuration = (
+            "openai",
+            base_url,
+            settings.OPENAI_API_KEY,
+            settings.OPENAI_MAX_RETRIES,
+            settings.OPENAI_TIMEOUT,
+        )
+        return loop_resource(configuration, lambda: OpenAIProvider(base_url=base_url))
     raise NonRetryableError(f"Unknown model provider {name!r} (known: openai, simulated)")

@@ -4,15 +4,21 @@ of it (`run_sync`, `segment_should_stop`). The worker process's runtime, and the
 which code runs on which thread, are in `workflows.worker.runtime`.
 """
 
+import asyncio
 import contextvars
 import enum
-from collections.abc import Awaitable, Callable, Iterator
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 
 from workflows.engine.leases import LeaseKeeper
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -53,12 +59,78 @@ class InlineRuntime(SegmentRuntime):
 
     def __init__(self) -> None:
         self.keeper = LeaseKeeper()
+        loop_resources_hold()
 
     async def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await sync_to_async(fn)(*args, **kwargs)
 
     async def close(self) -> None:
         await self.keeper.close()
+        await loop_resources_release()
+
+
+class LoopResource(Protocol):
+    async def close(self) -> None: ...
+
+
+R = TypeVar("R", bound=LoopResource)
+
+
+class _LoopResources:
+    def __init__(self) -> None:
+        self.by_key: dict[Hashable, LoopResource] = {}
+        self.holders = 0
+
+
+# Clients bound to an event loop (an httpx pool is): made once per key on each loop and
+# shared by every segment on it, so connections are kept alive between calls; closed
+# when the loop's owner ends (a worker's stop, the last inline segment on the loop).
+# Weak keys: a loop nobody owns takes its resources with it when it goes.
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
+    weakref.WeakKeyDictionary()
+)
+_loops_lock = threading.Lock()
+
+
+def _resources_of(loop: asyncio.AbstractEventLoop) -> _LoopResources:
+    with _loops_lock:
+        resources = _loops.get(loop)
+        if resources is None:
+            resources = _loops[loop] = _LoopResources()
+        return resources
+
+
+def loop_resource(key: Hashable, factory: Callable[[], R]) -> R:
+    """The running loop's resource for `key`, made by `factory` the first time."""
+    resources = _resources_of(asyncio.get_running_loop())
+    found = resources.by_key.get(key)
+    if found is None:
+        found = resources.by_key[key] = factory()
+    return cast(R, found)
+
+
+def loop_resources_hold() -> None:
+    """The running loop's resources stay open until `loop_resources_release`: inline
+    segments nest on one loop (synchronous mode), and the outermost closes them."""
+    _resources_of(asyncio.get_running_loop()).holders += 1
+
+
+async def loop_resources_release() -> None:
+    resources = _resources_of(asyncio.get_running_loop())
+    resources.holders -= 1
+    if resources.holders <= 0:
+        await loop_resources_close()
+
+
+async def loop_resources_close() -> None:
+    """Close every resource made on the running loop (its owner is stopping)."""
+    with _loops_lock:
+        resources = _loops.pop(asyncio.get_running_loop(), None)
+    for resource in resources.by_key.values() if resources else ():
+        try:
+            await resource.close()
+        except Exception:
+            logger.warning("closing %r failed", resource, exc_info=True)
 
 
 _segment_runtime: contextvars.ContextVar[SegmentRuntime | None] = contextvars.ContextVar(

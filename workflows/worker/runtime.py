@@ -63,7 +63,7 @@ from django.db import connection
 
 from workflows import observability
 from workflows.engine.leases import LeaseKeeper, lease_release
-from workflows.engine.runtime import SegmentOutcome, SegmentRuntime
+from workflows.engine.runtime import SegmentOutcome, SegmentRuntime, loop_resources_close
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,12 @@ class WorkerRuntime(SegmentRuntime):
         ]
         if released:
             logger.warning("handed %d unfinished run(s) back to the queue", len(released))
+        try:  # the model clients and their kept-alive connections
+            asyncio.run_coroutine_threadsafe(loop_resources_close(), self.loop).result(
+                timeout=STOP_GRACE_SECONDS
+            )
+        except Exception:
+            logger.warning("closing the loop's clients failed", exc_info=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
