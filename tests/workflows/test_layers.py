@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.source import source_parse
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "workflows"
 ABOVE_ENGINE = ("workflows.worker", "workflows.console", "workflows.agents")
@@ -57,7 +59,7 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
     """The workflows modules `name` imports at module level (a `from pkg import sub`
     of a submodule counts as importing `sub`)."""
     result: set[str] = set()
-    for node in _top_level_imports(ast.parse(path.read_text())):
+    for node in _top_level_imports(source_parse(path.read_text())):
         if isinstance(node, ast.Import):
             result.update(a.name for a in node.names if a.name in known)
             continue
@@ -122,7 +124,7 @@ def oversized(found: dict[str, Path]) -> list[str]:
         text = path.read_text()
         if len(text.splitlines()) <= MAX_LINES:
             continue
-        docstring = ast.get_docstring(ast.parse(text)) or ""
+        docstring = ast.get_docstring(source_parse(text)) or ""
         if "Over 500 lines because" not in docstring:
             result.append(f"{name} ({len(text.splitlines())} lines)")
     return result

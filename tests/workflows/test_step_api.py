@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from tests.support.source import source_parse
 from workflows import WorkflowContext, run_resume, workflow, workflow_start
 from workflows.engine.replay import runs_replay_check
 from workflows.models import RunStatus, WorkflowRun
@@ -111,7 +112,7 @@ def _private(name: str) -> bool:
 def private_uses(source: str) -> list[str]:
     """Each `ctx._x`, `ctx.step._x` (or `getattr(ctx, "_x")`) in `source`, as text."""
     found: list[tuple[int, str]] = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(source_parse(source)):
         if isinstance(node, ast.Attribute) and _private(node.attr) and _is_context(node.value):
             found.append((node.lineno, ast.unparse(node)))
         elif (

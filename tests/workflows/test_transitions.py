@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from tests.support.source import source_parse
 from workflows.engine import transitions
 from workflows.engine.transitions import RUN_STATUS_MOVES, RUN_TRANSITIONS, Lease, Transition
 from workflows.models import RunStatus, WorkflowRun
@@ -137,7 +138,7 @@ class _RunStateWrites(ast.NodeVisitor):
 
 def run_state_writes(source: str) -> list[tuple[int, str]]:
     finder = _RunStateWrites()
-    finder.visit(ast.parse(source))
+    finder.visit(source_parse(source))
     return finder.found
 
 
