@@ -4,6 +4,7 @@ different holder ids stand for two processes sharing one database."""
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from workflows.engine.leases import LeaseKeeper
 from workflows.engine.limits import SlotPool, concurrency_slot, slots_take
 from workflows.models import ConcurrencySlot
 
@@ -149,12 +151,14 @@ def test_a_dead_holders_slots_are_free_one_lease_after_its_last_renewal(short_le
         dead, live = SlotPool(), SlotPool()
         release = asyncio.Event()
         calls = [await enter(dead, 2, release) for _ in range(2)]
+        renewing = time.monotonic()
         await dead.heartbeat()  # its last renewal: then it "dies" (no beat, no close)
-        last_renewal = time.monotonic()
+        renewed = time.monotonic()
         assert not await granted_within(live, 2, LEASE * 0.7)
         assert await granted_within(live, 2, LEASE * 1.5)
-        freed_after = time.monotonic() - last_renewal
-        assert LEASE * 0.9 <= freed_after <= LEASE * 1.6
+        granted = time.monotonic()
+        assert granted - renewing >= LEASE * 0.95  # not before its lease ran out
+        assert granted - renewed <= LEASE * 1.6  # and soon after
         assert await aholders() == {live.holder: 1}
         release.set()
         await asyncio.gather(*calls)
@@ -198,5 +202,31 @@ def test_a_call_outside_a_segment_takes_a_block_of_its_own_and_gives_it_back(sho
             assert len(await aholders()) == 1
             assert not await granted_within(SlotPool(), 1, 0.05)
         assert await aholders() == {}
+
+    run(main)
+
+
+def test_the_lease_keeper_renews_the_block_and_gives_back_what_idles(short_lease):
+    """Wired to a `LeaseKeeper`: the block lives as long as the segments' leases are
+    renewed, and goes back (not just expires) on the beat after the last segment ends."""
+
+    async def named_holder(pool: SlotPool) -> bool:
+        mine = ConcurrencySlot.objects.filter(holder=pool.holder)
+        return await sync_to_async(mine.exists)()
+
+    async def main() -> None:
+        keeper, pool = LeaseKeeper(), SlotPool()
+        keeper.renew_also(pool)
+        release = asyncio.Event()
+        with keeper.holding(uuid.uuid4(), "a-segment's-token"):
+            call = await enter(pool, 1, release)
+            assert not await granted_within(SlotPool(), 1, LEASE * 2)
+            release.set()
+            await call
+        deadline = time.monotonic() + LEASE
+        while await named_holder(pool) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not await named_holder(pool)  # given back, not left to expire
+        await keeper.close()
 
     run(main)

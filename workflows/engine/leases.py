@@ -5,7 +5,8 @@ A run is executed by whoever holds its lease (`WorkflowRun.lease_owner` + expiry
 - **take** (`lease_take`): one conditional UPDATE; only a pending run, or a running one
   whose lease expired, can be taken. A duplicate delivery of the same task loses here.
 - **keep** (`LeaseKeeper`): one periodic UPDATE per process renews the leases of every
-  segment it has in flight, however many.
+  segment it has in flight, however many; on the same beat, what lives with them (the
+  process's block of model-call slots, `limits.py`).
 - **fence** (`lease_fenced_insert`): every step commit inserts its row only if the lease
   is still held, in the same statement; a worker that lost the run (taken over,
   cancelled) stops at its next step. A suspend is fenced by its own transition.
@@ -176,14 +177,19 @@ class LeaseKeeper:
         from workflows.engine.runtime import run_sync  # the runtime imports this module
 
         interval = lease_duration().total_seconds() / 3
-        while self._tokens:
-            await asyncio.sleep(interval)
-            try:
-                await run_sync(lease_renew)(list(self._tokens))
-            except Exception:
-                logger.exception("renewing %d lease(s) failed; retrying", len(self._tokens))
-            await self._each_companion("heartbeat")
-        await self._each_companion("idle")
+        while True:
+            while self._tokens:
+                await asyncio.sleep(interval)
+                try:
+                    await run_sync(lease_renew)(list(self._tokens))
+                except Exception:
+                    logger.exception("renewing %d lease(s) failed; retrying", len(self._tokens))
+                await self._each_companion("heartbeat")
+            await self._each_companion("idle")
+            # A segment that came in during the idle hand-back found this task running
+            # and started none: keep beating for it. (No await between check and end.)
+            if not self._tokens:
+                return
 
     async def _each_companion(self, method: str) -> None:
         for companion in list(self._companions):
