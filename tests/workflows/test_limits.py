@@ -2,6 +2,7 @@
 different holder ids stand for two processes sharing one database."""
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -230,3 +231,18 @@ def test_the_lease_keeper_renews_the_block_and_gives_back_what_idles(short_lease
         await keeper.close()
 
     run(main)
+
+
+def test_a_call_cancelled_while_its_block_grows_leaves_the_slot_to_the_block(short_lease):
+    async def main() -> None:
+        pool = SlotPool()
+        waiting = asyncio.create_task(granted_within(pool, 1, 5))
+        await asyncio.sleep(0)  # into the take
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert await granted_within(pool, 1, 0.5)  # its slot, not leaked to expiry
+        await pool.close()
+
+    run(main)
+    assert holders() == {}

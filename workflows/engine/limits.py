@@ -206,6 +206,8 @@ class SlotPool:
             if want <= 0:
                 return False
             started = time.monotonic()
+            # Cancelled during the statement, a call leaves rows under this holder that
+            # the block does not list: the next take counts them as free (its own).
             got = await run_sync(slots_take)(
                 resource=resource, limit=limit, holder=self.holder, count=want, exclude=block.held
             )
