@@ -279,14 +279,14 @@ WORKFLOWS_SLOT_WAIT_SECONDS = min(60, env_int("Q_TIMEOUT", 600) // 2)
 WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("Q_TIMEOUT", 600)
 # Cluster-wide caps on model calls in flight: "provider:model=N" or "provider=N", comma-
 # separated (workflows/engine/limits.py). The simulated provider is not capped unless named.
+# Each process leases a block of slots with its runs' leases (WORKFLOWS_LEASE_SECONDS): a
+# dead process's slots are free again one lease period after it died.
 WORKFLOWS_MODEL_CONCURRENCY = {
     name.strip(): int(limit)
     for name, _, limit in (
         item.partition("=") for item in env_list("WORKFLOWS_MODEL_CONCURRENCY", ["openai=100"])
     )
 }
-# A slot whose holder died is free again after this long.
-WORKFLOWS_SLOT_TTL_SECONDS = env_int("WORKFLOWS_SLOT_TTL_SECONDS", 300)
 # Dollars per million input/output tokens, by model name (a dated name such as
 # gpt-4o-mini-2024-07-18 takes its base model's price). Extend or override with
 # WORKFLOWS_MODEL_PRICES="model:input/output,..." (workflows/engine/pricing.py).

@@ -179,8 +179,8 @@ class Wait(models.Model):
 
 class ConcurrencySlot(models.Model):
     """One of the N cluster-wide slots of a capped resource (a provider's model), held
-    while one call runs. Shared by every process through the database; a holder that
-    died frees its slot when `expires_at` passes."""
+    by one process (`holder`, part of its block: `workflows.engine.limits`) and renewed
+    with its runs' leases; a holder that died frees its slot when `expires_at` passes."""
 
     resource = models.CharField(max_length=200)
     number = models.PositiveIntegerField()
