@@ -11,10 +11,6 @@ words below. Reviewers claim reviews (`review_claim`) so that two of them do not
 the same order; a claim is advisory: deciding over someone else's claim takes a
 confirmation that names them (the `over_claim` field)."""
 
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import timedelta
-from decimal import Decimal
 from typing import Any, cast
 
 from django.contrib import admin, messages
@@ -22,7 +18,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.db.models import Case, IntegerField, QuerySet, Value, When
 from django.http import (
     Http404,
     HttpRequest,
@@ -39,219 +35,40 @@ from django.utils.http import urlencode
 from workflows.console.views import VIEW_RUNS_PERMISSION
 from workflows.models import WaitStatus
 
-from ..models import FraudReview, FraudReviewClaim, FraudReviewQuerySet, Order, ReviewState
-from ..money import amount_grouped
+from ..models import FraudReview, Order
 from ..risk import (
-    RATIO_HIGH,
-    RiskFlag,
     RiskSignals,
     review_risk_signals,
-    reviews_domain_new,
-    reviews_ratio_high,
     reviews_with_risk,
     risk_flags,
 )
 from ..rules import REVIEW_NOTE_MAX_LENGTH, OrderRuleError, note_check
-from ..selectors import claims_live, review_claim_live, review_next
+from ..selectors import review_claim_live, review_next
 from ..services.reviews import ReviewError, review_claim, review_decide, review_release
 from .agent_trace import agent_trace
 from .common import EMPTY, ReadOnlyForReviewersMixin, can_decide
+from .review_cells import (
+    amount_big,
+    amount_text,
+    claimant_name,
+    flag_chip,
+    risk_column,
+    state_badge,
+    time_left,
+)
+from .review_filters import (
+    AmountFilter,
+    ClaimFilter,
+    CurrencyFilter,
+    NewDomainFilter,
+    RatioFilter,
+    ReviewStateFilter,
+    TimeLeftFilter,
+)
 
-STATE_COLOURS = {
-    ReviewState.PENDING: "#b26b00",
-    ReviewState.APPROVED: "#1e7e34",
-    ReviewState.REJECTED: "#ba2121",
-    ReviewState.EXPIRED: "#666",
-    ReviewState.CANCELLED: "#666",
-}
 # The form field confirming a decision over someone else's claim: their username (one
 # review's page) or the review's pk (the list actions' confirmation page).
 OVER_CLAIM = "over_claim"
-
-
-def time_left(review: FraudReview) -> str:
-    """Humanized time until the deadline; "expired" past it; "—" once decided."""
-    if review.status == WaitStatus.EXPIRED:
-        return "expired"
-    return review.time_left_text() if review.status == WaitStatus.WAITING else EMPTY
-
-
-def state_badge(review: FraudReview) -> str:
-    state = review.state
-    return format_html(
-        '<span class="review-state" style="display:inline-block;padding:1px 8px;'
-        'border-radius:9px;color:#fff;background:{};font-size:11px;font-weight:600">{}</span>',
-        STATE_COLOURS.get(state, "#666"),
-        state.label,
-    )
-
-
-def amount_text(review: FraudReview) -> str:
-    """The amount as the workflow recorded it, already in the currency's decimals."""
-    return f"{review.data.get('amount', '?')} {str(review.data.get('currency', '')).upper()}"
-
-
-def amount_big(review: FraudReview) -> str:
-    """The amount grouped for reading at a glance: "2,500.00 USD"."""
-    currency = str(review.data.get("currency", ""))
-    return f"{amount_grouped(review.amount, currency)} {currency.upper()}"
-
-
-def flag_chip(flag: RiskFlag) -> str:
-    # A chip shortens a long text (a long email domain) with an ellipsis: the title has it all.
-    return format_html(
-        '<span class="risk-chip risk-{} risk-flag-{}" title="{}">{}</span>',
-        flag.level,
-        flag.name,
-        f"{flag.text}: {flag.detail}" if flag.detail else flag.text,
-        flag.text,
-    )
-
-
-def claimant_name(claim: FraudReviewClaim | None) -> str:
-    return claim.claimed_by.get_username() if claim else ""
-
-
-class ReviewStateFilter(admin.SimpleListFilter):
-    title = "state"
-    parameter_name = "state"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return list(ReviewState.choices)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        value = self.value()
-        if value in ReviewState.values:
-            # The filter is FraudReviewAdmin's: its queryset is the reviews' own.
-            return cast(FraudReviewQuerySet, queryset).in_state(value)
-        return queryset
-
-
-class ClaimFilter(admin.SimpleListFilter):
-    title = "claim"
-    parameter_name = "claim"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return [("mine", "by me"), ("others", "by others"), ("free", "by nobody")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        live = claims_live() & Q(status=WaitStatus.WAITING)
-        mine = Q(claim__claimed_by=request.user)
-        if self.value() == "mine":
-            return queryset.filter(live & mine)
-        if self.value() == "others":
-            return queryset.filter(live & ~mine)
-        if self.value() == "free":
-            return queryset.exclude(live)
-        return queryset
-
-
-class CurrencyFilter(admin.SimpleListFilter):
-    title = "currency"
-    parameter_name = "currency"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        codes = (
-            FraudReview.objects.exclude(run__order__isnull=True)
-            .values_list("run__order__currency", flat=True)
-            .distinct()
-            .order_by("run__order__currency")
-        )
-        return [(code, code.upper()) for code in codes]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        return queryset.filter(run__order__currency=self.value()) if self.value() else queryset
-
-
-# In the currency's major units: a queue mixing currencies is filtered by currency first.
-AMOUNT_RANGES = {
-    "lt1k": ("under 1,000", None, Decimal(1000)),
-    "1k-5k": ("1,000 to 5,000", Decimal(1000), Decimal(5000)),
-    "5k-20k": ("5,000 to 20,000", Decimal(5000), Decimal(20000)),
-    "20k": ("20,000 and more", Decimal(20000), None),
-}
-
-
-class AmountFilter(admin.SimpleListFilter):
-    title = "amount"
-    parameter_name = "amount"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return [(key, label) for key, (label, _, _) in AMOUNT_RANGES.items()]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        if self.value() not in AMOUNT_RANGES:
-            return queryset
-        _, low, high = AMOUNT_RANGES[str(self.value())]
-        if low is not None:
-            queryset = queryset.filter(run__order__amount__gte=low)
-        if high is not None:
-            queryset = queryset.filter(run__order__amount__lt=high)
-        return queryset
-
-
-class NewDomainFilter(admin.SimpleListFilter):
-    title = "email domain"
-    parameter_name = "domain"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return [("new", "new (first order)")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        return reviews_domain_new(queryset) if self.value() == "new" else queryset
-
-
-class RatioFilter(admin.SimpleListFilter):
-    title = "vs. the customer's average"
-    parameter_name = "ratio"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return [("high", f"{RATIO_HIGH}\u00d7 or more")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        return reviews_ratio_high(queryset) if self.value() == "high" else queryset
-
-
-TIME_LEFT_WITHIN = {
-    "1h": ("under 1 hour", 1),
-    "4h": ("under 4 hours", 4),
-    "24h": ("under 24 hours", 24),
-}
-
-
-class TimeLeftFilter(admin.SimpleListFilter):
-    title = "time left"
-    parameter_name = "left"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return [(key, label) for key, (label, _) in TIME_LEFT_WITHIN.items()]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        if self.value() not in TIME_LEFT_WITHIN:
-            return queryset
-        now = timezone.now()
-        hours = TIME_LEFT_WITHIN[str(self.value())][1]
-        return queryset.filter(
-            status=WaitStatus.WAITING, deadline__gt=now, deadline__lte=now + timedelta(hours=hours)
-        )
-
-
-def _risk_column(description: str, *flag_names: str) -> Callable[[Any, FraudReview], str]:
-    """A review-queue column showing the review's risk flags `flag_names` (see
-    orders/risk.py) as narrow chips."""
-
-    @admin.display(description=description)
-    def column(model_admin: Any, review: FraudReview) -> str:
-        risk = model_admin._risk(review)
-        if not risk:
-            return EMPTY
-        flags = [f for f in risk_flags(risk) if f.name in flag_names]
-        shown = [f for f in flags if f.level != "ok"] or flags[:1]
-        return format_html_join(
-            " ", "{}", ((flag_chip(replace(f, text=f.short or f.text)),) for f in shown)
-        )
-
-    return column
 
 
 @admin.register(FraudReview)
@@ -352,11 +169,11 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             review._risk_signals = review_risk_signals(review=review)
         return review._risk_signals
 
-    ratio_column = _risk_column("\u00d7 avg", "ratio")
-    domain_column = _risk_column("domain", "domain")
-    velocity_column = _risk_column("24 h", "velocity")
-    history_column = _risk_column("history", "rejections", "refunds")
-    stripe_risk_column = _risk_column("Stripe", "stripe")
+    ratio_column = risk_column("\u00d7 avg", "ratio")
+    domain_column = risk_column("domain", "domain")
+    velocity_column = risk_column("24 h", "velocity")
+    history_column = risk_column("history", "rejections", "refunds")
+    stripe_risk_column = risk_column("Stripe", "stripe")
 
     # --- actions: claim; confirm, then decide each review through the service --------
 
