@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from orders.models import FraudReview, Order, ReviewState
+from orders.services.reviews import review_claim
 from tests.support.cluster import QCluster
 from tests.support.requirements import skip_or_fail
 from workflows.models import RunStatus
@@ -149,7 +150,6 @@ def test_order_journey_from_form_to_approved_review(live_server, page, cluster, 
 # --- the reviewers' desk at 1440x900 (issue 21) -----------------------------------------
 
 DESK = {"width": 1440, "height": 900}
-DESK_ARTIFACTS = Path("/tmp/desk-ui-shots")
 
 
 @pytest.fixture
@@ -206,8 +206,8 @@ def drained(capture) -> list[str]:
 
 
 def desk_shot(page, name: str) -> None:
-    DESK_ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(DESK_ARTIFACTS / f"{name}.png"))  # the viewport: what fits
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"desk-{name}.png"))  # the viewport: what fits
 
 
 def below_the_fold(page, selector: str) -> list[str]:
@@ -270,9 +270,16 @@ def test_every_demo_review_is_decided_in_one_screen_with_the_keyboard(
 
 
 def test_the_queue_fits_1440_without_scrolling_sideways(live_server, desk, reviewer, demo_reviews):
+    # Another reviewer is on the longest one: the claim column and the page's confirmation.
+    otto = User.objects.create_user("otto", password="x", is_staff=True)
+    otto.groups.add(*reviewer.groups.all())
+    claimed = FraudReview.objects.get(run_id=demo_reviews[2].run_id)
+    review_claim(review=claimed, by=User.objects.get(pk=otto.pk))
+
     base = live_server.url
     log_in(desk, base, "rita", "review-pass-123", "/admin/orders/fraudreview/")
     desk.locator("#result_list").wait_for()
+    desk.get_by_text("being reviewed by otto").wait_for()
     desk_shot(desk, "queue")
     assert desk.evaluate("document.documentElement.scrollWidth") <= desk.evaluate(
         "window.innerWidth"
@@ -291,3 +298,14 @@ def test_the_queue_fits_1440_without_scrolling_sideways(live_server, desk, revie
     assert desk.locator("#result_list .risk-high.risk-flag-domain").count() >= 1
     header = desk.locator("#result_list thead").inner_text().lower()
     assert header.index("\u00d7 avg") < header.index("time left")
+
+    desk.goto(f"{base}/admin/orders/fraudreview/{claimed.pk}/change/")
+    desk.get_by_text("decide although otto is reviewing it").wait_for()
+    desk_shot(desk, "review-claimed-by-another")
+    assert [
+        *below_the_fold(desk, "#approve-button"),
+        *below_the_fold(desk, "#reject-button"),
+        *below_the_fold(desk, ".over-claim input"),
+        *below_the_fold(desk, ".risk-flags .risk-chip"),
+    ] == []
+    assert desk.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
