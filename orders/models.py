@@ -5,6 +5,7 @@ A fraud review is not a table of its own: it is the engine's `Wait` at the
 review and the suspended workflow can never disagree.
 """
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, ClassVar, cast
 
@@ -279,3 +280,31 @@ class FraudReview(Wait):
     @property
     def amount(self) -> Decimal:
         return Decimal(str(self.data.get("amount", "0")))
+
+
+class FraudReviewClaim(models.Model):
+    """A reviewer's "I am on it" for one review, so that two reviewers do not study the
+    same order. Advisory: others may still decide (the admin asks them to confirm), and
+    it lapses FRAUD_REVIEW_CLAIM_MINUTES after `claimed_at` (see `is_live`).
+    Written only by `orders.services.reviews.review_claim` / `review_release`."""
+
+    review = models.OneToOneField(
+        FraudReview, on_delete=models.CASCADE, primary_key=True, related_name="claim"
+    )
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    claimed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.review_id} claimed by {self.claimed_by_id}"
+
+    def lapses_at(self) -> datetime:
+        return self.claimed_at + claim_duration()
+
+    def is_live(self, now: datetime | None = None) -> bool:
+        return self.lapses_at() > (now or timezone.now())
+
+
+def claim_duration() -> timedelta:
+    return timedelta(minutes=settings.FRAUD_REVIEW_CLAIM_MINUTES)

@@ -22,7 +22,7 @@ from workflows.engine.selectors import (
     run_waiting_for,
     runs_cost_total,
 )
-from workflows.models import RunStatus, WorkflowRun
+from workflows.models import RunStatus, WaitStatus, WorkflowRun
 
 from .errors import NotFound
 from .models import (
@@ -31,8 +31,10 @@ from .models import (
     EmailRecord,
     EmailStatus,
     FraudReview,
+    FraudReviewClaim,
     Order,
     OrderStatus,
+    claim_duration,
 )
 
 _M = TypeVar("_M", bound=Model)
@@ -283,3 +285,53 @@ def order_run_facts(run: WorkflowRun) -> list[tuple[str, str, str | None]]:
         ("Order status", order_status_shown(order), None),
         ("Payment", order.get_payment_status_display(), None),
     ]
+
+
+# --- the reviewers' desk: open reviews, claims, what comes next -------------------------
+
+
+def reviews_open(*, now: datetime | None = None) -> QuerySet[FraudReview]:
+    """Reviews still to be decided: pending, their deadline ahead."""
+    return FraudReview.objects.pending().filter(deadline__gt=now or timezone.now())
+
+
+def reviews_open_count() -> int:
+    return reviews_open().count()
+
+
+def claims_live(*, now: datetime | None = None) -> Q:
+    """On a FraudReview queryset: the review carries a claim that has not lapsed."""
+    return Q(claim__claimed_at__gt=(now or timezone.now()) - claim_duration())
+
+
+def review_claim_live(
+    review: FraudReview, *, now: datetime | None = None
+) -> FraudReviewClaim | None:
+    """The review's claim if it is live and the review still open (a decided review is
+    nobody's any more); from `select_related("claim__claimed_by")` when the queryset
+    has it."""
+    if review.status != WaitStatus.WAITING:
+        return None
+    try:
+        claim = review.claim
+    except FraudReviewClaim.DoesNotExist:
+        return None
+    return claim if claim.is_live(now) else None
+
+
+def review_next(
+    *, after: FraudReview | None, user: User, now: datetime | None = None
+) -> FraudReview | None:
+    """The next open review in the queue's order (the deadline first) after `after`,
+    wrapping round to the first; those claimed by someone else are skipped."""
+    now = now or timezone.now()
+    candidates = (
+        reviews_open(now=now)
+        .exclude(claims_live(now=now) & ~Q(claim__claimed_by=user))
+        .order_by("deadline", "pk")
+    )
+    if after is None:
+        return candidates.first()
+    candidates = candidates.exclude(pk=after.pk)
+    later = Q(deadline__gt=after.deadline) | Q(deadline=after.deadline, pk__gt=after.pk)
+    return candidates.filter(later).first() or candidates.first()

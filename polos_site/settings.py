@@ -371,6 +371,11 @@ FRAUD_REVIEW_TIMEOUT = env_int("FRAUD_REVIEW_TIMEOUT", 86_400)
 FRAUD_REVIEW_REMINDER_AT = float(env_decimal("FRAUD_REVIEW_REMINDER_AT", "0.75"))
 if not 0 <= FRAUD_REVIEW_REMINDER_AT < 1:
     raise ImproperlyConfigured("FRAUD_REVIEW_REMINDER_AT must be at least 0 and below 1")
+# A reviewer's claim on a review ("being reviewed by ...") lapses after this many
+# minutes, so that a reviewer who walked away does not hold the review up.
+FRAUD_REVIEW_CLAIM_MINUTES = env_int("FRAUD_REVIEW_CLAIM_MINUTES", 15)
+if FRAUD_REVIEW_CLAIM_MINUTES < 1:
+    raise ImproperlyConfigured("FRAUD_REVIEW_CLAIM_MINUTES must be at least 1")
 # Where this service is reached, for absolute links in emails (the review page).
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
 # Orders under review are authorized, not charged, and card authorizations lapse (about

@@ -24,7 +24,7 @@ from ..selectors import (
 )
 from ..services.cancellation import CANCEL_PERMISSION, OrderCancelError, order_cancel
 from .common import EMPTY, ReadOnlyAdminMixin, ReadOnlyForReviewersMixin, can_decide
-from .fraud_reviews import state_badge
+from .review_cells import state_badge
 
 
 def can_view_orders(request: HttpRequest) -> bool:
