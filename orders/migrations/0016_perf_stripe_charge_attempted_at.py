@@ -11,7 +11,7 @@ def mark_uncharged_orders_attempted(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orders", "0014_client_webhooks_moved_out"),
+        ("orders", "0015_desk_ui_claims"),
     ]
 
     operations = [
