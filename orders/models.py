@@ -79,6 +79,10 @@ class Order(models.Model):
     charge_id = models.CharField(max_length=255, blank=True, db_index=True)  # Stripe webhooks
     charged_amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
     charged_at = models.DateTimeField(null=True, blank=True)
+    # When a charge was first sent towards the gateway, written before it leaves: a later
+    # attempt that finds it set (and no `charge_id`) cannot know what that one did, so
+    # it looks for the PaymentIntent it may have created (`orders.services.payments`).
+    charge_attempted_at = models.DateTimeField(null=True, blank=True)
     refund_id = models.CharField(max_length=255, blank=True)
     refunded_at = models.DateTimeField(null=True, blank=True)
     # What was given back so far, in major units (Stripe's `amount_refunded`, or the

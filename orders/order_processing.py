@@ -131,8 +131,9 @@ def _finish(
     reason: str = "",
     fraud_approved: bool | None = None,
 ) -> OrderResult:
-    order_finish(run_id=run_id, status=status, reason=reason, fraud_approved=fraud_approved)
-    order = order_for_run(run_id)
+    order = order_finish(run_id=run_id, status=status, reason=reason, fraud_approved=fraud_approved)
+    if order is None:
+        order = order_for_run(run_id)  # raises Order.DoesNotExist, as it always did
     return OrderResult(
         order_id=order.order_id,
         status=order.status,
