@@ -1,5 +1,6 @@
-"""The intake client's role (DESIGN.md, "Roles: who may do what"): the permissions the
-API asks of a token's user, the group that holds them, and making a client.
+"""The roles (DESIGN.md, "Roles: who may do what"): the intake client's permissions (what
+the API asks of a token's user), the group that holds them, and making a client; the
+fraud reviewer's permission and group.
 
 Placing an order charges a customer, so a token alone is not enough: the API checks
 `api_permission` for every request, whichever endpoint it reaches."""
@@ -14,6 +15,11 @@ from rest_framework.authtoken.models import Token
 INTAKE_CLIENTS_GROUP = "Intake clients"
 PLACE_ORDERS_PERMISSION = "orders.add_order"
 READ_ORDERS_PERMISSION = "orders.view_order"
+# The fraud reviewer: decides reviews in the admin and through `/api/reviews/`, and is
+# told when one opens. The group (made by migration 0002) holds the permission; a user
+# may also hold it directly.
+DECIDE_PERMISSION = "orders.decide_fraud_review"
+REVIEWERS_GROUP = "Fraud reviewers"
 
 
 def api_permission(*, write: bool) -> str:

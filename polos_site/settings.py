@@ -466,6 +466,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # An order's shown status appears in the order and in a review's order: one enum,
+    # under the name it had before reviews had their own endpoints.
+    "ENUM_NAME_OVERRIDES": {"OrderOutputStatusEnum": "orders.selectors.ORDER_STATUS_CHOICES"},
 }
 
 # --- Webhooks to API clients (orders/client_webhooks/) --------------------------------------

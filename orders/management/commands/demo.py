@@ -18,6 +18,7 @@ from orders.management.arguments import positive_seconds
 from orders.models import Order, OrderStatus
 from orders.money import amount_display, amount_plain
 from orders.policy import fraud_review_required
+from orders.roles import REVIEWERS_GROUP
 from orders.rules import payload_error_text, payload_errors
 from orders.schemas import OrderPayload
 from orders.selectors import order_email_sent, order_review_info, orders_list
@@ -30,7 +31,6 @@ POLL_SECONDS = 0.2
 STALL_SECONDS = 10.0
 QCLUSTER_HINT = "is a qcluster running? (scripts/serve.sh starts one)"
 REVIEWER_USERNAME = "reviewer"
-REVIEWERS_GROUP = "Fraud reviewers"
 SETTLED = (
     OrderStatus.COMPLETED,
     OrderStatus.REJECTED,
