@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TextIO, cast
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
@@ -178,8 +179,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--base-url",
-            default="http://127.0.0.1:8000",
-            help="Where the web server runs, for the trace links (default %(default)s).",
+            default=settings.SITE_URL,
+            help="Where the web server runs, for the trace links (default SITE_URL, "
+            "%(default)s; scripts/serve.sh sets it from its address).",
         )
         parser.add_argument(
             "--json",
@@ -262,6 +264,7 @@ class Command(BaseCommand):
         deadline = start + timeout
         decided: set[str] = set()
         previous: Any = None
+        written = ""
         hinted = False
         task = self.live.add_task("orders", total=len(ids), waiting="") if self.live else None
         try:
@@ -286,10 +289,12 @@ class Command(BaseCommand):
                 now = time.monotonic()
                 if state != previous:
                     previous, last_change = state, now
+                    line = progress_line(settled, len(ids)) + waiting_text
                     if self.live and task is not None:
                         self.live.update(task, completed=settled, waiting=waiting_text)
-                    else:
-                        self.human.write(progress_line(settled, len(ids)) + waiting_text)
+                    elif line != written:  # a run's own moves change no count
+                        written = line
+                        self.human.write(line)
                 if settled == len(ids):
                     return True
                 if not hinted and now - last_change >= STALL_SECONDS:
