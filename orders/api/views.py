@@ -296,6 +296,12 @@ REVIEWER_FORBIDDEN = _error(
     f'The token\'s user lacks `{DECIDE_PERMISSION}` (the "{REVIEWERS_GROUP}" group holds it).'
 )
 REVIEW_NOT_FOUND = _error("No fraud review with that id.")
+REVIEW_ID = OpenApiParameter(
+    "review_id",
+    OpenApiTypes.INT,
+    OpenApiParameter.PATH,
+    description="The review's id (global; an order's body gives it as `review.id`).",
+)
 
 
 class ReviewListApi(GenericAPIView):
@@ -344,6 +350,7 @@ class ReviewDetailApi(APIView):
     @extend_schema(
         operation_id="reviews_retrieve",
         summary="Get one fraud review, any client's",
+        parameters=[REVIEW_ID],
         responses={
             200: FraudReviewOutputSerializer,
             401: UNAUTHENTICATED,
@@ -369,6 +376,7 @@ class ReviewDecisionApi(APIView):
             "order's workflow (approval captures the hold, rejection releases it). "
             "The response is the review right after the decision."
         ),
+        parameters=[REVIEW_ID],
         request=ReviewDecisionInputSerializer,
         responses={
             200: FraudReviewOutputSerializer,
