@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import TypedDict, TypeVar
 from uuid import UUID
 
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Count, Exists, Model, OuterRef, Prefetch, Q, QuerySet
 from django.urls import reverse
@@ -34,8 +34,11 @@ from .models import (
     FraudReviewClaim,
     Order,
     OrderStatus,
+    ReviewState,
     claim_duration,
 )
+from .risk import reviews_with_risk
+from .roles import DECIDE_PERMISSION
 
 _M = TypeVar("_M", bound=Model)
 
@@ -85,6 +88,7 @@ def orders_in_status(orders: QuerySet[Order], status: str) -> QuerySet[Order]:
 
 
 class ReviewInfo(TypedDict):
+    id: int
     state: str
     decided_by: str | None
     decided_at: datetime | None
@@ -218,12 +222,73 @@ def order_review_info(order: Order) -> ReviewInfo | None:
     if review is None:
         return None
     return ReviewInfo(
+        id=review.pk,
         state=str(review.state),
         decided_by=review.resumed_by.get_username() if review.resumed_by else None,
         decided_at=review.resumed_at,
         note=review.note,
         deadline=review.deadline,
     )
+
+
+# --- the fraud reviewers and their reviews --------------------------------------------
+
+
+def reviewers_to_tell() -> QuerySet[User]:
+    """Who is told about reviews (alerts and reminders): every active user with an email
+    address who holds the decide permission, through a group or directly, i.e. who may
+    decide in the admin or the API. Superusers (whom Django grants every permission)
+    only when nobody holds it explicitly: a review never opens unannounced, and a team
+    with named reviewers does not copy every administrator on every alert."""
+    app_label, _, codename = DECIDE_PERMISSION.partition(".")
+    permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    users = User.objects.filter(is_active=True).exclude(email="").order_by("email")
+    holders = users.filter(
+        Q(groups__permissions__in=permission) | Q(user_permissions__in=permission)
+    ).distinct()
+    return holders if holders.exists() else users.filter(is_superuser=True)
+
+
+REVIEW_STATE_CHOICES = ReviewState.choices
+# The largest id a review (a BigAutoField) can have: a longer one is a 404, not a
+# database error.
+_MAX_ID = 2**63 - 1
+
+
+def _reviews(state: str | None = None) -> QuerySet[FraudReview]:
+    # Only a review of its order's current run: a run the order was forked away from
+    # keeps its wait, but deciding it would resume nothing the order still follows.
+    reviews = FraudReview.objects.filter(run__order__isnull=False)
+    if state:
+        reviews = reviews.in_state(state)
+    return reviews_with_risk(reviews.select_related("resumed_by", "run__order__client"))
+
+
+def reviews_list(*, state: str | None = None) -> QuerySet[FraudReview]:
+    """Every client's fraud reviews, the most urgent first (nearest deadline), with
+    their orders joined and risk figures annotated: a page costs one query."""
+    return _reviews(state).order_by("deadline", "pk")
+
+
+def review_get(*, review_id: int | str) -> FraudReview:
+    """The fraud review with that id (ids are global, across clients), with its order
+    and risk figures; `NotFound` for an unknown or malformed id."""
+    try:
+        pk = int(str(review_id))
+    except ValueError:
+        pk = 0
+    if not 0 < pk <= _MAX_ID:
+        raise NotFound(f"No fraud review {review_id}")
+    try:
+        return _reviews().get(pk=pk)
+    except FraudReview.DoesNotExist:
+        raise NotFound(f"No fraud review {review_id}") from None
+
+
+def review_order(review: FraudReview) -> Order:
+    """The order a review (from `reviews_list` or `review_get`) is about."""
+    order: Order = review.run.order
+    return order
 
 
 @dataclass(frozen=True)

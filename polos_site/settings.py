@@ -295,6 +295,9 @@ WORKFLOWS_MODEL_PRICES = {
     "gpt-4o": {"input": "2.50", "output": "10.00"},
     "gpt-4.1-mini": {"input": "0.40", "output": "1.60"},
     "gpt-4.1": {"input": "2.00", "output": "8.00"},
+    # The simulated provider's stand-ins ("simulated:<model>"), priced as gpt-4o-mini so
+    # that the demo shows what its runs would cost; "simulated:0/0" makes them free.
+    "simulated": {"input": "0.15", "output": "0.60"},
 }
 for _name, _, _prices in (item.partition(":") for item in env_list("WORKFLOWS_MODEL_PRICES", [])):
     _input, _, _output = _prices.partition("/")
@@ -471,6 +474,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # An order's shown status appears in the order and in a review's order: one enum,
+    # under the name it had before reviews had their own endpoints.
+    "ENUM_NAME_OVERRIDES": {"OrderOutputStatusEnum": "orders.selectors.ORDER_STATUS_CHOICES"},
 }
 
 # --- Webhooks to API clients (orders/client_webhooks/) --------------------------------------

@@ -29,13 +29,11 @@ from ..models import (
     OrderStatus,
 )
 from ..notifications import REVIEW_ALERT, REVIEW_REMINDER, review_email_send
+from ..roles import DECIDE_PERMISSION
 from ..rules import OrderRuleError, note_check
 from ..selectors import order_fraud_review
 
 logger = logging.getLogger(__name__)
-
-
-DECIDE_PERMISSION = "orders.decide_fraud_review"
 
 
 class ReviewError(Exception):
