@@ -3,8 +3,8 @@
 from django import template
 from django.contrib.auth.models import AnonymousUser, User
 
+from ..roles import DECIDE_PERMISSION
 from ..selectors import reviews_open_count
-from ..services.reviews import DECIDE_PERMISSION
 
 register = template.Library()
 
