@@ -293,7 +293,7 @@ def order_runs_retained(run_ids: list[UUID]) -> set[UUID]:
     orders' retention veto): the run of an order that is not settled or whose money is
     not at rest, and the run such an order was forked from. Two queries per batch."""
     orders = Order.objects.filter(_RETAINED)
-    kept = set(orders.filter(run_id__in=run_ids).values_list("run_id", flat=True))
+    kept: set[UUID | None] = set(orders.filter(run_id__in=run_ids).values_list("run_id", flat=True))
     kept |= set(
         orders.filter(run__forked_from_id__in=run_ids).values_list("run__forked_from_id", flat=True)
     )

@@ -23,6 +23,7 @@ def order_history_archive(run_ids: list[UUID]) -> None:
         return
     orders = list(Order.objects.filter(run_id__in=reviews))
     for order in orders:
+        assert order.run_id is not None  # selected by run
         review = reviews[order.run_id]
         order.review_state = review.state
         order.review_decided_by = review.resumed_by.get_username() if review.resumed_by else ""

@@ -33,10 +33,10 @@ def records_expanded(records: Iterable[StepRecord]) -> list[StepRecord]:
     the apps' pages show, for old and new runs alike. One query when any record is in
     format 2 (its contexts), none otherwise."""
     records = list(records)
-    lean = [r for r in records if is_lean(r.input)]
+    lean = [r.input for r in records if is_lean(r.input) and isinstance(r.input, dict)]
     if not lean:
         return records
-    digests = {str(r.input.get("context")) for r in lean if r.input.get("context")}
+    digests = {str(data["context"]) for data in lean if data.get("context")}
     contexts = dict(
         AgentContext.objects.filter(digest__in=digests).values_list("digest", "content")
     )

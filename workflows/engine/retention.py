@@ -215,6 +215,7 @@ def _prune_batch(
             WorkflowRun.objects.filter(pk__in=pruned).update(pruned_at=now)
         report.pruned += pruned
     last_id, _, last_finished = batch[-1]
+    assert last_finished is not None  # selected on finished_at
     return last_finished, last_id
 
 
