@@ -101,10 +101,6 @@ class WorkflowRun(models.Model):
     def __str__(self) -> str:
         return f"{self.workflow_id} {self.id} ({self.status})"
 
-    @property
-    def is_pruned(self) -> bool:
-        return self.pruned_at is not None
-
 
 class StepRecord(models.Model):
     """A completed (or finally failed) step: its output is what replay returns."""

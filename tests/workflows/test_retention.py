@@ -15,6 +15,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from django_q.models import Schedule
 
 from tests.workflows.sample_workflows import BROKEN
 from workflows import workflow_start
@@ -22,6 +23,7 @@ from workflows.engine.errors import RunStateError
 from workflows.engine.retention import RetentionPolicy, runs_prune, runs_prune_configured
 from workflows.engine.services import run_fork, run_retry
 from workflows.models import RunStatus, StepRecord, Wait, WorkflowRun
+from workflows.tasks import runs_prune_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -251,3 +253,20 @@ def test_prune_runs_never_overwrites_an_export(runs, tmp_path: Path):
         call_command("prune_runs", "--older-than", "30d", "--export", str(archive))
     assert archive.read_text() == "earlier archive\n"
     assert history(runs["old"])[0] == 3
+
+
+# --- the schedule ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_migration_schedules_a_pass_every_five_minutes():
+    # Non-transactional: the database as `migrate` left it.
+    [schedule] = Schedule.objects.filter(func="workflows.tasks.runs_prune_task")
+    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == ("I", 5, -1)
+
+
+def test_the_scheduled_task_prunes_what_the_settings_let_go(runs, settings):
+    settings.WORKFLOWS_RETENTION_HOURS = 24 * 30
+    settings.WORKFLOWS_RETENTION_ROWS = 0
+    assert runs_prune_task() == 3
+    assert history(runs["old"]) == (0, 0) and history(runs["recent"])[0] > 0
