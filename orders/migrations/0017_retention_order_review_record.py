@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('orders', '0014_client_webhooks_moved_out'),
+        ('orders', '0016_perf_stripe_charge_attempted_at'),
     ]
 
     operations = [
