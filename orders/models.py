@@ -45,6 +45,14 @@ class PaymentStatus(models.TextChoices):
     FAILED = "failed"  # declined, or the capture failed (expired authorization)
 
 
+class ReviewState(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
 class Order(models.Model):
     # The API client (user) that submitted the order; its order ids and idempotency keys
     # are its own. Null for orders started from the console or by commands.
@@ -103,6 +111,14 @@ class Order(models.Model):
     stripe_risk_score = models.PositiveSmallIntegerField(null=True, blank=True)
     fraud_review_required = models.BooleanField(default=False)
     fraud_approved = models.BooleanField(null=True, blank=True)
+    # The fraud review as it ended, copied from the run's wait when retention prunes the
+    # run's history (`services.retention`): the wait is the review's record until then.
+    review_id = models.PositiveBigIntegerField(null=True, blank=True)
+    review_state = models.CharField(max_length=20, choices=ReviewState, blank=True)
+    review_decided_by = models.CharField(max_length=150, blank=True)
+    review_decided_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.TextField(blank=True)
+    review_deadline = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -215,14 +231,6 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
-
-
-class ReviewState(models.TextChoices):
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
 
 
 class FraudReviewQuerySet(models.QuerySet["FraudReview"]):

@@ -34,6 +34,7 @@ from .models import (
     FraudReviewClaim,
     Order,
     OrderStatus,
+    PaymentStatus,
     ReviewState,
     claim_duration,
 )
@@ -216,11 +217,21 @@ def _order_fraud_review_listed(order: Order) -> FraudReview | None:
 
 def order_review_info(order: Order) -> ReviewInfo | None:
     """The order's fraud review as clients see it, or None when the order never needed
-    one. Read from the run's wait (the review's only record), so it cannot disagree
-    with the suspended workflow."""
+    one. Read from the run's wait (the review's record), so it cannot disagree with the
+    suspended workflow; once retention pruned the run's history, from the copy the
+    order kept (`services.retention`)."""
     review = _order_fraud_review_listed(order)
     if review is None:
-        return None
+        if order.review_id is None or order.review_deadline is None:
+            return None
+        return ReviewInfo(
+            id=order.review_id,
+            state=order.review_state,
+            decided_by=order.review_decided_by or None,
+            decided_at=order.review_decided_at,
+            note=order.review_note,
+            deadline=order.review_deadline,
+        )
     return ReviewInfo(
         id=review.pk,
         state=str(review.state),
@@ -336,6 +347,25 @@ def ops_overview() -> OpsOverview:
             )
         ],
     )
+
+
+# An order whose run may still matter to someone: unsettled (processing, awaiting review,
+# or needing attention), or whose money is not at rest (a hold, an open dispute).
+_RETAINED = Q(status__in=_UNSETTLED) | Q(
+    payment_status__in=(PaymentStatus.AUTHORIZED, PaymentStatus.DISPUTED)
+)
+
+
+def order_runs_retained(run_ids: list[UUID]) -> set[UUID]:
+    """Of these finished order runs, the ones whose history retention must keep (the
+    orders' retention veto): the run of an order that is not settled or whose money is
+    not at rest, and the run such an order was forked from. Two queries per batch."""
+    orders = Order.objects.filter(_RETAINED)
+    kept: set[UUID | None] = set(orders.filter(run_id__in=run_ids).values_list("run_id", flat=True))
+    kept |= set(
+        orders.filter(run__forked_from_id__in=run_ids).values_list("run__forked_from_id", flat=True)
+    )
+    return {run_id for run_id in kept if run_id is not None}
 
 
 def order_run_facts(run: WorkflowRun) -> list[tuple[str, str, str | None]]:

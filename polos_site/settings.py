@@ -346,6 +346,23 @@ if WORKFLOWS_WAKE_SECONDS < 1 or WORKFLOWS_CIRCUIT_PROBE_SECONDS < 1:
         "WORKFLOWS_WAKE_SECONDS and WORKFLOWS_CIRCUIT_PROBE_SECONDS are at least 1 (seconds)"
     )
 
+# Retention of finished runs' history (workflows/engine/retention.py): their steps and
+# waits go once the run finished longer ago than the hours, or is not among the rows
+# most recently finished; 0 turns a threshold off. A pass runs every 5 minutes, in
+# batches of WORKFLOWS_RETENTION_BATCH runs, for at most WORKFLOWS_RETENTION_PASS_SECONDS.
+WORKFLOWS_RETENTION_HOURS = env_int("WORKFLOWS_RETENTION_HOURS", 720)
+WORKFLOWS_RETENTION_ROWS = env_int("WORKFLOWS_RETENTION_ROWS", 1_000_000)
+WORKFLOWS_RETENTION_BATCH = env_int("WORKFLOWS_RETENTION_BATCH", 100)
+WORKFLOWS_RETENTION_PASS_SECONDS = env_int("WORKFLOWS_RETENTION_PASS_SECONDS", 60)
+if (
+    min(WORKFLOWS_RETENTION_HOURS, WORKFLOWS_RETENTION_ROWS) < 0
+    or min(WORKFLOWS_RETENTION_BATCH, WORKFLOWS_RETENTION_PASS_SECONDS) < 1
+):
+    raise ImproperlyConfigured(
+        "WORKFLOWS_RETENTION_HOURS and _ROWS are 0 (off) or more; "
+        "WORKFLOWS_RETENTION_BATCH and _PASS_SECONDS at least 1"
+    )
+
 # --- Model provider -------------------------------------------------------------------
 # `openai` speaks Chat Completions through the official SDK to OPENAI_BASE_URL (OpenAI,
 # vLLM, Ollama, llama.cpp...). `simulated` is a deterministic offline stand-in: the

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.utils.text import Truncator
 
+from workflows.agents.contexts import records_expanded
 from workflows.agents.transcript import agent_calls_prefix, llm_reply, tool_call_recorded
 from workflows.console.step_tree import StepNode, step_find, step_tree
 from workflows.models import StepKind, StepRecord
@@ -92,9 +93,11 @@ def reply_said(content: Any, tool_names: list[str], error: str) -> str:
 
 def agent_trace(run_id: Any) -> list[dict[str, Any]]:
     """The order agent's model messages and tool calls, in order, for the review page."""
-    records = StepRecord.objects.filter(
-        run_id=run_id, key__startswith=agent_calls_prefix(START_ORDER_AGENT_KEY)
-    ).order_by("position")
+    records = records_expanded(
+        StepRecord.objects.filter(
+            run_id=run_id, key__startswith=agent_calls_prefix(START_ORDER_AGENT_KEY)
+        ).order_by("position")
+    )
     agent = step_find(step_tree([StepNode.of_record(r) for r in records]), START_ORDER_AGENT_KEY)
     entries: list[dict[str, Any]] = []
     for step in (node.record for node in (agent.descendants() if agent else [])):

@@ -17,9 +17,10 @@ from orders.rules import (
 )
 from orders.schemas import OrderPayload
 from orders.selectors import ORDER_STATUS_CHOICES
+from workflows.agents.contexts import records_expanded
 from workflows.console.presenters import waiting_for_text
 from workflows.engine.selectors import run_waiting_for, usage_cost
-from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus, WorkflowRun
+from workflows.models import RunStatus, StepKind, StepRecord, StepStatus, WaitStatus, WorkflowRun
 
 
 class _Text(serializers.CharField):
@@ -281,6 +282,14 @@ class WaitOutputSerializer(serializers.Serializer):
         return {name: fields[name] for name in order}
 
 
+class _StepsShown(serializers.ListSerializer):
+    """A run's steps as the trace shows them: records kept in the lean format
+    (`workflows.agents.transcript`) read back whole, so clients see one format."""
+
+    def get_attribute(self, instance: WorkflowRun) -> list[StepRecord]:
+        return records_expanded(instance.steps.all())
+
+
 class RunOutputSerializer(serializers.Serializer):
     """A run as its trace shows it. The lease and error tracebacks stay internal."""
 
@@ -295,7 +304,12 @@ class RunOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
-    steps = StepOutputSerializer(many=True)
+    steps = _StepsShown(child=StepOutputSerializer())
+    pruned_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When retention deleted the run's steps and waits (its trace), keeping "
+        "the run's outcome; null while they are kept.",
+    )
     waits = WaitOutputSerializer(many=True)
     model_cost_usd = serializers.SerializerMethodField(
         help_text="What the run's model calls cost, in US dollars (null: none priced)."

@@ -135,6 +135,11 @@ def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> 
     try:
         run_resume(order.run_id, FRAUD_REVIEW_KEY, {"approved": approved, "note": note}, by=by)
     except WaitNotFoundError:
+        if order.review_state:  # decided, and its run's history pruned since
+            raise ReviewError(
+                f"The review of order {order.order_id} was already decided "
+                f"({order.review_state})"
+            ) from None
         raise ReviewError(f"Order {order.order_id} has no fraud review to decide") from None
     except WaitAlreadyDecidedError:
         review = order_fraud_review(order=order)

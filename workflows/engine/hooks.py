@@ -31,6 +31,8 @@ A runnable example (a second application with its own workflow)::
     >>> scratch.register_wait_sweep_hook(renewal_reminders)
     >>> scratch.register_metrics_collector(RenewalsCollector())
     >>> scratch.register_dependency_name("billing", "the billing service")
+    >>> scratch.register_retention_veto("renewals.renew", lambda run_ids: [])
+    >>> scratch.register_history_archiver("renewals.renew", lambda run_ids: None)
     >>> scratch.dependency_names["billing"]
     'the billing service'
 
@@ -63,6 +65,14 @@ What each hook is asked, and what happens when it fails:
 - **metrics collector**: an object whose `collect()` yields Prometheus metrics read
   from the database at scrape time (`GET /metrics`); one that raises is reported as
   `workflows_metrics_collector_up{collector}=0` and the scrape still answers.
+- **retention veto** (by workflow id): `veto(run_ids) -> run ids to keep`, asked with
+  a whole batch of finished runs of that workflow that retention would prune
+  (`engine.retention`), inside the batch's transaction: one query for the batch, so the
+  engine's prune loop stays generic. One that raises keeps every run of the batch.
+- **history archiver** (by workflow id): `archive(run_ids)`, inside the batch's
+  transaction just before those runs' steps and waits are deleted, to copy onto the
+  application's own records what must outlive the history. One that raises rolls the
+  batch back: nothing is pruned.
 - **dependency name** (by dependency id): what people call a dependency a run may wait
   for ("stripe" -> "Stripe"), in every message about it; an id not registered is shown
   as it is.
@@ -109,6 +119,14 @@ class WaitSweepHook(Protocol):
     def __call__(self, *, now: datetime) -> object: ...
 
 
+class RetentionVeto(Protocol):
+    def __call__(self, run_ids: list[UUID], /) -> Iterable[UUID]: ...
+
+
+class HistoryArchiver(Protocol):
+    def __call__(self, run_ids: list[UUID], /) -> object: ...
+
+
 class MetricsCollector(Protocol):
     def collect(self) -> Iterable[Metric]: ...
 
@@ -139,6 +157,8 @@ class Hooks:
     wait_sweep_hooks: list[WaitSweepHook] = field(default_factory=list)
     metrics_collectors: list[MetricsCollector] = field(default_factory=list)
     dependency_names: dict[str, str] = field(default_factory=dict)
+    retention_vetoes: dict[str, RetentionVeto] = field(default_factory=dict)
+    history_archivers: dict[str, HistoryArchiver] = field(default_factory=dict)
 
     def register_wait_link(self, wait_key: str, link: WaitLink) -> None:
         _put("A wait link", self.wait_links, wait_key, link)
@@ -162,6 +182,12 @@ class Hooks:
 
     def register_dependency_name(self, dependency: str, name: str) -> None:
         _put("A dependency name", self.dependency_names, dependency, name)
+
+    def register_retention_veto(self, workflow_id: str, veto: RetentionVeto) -> None:
+        _put("A retention veto", self.retention_vetoes, workflow_id, veto)
+
+    def register_history_archiver(self, workflow_id: str, archiver: HistoryArchiver) -> None:
+        _put("A history archiver", self.history_archivers, workflow_id, archiver)
 
     def copy(self) -> Hooks:
         """An independent copy (tests register into one and throw it away)."""
@@ -198,3 +224,11 @@ def register_metrics_collector(collector: MetricsCollector) -> None:
 
 def register_dependency_name(dependency: str, name: str) -> None:
     registry.register_dependency_name(dependency, name)
+
+
+def register_retention_veto(workflow_id: str, veto: RetentionVeto) -> None:
+    registry.register_retention_veto(workflow_id, veto)
+
+
+def register_history_archiver(workflow_id: str, archiver: HistoryArchiver) -> None:
+    registry.register_history_archiver(workflow_id, archiver)
