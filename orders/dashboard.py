@@ -67,6 +67,7 @@ def reviews_backlog(*, now: datetime) -> PanelData:
         buckets=hour_buckets(now),
         series=(Series("pending reviews", tuple(float(p.pending) for p in points)),),
         unit="reviews",
+        levels=True,
         colors=(("pending reviews", "#9333ea"),),
         figures=(
             ("pending now", str(latest.pending)),
@@ -88,6 +89,7 @@ def reviews_oldest(*, now: datetime) -> PanelData:
         series=(Series("oldest pending review (hours)", hours),) if any(hours) else (),
         chart="lines",
         unit="h",
+        levels=True,
         colors=(("oldest pending review (hours)", "#dc2626"),),
         figures=(("longest wait, last 24 h", duration_text(max(hours) * 3600)),),
         empty_text="No review was pending in the last 24 hours.",

@@ -49,7 +49,7 @@ def number_text(value: float, unit: str = "") -> str:
         return f"${value:,.2f}" if value < 100 else f"${value:,.0f}"
     if value == int(value):
         return f"{int(value):,}"
-    return f"{value:,.2f}" if value < 10 else f"{value:,.1f}"
+    return f"{value:,.3g}" if value < 10 else f"{value:,.1f}"
 
 
 def _bucket_label(bucket: datetime, step_minutes: float) -> str:
@@ -68,8 +68,14 @@ def chart_draw(data: PanelData, *, title: str) -> Chart:
     n = len(data.buckets)
     colors = colors_for(data)
     legend = [
-        LegendItem(s.name, colors[s.name], number_text(sum(s.values), data.unit))
+        LegendItem(
+            s.name,
+            colors[s.name],
+            number_text(s.values[-1] if data.levels else sum(s.values), data.unit)
+            + (" now" if data.levels else ""),
+        )
         for s in data.series
+        if s.values
     ]
     if not n or not data.series:
         return Chart(svg=mark_safe(""), legend=legend, marks=0)

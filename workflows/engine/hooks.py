@@ -159,6 +159,9 @@ class PanelData:
     """Each cell (text, url or None)."""
     empty_text: str = "Nothing in this period."
     colors: tuple[tuple[str, str], ...] = ()
+    levels: bool = False
+    """The values are levels (a backlog, an age), not counts: the legend shows the
+    latest, not a sum."""
     """(series name, CSS colour) where a colour means something (failed in red)."""
 
 
