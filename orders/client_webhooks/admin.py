@@ -68,7 +68,7 @@ def health_badge(endpoint: WebhookEndpoint) -> str:
         )
     if endpoint.last_attempt_at is None:
         return "no attempt yet"
-    return format_html('<span style="color:#1e7e34">healthy</span>')
+    return format_html('<span style="color:{}">{}</span>', "#1e7e34", "healthy")
 
 
 def _last_answer(delivery: WebhookDelivery) -> str:

@@ -236,3 +236,18 @@ def test_an_operator_sees_the_orders_panels_and_staff_without_the_permission_do_
     client = Client()
     client.force_login(staff_without_permission)
     assert client.get("/dashboard/").status_code == 403
+
+
+def test_the_client_webhooks_hooks_come_from_its_ready(monkeypatch):
+    from django.apps import apps
+
+    from workflows.engine import hooks
+
+    empty = hooks.Hooks()
+    monkeypatch.setattr(hooks, "registry", empty)
+    for _ in range(2):  # a second ready() changes nothing
+        apps.get_app_config("client_webhooks").ready()
+    assert list(empty.run_groups) == ["deliveries"]
+    assert empty.run_groups["deliveries"].workflow_ids == ("webhook_delivery",)
+    assert list(empty.run_searches) == ["client_webhooks"]
+    assert list(empty.dashboard_panels) == ["webhook_endpoints"]

@@ -178,3 +178,26 @@ def test_an_applications_panel_shows_to_those_holding_its_permission(hooks_regis
     assert 'data-panel="deploys"' in html and "deploys today" in html
     assert 'data-panel="broken"' in html and "This panel failed to load." in html
     assert 'data-panel="secret"' not in html  # needs start_run, which vic lacks
+
+
+def test_a_run_search_that_fails_is_skipped_and_the_list_still_answers(hooks_registry):
+    def broken(text: str):
+        raise RuntimeError("down")
+
+    hooks_registry.register_run_search("broken", broken)
+    run = _run(RunStatus.COMPLETED, timezone.now())
+    page = operator().get("/runs/", {"q": str(run.id)[:8]})
+    assert page.status_code == 200 and str(run.id) in page.content.decode()
+
+
+def test_a_second_panel_for_a_taken_key_is_refused_and_the_same_one_is_a_no_op(hooks_registry):
+    from django.core.exceptions import ImproperlyConfigured
+
+    def read(*, now: datetime) -> PanelData:
+        return PanelData()
+
+    panel = _panel("mine", "workflows.view_workflowrun", read)
+    hooks_registry.register_dashboard_panel(panel)
+    hooks_registry.register_dashboard_panel(_panel("mine", "workflows.view_workflowrun", read))
+    with pytest.raises(ImproperlyConfigured, match="A dashboard panel for 'mine'"):
+        hooks_registry.register_dashboard_panel(_panel("mine", "workflows.start_run", read))
