@@ -135,7 +135,9 @@ class _Outage:
         )
 
     def horizon_end(self, policy: RetryPolicy) -> datetime:
-        return (self.first_failed_at or timezone.now()) + timedelta(seconds=policy.retry_horizon())
+        return (self.first_failed_at or timezone.now()) + timedelta(
+            seconds=policy.retry_horizon()
+        )
 
     def past_horizon(self, policy: RetryPolicy) -> bool:
         return self.first_failed_at is not None and timezone.now() >= self.horizon_end(policy)

@@ -156,7 +156,9 @@ def waits_expire(*, now: datetime | None = None) -> list[Wait]:
     (a sleep simply ends). Run by the periodic task and `manage.py expire_waits`."""
     now = now or timezone.now()
     expired = []
-    due = Wait.objects.filter(status=WaitStatus.WAITING, deadline__lte=now).exclude(kind=RETRY_WAIT)
+    due = Wait.objects.filter(status=WaitStatus.WAITING, deadline__lte=now).exclude(
+        kind=RETRY_WAIT
+    )
     for run_id, key in due.values_list("run_id", "key"):
         try:
             with transaction.atomic():

@@ -147,6 +147,7 @@ def worker_started(runtime: "WorkerRuntime") -> None:
     worker_slots(runtime)
 
 
+
 def lease_taken_over() -> None:
     LEASE_TAKEOVERS.inc()
 

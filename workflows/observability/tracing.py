@@ -82,6 +82,7 @@ def span_id(run_id: uuid.UUID | str, key: str) -> int:
     return int.from_bytes(digest, "big") or 1
 
 
+
 # --- tracing: the provider of this process -----------------------------------------------
 
 

@@ -41,6 +41,7 @@ def _with_secret(endpoint: WebhookEndpoint, code: int) -> Response:
 
 
 class WebhookEndpointListCreateApi(APIView):
+
     @extend_schema(
         operation_id="webhooks_list",
         summary="List your webhook endpoints (without their secrets)",
