@@ -22,11 +22,12 @@ class OrdersConfig(AppConfig):
         `workflows.engine.hooks`)."""
         from workflows.engine import hooks
 
+        from .dashboard import ORDER_PANELS
         from .mail import SMTP_DEPENDENCY
         from .metrics import OrdersCollector
         from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
         from .payments import STRIPE_DEPENDENCY
-        from .selectors import order_run_facts, order_runs_retained
+        from .selectors import order_run_facts, order_run_ids_matching, order_runs_retained
         from .services.cancellation import order_run_cancel
         from .services.lifecycle import order_follow_fork
         from .services.retention import order_history_archive
@@ -53,3 +54,8 @@ class OrdersConfig(AppConfig):
         hooks.register_history_archiver(ORDER_WORKFLOW_ID, order_history_archive)
         # The review queue's size and age on `GET /metrics`.
         hooks.register_metrics_collector(OrdersCollector())
+        # The console's run search finds an order's runs by order id or customer id.
+        hooks.register_run_search("orders", order_run_ids_matching)
+        # The orders' panels on the console's dashboard.
+        for panel in ORDER_PANELS:
+            hooks.register_dashboard_panel(panel)

@@ -13,6 +13,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
+from workflows.engine.dashboard import VIEW_RUNS_PERMISSION
+
 INTAKE_CLIENTS_GROUP = "Intake clients"
 PLACE_ORDERS_PERMISSION = "orders.add_order"
 READ_ORDERS_PERMISSION = "orders.view_order"
@@ -21,6 +23,11 @@ READ_ORDERS_PERMISSION = "orders.view_order"
 # may also hold it directly.
 DECIDE_PERMISSION = "orders.decide_fraud_review"
 REVIEWERS_GROUP = "Fraud reviewers"
+
+OPERATIONS_VIEW_PERMISSION = VIEW_RUNS_PERMISSION
+"""The operator's (the "Workflow operators" group, DESIGN.md "Roles"): what the orders'
+panels on the console's dashboard ask. They show counts, times and endpoint health,
+never a customer's data, so reading runs is enough."""
 
 
 def api_permission(*, write: bool) -> str:

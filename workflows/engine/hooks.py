@@ -76,6 +76,15 @@ What each hook is asked, and what happens when it fails:
 - **dependency name** (by dependency id): what people call a dependency a run may wait
   for ("stripe" -> "Stripe"), in every message about it; an id not registered is shown
   as it is.
+- **run search** (by name): `search(text) -> queryset of run ids`, ORed into the
+  console's run search (an order id, a customer id finds that order's runs). One that
+  raises is logged and skipped.
+- **run group** (by key): `RunGroup(key, label, workflow_ids)`, runs kept apart from
+  the others (background deliveries): the console's run list, `runs` and `ops_status`
+  show them under their own tab, option or line, not mixed with the main runs.
+- **dashboard panel** (by key): `panel(now=now) -> PanelData` drawn on the console's
+  dashboard for users holding `panel.permission`. One that raises is shown as an error
+  in its box; the page still answers.
 """
 
 from __future__ import annotations
@@ -84,13 +93,14 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:  # models import only once Django is set up; this module imports before
     from django.contrib.auth.base_user import AbstractBaseUser
+    from django.db.models import QuerySet
     from prometheus_client.core import Metric
 
     from workflows.models import Wait, WorkflowRun
@@ -131,6 +141,65 @@ class MetricsCollector(Protocol):
     def collect(self) -> Iterable[Metric]: ...
 
 
+class RunSearch(Protocol):
+    def __call__(self, text: str, /) -> QuerySet[Any]: ...
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Runs of `workflow_ids`, listed apart from the main runs as `label`."""
+
+    key: str
+    label: str
+    workflow_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One named series of a chart: a value per bucket of its `PanelData`."""
+
+    name: str
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PanelData:
+    """What one dashboard panel shows: a chart of `series` over `buckets` (stacked bars
+    or lines), headline `figures` (label, text), and an optional table."""
+
+    buckets: tuple[datetime, ...] = ()
+    series: tuple[Series, ...] = ()
+    chart: str = "bars"  # "bars" (stacked) or "lines"
+    unit: str = ""
+    figures: tuple[tuple[str, str], ...] = ()
+    headers: tuple[str, ...] = ()
+    rows: tuple[tuple[tuple[str, str | None], ...], ...] = ()
+    """Each cell (text, url or None)."""
+    empty_text: str = "Nothing in this period."
+    colors: tuple[tuple[str, str], ...] = ()
+    levels: bool = False
+    """The values are levels (a backlog, an age), not counts: the legend shows the
+    latest, not a sum."""
+    """(series name, CSS colour) where a colour means something (failed in red)."""
+
+
+class PanelRead(Protocol):
+    def __call__(self, *, now: datetime) -> PanelData: ...
+
+
+@dataclass(frozen=True)
+class DashboardPanel:
+    """One box of the console's dashboard: `read(now=now)` gives what it shows, to users
+    holding `permission` (on top of the console's own)."""
+
+    key: str
+    title: str
+    permission: str
+    read: PanelRead
+    order: int = 100
+    """Where it stands on the page, smallest first."""
+
+
 _T = TypeVar("_T")
 
 
@@ -159,6 +228,9 @@ class Hooks:
     dependency_names: dict[str, str] = field(default_factory=dict)
     retention_vetoes: dict[str, RetentionVeto] = field(default_factory=dict)
     history_archivers: dict[str, HistoryArchiver] = field(default_factory=dict)
+    run_searches: dict[str, RunSearch] = field(default_factory=dict)
+    run_groups: dict[str, RunGroup] = field(default_factory=dict)
+    dashboard_panels: dict[str, DashboardPanel] = field(default_factory=dict)
 
     def register_wait_link(self, wait_key: str, link: WaitLink) -> None:
         _put("A wait link", self.wait_links, wait_key, link)
@@ -188,6 +260,15 @@ class Hooks:
 
     def register_history_archiver(self, workflow_id: str, archiver: HistoryArchiver) -> None:
         _put("A history archiver", self.history_archivers, workflow_id, archiver)
+
+    def register_run_search(self, name: str, search: RunSearch) -> None:
+        _put("A run search", self.run_searches, name, search)
+
+    def register_run_group(self, group: RunGroup) -> None:
+        _put("A run group", self.run_groups, group.key, group)
+
+    def register_dashboard_panel(self, panel: DashboardPanel) -> None:
+        _put("A dashboard panel", self.dashboard_panels, panel.key, panel)
 
     def copy(self) -> Hooks:
         """An independent copy (tests register into one and throw it away)."""
@@ -232,3 +313,15 @@ def register_retention_veto(workflow_id: str, veto: RetentionVeto) -> None:
 
 def register_history_archiver(workflow_id: str, archiver: HistoryArchiver) -> None:
     registry.register_history_archiver(workflow_id, archiver)
+
+
+def register_run_search(name: str, search: RunSearch) -> None:
+    registry.register_run_search(name, search)
+
+
+def register_run_group(group: RunGroup) -> None:
+    registry.register_run_group(group)
+
+
+def register_dashboard_panel(panel: DashboardPanel) -> None:
+    registry.register_dashboard_panel(panel)
