@@ -148,7 +148,7 @@ def test_a_stopping_worker_hands_back_a_run_still_inside_a_step(
         assert runtime.keeper._task is None or runtime.keeper._task.done()
     finally:
         stuck_step_free.set()
-    # The step's late commit is refused (the fence): the next worker repeats it.
-    time.sleep(0.2)
+        runtime.executor.shutdown(wait=True)  # the freed step's commit has been tried
+    # The step's late commit was refused (the fence): the next worker repeats it.
     assert not StepRecord.objects.filter(run=run, key="stuck").exists()
     assert run_execute(run.id) == SegmentOutcome.COMPLETED
