@@ -9,7 +9,7 @@ import pytest
 from orders.models import Order, PaymentStatus
 from orders.services.payments import PAYMENT_TRANSITIONS, order_payment_status_set
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_engine]
 
 P = PaymentStatus
 # The product's moves, written out here rather than read from the code under test, so

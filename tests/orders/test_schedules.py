@@ -9,7 +9,7 @@ from tests.support.cluster import QCluster, wait_past, wait_until
 from tests.workflows.test_schedules import EXPIRY, FAST_SCHEDULER, schedules_recreate
 from workflows.models import Wait
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster, pytest.mark.db_engine]
 
 OFFLINE = {"LLM_PROVIDER": "simulated", "PAYMENT_GATEWAY": "simulated"}
 

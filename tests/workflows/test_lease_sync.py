@@ -20,7 +20,7 @@ from workflows.models import RunStatus, StepRecord, WorkflowRun
 from workflows.worker import runtime as worker_runtime
 from workflows.worker.runtime import WorkerRuntime
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
 LEASE = 0.5  # seconds; renewed every third of it
 STEP = 1.6  # a sync step three lease durations long

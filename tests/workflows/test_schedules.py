@@ -12,6 +12,8 @@ from tests.support.cluster import QCluster, wait_past, wait_until
 from workflows import workflow_start
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 
+pytestmark = pytest.mark.db_engine
+
 SCHEDULES = import_module("workflows.migrations.0002_schedules")
 FAST_SCHEDULER = {"DJANGO_SETTINGS_MODULE": "tests.workflows.fast_scheduler_settings"}
 REAPER = "workflows: re-queue runs whose worker died"
