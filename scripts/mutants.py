@@ -190,7 +190,9 @@ def check_all_apply(breaks: list[Break], tree: Path) -> None:
         )
 
 
-def pytest(tree: Path, args: tuple[str, ...], *, db: str, timeout: float) -> tuple[int, float]:
+def pytest(
+    tree: Path, args: tuple[str, ...], *, db: str, timeout: float, log: Path
+) -> tuple[int, float]:
     env = {
         **os.environ,
         "TEST_SQLITE_PATH": db,
@@ -204,8 +206,8 @@ def pytest(tree: Path, args: tuple[str, ...], *, db: str, timeout: float) -> tup
             [sys.executable, "-m", "pytest", *PYTEST_OPTIONS, *args],
             cwd=tree,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
             timeout=timeout,
         )
         code = done.returncode
@@ -235,8 +237,10 @@ def main() -> int:
             return 2
 
         covering: list[str] = sorted({t for b in breaks for t in b.tests if t.endswith(".py")})
-        code, took = pytest(tree, tuple(covering), db=db, timeout=options.timeout * 2)
+        log = Path(scratch) / "pytest.log"
+        code, took = pytest(tree, tuple(covering), db=db, timeout=options.timeout * 2, log=log)
         if code != 0:
+            print(log.read_text(errors="replace")[-3000:])
             print(f"the covering tests fail without any break (exit {code}): fix them first")
             return 2
         print(f"baseline: {len(covering)} test modules pass unbroken ({took:.0f} s)")
@@ -247,7 +251,7 @@ def main() -> int:
             original = path.read_text()
             path.write_text(original.replace(b.old, b.new, 1))
             try:
-                code, took = pytest(tree, b.tests, db=db, timeout=options.timeout)
+                code, took = pytest(tree, b.tests, db=db, timeout=options.timeout, log=log)
             finally:
                 path.write_text(original)
             if code == 1:
@@ -259,6 +263,7 @@ def main() -> int:
             else:
                 missed += 1
                 why = "timed out" if code == -1 else f"pytest exit {code}"
+                print(log.read_text(errors="replace")[-2000:])
                 print(f"ERROR   {b.name}: {why} ({took:.0f} s)")
         print(f"{caught} passed, {missed} failed")
         return 0 if missed == 0 else 1
