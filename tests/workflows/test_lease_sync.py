@@ -22,8 +22,8 @@ from workflows.worker.runtime import WorkerRuntime
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
-LEASE = 0.5  # seconds; renewed every third of it
-STEP = 1.6  # a sync step three lease durations long
+LEASE = 1.0  # seconds; renewed every third of it
+STEP = 2.5  # a sync step 2.5 lease durations long
 
 
 class SyncStepInput(BaseModel):
