@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install into .venv and run the whole suite: lint and migrations checks, then pytest on
-# SQLite; again on PostgreSQL and the queue tests again on the Redis broker, when those
-# servers are installed (started here if they are not running); skipped, saying so,
-# when they are not.
+# Install into .venv and run the whole suite: lint and migrations checks, then every test
+# on SQLite; the engine-dependent ones (marker `db_engine`) again on PostgreSQL and the
+# queue's qcluster tests again on the Redis broker, when those servers are installed
+# (started here if they are not running); skipped, saying so, when they are not.
 #
 # On CI (CI=true) nothing is skipped for want of a part: a missing Chromium, PostgreSQL
 # or Redis fails the run, unless ALLOW_SKIP names it (ALLOW_SKIP=chromium,postgres,redis).
