@@ -44,6 +44,15 @@ hypothesis_settings.load_profile(
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist the controller runs no test, but it imported the settings, which
+    # put its metrics directory in the environment its workers inherit: without it, each
+    # worker names its own after its queue name (polos_site/settings.py), so one
+    # worker's counters never show in another's scrape.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
 class QueueCapture:
     """Stands in for django-q2 where a test drives execution itself."""
 
