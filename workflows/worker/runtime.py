@@ -42,9 +42,13 @@ Which code runs on which thread, in a worker process:
 - **`workflows-sync_N`** (the pool): whatever `run_sync` is given: every ORM write of
   the engine (take, step commits, transitions), sync steps (Stripe, SMTP). Each thread
   has its own database connection.
+- **`workflows-lease_0`**: the `LeaseKeeper`'s renewal UPDATE only, on its own
+  connection, so that it never waits for a free sync thread.
 
 Inline (`run_execute`), asgiref runs the segment's coroutine on a loop of its own, and
-`run_sync` brings sync work back to the calling thread, inside its transaction.
+`run_sync` brings sync work back to the calling thread, inside its transaction; the
+lease is renewed from a thread of asyncio's (`InlineRuntime`), unless the caller is
+inside a transaction, where nobody else sees the run.
 """
 
 import asyncio
