@@ -250,6 +250,11 @@ Q_CLUSTER = {
     "label": "Task queue",
     "sync": env_bool("Q_SYNC", False),
 }
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # A pytest-xdist worker of the test suite is a deployment of its own (pytest-django
+    # gives it its own test database): its own queue on a shared Redis too, which the
+    # qcluster subprocesses it starts (inheriting its environment) agree on.
+    Q_CLUSTER["name"] = f"{Q_CLUSTER['name']}-{os.environ['PYTEST_XDIST_WORKER']}"
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install into .venv and run the whole suite: lint and migrations checks, then pytest on
-# SQLite; again on PostgreSQL and the queue tests again on the Redis broker, when those
-# servers are installed (started here if they are not running); skipped, saying so,
-# when they are not.
+# Install into .venv and run the whole suite: lint and migrations checks, then every test
+# on SQLite; the engine-dependent ones (marker `db_engine`) again on PostgreSQL and the
+# queue's qcluster tests again on the Redis broker, when those servers are installed
+# (started here if they are not running); skipped, saying so, when they are not.
 #
 # On CI (CI=true) nothing is skipped for want of a part: a missing Chromium, PostgreSQL
 # or Redis fails the run, unless ALLOW_SKIP names it (ALLOW_SKIP=chromium,postgres,redis).
@@ -42,17 +42,29 @@ missing() {  # $1: the part, $2: what is skipped for want of it
 .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null 2>&1 \
   || { echo "models and migrations disagree: run manage.py makemigrations"; exit 1; }
 
+# Two pytest-xdist workers (the machine's two cores; TEST_WORKERS=1 turns it off). Each
+# worker is a deployment of its own: its own test database (pytest-django suffixes it:
+# .test-db.sqlite3_gw0, test_test_gw1), its own queue name and metrics directory
+# (polos_site/settings.py, PYTEST_XDIST_WORKER), its own local servers.
+WORKERS=${TEST_WORKERS:-2}
+parallel=()
+[ "$WORKERS" -gt 1 ] && parallel=(-n "$WORKERS")
+
 echo "== test suite on SQLite"
-# The tests that need PostgreSQL itself (several clusters, connection pooling; marker
-# `postgres`) run in the PostgreSQL pass, which CI cannot skip. The outage drills (marker
-# `outage`: a dependency down for minutes) run here only: they test the engine's waits,
-# not the database or the broker, and take minutes each.
-.venv/bin/python -m pytest -m "not postgres" "$@"
+# Every test runs here once, except those that need PostgreSQL itself (several
+# clusters, connection pooling; marker `postgres`), which run in the PostgreSQL pass.
+# The outage drills (marker `outage`) run here only: they test the engine's waits, not
+# the database or the broker.
+.venv/bin/python -m pytest "${parallel[@]}" -m "not postgres" "$@"
 
 PG_URL=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 if .venv/bin/python scripts/service_up.py postgres "$PG_URL"; then
-  echo "== test suite on PostgreSQL ($PG_URL)"
-  DATABASE_URL="$PG_URL" .venv/bin/python -m pytest -m "not outage" "$@"
+  echo "== engine-dependent tests on PostgreSQL ($PG_URL)"
+  # Only what behaves differently on another engine (marker `db_engine`: locking,
+  # constraints, connections, the queue, races; README "Tests") and what needs
+  # PostgreSQL itself.
+  DATABASE_URL="$PG_URL" .venv/bin/python -m pytest "${parallel[@]}" \
+    -m "(db_engine or postgres) and not outage" "$@"
 else
   missing postgres "PostgreSQL (not installed, or no server answers at $PG_URL)"
 fi
@@ -60,7 +72,11 @@ fi
 REDIS_TEST_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
 if .venv/bin/python scripts/service_up.py redis "$REDIS_TEST_URL"; then
   echo "== queue tests on the Redis broker ($REDIS_TEST_URL)"
-  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest -m "qcluster and not postgres and not outage" "$@"
+  # The queue's own behaviour through real clusters (qcluster and db_engine), one
+  # process: the Redis cache and broker share the database, and a test's cache.clear()
+  # would flush another worker's queue.
+  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest \
+    -m "qcluster and db_engine and not postgres and not outage" "$@"
 else
   missing redis "Redis (not installed, or no server answers at $REDIS_TEST_URL)"
 fi

@@ -1,8 +1,12 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite, and the Hypothesis profiles."""
 
+import os
+from datetime import timedelta
 from importlib import import_module
 
 import pytest
+from hypothesis import Phase
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.cluster import TEST_WORKFLOW_MODULES
 from workflows.engine import hooks, queue
@@ -13,6 +17,40 @@ from workflows.engine.executor import run_execute
 # them through WORKFLOWS_EXTRA_MODULES (see tests/support/cluster.py).
 for module in TEST_WORKFLOW_MODULES:
     import_module(module)
+
+
+# Hypothesis: a failure must be reported in seconds, not after minutes of shrinking (a
+# failing example of the review fuzz once shrank for over 5 minutes). "ci" (CI=true, so
+# scripts/test.sh under .ci/run) bounds the examples and each one's time, and reports the
+# first failing example as found, unshrunk, with the blob to reproduce it
+# (`@reproduce_failure`); "dev" (the default elsewhere) shrinks, one bug at a time;
+# HYPOTHESIS_PROFILE=shrink shrinks everything Hypothesis finds, for a local hunt.
+# A test's own @settings (max_examples, deadline) take precedence over the profile.
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=timedelta(seconds=10),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    report_multiple_bugs=False,
+    print_blob=True,
+)
+hypothesis_settings.register_profile(
+    "dev", max_examples=25, deadline=timedelta(seconds=10), report_multiple_bugs=False
+)
+hypothesis_settings.register_profile("shrink", report_multiple_bugs=True)
+_ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _ON_CI else "dev")
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist the controller runs no test, but it imported the settings, which
+    # put its metrics directory in the environment its workers inherit: without it, each
+    # worker names its own after its queue name (polos_site/settings.py), so one
+    # worker's counters never show in another's scrape.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 class QueueCapture:

@@ -177,6 +177,7 @@ def test_decide_url_requires_csrf_and_post(suspended, reviewer):
     assert FraudReview.objects.get(pk=review.pk).state == ReviewState.PENDING
 
 
+@pytest.mark.db_engine
 def test_concurrent_decisions_one_wins(suspended, reviewer, queue_capture):
     _, review = suspended
     clients = [logged_in(reviewer), logged_in(reviewer)]

@@ -30,7 +30,7 @@ from workflows import NonRetryableError
 from workflows.engine.services import run_cancel
 from workflows.models import RunStatus, WaitStatus
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
 
 @pytest.fixture(autouse=True)

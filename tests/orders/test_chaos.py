@@ -34,7 +34,7 @@ from tests.support.chaos import ChaosDriver, Planned
 from tests.support.cluster import QCluster, chaos_settings
 from workflows.models import RunStatus, StepRecord, Wait, WaitStatus, WorkflowRun
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster, pytest.mark.db_engine]
 
 LEASE_SECONDS = 2
 PENDING_REQUEUE_SECONDS = 3

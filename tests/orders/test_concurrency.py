@@ -9,7 +9,7 @@ from orders.models import FraudReview
 from orders.services.reviews import ReviewError, review_decide
 from workflows.models import StepRecord
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
 
 def test_twenty_concurrent_decisions_resume_once(queue_capture, place_order, reviewer, settings):

@@ -18,6 +18,7 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.qcluster,
     pytest.mark.usefixtures("reviewer_with_email"),  # production's reviewers: alerted
+    pytest.mark.db_engine,
 ]
 
 

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from orders import order_processing
 from orders.models import Order, OrderStatus
+from orders.payments import StripeGateway
 from orders.services.cancellation import order_cancel
 from orders.services.lifecycle import OrderForkError
 from orders.services.reviews import review_decide
@@ -201,3 +202,58 @@ def test_the_admin_fork_action_refuses_a_finished_order(finished):
     assert level == "error"
     assert re.match(REFUSED.format(finished.order_id, finished.status), message)
     assert_not_forked(finished)
+
+
+# --- a fork made before the charge was recorded charges under the order's own key -----
+
+
+class _AnswerLostGateway:
+    """The bug of the first run: the charge reaches Stripe, then its answer is lost and
+    the step fails without recording it on the order."""
+
+    def __init__(self, gateway: object) -> None:
+        self._gateway = gateway
+
+    def charge(self, **kwargs: object) -> None:
+        self._gateway.charge(**kwargs)  # type: ignore[attr-defined]
+        raise NonRetryableError("bug: the charge's answer was dropped")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._gateway, name)
+
+
+def test_a_run_forked_before_its_charge_was_recorded_charges_under_the_same_key(
+    stripe_server, smtp_server, place_order, queue_capture
+):
+    from orders.services import payments as payment_services
+
+    real_gateway = payment_services.payment_gateway
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            payment_services, "payment_gateway", lambda: _AnswerLostGateway(real_gateway())
+        )
+        order = place_order("250.00")
+        assert queue_capture.drain() == ["failed"]
+    order.refresh_from_db()
+    assert not order.charge_id, "the first run recorded its charge: the fork would not charge"
+    [first] = stripe_server.successful_charges()  # Stripe did charge
+
+    origin = WorkflowRun.objects.get(pk=order.run_id)
+    with pytest.MonkeyPatch.context() as patch:
+        # Stripe's list does not show the first PaymentIntent yet, so the gateway's
+        # lookup cannot recover it: only the idempotency key stands between the fork
+        # and a second charge.
+        patch.setattr(StripeGateway, "_find_intent", lambda self, **kwargs: None)
+        call_command("fork_run", str(origin.id), "--from-step", "check_order", stdout=StringIO())
+        assert queue_capture.drain() == ["completed"]
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.COMPLETED
+    assert stripe_server.successful_charges() == [first], "the fork charged the customer again"
+    assert order.charge_id == first["id"]
+    keys = {
+        r.idempotency_key
+        for r in stripe_server.requests
+        if r.method == "POST" and r.path == "/v1/payment_intents"
+    }
+    assert len(keys) == 1, f"the fork charged under another key: {keys}"

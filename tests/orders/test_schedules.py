@@ -1,18 +1,15 @@
 """A fraud review nobody decides: the cluster's own schedule (the migration's
 Schedule row, run by django-q2's scheduler) expires it and the order is rejected."""
 
-import time
-
 import pytest
-from django.utils import timezone
 from django_q.models import Schedule
 
 from orders.models import FraudReview
-from tests.support.cluster import QCluster, wait_until
+from tests.support.cluster import QCluster, wait_past, wait_until
 from tests.workflows.test_schedules import EXPIRY, FAST_SCHEDULER, schedules_recreate
 from workflows.models import Wait
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster, pytest.mark.db_engine]
 
 OFFLINE = {"LLM_PROVIDER": "simulated", "PAYMENT_GATEWAY": "simulated"}
 
@@ -30,7 +27,7 @@ def test_the_clusters_schedule_expires_an_undecided_review(place_order, settings
     order.refresh_from_db()
     assert order.status == "awaiting_review"
 
-    time.sleep(max(0.0, (wait.deadline - timezone.now()).total_seconds()) + 0.5)
+    wait_past(wait.deadline, timeout=15)
     wait.refresh_from_db()
     assert wait.status == "waiting"  # overdue, and nothing but the schedule will expire it
 

@@ -20,7 +20,7 @@ from tests.support.cluster import ROOT, QCluster, wait_until
 from tests.support.cluster import test_database_url as subprocess_database_url
 from tests.support.requirements import skip_or_fail
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster, pytest.mark.db_engine]
 
 ORDERS = 60
 POLLS_PER_ORDER = 10

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -188,6 +189,14 @@ class QCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_past(moment: datetime, *, timeout: float = 30) -> None:
+    """Wait until the wall clock (what the database's deadlines and leases are compared
+    with, here and in a cluster started after) is past `moment`."""
+    from django.utils import timezone
+
+    wait_until(lambda: timezone.now() > moment, timeout=timeout, interval=0.02)
 
 
 def wait_until(

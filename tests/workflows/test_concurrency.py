@@ -13,7 +13,7 @@ from workflows import workflow_start
 from workflows.engine.queue import run_enqueue
 from workflows.models import RunStatus, WorkflowRun
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster, pytest.mark.db_engine]
 
 
 @pytest.mark.postgres

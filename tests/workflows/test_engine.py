@@ -28,7 +28,7 @@ from workflows.engine.registry import unregister
 from workflows.engine.services import runs_reap, waits_expire
 from workflows.models import RunStatus, StepRecord, StepStatus, Wait, WaitStatus, WorkflowRun
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from workflows.engine.leases import lease_take
 from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
 
 def status_of(run: WorkflowRun) -> str:

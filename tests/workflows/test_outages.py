@@ -31,7 +31,7 @@ from workflows.models import (
     WorkflowRun,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from tests.support.openai_server import reply_error, reply_text
 from workflows import workflow_start
 from workflows.models import ConcurrencySlot, RunStatus, StepRecord, WorkflowRun
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster, pytest.mark.db_engine]
 
 
 def start_runs(count: int, workflow_id: str, payload: dict) -> list[WorkflowRun]:

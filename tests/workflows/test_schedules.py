@@ -1,7 +1,6 @@
 """The engine's periodic tasks as deployed: the Schedule rows the migration creates,
 run by a real cluster's own scheduler (not called by hand)."""
 
-import time
 from importlib import import_module
 from pathlib import Path
 
@@ -9,9 +8,11 @@ import pytest
 from django.apps import apps
 from django_q.models import Schedule
 
-from tests.support.cluster import QCluster, wait_until
+from tests.support.cluster import QCluster, wait_past, wait_until
 from workflows import workflow_start
 from workflows.models import RunStatus, StepRecord, WorkflowRun
+
+pytestmark = pytest.mark.db_engine
 
 SCHEDULES = import_module("workflows.migrations.0002_schedules")
 FAST_SCHEDULER = {"DJANGO_SETTINGS_MODULE": "tests.workflows.fast_scheduler_settings"}
@@ -58,7 +59,8 @@ def test_the_clusters_schedule_reaps_a_killed_workers_run(tmp_path: Path):
     finally:
         cluster.stop()
     assert status_of(run) == RunStatus.RUNNING  # stranded: leased by a dead worker
-    time.sleep(2.5)  # its lease expires; its task stays locked in the broker for minutes
+    # Its lease expires; its task stays locked in the broker for minutes.
+    wait_past(WorkflowRun.objects.get(pk=run.pk).lease_expires_at, timeout=15)
 
     with QCluster(env={**short_lease, **FAST_SCHEDULER}) as rescuer:
         try:

@@ -13,7 +13,7 @@ from workflows.engine.runtime import SegmentOutcome, segment_runtime
 from workflows.models import RunStatus, WorkflowRun
 from workflows.worker.runtime import WorkerRuntime
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
 
 
 class Nothing(BaseModel):

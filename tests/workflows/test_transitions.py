@@ -15,6 +15,8 @@ from workflows.engine import transitions
 from workflows.engine.transitions import RUN_STATUS_MOVES, RUN_TRANSITIONS, Lease, Transition
 from workflows.models import RunStatus, WorkflowRun
 
+pytestmark = pytest.mark.db_engine
+
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("workflows", "orders")
 OWNER = ROOT / "workflows" / "engine" / "transitions.py"

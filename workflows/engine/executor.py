@@ -14,6 +14,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from workflows import observability
@@ -124,11 +125,11 @@ async def _segment_body(
 
 def run_execute(run_id: uuid.UUID | str) -> SegmentOutcome:
     """Execute a run's next segment inline, in this thread's transaction."""
-    return async_to_sync(_execute_inline)(run_id)
+    return async_to_sync(_execute_inline)(run_id, in_transaction=connection.in_atomic_block)
 
 
-async def _execute_inline(run_id: uuid.UUID | str) -> SegmentOutcome:
-    runtime = InlineRuntime()
+async def _execute_inline(run_id: uuid.UUID | str, *, in_transaction: bool) -> SegmentOutcome:
+    runtime = InlineRuntime(in_transaction=in_transaction)
     try:
         return await segment_execute(run_id, runtime)
     finally:

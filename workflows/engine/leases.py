@@ -24,7 +24,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Protocol
@@ -120,6 +120,19 @@ def lease_fenced_insert(record: StepRecord, token: str) -> None:
         raise LeaseLostError(f"Run {record.run_id} is no longer leased by this worker")
 
 
+def lease_renew_own_connection(tokens: list[str]) -> int:
+    """`lease_renew` from a thread of its own, on a connection it closes after: the
+    renewal must not queue behind the sync steps it keeps alive (they hold the caller's
+    thread inline, and may hold every thread of a worker's pool)."""
+    try:
+        return lease_renew(tokens)
+    finally:
+        connection.close()
+
+
+Renew = Callable[[list[str]], Awaitable[int]]
+
+
 class HeartbeatCompanion(Protocol):
     """Something leased for a process's segments that lives and dies with their leases
     (the model-call slot block, `workflows.engine.limits`)."""
@@ -134,12 +147,15 @@ class HeartbeatCompanion(Protocol):
 class LeaseKeeper:
     """Renews the leases of every segment a process has in flight, in one UPDATE every
     third of the lease duration, from a task on the event loop that runs the segments.
-    A segment registers its token for as long as it runs (`holding`); companions
-    (`renew_also`) are renewed on the same beat, so they expire with the process."""
+    A segment registers its token for as long as it runs (`holding`). `renew` runs the
+    UPDATE off the loop, on a thread no step can occupy (the runtime says which); by
+    default where the segment's sync work runs. Companions (`renew_also`) are renewed
+    on the same beat, so they expire with the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, renew: Renew | None = None) -> None:
         self._tokens: dict[str, uuid.UUID | str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._renew = renew
         self._companions: list[HeartbeatCompanion] = []
 
     @property
@@ -176,12 +192,13 @@ class LeaseKeeper:
     async def _renew_forever(self) -> None:
         from workflows.engine.runtime import run_sync  # the runtime imports this module
 
+        renew = self._renew or run_sync(lease_renew)
         interval = lease_duration().total_seconds() / 3
         while True:
             while self._tokens:
                 await asyncio.sleep(interval)
                 try:
-                    await run_sync(lease_renew)(list(self._tokens))
+                    await renew(list(self._tokens))
                 except Exception:
                     logger.exception("renewing %d lease(s) failed; retrying", len(self._tokens))
                 await self._each_companion("heartbeat")

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 
-from workflows.engine.leases import LeaseKeeper
+from workflows.engine.leases import LeaseKeeper, lease_renew_own_connection
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,15 @@ class SegmentRuntime:
 
 class InlineRuntime(SegmentRuntime):
     """One segment executed in the caller's thread (`run_execute`): sync work in that
-    thread, as asgiref's `sync_to_async` does, so that it sees the caller's transaction."""
+    thread, as asgiref's `sync_to_async` does, so that it sees the caller's transaction.
 
-    def __init__(self) -> None:
-        self.keeper = LeaseKeeper()
+    The lease is renewed from another thread, so that a sync step longer than the lease
+    (which holds the caller's thread) keeps its run. Inside the caller's transaction
+    (`in_transaction`) the renewal stays in the caller's thread, the only one that sees
+    the run; nobody else can see it to take it over either."""
+
+    def __init__(self, *, in_transaction: bool = False) -> None:
+        self.keeper = LeaseKeeper(None if in_transaction else _renew_in_a_thread)
         loop_resources_hold()
 
     async def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -67,6 +72,10 @@ class InlineRuntime(SegmentRuntime):
     async def close(self) -> None:
         await self.keeper.close()
         await loop_resources_release()
+
+
+async def _renew_in_a_thread(tokens: list[str]) -> int:
+    return await asyncio.to_thread(lease_renew_own_connection, tokens)
 
 
 class LoopResource(Protocol):

@@ -11,7 +11,9 @@ it to the process's `WorkerRuntime` and returns:
 - sync work (the ORM, the Stripe SDK, SMTP) runs through `run_sync` on a pool of
   `WORKFLOWS_SYNC_THREADS` threads, each with its own database connection (borrowed
   from Django's pool on PostgreSQL);
-- one `LeaseKeeper` renews every in-flight lease in one UPDATE;
+- one `LeaseKeeper` renews every in-flight lease in one UPDATE, on a thread of its own
+  (`workflows-lease`), so that sync steps holding every thread of the pool cannot starve
+  it: a sync step longer than the lease keeps its run;
 - every `WORKFLOWS_WAKE_SECONDS` it queues the runs whose step's next attempt at a
   dependency is due and hands out the circuits' probes (`services.retry_waits_wake`), so
   a run waiting out an outage wakes within about a second of its time;
@@ -40,9 +42,13 @@ Which code runs on which thread, in a worker process:
 - **`workflows-sync_N`** (the pool): whatever `run_sync` is given: every ORM write of
   the engine (take, step commits, transitions), sync steps (Stripe, SMTP). Each thread
   has its own database connection.
+- **`workflows-lease_0`**: the `LeaseKeeper`'s renewal UPDATE only, on its own
+  connection, so that it never waits for a free sync thread.
 
 Inline (`run_execute`), asgiref runs the segment's coroutine on a loop of its own, and
-`run_sync` brings sync work back to the calling thread, inside its transaction.
+`run_sync` brings sync work back to the calling thread, inside its transaction; the
+lease is renewed from a thread of asyncio's (`InlineRuntime`), unless the caller is
+inside a transaction, where nobody else sees the run.
 """
 
 import asyncio
@@ -62,7 +68,7 @@ from django.conf import settings
 from django.db import connection
 
 from workflows import observability
-from workflows.engine.leases import LeaseKeeper, lease_release
+from workflows.engine.leases import LeaseKeeper, lease_release, lease_renew
 from workflows.engine.runtime import SegmentOutcome, SegmentRuntime, loop_resources_close
 
 logger = logging.getLogger(__name__)
@@ -89,7 +95,12 @@ class WorkerRuntime(SegmentRuntime):
         self.executor = concurrent.futures.ThreadPoolExecutor(
             sync_threads, thread_name_prefix="workflows-sync"
         )
-        self.keeper = LeaseKeeper()
+        # Its own thread: renewals never queue behind sync steps (a slow Stripe call on
+        # every pool thread must not cost every in-flight run its lease).
+        self._lease_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="workflows-lease"
+        )
+        self.keeper = LeaseKeeper(self._renew_leases)
         self._slots = threading.BoundedSemaphore(concurrency)
         self._in_flight: set[concurrent.futures.Future[SegmentOutcome]] = set()
         self._lock = threading.Lock()
@@ -116,6 +127,11 @@ class WorkerRuntime(SegmentRuntime):
             except Exception:
                 logger.exception("waking runs whose retry is due failed; trying again")
             await asyncio.sleep(seconds)
+
+    async def _renew_leases(self, tokens: list[str]) -> int:
+        return await self.loop.run_in_executor(
+            self._lease_thread, _call_with_own_connection, lease_renew, (tokens,), {}
+        )
 
     @property
     def in_flight(self) -> int:
@@ -179,6 +195,13 @@ class WorkerRuntime(SegmentRuntime):
         if self._in_flight:
             self.releasing = True
             concurrent.futures.wait(list(self._in_flight), timeout=STOP_GRACE_SECONDS)
+        # Renewing stops first: the leases about to be released must not be kept alive.
+        try:
+            asyncio.run_coroutine_threadsafe(self.keeper.close(), self.loop).result(
+                timeout=STOP_GRACE_SECONDS
+            )
+        except Exception:
+            logger.warning("stopping the lease renewals failed", exc_info=True)
         # Whatever is still in a step (a slow call) loses its lease now; its commit is
         # then refused by the fence, and the next worker repeats the step with the same
         # idempotency key.
@@ -195,6 +218,7 @@ class WorkerRuntime(SegmentRuntime):
             logger.warning("closing the loop's clients failed", exc_info=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self._lease_thread.shutdown(wait=False, cancel_futures=True)
 
 
 def _call_with_own_connection(
