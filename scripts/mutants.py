@@ -94,30 +94,34 @@ BREAKS: list[Break] = [
     Break(
         "double charge: the charge sent without its idempotency key",
         "orders/payments.py",
-        '"metadata": metadata,\n'
-        "                        },\n"
-        "                        options="
-        '{"idempotency_key": attempt_key(idempotency_key, attempt)},\n'
-        "                    )\n"
-        "                except _KeySpentError:\n"
-        "                    continue\n"
-        "            charge = _charge_of(intent)",
-        '"metadata": metadata,\n'
-        "                        },\n"
-        "                    )\n"
-        "                except _KeySpentError:\n"
-        "                    continue\n"
-        "            charge = _charge_of(intent)",
-        ("tests/orders/test_payment_faults.py", "tests/orders/test_fork.py", "-k", "charge"),
+        'options: Any = {"idempotency_key": key}',
+        "options: Any = {}",
+        (
+            "tests/orders/test_payment_faults.py",
+            "tests/orders/test_charge_round_trips.py",
+            "tests/orders/test_fork.py",
+            "-k",
+            "charge",
+        ),
     ),
     Break(
         "double charge: no lookup of what a lost answer created",
         "orders/payments.py",
-        "            intent = self._find_intent(\n"
-        "                customer_id=customer_id, metadata=metadata, created_since=created_since\n"
-        "            )\n",
-        "            intent = None\n",
-        ("tests/orders/test_payment_faults.py", "-k", "charge and not qcluster"),
+        "            if outcome_unknown or attempt > 1:\n",
+        "            if False:\n",
+        (
+            "tests/orders/test_payment_faults.py",
+            "tests/orders/test_charge_round_trips.py",
+            "-k",
+            "charge and not qcluster",
+        ),
+    ),
+    Break(
+        "model cap: a slot another holder holds is taken anyway",
+        "workflows/engine/limits.py",
+        'free = Q(holder="") | Q(expires_at__lt=now) | Q(holder=holder)',
+        "free = Q()",
+        ("tests/workflows/test_limits.py",),
     ),
     Break(
         "email tool: the confirmation is not sent",
