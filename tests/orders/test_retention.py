@@ -110,6 +110,7 @@ def test_a_pruned_order_reads_the_same_over_the_api_but_its_trace(
     assert "History pruned" in trace
 
 
+@pytest.mark.db_engine  # the veto's queries and the batch's locks, on each engine
 def test_unsettled_orders_holds_and_open_disputes_keep_their_history(queue_capture, place_order):
     settled = place_order("250.00", order_id="settled")
     awaiting = place_order("2500.00", order_id="awaiting")
@@ -170,6 +171,7 @@ def test_a_review_opened_before_a_prune_is_approved_after_it(
     assert again.json()["detail"] == "The review of order awaiting was already decided (approved)"
 
 
+@pytest.mark.db_engine
 def test_a_prune_of_10000_runs_beside_a_stream_of_orders(
     queue_capture, place_order, settings, monkeypatch
 ):

@@ -19,7 +19,8 @@ from workflows.engine.leases import LeaseKeeper
 from workflows.engine.limits import SlotPool, concurrency_slot, slots_take
 from workflows.models import ConcurrencySlot
 
-pytestmark = pytest.mark.django_db
+# The cap is conditional UPDATEs on shared rows: its rules depend on the engine's locking.
+pytestmark = [pytest.mark.django_db, pytest.mark.db_engine]
 
 RESOURCE = "openai:gpt-test"
 LEASE = 0.3  # seconds

@@ -88,6 +88,7 @@ def runs(queue_capture, tmp_path: Path, monkeypatch):
     return states
 
 
+@pytest.mark.db_engine  # batched deletes under skip-locked row locks
 def test_old_finished_runs_lose_their_history_and_keep_their_row(runs):
     before = {name: history(run) for name, run in runs.items()}
     assert before["old"][0] >= 3 and before["suspended"][1] == 1
