@@ -423,8 +423,9 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             return HttpResponseRedirect(f"{changelist}?{urlencode({'q': order.order_id})}")
         return HttpResponseRedirect(self._url(review, "change"))
 
-    def claim_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Claim the review for the signed-in reviewer, or (`release`) give it up."""
+    def _review_posted(self, request: HttpRequest, object_id: str) -> FraudReview | HttpResponse:
+        """The review a reviewer's POST (claim or decision) is about: only POST, only with
+        the decide permission, only an existing review."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         if not self.has_decide_permission(request):
@@ -432,6 +433,13 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         review = self.get_object(request, unquote(object_id))
         if review is None:
             raise Http404("No such fraud review")
+        return review
+
+    def claim_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Claim the review for the signed-in reviewer, or (`release`) give it up."""
+        review = self._review_posted(request, object_id)
+        if isinstance(review, HttpResponse):
+            return review
         user = cast(User, request.user)
         order_id = review.data.get("order_id", "?")
         if request.POST.get("release"):
@@ -458,13 +466,9 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         return HttpResponseRedirect(self._url(review, "change"))
 
     def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        if not self.has_decide_permission(request):
-            raise PermissionDenied
-        review = self.get_object(request, unquote(object_id))
-        if review is None:
-            raise Http404("No such fraud review")
+        review = self._review_posted(request, object_id)
+        if isinstance(review, HttpResponse):
+            return review
         page = self._url(review, "change")
         decision = request.POST.get("decision")
         if decision not in ("approve", "reject"):

@@ -8,7 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -28,6 +28,7 @@ from orders.dashboard import (
 )
 from orders.models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID, Order, OrderStatus
 from orders.services.reviews import review_decide
+from tests.support.roles import operator_client
 from workflows.models import RunStatus, Wait, WaitStatus, WorkflowRun
 
 pytestmark = pytest.mark.django_db
@@ -37,25 +38,6 @@ pytestmark = pytest.mark.django_db
 def simulated(settings):
     settings.LLM_PROVIDER = "simulated"
     settings.PAYMENT_GATEWAY = "simulated"
-
-
-def operators_group() -> Group:
-    """The "Workflow operators" group, made again as its migration makes it when a
-    transactional test's flush dropped it: it may read runs."""
-    group, _ = Group.objects.get_or_create(name="Workflow operators")
-    group.permissions.add(
-        Permission.objects.get(codename="view_workflowrun", content_type__app_label="workflows")
-    )
-    return group
-
-
-def operator_client() -> Client:
-    """A member of "Workflow operators" and nothing else (no orders permission)."""
-    user = User.objects.create_user("olga", password="x", is_staff=True)
-    user.groups.add(operators_group())
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_orders_per_minute_by_outcome_from_real_orders(place_order, queue_capture):

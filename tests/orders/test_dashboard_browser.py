@@ -11,7 +11,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from tests.orders.test_browser import browser  # noqa: F401  (the Chromium fixture)
-from tests.orders.test_dashboard import operators_group, seed
+from tests.orders.test_dashboard import seed
+from tests.support.roles import operators_group
 from workflows.engine.pricing import COST_KEY
 from workflows.models import RunStatus, StepKind, StepRecord, StepStatus, WorkflowRun
 

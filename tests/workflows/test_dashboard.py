@@ -6,10 +6,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
+from tests.support.roles import operator_client
 from workflows.console.charts import chart_draw, nice_max
 from workflows.engine.dashboard import (
     TOP_SERIES,
@@ -25,24 +26,6 @@ from workflows.models import RunStatus, StepKind, StepRecord, StepStatus, Workfl
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 3, 2, 14, 35, tzinfo=UTC)
-
-
-def operators_group() -> Group:
-    """The "Workflow operators" group, made again as its migration makes it when a
-    transactional test's flush dropped it: it may read runs."""
-    group, _ = Group.objects.get_or_create(name="Workflow operators")
-    group.permissions.add(
-        Permission.objects.get(codename="view_workflowrun", content_type__app_label="workflows")
-    )
-    return group
-
-
-def operator() -> Client:
-    user = User.objects.create_user("olga", password="x", is_staff=True)
-    user.groups.add(operators_group())
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def marks(svg: str) -> list[str]:
@@ -134,7 +117,7 @@ def test_model_cost_is_summed_per_hour_from_the_llm_steps():
 def test_the_dashboard_draws_the_engine_panels_for_an_operator():
     now = timezone.now()
     _run(RunStatus.FAILED, now)
-    page = operator().get("/dashboard/")
+    page = operator_client().get("/dashboard/")
     assert page.status_code == 200
     html = page.content.decode()
     assert 'data-panel="run_failures"' in html and 'data-panel="model_cost"' in html
@@ -186,7 +169,7 @@ def test_a_run_search_that_fails_is_skipped_and_the_list_still_answers(hooks_reg
 
     hooks_registry.register_run_search("broken", broken)
     run = _run(RunStatus.COMPLETED, timezone.now())
-    page = operator().get("/runs/", {"q": str(run.id)[:8]})
+    page = operator_client().get("/runs/", {"q": str(run.id)[:8]})
     assert page.status_code == 200 and str(run.id) in page.content.decode()
 
 
