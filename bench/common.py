@@ -78,9 +78,10 @@ class BenchDatabase:
 
     def __init__(self, url: str, name: str) -> None:
         self.source_url = url
-        self.name = name
         scheme = urlsplit(url).scheme if url else "sqlite"
         self.is_postgres = scheme in {"postgres", "postgresql", "pgsql"}
+        # Its own name per process on PostgreSQL: other benchmarks may share the server.
+        self.name = f"{name}_{os.getpid()}" if self.is_postgres else name
         if not self.is_postgres and scheme != "sqlite":
             raise BenchError(f"unsupported database URL scheme {scheme!r} (sqlite or postgres)")
         self.sqlite_path = Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.sqlite3"
@@ -142,8 +143,6 @@ class OwnDatabase(BenchDatabase):
     def __init__(self, kind: str, name: str, server_url: str = DEFAULT_POSTGRES_URL) -> None:
         if kind not in {"sqlite", "postgres"}:
             raise BenchError(f"unknown database {kind!r} (sqlite or postgres)")
-        # Its own name per process on PostgreSQL: other benchmarks may share the server.
-        name = f"{name}_{os.getpid()}" if kind == "postgres" else name
         super().__init__(server_url if kind == "postgres" else "", name)
 
 
@@ -755,7 +754,6 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 # -- CPU per process group -----------------------------------------------------------------
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-WORKER_THREADS = 4  # threads a qcluster process has at least when it is a worker
 
 
 def _stat_ticks(pid: int, *, children: bool) -> int:
@@ -777,23 +775,24 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _is_worker(pid: int) -> bool:
-    """A worker process runs its event loop, lease keeper and sync threads; the cluster's
-    other processes (parent, sentinel, pusher, monitor) one or two threads."""
+def _threads(pid: int) -> int:
     with contextlib.suppress(OSError):
-        return len(list(Path(f"/proc/{pid}/task").iterdir())) >= WORKER_THREADS
-    return False
+        return len(list(Path(f"/proc/{pid}/task").iterdir()))
+    return 0
 
 
 class ProcessGroups:
     """CPU seconds of named process trees (each process, its live descendants and the ones
     it has reaped), from /proc: `sample()` before and after a window, `ms_per(...)` per
-    item. "workers" (the qcluster's worker processes alone, found by their threads) is
-    added when a group named "qcluster" exists; "bench" is this process (its HTTP clients
-    and its polling), without its children."""
+    item. "workers" (the qcluster's `workers` worker processes alone: those with the most
+    threads, their event loop's, sync threads and lease keeper; the parent, sentinel,
+    pusher and monitor have one or two, plus a connection pool's on PostgreSQL) is added
+    when a group named "qcluster" exists; "bench" is this process (its HTTP clients and
+    its polling), without its children."""
 
-    def __init__(self, roots: dict[str, int]) -> None:
+    def __init__(self, roots: dict[str, int], workers: int = 0) -> None:
         self.roots = roots
+        self.workers = workers
 
     def sample(self) -> dict[str, float]:
         seconds = {
@@ -801,7 +800,8 @@ class ProcessGroups:
             for name, pid in self.roots.items()
         }
         if "qcluster" in self.roots:
-            workers = [p for p in _tree(self.roots["qcluster"]) if _is_worker(p)]
+            tree = sorted(_tree(self.roots["qcluster"]), key=_threads, reverse=True)
+            workers = tree[: self.workers]
             seconds["workers"] = sum(_stat_ticks(p, children=True) for p in workers) / CLK_TCK
             seconds["worker pids"] = float(len(workers))
         seconds["bench"] = _stat_ticks(os.getpid(), children=False) / CLK_TCK

@@ -181,7 +181,8 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
                 "web": web.process.pid,
                 "qcluster": cluster.process.pid,
                 **(servers.pids() if servers else {}),
-            }
+            },
+            workers=workers,
         )
         load = os.getloadavg()
         cpu_before = cpu_sample()
