@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import IO, Any
@@ -193,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Thread(target=server.stop, daemon=True)
     stop.start()
     stop.join(5)
-    time.sleep(0)
     return 0
 
 

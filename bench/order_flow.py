@@ -2,19 +2,24 @@
 
     python -m bench.order_flow [--orders N=300] [--workers 2,4] [--databases sqlite,postgres]
                            [--postgres-url postgres://postgres@127.0.0.1:5432/test]
-                           [--clients C=8] [--timeout S=180] [--json]
+                           [--clients C=8] [--timeout S=180] [--simulated]
+                           [--mode production|serve] [--profile DIR] [--json]
 
 Each (database, workers) configuration runs in a process of its own with a fresh
-database: a temp SQLite file, or `bench_orders` created on the PostgreSQL server of
+database: a temp SQLite file, or `bench_orders_<pid>` created on the PostgreSQL server of
 `--postgres-url` (whose own database is only used to issue CREATE/DROP DATABASE) and
 dropped at the end. It migrates it (subprocess), times raw one-row commits, creates a
 client and a fraud reviewer with API tokens, starts gunicorn (2 workers, production
-settings) and `manage.py qcluster` (W workers), both in their own process groups and
-always stopped at the end, warms them up with 2*W orders, then submits N orders with C
-concurrent HTTP clients and waits until every run has settled (completed, failed, or
+settings; `runserver` with scripts/serve.sh's defaults under `--mode serve`) and
+`manage.py qcluster` (W workers; each under cProfile with `--profile`), both in their own
+process groups and always stopped at the end; the workers use the real `openai` and
+`stripe` SDKs and SMTP against the local servers of bench/local_servers.py (a model
+without latency), or with `--simulated` the simulated model and gateway. It then warms
+them up with 2*W orders, submits N orders with C concurrent HTTP clients and waits until every run has settled (completed, failed, or
 suspended for review). Then it approves the suspended orders one at a time through the
 API and times each from the review's HTTP response to its run's `finished_at`.
-See bench/README.md, section "Orders".
+It prints the CPU ms per order of each process group. See bench/README.md, sections "The
+path production runs" and "Orders".
 """
 
 import argparse
