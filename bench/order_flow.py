@@ -15,11 +15,12 @@ settings; `runserver` with scripts/serve.sh's defaults under `--mode serve`) and
 process groups and always stopped at the end; the workers use the real `openai` and
 `stripe` SDKs and SMTP against the local servers of bench/local_servers.py (a model
 without latency), or with `--simulated` the simulated model and gateway. It then warms
-them up with 2*W orders, submits N orders with C concurrent HTTP clients and waits until every run has settled (completed, failed, or
-suspended for review). Then it approves the suspended orders one at a time through the
-API and times each from the review's HTTP response to its run's `finished_at`.
-It prints the CPU ms per order of each process group. See bench/README.md, sections "The
-path production runs" and "Orders".
+them up with 2*W orders, submits N orders with C concurrent HTTP clients and waits
+until every run has settled (completed, failed, or suspended for review). Then it
+approves the suspended orders one at a time through the API and times each from the
+review's HTTP response to its run's `finished_at`. It prints the CPU ms per order of
+each process group. See bench/README.md, sections "The path production runs" and
+"Orders".
 """
 
 import argparse
