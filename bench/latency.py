@@ -182,6 +182,7 @@ def run_latency(
 
         payloads = order_mix(args.orders, f"bench-{tag}")
         limit = bound(args.orders, CALLS_PER_ORDER, latency, args.workers * args.concurrency)
+        limit *= 4 if args.profile else 1  # profiled workers are several times slower
         log(f"submitting {len(payloads)} orders (bounded to {limit:.0f} s)")
         memory = WorkerMemory(cluster.process.pid, args.workers)
         idle_rss = memory.sample()
