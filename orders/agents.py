@@ -14,7 +14,7 @@ from workflows import RetryPolicy, run_sync
 from workflows.agents import Agent, ModelRequest, SimulatedTurn, ToolContext, simulated_model, tool
 
 from .mail import SMTP_DEPENDENCY
-from .payments import STRIPE_DEPENDENCY
+from .payments import AUTHORIZED, STRIPE_DEPENDENCY
 from .policy import fraud_review_required, fraud_review_rule_text
 from .schemas import (
     ChargeStripeInput,
@@ -70,7 +70,8 @@ SYSTEM_PROMPT = """You are an order processing assistant that handles payments a
 
 RULES:
 1. When asked to process a payment, use the charge_stripe tool first
-2. After charging:
+2. After charging (a charge_stripe status of 'requires_capture' is an authorization hold, \
+captured after a fraud review: say "hold", not "charged", in your status message):
    - If the amount is above the order's fraud review threshold (stated with the order): Set \
 action_requested='fraud_review' (human review needed) and DO NOT SEND confirmation email.
    - Otherwise: Immediately send confirmation email using send_confirmation_email tool
@@ -159,6 +160,10 @@ def _answer(
     )
 
 
+def _payment_verb(charge: dict[str, Any]) -> str:
+    return "Placed a hold of" if charge.get("status") == AUTHORIZED else "Charged"
+
+
 def _confirmation_call(order: dict[str, str]) -> SimulatedTurn:
     return SimulatedTurn(
         tool_calls=[
@@ -210,11 +215,13 @@ def simulated_order_agent(messages: list[dict[str, Any]], request: ModelRequest)
         )
     if "error" in charge:
         return _answer("charge", f"Payment failed: {charge['error']}")
+    # An order sent to review is only held (authorized), not charged: say which.
+    took = f"{_payment_verb(charge)} {order['amount']} {order['currency']}"
     if fraud_review_required(amount=Decimal(order["amount"]), currency=order["currency"]):
         return _answer(
             "charge",
-            f"Charged {order['amount']} {order['currency']}; amount is over the fraud "
-            "threshold, so a human must review the order before confirmation.",
+            f"{took}; amount is over the fraud threshold, so a human must review the "
+            "order before confirmation.",
             requested="fraud_review",
             charge_id=charge["charge_id"],
             amount=order["amount"],
@@ -225,12 +232,12 @@ def simulated_order_agent(messages: list[dict[str, Any]], request: ModelRequest)
     if "error" in email:
         return _answer(
             "email",
-            f"Charged, but the confirmation failed: {email['error']}",
+            f"{took}, but the confirmation failed: {email['error']}",
             charge_id=charge["charge_id"],
         )
     return _answer(
         "email",
-        f"Charged {order['amount']} {order['currency']} and sent the confirmation.",
+        f"{took} and sent the confirmation.",
         charge_id=charge["charge_id"],
         amount=order["amount"],
         email_sent_to=order["email"],

@@ -22,13 +22,15 @@ class OrdersConfig(AppConfig):
         `workflows.engine.hooks`)."""
         from workflows.engine import hooks
 
+        from .dashboard import ORDER_PANELS
         from .mail import SMTP_DEPENDENCY
         from .metrics import OrdersCollector
         from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
         from .payments import STRIPE_DEPENDENCY
-        from .selectors import order_run_facts
+        from .selectors import order_run_facts, order_run_ids_matching, order_runs_retained
         from .services.cancellation import order_run_cancel
         from .services.lifecycle import order_follow_fork
+        from .services.retention import order_history_archive
         from .services.reviews import review_reminders_send
 
         # What people call the dependencies an order run may wait for ("waiting for
@@ -46,5 +48,14 @@ class OrdersConfig(AppConfig):
         hooks.register_fork_hook(order_follow_fork)
         # The expiry sweep (every minute) also sends the fraud reviewers' reminders.
         hooks.register_wait_sweep_hook(review_reminders_send)
+        # Retention prunes an order run's history only once the order is settled and its
+        # money at rest; the order keeps its review's record first.
+        hooks.register_retention_veto(ORDER_WORKFLOW_ID, order_runs_retained)
+        hooks.register_history_archiver(ORDER_WORKFLOW_ID, order_history_archive)
         # The review queue's size and age on `GET /metrics`.
         hooks.register_metrics_collector(OrdersCollector())
+        # The console's run search finds an order's runs by order id or customer id.
+        hooks.register_run_search("orders", order_run_ids_matching)
+        # The orders' panels on the console's dashboard.
+        for panel in ORDER_PANELS:
+            hooks.register_dashboard_panel(panel)

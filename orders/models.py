@@ -5,6 +5,7 @@ A fraud review is not a table of its own: it is the engine's `Wait` at the
 review and the suspended workflow can never disagree.
 """
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, ClassVar, cast
 
@@ -44,6 +45,14 @@ class PaymentStatus(models.TextChoices):
     FAILED = "failed"  # declined, or the capture failed (expired authorization)
 
 
+class ReviewState(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
 class Order(models.Model):
     # The API client (user) that submitted the order; its order ids and idempotency keys
     # are its own. Null for orders started from the console or by commands.
@@ -78,6 +87,10 @@ class Order(models.Model):
     charge_id = models.CharField(max_length=255, blank=True, db_index=True)  # Stripe webhooks
     charged_amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
     charged_at = models.DateTimeField(null=True, blank=True)
+    # When a charge was first sent towards the gateway, written before it leaves: a later
+    # attempt that finds it set (and no `charge_id`) cannot know what that one did, so
+    # it looks for the PaymentIntent it may have created (`orders.services.payments`).
+    charge_attempted_at = models.DateTimeField(null=True, blank=True)
     refund_id = models.CharField(max_length=255, blank=True)
     refunded_at = models.DateTimeField(null=True, blank=True)
     # What was given back so far, in major units (Stripe's `amount_refunded`, or the
@@ -98,6 +111,14 @@ class Order(models.Model):
     stripe_risk_score = models.PositiveSmallIntegerField(null=True, blank=True)
     fraud_review_required = models.BooleanField(default=False)
     fraud_approved = models.BooleanField(null=True, blank=True)
+    # The fraud review as it ended, copied from the run's wait when retention prunes the
+    # run's history (`services.retention`): the wait is the review's record until then.
+    review_id = models.PositiveBigIntegerField(null=True, blank=True)
+    review_state = models.CharField(max_length=20, choices=ReviewState, blank=True)
+    review_decided_by = models.CharField(max_length=150, blank=True)
+    review_decided_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.TextField(blank=True)
+    review_deadline = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -212,14 +233,6 @@ class StripeEvent(models.Model):
         return f"{self.type} {self.event_id}"
 
 
-class ReviewState(models.TextChoices):
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-
-
 class FraudReviewQuerySet(models.QuerySet["FraudReview"]):
     def pending(self) -> "FraudReviewQuerySet":
         return self.filter(status=WaitStatus.WAITING)
@@ -279,3 +292,31 @@ class FraudReview(Wait):
     @property
     def amount(self) -> Decimal:
         return Decimal(str(self.data.get("amount", "0")))
+
+
+class FraudReviewClaim(models.Model):
+    """A reviewer's "I am on it" for one review, so that two reviewers do not study the
+    same order. Advisory: others may still decide (the admin asks them to confirm), and
+    it lapses FRAUD_REVIEW_CLAIM_MINUTES after `claimed_at` (see `is_live`).
+    Written only by `orders.services.reviews.review_claim` / `review_release`."""
+
+    review = models.OneToOneField(
+        FraudReview, on_delete=models.CASCADE, primary_key=True, related_name="claim"
+    )
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    claimed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.review_id} claimed by {self.claimed_by_id}"
+
+    def lapses_at(self) -> datetime:
+        return self.claimed_at + claim_duration()
+
+    def is_live(self, now: datetime | None = None) -> bool:
+        return self.lapses_at() > (now or timezone.now())
+
+
+def claim_duration() -> timedelta:
+    return timedelta(minutes=settings.FRAUD_REVIEW_CLAIM_MINUTES)

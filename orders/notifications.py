@@ -5,7 +5,6 @@ import logging
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
@@ -17,6 +16,8 @@ from workflows import NonRetryableError
 from .mail import delivery_outcome, email_failure
 from .models import EmailKind, EmailRecord, EmailStatus, Order, OrderStatus
 from .money import amount_grouped
+from .roles import DECIDE_PERMISSION
+from .selectors import reviewers_to_tell
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,6 @@ CONFIRMATION = EmailKind.CONFIRMATION
 # To the fraud reviewers, once per review each (an order has at most one review).
 REVIEW_ALERT = EmailKind.REVIEW_ALERT
 REVIEW_REMINDER = EmailKind.REVIEW_REMINDER
-REVIEWERS_GROUP = "Fraud reviewers"  # made by migration 0002
 EMAIL_RECIPIENT_MAX_LENGTH = 254  # EmailRecord.recipient
 
 
@@ -131,16 +131,8 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
 
 
 def reviewer_addresses() -> list[str]:
-    """Who is told about reviews: the active members of the "Fraud reviewers" group
-    with an email address. Superusers only when the group has nobody to tell, so that
-    a review never opens unannounced, while a team whose reviewers are in the group
-    does not copy every administrator."""
-    users = get_user_model().objects.filter(is_active=True).exclude(email="")
-    members = users.filter(groups__name=REVIEWERS_GROUP)
-    addresses = sorted(set(members.values_list("email", flat=True)))
-    if not addresses:
-        addresses = sorted(set(users.filter(is_superuser=True).values_list("email", flat=True)))
-    return addresses
+    """The addresses of those told about reviews (`selectors.reviewers_to_tell`)."""
+    return list(dict.fromkeys(reviewers_to_tell().values_list("email", flat=True)))
 
 
 def review_link(*, order: Order) -> str:
@@ -170,10 +162,11 @@ def review_email_send(*, order: Order, kind: str, deadline: datetime) -> EmailRe
     recipients = reviewer_addresses()
     if not recipients:
         logger.warning(
-            "order %s: nobody to send the %s to (no active %r member or superuser with an email)",
+            "order %s: nobody to send the %s to (no active user with an email who holds "
+            "%s, and no active superuser with one)",
             order.order_id,
             kind,
-            REVIEWERS_GROUP,
+            DECIDE_PERMISSION,
         )
         return None
     reminder = kind == REVIEW_REMINDER

@@ -131,8 +131,9 @@ def _finish(
     reason: str = "",
     fraud_approved: bool | None = None,
 ) -> OrderResult:
-    order_finish(run_id=run_id, status=status, reason=reason, fraud_approved=fraud_approved)
-    order = order_for_run(run_id)
+    order = order_finish(run_id=run_id, status=status, reason=reason, fraud_approved=fraud_approved)
+    if order is None:
+        order = order_for_run(run_id)  # raises Order.DoesNotExist, as it always did
     return OrderResult(
         order_id=order.order_id,
         status=order.status,
@@ -148,7 +149,15 @@ def _finish(
 @workflow(id=ORDER_WORKFLOW_ID, description="Charge, confirm, and hold large orders for review.")
 async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> OrderResult:
     amount = amount_plain(payload.amount, payload.currency)
-    await ctx.step.run("register_order", order_register_run, payload=payload, run_id=ctx.run_id)
+    # Steps whose arguments are already in the run (its input, the agent's step) record
+    # only what names them: the trace keeps each thing once.
+    await ctx.step.execute_step(
+        "register_order",
+        order_register_run,
+        payload=payload,
+        run_id=ctx.run_id,
+        input={"order_id": payload.order_id},
+    )
     try:
         result = await ctx.step.agent_invoke_and_wait(
             START_ORDER_AGENT_KEY,
@@ -182,8 +191,17 @@ async def order_processing(ctx: WorkflowContext, payload: OrderPayload) -> Order
             "finish", _finish, ctx.run_id, OrderStatus.FAILED, order.failure_reason or ""
         )
 
-    policy = await ctx.step.run(
-        "fraud_policy", _fraud_policy, payload.amount, payload.currency, output
+    policy = await ctx.step.execute_step(
+        "fraud_policy",
+        _fraud_policy,
+        payload.amount,
+        payload.currency,
+        output,
+        input={
+            "amount": amount,
+            "currency": payload.currency,
+            "action_requested": output.action_requested,
+        },
     )
     if not policy.review_required:
         if not order.email_sent:

@@ -4,9 +4,11 @@ Amounts are `Decimal` in major units here and integers in minor units (cents) at
 Stripe.
 
 One order's charge is one operation, whoever attempts it: every attempt carries the
-order's own idempotency key (`payment_key`), and before creating anything the Stripe
-gateway looks for what an earlier attempt may have created (a lost answer, a crash).
-Refunds, captures and cancels follow the same rule.
+order's own idempotency key (`payment_key`). When an earlier attempt's outcome is
+unknown (its answer was lost, its worker crashed: the caller says so), the Stripe
+gateway first looks for what that attempt may have created, so that even a key Stripe
+has forgotten (after 24 h) charges no one twice; a first attempt goes straight to the
+create. Refunds, captures and cancels always look first (they are rare).
 
 A charge is captured at once, or only authorized (`capture=False`: a PaymentIntent with
 `capture_method=manual`, a hold on the card) and later captured or cancelled; the
@@ -29,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 import stripe
 from django.conf import settings
 from django.utils import timezone
+from stripe.params import PaymentIntentCreateParams
 
 from workflows import NonRetryableError
 from workflows.engine.errors import TransientError
@@ -148,6 +151,7 @@ class PaymentGateway(Protocol):
         metadata: dict[str, str],
         created_since: datetime | None = None,
         capture: bool = True,
+        outcome_unknown: bool = True,
     ) -> Charge: ...
 
     def refund(
@@ -270,21 +274,25 @@ class StripeGateway:
         metadata: dict[str, str],
         created_since: datetime | None = None,
         capture: bool = True,
+        outcome_unknown: bool = True,
     ) -> Charge:
-        """Charge (or, with `capture=False`, authorize) once per key: recover the
-        PaymentIntent an earlier attempt may have created, else create it (see
-        `attempt_key` for the keys after a stored 500)."""
+        """Charge (or, with `capture=False`, authorize) once per key. With
+        `outcome_unknown` (an earlier attempt may have reached Stripe and lost its
+        answer), first recover the PaymentIntent it may have created; a first attempt
+        creates at once, its key alone protecting it. After a stored 500 the lookup
+        always runs before the next key (see `attempt_key`)."""
         payment_method = ""
         for attempt in range(1, MAX_KEY_ATTEMPTS + 1):
-            intent = self._find_intent(
-                customer_id=customer_id, metadata=metadata, created_since=created_since
-            )
+            intent = None
+            if outcome_unknown or attempt > 1:
+                intent = self._find_intent(
+                    customer_id=customer_id, metadata=metadata, created_since=created_since
+                )
             if intent is None:
                 payment_method = payment_method or self._default_payment_method(customer_id)
                 try:
-                    intent = self._call(
-                        self.client.v1.payment_intents.create,
-                        params={
+                    intent = self._create_intent(
+                        {
                             "amount": to_minor_units(amount, currency),
                             "currency": currency,
                             "customer": customer_id,
@@ -294,7 +302,7 @@ class StripeGateway:
                             "capture_method": "automatic" if capture else "manual",
                             "metadata": metadata,
                         },
-                        options={"idempotency_key": attempt_key(idempotency_key, attempt)},
+                        key=attempt_key(idempotency_key, attempt),
                     )
                 except _KeySpentError:
                     continue
@@ -302,12 +310,28 @@ class StripeGateway:
             return replace(charge, **self._risk_of(intent))
         raise TransientPaymentError(f"Stripe failed the charge under {MAX_KEY_ATTEMPTS} keys")
 
+    def _create_intent(self, params: PaymentIntentCreateParams, *, key: str) -> Any:
+        """Create and confirm the PaymentIntent with its latest charge expanded, so that
+        Stripe's risk evaluation comes in the same answer. A key first used without
+        `expand` (by a release that read the risk apart) is sent again as it was then:
+        Stripe refuses other parameters under a key, and replays the first result."""
+
+        def create() -> Any:
+            options: Any = {"idempotency_key": key}
+            expanded: PaymentIntentCreateParams = {**params, "expand": ["latest_charge"]}
+            try:
+                return self.client.v1.payment_intents.create(params=expanded, options=options)
+            except stripe.IdempotencyError:
+                return self.client.v1.payment_intents.create(params=params, options=options)
+
+        return self._call(create)
+
     def _risk_of(self, intent: Any) -> dict[str, Any]:
         """Stripe's risk evaluation of the intent's latest charge (`outcome.risk_level`,
-        `outcome.risk_score`), read with the charge expanded. Only shown to reviewers,
-        so it is best effort: a failure to read it never fails the charge. Read apart
-        from the create, whose parameters must stay what earlier attempts sent under the
-        same idempotency key."""
+        `outcome.risk_score`): in the create's answer, which expands the charge; an
+        intent found by the lookup (or created under a key first used without `expand`)
+        is read again, expanded. Only shown to reviewers, so it is best effort: a
+        failure to read it never fails the charge."""
         latest = intent.to_dict().get("latest_charge")
         if isinstance(latest, str):
             try:
@@ -471,7 +495,10 @@ class SimulatedGateway:
         metadata: dict[str, str],
         created_since: datetime | None = None,
         capture: bool = True,
+        outcome_unknown: bool = True,
     ) -> Charge:
+        """As Stripe answers, without a lookup: the id comes from the key, so an attempt
+        whose outcome was unknown (`outcome_unknown`) gets the same charge back."""
         to_minor_units(amount, currency)
         if customer_id == SIMULATED_DECLINED_CUSTOMER:
             raise PaymentDeclinedError("Your card was declined.", code="generic_decline")

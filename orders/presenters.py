@@ -12,14 +12,16 @@ from django.utils import timezone
 
 from workflows.engine.selectors import usage_cost
 
-from .models import Order
+from .models import FraudReview, Order
 from .money import amount_plain
+from .risk import review_risk_signals
 from .selectors import (
     order_email_sent,
     order_failure_shown,
     order_review_info,
     order_status_shown,
     order_waiting_for,
+    review_order,
 )
 
 
@@ -62,6 +64,7 @@ def order_review_presented(order: Order) -> dict[str, Any] | None:
     if info is None:
         return None
     return {
+        "id": info["id"],
         "state": info["state"],
         "decided_by": info["decided_by"],
         "decided_at": datetime_text(info["decided_at"]),
@@ -96,4 +99,62 @@ def order_presented(order: Order, *, link: Callable[[str], str] = _path) -> dict
         "created_at": datetime_text(order.created_at),
         "updated_at": datetime_text(order.updated_at),
         "links": order_links(order, link=link),
+    }
+
+
+def _decimal_text(value: Any) -> str | None:
+    return None if value is None else f"{value:f}"
+
+
+def review_presented(review: FraudReview, *, link: Callable[[str], str] = _path) -> dict[str, Any]:
+    """A fraud review as the reviewer API shows it: the decision so far, the order it is
+    about (any client's), the risk signals and the agent's summary; from `reviews_list`
+    or `review_get` (no query of its own)."""
+    order = review_order(review)
+    risk = review_risk_signals(review=review)
+    decided_by = review.resumed_by.get_username() if review.resumed_by else None
+    return {
+        "id": review.pk,
+        "state": str(review.state),
+        "opened_at": datetime_text(review.created_at),
+        "deadline": datetime_text(review.deadline),
+        "decided_by": decided_by,
+        "decided_at": datetime_text(review.resumed_at),
+        "note": review.note,
+        "agent_summary": str(review.data.get("message") or ""),
+        "order": {
+            "order_id": order.order_id,
+            "client": order.client.get_username() if order.client else None,
+            "customer_id": order.customer_id,
+            "customer_email": order.customer_email,
+            "amount": amount_plain(order.amount, order.currency),
+            "currency": order.currency,
+            "status": order_status_shown(order),
+            "payment_status": str(order.payment_status),
+            "charge_id": order.charge_id,
+        },
+        "risk": None
+        if risk is None
+        else {
+            "orders": risk.orders,
+            "rejections": risk.rejections,
+            "refunds": risk.refunds,
+            "disputes": risk.disputes,
+            "paid_orders": risk.paid_orders,
+            "paid_total": amount_plain(risk.paid_total, risk.currency),
+            "average": None if risk.average is None else amount_plain(risk.average, risk.currency),
+            "amount_ratio": _decimal_text(risk.amount_ratio),
+            "customer_24h": risk.customer_24h,
+            "email_24h": risk.email_24h,
+            "email_domain": risk.email_domain,
+            "domain_first_seen": datetime_text(risk.domain_first_seen),
+            "domain_new": risk.domain_new,
+            "stripe_risk_level": risk.stripe_risk_level,
+            "stripe_risk_score": risk.stripe_risk_score,
+        },
+        "links": {
+            "self": link(reverse("api:review-detail", kwargs={"review_id": review.pk})),
+            "decision": link(reverse("api:review-decision", kwargs={"review_id": review.pk})),
+            "admin": link(reverse("admin:orders_fraudreview_change", args=[review.pk])),
+        },
     }

@@ -21,10 +21,12 @@ from typing import Any
 from django.db.models import (
     DateTimeField,
     DecimalField,
+    ExpressionWrapper,
     F,
     Func,
     IntegerField,
     OuterRef,
+    Q,
     QuerySet,
     Subquery,
     Value,
@@ -162,6 +164,120 @@ class RiskSignals:
             return "—"
         score = f" ({self.stripe_risk_score})" if self.stripe_risk_score is not None else ""
         return f"{self.stripe_risk_level or 'unknown'}{score}"
+
+
+# --- the flags a reviewer reads first, coloured by level --------------------------------
+
+# "x the customer's average" at or above this is high (red, and the queue's filter);
+# at or above RATIO_WARN, worth a look (amber).
+RATIO_HIGH = Decimal("3")
+RATIO_WARN = Decimal("1.5")
+# Other orders in the 24 hours before, by the same customer or email address.
+VELOCITY_HIGH = 3
+# Stripe's Radar levels (`outcome.risk_level`).
+STRIPE_LEVELS = {"highest": "high", "elevated": "warn", "normal": "ok"}
+
+
+@dataclass(frozen=True)
+class RiskFlag:
+    """One signal as a coloured chip: `level` is "high", "warn", "ok" or "none"; `short`
+    is the queue's narrower text."""
+
+    name: str
+    text: str
+    level: str
+    detail: str = ""
+    short: str = ""
+
+
+def risk_flags(risk: RiskSignals) -> list[RiskFlag]:
+    """The six flags of the review page's decision bar, in the order a reviewer reads
+    them; the queue's risk columns show the same chips."""
+    domain = (
+        RiskFlag(
+            "domain",
+            f"new domain {risk.email_domain}",
+            "high",
+            "its first order",
+            f"new: {risk.email_domain}",
+        )
+        if risk.domain_new or risk.domain_first_seen is None
+        else RiskFlag(
+            "domain",
+            risk.email_domain,
+            "ok",
+            f"first seen {risk.domain_first_seen:%Y-%m-%d}",
+            risk.email_domain,
+        )
+    )
+    ratio = risk.amount_ratio
+    if ratio is None:
+        average = RiskFlag(
+            "ratio", "no paid orders", "warn", "nothing to compare with", "none paid"
+        )
+    else:
+        level = "high" if ratio >= RATIO_HIGH else "warn" if ratio >= RATIO_WARN else "ok"
+        average = RiskFlag(
+            "ratio", f"{ratio}\u00d7 average", level, risk.paid_text, f"{ratio}\u00d7"
+        )
+    recent = max(risk.customer_24h, risk.email_24h)
+    velocity = RiskFlag(
+        "velocity",
+        f"{recent} in 24 h",
+        "high" if recent >= VELOCITY_HIGH else "warn" if recent else "ok",
+        risk.velocity_text,
+        str(recent),
+    )
+    rejections = RiskFlag(
+        "rejections",
+        f"{risk.rejections} rejected before" if risk.rejections else "none rejected",
+        "high" if risk.rejections else "ok",
+        f"{risk.orders} earlier orders",
+        f"{risk.rejections} rejected" if risk.rejections else "none",
+    )
+    if risk.disputes or risk.refunds:
+        parts = [
+            f"{n} {label}"
+            for n, label in ((risk.refunds, "refunded"), (risk.disputes, "disputed"))
+            if n
+        ]
+        text = ", ".join(parts)
+        level = "high" if risk.disputes else "warn"
+        money_back = RiskFlag("refunds", text, level, short=text)
+    else:
+        money_back = RiskFlag("refunds", "no refunds or disputes", "ok", short="none")
+    stripe = RiskFlag(
+        "stripe",
+        f"Stripe {risk.stripe_text}",
+        STRIPE_LEVELS.get(risk.stripe_risk_level, "none"),
+        "Stripe Radar's risk level (score)",
+        risk.stripe_text,
+    )
+    return [domain, average, velocity, rejections, money_back, stripe]
+
+
+def reviews_domain_new(reviews: QuerySet[FraudReview]) -> QuerySet[FraudReview]:
+    """Of `reviews_with_risk`'s rows, those whose email domain is new (the order is its
+    first), as `RiskSignals.domain_new` says."""
+    return reviews.filter(
+        Q(**{f"{RISK_PREFIX}domain_first_seen__isnull": True})
+        | Q(**{f"{RISK_PREFIX}domain_first_seen__gte": F("run__order__created_at")})
+    )
+
+
+def reviews_ratio_high(reviews: QuerySet[FraudReview]) -> QuerySet[FraudReview]:
+    """Of `reviews_with_risk`'s rows, those whose amount is at least RATIO_HIGH times the
+    customer's average, as shown (the ratio is shown rounded to 0.1, half up)."""
+    shown_high = RATIO_HIGH - Decimal("0.05")
+    return reviews.filter(
+        **{f"{RISK_PREFIX}paid_orders__gt": 0},
+        **{
+            f"{RISK_PREFIX}paid_total__lte": ExpressionWrapper(
+                F("run__order__amount") * F(f"{RISK_PREFIX}paid_orders") / shown_high,
+                output_field=DecimalField(max_digits=20, decimal_places=6),
+            )
+        },
+    )
 
 
 def _signals(order: Order, values: dict[str, Any]) -> RiskSignals:

@@ -1,28 +1,46 @@
 """Reads of the orders domain: what the API (and any other reader) shows of orders, their
 runs and their fraud reviews. Writes live in `orders.services`."""
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 from uuid import UUID
 
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db.models import Count, Exists, Model, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import (
+    Count,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    Min,
+    Model,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+)
 from django.urls import reverse
 from django.utils import timezone
 from django_q.brokers import get_broker
 
 from workflows.console.presenters import waiting_for_text
+from workflows.engine.dashboard import trunc_hour, trunc_minute
 from workflows.engine.errors import RunNotFoundError
 from workflows.engine.selectors import (
+    RUN_GROUP_MAIN,
     retry_waits_open,
     run_get_with_steps,
+    run_group_choices,
+    run_status_counts_by_group,
     run_waiting_for,
     runs_cost_total,
 )
-from workflows.models import RunStatus, WorkflowRun
+from workflows.models import RunStatus, WaitStatus, WorkflowRun
 
 from .errors import NotFound
 from .models import (
@@ -31,9 +49,15 @@ from .models import (
     EmailRecord,
     EmailStatus,
     FraudReview,
+    FraudReviewClaim,
     Order,
     OrderStatus,
+    PaymentStatus,
+    ReviewState,
+    claim_duration,
 )
+from .risk import reviews_with_risk
+from .roles import DECIDE_PERMISSION
 
 _M = TypeVar("_M", bound=Model)
 
@@ -83,6 +107,7 @@ def orders_in_status(orders: QuerySet[Order], status: str) -> QuerySet[Order]:
 
 
 class ReviewInfo(TypedDict):
+    id: int
     state: str
     decided_by: str | None
     decided_at: datetime | None
@@ -210,18 +235,89 @@ def _order_fraud_review_listed(order: Order) -> FraudReview | None:
 
 def order_review_info(order: Order) -> ReviewInfo | None:
     """The order's fraud review as clients see it, or None when the order never needed
-    one. Read from the run's wait (the review's only record), so it cannot disagree
-    with the suspended workflow."""
+    one. Read from the run's wait (the review's record), so it cannot disagree with the
+    suspended workflow; once retention pruned the run's history, from the copy the
+    order kept (`services.retention`)."""
     review = _order_fraud_review_listed(order)
     if review is None:
-        return None
+        if order.review_id is None or order.review_deadline is None:
+            return None
+        return ReviewInfo(
+            id=order.review_id,
+            state=order.review_state,
+            decided_by=order.review_decided_by or None,
+            decided_at=order.review_decided_at,
+            note=order.review_note,
+            deadline=order.review_deadline,
+        )
     return ReviewInfo(
+        id=review.pk,
         state=str(review.state),
         decided_by=review.resumed_by.get_username() if review.resumed_by else None,
         decided_at=review.resumed_at,
         note=review.note,
         deadline=review.deadline,
     )
+
+
+# --- the fraud reviewers and their reviews --------------------------------------------
+
+
+def reviewers_to_tell() -> QuerySet[User]:
+    """Who is told about reviews (alerts and reminders): every active user with an email
+    address who holds the decide permission, through a group or directly, i.e. who may
+    decide in the admin or the API. Superusers (whom Django grants every permission)
+    only when nobody holds it explicitly: a review never opens unannounced, and a team
+    with named reviewers does not copy every administrator on every alert."""
+    app_label, _, codename = DECIDE_PERMISSION.partition(".")
+    permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    users = User.objects.filter(is_active=True).exclude(email="").order_by("email")
+    holders = users.filter(
+        Q(groups__permissions__in=permission) | Q(user_permissions__in=permission)
+    ).distinct()
+    return holders if holders.exists() else users.filter(is_superuser=True)
+
+
+REVIEW_STATE_CHOICES = ReviewState.choices
+# The largest id a review (a BigAutoField) can have: a longer one is a 404, not a
+# database error.
+_MAX_ID = 2**63 - 1
+
+
+def _reviews(state: str | None = None) -> QuerySet[FraudReview]:
+    # Only a review of its order's current run: a run the order was forked away from
+    # keeps its wait, but deciding it would resume nothing the order still follows.
+    reviews = FraudReview.objects.filter(run__order__isnull=False)
+    if state:
+        reviews = reviews.in_state(state)
+    return reviews_with_risk(reviews.select_related("resumed_by", "run__order__client"))
+
+
+def reviews_list(*, state: str | None = None) -> QuerySet[FraudReview]:
+    """Every client's fraud reviews, the most urgent first (nearest deadline), with
+    their orders joined and risk figures annotated: a page costs one query."""
+    return _reviews(state).order_by("deadline", "pk")
+
+
+def review_get(*, review_id: int | str) -> FraudReview:
+    """The fraud review with that id (ids are global, across clients), with its order
+    and risk figures; `NotFound` for an unknown or malformed id."""
+    try:
+        pk = int(str(review_id))
+    except ValueError:
+        pk = 0
+    if not 0 < pk <= _MAX_ID:
+        raise NotFound(f"No fraud review {review_id}")
+    try:
+        return _reviews().get(pk=pk)
+    except FraudReview.DoesNotExist:
+        raise NotFound(f"No fraud review {review_id}") from None
+
+
+def review_order(review: FraudReview) -> Order:
+    """The order a review (from `reviews_list` or `review_get`) is about."""
+    order: Order = review.run.order
+    return order
 
 
 @dataclass(frozen=True)
@@ -231,6 +327,9 @@ class OpsOverview:
     queue: str
     queued_tasks: int
     runs_by_status: dict[str, int]
+    """The main runs (orders'); the groups kept apart are in `runs_apart`."""
+    runs_apart: dict[str, dict[str, int]]
+    """By group label ("Webhook deliveries"): its runs by status."""
     pending_reviews: int
     oldest_pending_review: FraudReview | None
     confirmations_in_doubt: list[str]
@@ -243,8 +342,8 @@ class OpsOverview:
 
 def ops_overview() -> OpsOverview:
     broker = get_broker()
-    counts = dict.fromkeys(RunStatus.values, 0)
-    counts.update(WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("id")))
+    by_group = run_status_counts_by_group()
+    labels = dict(run_group_choices())
     pending = FraudReview.objects.pending()
     tokens, cost = runs_cost_total()
     # A claim older than a minute is no send in progress: its worker died.
@@ -256,7 +355,8 @@ def ops_overview() -> OpsOverview:
         model_cost_usd=cost,
         queue=broker.info(),
         queued_tasks=broker.queue_size(),
-        runs_by_status=counts,
+        runs_by_status=by_group.pop(RUN_GROUP_MAIN),
+        runs_apart={labels[key]: counts for key, counts in by_group.items()},
         pending_reviews=pending.count(),
         oldest_pending_review=pending.order_by("created_at").first(),
         confirmations_in_doubt=list(
@@ -271,6 +371,25 @@ def ops_overview() -> OpsOverview:
     )
 
 
+# An order whose run may still matter to someone: unsettled (processing, awaiting review,
+# or needing attention), or whose money is not at rest (a hold, an open dispute).
+_RETAINED = Q(status__in=_UNSETTLED) | Q(
+    payment_status__in=(PaymentStatus.AUTHORIZED, PaymentStatus.DISPUTED)
+)
+
+
+def order_runs_retained(run_ids: list[UUID]) -> set[UUID]:
+    """Of these finished order runs, the ones whose history retention must keep (the
+    orders' retention veto): the run of an order that is not settled or whose money is
+    not at rest, and the run such an order was forked from. Two queries per batch."""
+    orders = Order.objects.filter(_RETAINED)
+    kept: set[UUID | None] = set(orders.filter(run_id__in=run_ids).values_list("run_id", flat=True))
+    kept |= set(
+        orders.filter(run__forked_from_id__in=run_ids).values_list("run__forked_from_id", flat=True)
+    )
+    return {run_id for run_id in kept if run_id is not None}
+
+
 def order_run_facts(run: WorkflowRun) -> list[tuple[str, str, str | None]]:
     """What the console's run page says about the run's order: which order, its status
     and where its money is (one query)."""
@@ -283,3 +402,161 @@ def order_run_facts(run: WorkflowRun) -> list[tuple[str, str, str | None]]:
         ("Order status", order_status_shown(order), None),
         ("Payment", order.get_payment_status_display(), None),
     ]
+
+
+# --- the reviewers' desk: open reviews, claims, what comes next -------------------------
+
+
+def reviews_open(*, now: datetime | None = None) -> QuerySet[FraudReview]:
+    """Reviews still to be decided: pending, their deadline ahead."""
+    return FraudReview.objects.pending().filter(deadline__gt=now or timezone.now())
+
+
+def reviews_open_count() -> int:
+    return reviews_open().count()
+
+
+def claims_live(*, now: datetime | None = None) -> Q:
+    """On a FraudReview queryset: the review carries a claim that has not lapsed."""
+    return Q(claim__claimed_at__gt=(now or timezone.now()) - claim_duration())
+
+
+def review_claim_live(
+    review: FraudReview, *, now: datetime | None = None
+) -> FraudReviewClaim | None:
+    """The review's claim if it is live and the review still open (a decided review is
+    nobody's any more); from `select_related("claim__claimed_by")` when the queryset
+    has it."""
+    if review.status != WaitStatus.WAITING:
+        return None
+    try:
+        claim = review.claim
+    except FraudReviewClaim.DoesNotExist:
+        return None
+    return claim if claim.is_live(now) else None
+
+
+def review_next(
+    *, after: FraudReview | None, user: User, now: datetime | None = None
+) -> FraudReview | None:
+    """The next open review in the queue's order (the deadline first) after `after`,
+    wrapping round to the first; those claimed by someone else are skipped."""
+    now = now or timezone.now()
+    candidates = (
+        reviews_open(now=now)
+        .exclude(claims_live(now=now) & ~Q(claim__claimed_by=user))
+        .order_by("deadline", "pk")
+    )
+    if after is None:
+        return candidates.first()
+    candidates = candidates.exclude(pk=after.pk)
+    later = Q(deadline__gt=after.deadline) | Q(deadline=after.deadline, pk__gt=after.pk)
+    return candidates.filter(later).first() or candidates.first()
+
+
+# --- the operations dashboard and the console's run search --------------------------------
+
+
+def order_run_ids_matching(text: str) -> QuerySet[Order, Any]:
+    """The runs of the orders whose order id or customer id is `text` (as ids: the
+    console's run search ORs them in)."""
+    return (
+        Order.objects.filter(Q(order_id=text) | Q(customer_id=text))
+        .exclude(run_id=None)
+        .values("run_id")
+    )
+
+
+def orders_by_minute(*, since: datetime) -> list[tuple[datetime, str, int]]:
+    """(minute, status, count) of the orders placed since `since`: one grouped query."""
+    rows = (
+        Order.objects.filter(created_at__gte=since)
+        .annotate(bucket=trunc_minute("created_at"))
+        .order_by()
+        .values_list("bucket", "status")
+        .annotate(n=Count("pk"))
+    )
+    return [(bucket, status, n) for bucket, status, n in rows]
+
+
+@dataclass(frozen=True)
+class BacklogPoint:
+    at: datetime
+    pending: int
+    oldest_created_at: datetime | None
+
+
+def _open_at(moment: datetime) -> Q:
+    # Open then: made by then, and still waiting, or closed (decided, expired, cancelled:
+    # every close sets `resumed_at`) after it.
+    return Q(created_at__lte=moment) & (Q(status=WaitStatus.WAITING) | Q(resumed_at__gt=moment))
+
+
+def review_backlog(*, moments: Sequence[datetime]) -> list[BacklogPoint]:
+    """How many fraud reviews were pending at each of `moments`, and since when the
+    oldest of them: one query of conditional aggregates, whatever the number of reviews."""
+    if not moments:
+        return []
+    reviews = FraudReview.objects.filter(
+        Q(status=WaitStatus.WAITING) | Q(resumed_at__gt=min(moments)),
+        created_at__lte=max(moments),
+    )
+    aggregates: dict[str, Any] = {}
+    for i, moment in enumerate(moments):
+        aggregates[f"n{i}"] = Count("pk", filter=_open_at(moment))
+        aggregates[f"o{i}"] = Min("created_at", filter=_open_at(moment))
+    row = reviews.aggregate(**aggregates)
+    return [
+        BacklogPoint(at=moment, pending=row[f"n{i}"], oldest_created_at=row[f"o{i}"])
+        for i, moment in enumerate(moments)
+    ]
+
+
+@dataclass(frozen=True)
+class ReviewDecisions:
+    decided: int
+    approved: int
+    p50: timedelta | None
+    p95: timedelta | None
+    by_hour: list[tuple[datetime, str, int]]
+    """(hour, "approved" or "rejected", count)."""
+
+    @property
+    def approval_rate(self) -> float | None:
+        return self.approved / self.decided if self.decided else None
+
+
+def review_decisions(*, since: datetime) -> ReviewDecisions:
+    """The reviews decided since `since`: how many, how many approved, the time from
+    opening to decision at the median and the 95th percentile (nearest rank), and the
+    decisions per hour. Four queries, whatever the number of reviews."""
+    decided = FraudReview.objects.filter(status=WaitStatus.RESUMED, resumed_at__gte=since)
+    approved_q = Q(resume_data__approved=True)
+    totals = decided.aggregate(n=Count("pk"), approved=Count("pk", filter=approved_q))
+    took = decided.annotate(
+        took=ExpressionWrapper(F("resumed_at") - F("created_at"), output_field=DurationField())
+    ).order_by("took")
+
+    def percentile(p: float) -> timedelta | None:
+        if not totals["n"]:
+            return None
+        rank = max(math.ceil(p * totals["n"]) - 1, 0)
+        value: timedelta = took.values_list("took", flat=True)[rank]
+        return value
+
+    hourly = (
+        decided.annotate(bucket=trunc_hour("resumed_at"))
+        .order_by()
+        .values_list("bucket")
+        .annotate(yes=Count("pk", filter=approved_q), all=Count("pk"))
+    )
+    by_hour: list[tuple[datetime, str, int]] = []
+    for bucket, yes, every in hourly:
+        by_hour += [(bucket, "approved", yes), (bucket, "rejected", every - yes)]
+    return ReviewDecisions(
+        decided=totals["n"],
+        approved=totals["approved"],
+        p50=percentile(0.5),
+        p95=percentile(0.95),
+        by_hour=by_hour,
+    )

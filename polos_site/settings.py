@@ -279,14 +279,14 @@ WORKFLOWS_SLOT_WAIT_SECONDS = min(60, env_int("Q_TIMEOUT", 600) // 2)
 WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("Q_TIMEOUT", 600)
 # Cluster-wide caps on model calls in flight: "provider:model=N" or "provider=N", comma-
 # separated (workflows/engine/limits.py). The simulated provider is not capped unless named.
+# Each process leases a block of slots with its runs' leases (WORKFLOWS_LEASE_SECONDS): a
+# dead process's slots are free again one lease period after it died.
 WORKFLOWS_MODEL_CONCURRENCY = {
     name.strip(): int(limit)
     for name, _, limit in (
         item.partition("=") for item in env_list("WORKFLOWS_MODEL_CONCURRENCY", ["openai=100"])
     )
 }
-# A slot whose holder died is free again after this long.
-WORKFLOWS_SLOT_TTL_SECONDS = env_int("WORKFLOWS_SLOT_TTL_SECONDS", 300)
 # Dollars per million input/output tokens, by model name (a dated name such as
 # gpt-4o-mini-2024-07-18 takes its base model's price). Extend or override with
 # WORKFLOWS_MODEL_PRICES="model:input/output,..." (workflows/engine/pricing.py).
@@ -295,6 +295,9 @@ WORKFLOWS_MODEL_PRICES = {
     "gpt-4o": {"input": "2.50", "output": "10.00"},
     "gpt-4.1-mini": {"input": "0.40", "output": "1.60"},
     "gpt-4.1": {"input": "2.00", "output": "8.00"},
+    # The simulated provider's stand-ins ("simulated:<model>"), priced as gpt-4o-mini so
+    # that the demo shows what its runs would cost; "simulated:0/0" makes them free.
+    "simulated": {"input": "0.15", "output": "0.60"},
 }
 for _name, _, _prices in (item.partition(":") for item in env_list("WORKFLOWS_MODEL_PRICES", [])):
     _input, _, _output = _prices.partition("/")
@@ -343,6 +346,23 @@ if WORKFLOWS_WAKE_SECONDS < 1 or WORKFLOWS_CIRCUIT_PROBE_SECONDS < 1:
         "WORKFLOWS_WAKE_SECONDS and WORKFLOWS_CIRCUIT_PROBE_SECONDS are at least 1 (seconds)"
     )
 
+# Retention of finished runs' history (workflows/engine/retention.py): their steps and
+# waits go once the run finished longer ago than the hours, or is not among the rows
+# most recently finished; 0 turns a threshold off. A pass runs every 5 minutes, in
+# batches of WORKFLOWS_RETENTION_BATCH runs, for at most WORKFLOWS_RETENTION_PASS_SECONDS.
+WORKFLOWS_RETENTION_HOURS = env_int("WORKFLOWS_RETENTION_HOURS", 720)
+WORKFLOWS_RETENTION_ROWS = env_int("WORKFLOWS_RETENTION_ROWS", 1_000_000)
+WORKFLOWS_RETENTION_BATCH = env_int("WORKFLOWS_RETENTION_BATCH", 100)
+WORKFLOWS_RETENTION_PASS_SECONDS = env_int("WORKFLOWS_RETENTION_PASS_SECONDS", 60)
+if (
+    min(WORKFLOWS_RETENTION_HOURS, WORKFLOWS_RETENTION_ROWS) < 0
+    or min(WORKFLOWS_RETENTION_BATCH, WORKFLOWS_RETENTION_PASS_SECONDS) < 1
+):
+    raise ImproperlyConfigured(
+        "WORKFLOWS_RETENTION_HOURS and _ROWS are 0 (off) or more; "
+        "WORKFLOWS_RETENTION_BATCH and _PASS_SECONDS at least 1"
+    )
+
 # --- Model provider -------------------------------------------------------------------
 # `openai` speaks Chat Completions through the official SDK to OPENAI_BASE_URL (OpenAI,
 # vLLM, Ollama, llama.cpp...). `simulated` is a deterministic offline stand-in: the
@@ -371,6 +391,11 @@ FRAUD_REVIEW_TIMEOUT = env_int("FRAUD_REVIEW_TIMEOUT", 86_400)
 FRAUD_REVIEW_REMINDER_AT = float(env_decimal("FRAUD_REVIEW_REMINDER_AT", "0.75"))
 if not 0 <= FRAUD_REVIEW_REMINDER_AT < 1:
     raise ImproperlyConfigured("FRAUD_REVIEW_REMINDER_AT must be at least 0 and below 1")
+# A reviewer's claim on a review ("being reviewed by ...") lapses after this many
+# minutes, so that a reviewer who walked away does not hold the review up.
+FRAUD_REVIEW_CLAIM_MINUTES = env_int("FRAUD_REVIEW_CLAIM_MINUTES", 15)
+if FRAUD_REVIEW_CLAIM_MINUTES < 1:
+    raise ImproperlyConfigured("FRAUD_REVIEW_CLAIM_MINUTES must be at least 1")
 # Where this service is reached, for absolute links in emails (the review page).
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
 # Orders under review are authorized, not charged, and card authorizations lapse (about
@@ -466,6 +491,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # An order's shown status appears in the order and in a review's order: one enum,
+    # under the name it had before reviews had their own endpoints.
+    "ENUM_NAME_OVERRIDES": {"OrderOutputStatusEnum": "orders.selectors.ORDER_STATUS_CHOICES"},
 }
 
 # --- Webhooks to API clients (orders/client_webhooks/) --------------------------------------

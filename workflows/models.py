@@ -76,6 +76,9 @@ class WorkflowRun(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks"
     )
     forked_at_step = models.CharField(max_length=255, blank=True)
+    # Set when retention deleted the run's steps and waits (`engine.retention`): the row
+    # stays, a tombstone with the run's outcome, usage and times; its trace is gone.
+    pruned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -85,6 +88,8 @@ class WorkflowRun(models.Model):
             models.Index(fields=["workflow_id", "-created_at"], name="run_workflow_created_idx"),
             # The reaper: running runs whose lease expired, pending runs never picked up.
             models.Index(fields=["status", "lease_expires_at"], name="run_status_lease_idx"),
+            # Retention walks finished runs oldest first (`engine.retention`).
+            models.Index(fields=["finished_at", "id"], name="run_finished_idx"),
         ]
         # Starting a run from the console sends whatever payload the form holds to a
         # workflow (charges, emails): a permission of its own, not just staff status.
@@ -177,10 +182,24 @@ class Wait(models.Model):
         return timeuntil(self.deadline, now, depth=2) if self.deadline > now else "expired"
 
 
+class AgentContext(models.Model):
+    """What every model call of an agent sends besides its conversation (the system
+    prompt, the tool schemas, the response format), stored once by its content's hash
+    and named by that hash in each model call's step (`agents.transcript`). Shared by
+    every run of the same agent version, so retention never deletes it."""
+
+    digest = models.CharField(max_length=64, unique=True)
+    content = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.digest[:12]
+
+
 class ConcurrencySlot(models.Model):
     """One of the N cluster-wide slots of a capped resource (a provider's model), held
-    while one call runs. Shared by every process through the database; a holder that
-    died frees its slot when `expires_at` passes."""
+    by one process (`holder`, part of its block: `workflows.engine.limits`) and renewed
+    with its runs' leases; a holder that died frees its slot when `expires_at` passes."""
 
     resource = models.CharField(max_length=200)
     number = models.PositiveIntegerField()

@@ -9,6 +9,7 @@ from django.db import close_old_connections
 
 from workflows.engine.executor import run_execute
 from workflows.engine.queue import run_enqueue
+from workflows.engine.retention import runs_prune_configured
 from workflows.engine.services import runs_reap, waits_expire
 from workflows.worker.runtime import worker_runtime
 
@@ -33,3 +34,7 @@ def runs_reap_task() -> int:
 
 def waits_expire_task() -> int:
     return len(waits_expire())
+
+
+def runs_prune_task() -> int:
+    return len(runs_prune_configured().pruned)

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.contrib.admin.options import BaseModelAdmin
 from django.http import HttpRequest
 
-from ..services.reviews import DECIDE_PERMISSION
+from ..roles import DECIDE_PERMISSION
 
 EMPTY = "—"
 

@@ -3,9 +3,14 @@
 A review is decided only through `review_decide`, from the "Approve/Reject selected"
 actions (with a confirmation page, like `delete_selected`) or the Approve/Reject buttons
 of a review's page; both take `FraudReviewAdmin._decide`, which also records the
-decision in the review's history."""
+decision in the review's history.
 
-from collections.abc import Callable
+The page is laid out to be decided in one screen (1440x900): a decision bar with the
+amount, the time left, the risk flags and the buttons on top, the agent's steps in plain
+words below. Reviewers claim reviews (`review_claim`) so that two of them do not study
+the same order; a claim is advisory: deciding over someone else's claim takes a
+confirmation that names them (the `over_claim` field)."""
+
 from typing import Any, cast
 
 from django.contrib import admin, messages
@@ -23,100 +28,80 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.text import Truncator
 
 from workflows.console.views import VIEW_RUNS_PERMISSION
 from workflows.models import WaitStatus
 
-from ..models import FraudReview, FraudReviewQuerySet, Order, ReviewState
-from ..risk import RiskSignals, review_risk_signals, reviews_with_risk
-from ..rules import OrderRuleError, note_check
-from ..services.reviews import ReviewError, review_decide
+from ..models import FraudReview, Order
+from ..risk import (
+    RiskSignals,
+    review_risk_signals,
+    reviews_with_risk,
+    risk_flags,
+)
+from ..rules import REVIEW_NOTE_MAX_LENGTH, OrderRuleError, note_check
+from ..selectors import review_claim_live, review_next
+from ..services.reviews import ReviewError, review_claim, review_decide, review_release
 from .agent_trace import agent_trace
 from .common import EMPTY, ReadOnlyForReviewersMixin, can_decide
+from .review_cells import (
+    amount_big,
+    amount_text,
+    claimant_name,
+    flag_chip,
+    risk_column,
+    state_badge,
+    time_left,
+)
+from .review_filters import (
+    AmountFilter,
+    ClaimFilter,
+    CurrencyFilter,
+    NewDomainFilter,
+    RatioFilter,
+    ReviewStateFilter,
+    TimeLeftFilter,
+)
 
-STATE_COLOURS = {
-    ReviewState.PENDING: "#b26b00",
-    ReviewState.APPROVED: "#1e7e34",
-    ReviewState.REJECTED: "#ba2121",
-    ReviewState.EXPIRED: "#666",
-    ReviewState.CANCELLED: "#666",
-}
-
-
-def time_left(review: FraudReview) -> str:
-    """Humanized time until the deadline; "expired" past it; "—" once decided."""
-    if review.status == WaitStatus.EXPIRED:
-        return "expired"
-    return review.time_left_text() if review.status == WaitStatus.WAITING else EMPTY
-
-
-def state_badge(review: FraudReview) -> str:
-    state = review.state
-    return format_html(
-        '<span class="review-state" style="display:inline-block;padding:1px 8px;'
-        'border-radius:9px;color:#fff;background:{};font-size:11px;font-weight:600">{}</span>',
-        STATE_COLOURS.get(state, "#666"),
-        state.label,
-    )
-
-
-def amount_text(review: FraudReview) -> str:
-    """The amount as the workflow recorded it, already in the currency's decimals."""
-    return f"{review.data.get('amount', '?')} {str(review.data.get('currency', '')).upper()}"
-
-
-class ReviewStateFilter(admin.SimpleListFilter):
-    title = "state"
-    parameter_name = "state"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return list(ReviewState.choices)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        value = self.value()
-        if value in ReviewState.values:
-            # The filter is FraudReviewAdmin's: its queryset is the reviews' own.
-            return cast(FraudReviewQuerySet, queryset).in_state(value)
-        return queryset
-
-
-def _risk_column(attribute: str, description: str) -> Callable[[Any, FraudReview], str]:
-    """A review-queue column showing one of the review's risk signals (see orders/risk.py)."""
-
-    @admin.display(description=description)
-    def column(model_admin: Any, review: FraudReview) -> str:
-        risk = model_admin._risk(review)
-        return str(getattr(risk, attribute)) if risk else EMPTY
-
-    return column
+# The form field confirming a decision over someone else's claim: their username (one
+# review's page) or the review's pk (the list actions' confirmation page).
+OVER_CLAIM = "over_claim"
 
 
 @admin.register(FraudReview)
 class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
+    # Risk first, and narrow: the queue fits 1440 px without scrolling sideways.
     list_display = (
         "order_column",
-        "state_column",
         "amount_column",
-        "customer_column",
-        "time_left_column",
-        "waiting_since",
-        "message_column",
-        "charge_column",
-        "history_column",
         "ratio_column",
-        "velocity_column",
         "domain_column",
+        "velocity_column",
+        "history_column",
         "stripe_risk_column",
+        "time_left_column",
+        "claim_column",
+        "customer_column",
+        "state_column",
     )
     list_display_links = ("order_column",)
-    list_filter = (ReviewStateFilter,)
+    list_filter = (
+        ReviewStateFilter,
+        ClaimFilter,
+        TimeLeftFilter,
+        NewDomainFilter,
+        RatioFilter,
+        CurrencyFilter,
+        AmountFilter,
+    )
     search_fields = ("run__order__order_id", "run__order__customer_id")
     search_help_text = "Search by order id or customer id."
-    actions = ["approve_selected", "reject_selected"]
+    actions = ["claim_selected", "release_selected", "approve_selected", "reject_selected"]
     change_form_template = "admin/orders/fraudreview/change_form.html"
+    change_list_template = "admin/orders/fraudreview/change_list.html"
     decide_confirmation_template = "admin/orders/fraudreview/decide_confirmation.html"
 
     # --- permissions: nobody adds, edits or deletes; reviewers view and decide --------
@@ -130,7 +115,7 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         # Annotated before ModelAdmin.get_queryset's ordering, which sorts on it.
         queryset = (
             reviews_with_risk(self.model._default_manager.get_queryset())
-            .select_related("resumed_by")
+            .select_related("resumed_by", "claim__claimed_by")
             .annotate(
                 pending_first=Case(
                     When(status=WaitStatus.WAITING, then=Value(0)),
@@ -150,27 +135,27 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
 
     @admin.display(description="customer")
     def customer_column(self, review: FraudReview) -> str:
-        return review.data.get("customer_id", EMPTY)
+        customer = review.data.get("customer_id", EMPTY)
+        return format_html('<span class="queue-customer" title="{}">{}</span>', customer, customer)
 
     @admin.display(description="amount")
     def amount_column(self, review: FraudReview) -> str:
         return amount_text(review)
 
-    @admin.display(description="charge id")
-    def charge_column(self, review: FraudReview) -> str:
-        return review.data.get("charge_id") or EMPTY
-
-    @admin.display(description="waiting since", ordering="created_at")
-    def waiting_since(self, review: FraudReview) -> Any:
-        return review.created_at
-
     @admin.display(description="time left", ordering="deadline")
     def time_left_column(self, review: FraudReview) -> str:
         return time_left(review)
 
-    @admin.display(description="agent's message")
-    def message_column(self, review: FraudReview) -> str:
-        return Truncator(review.data.get("message") or EMPTY).chars(60)
+    @admin.display(description="claimed")
+    def claim_column(self, review: FraudReview) -> str:
+        claim = review_claim_live(review)
+        if claim is None:
+            return EMPTY
+        return format_html(
+            '<span class="queue-claim" title="until {}">being reviewed by {}</span>',
+            timezone.localtime(claim.lapses_at()).strftime("%H:%M"),
+            claimant_name(claim),
+        )
 
     @admin.display(description="state", ordering="status")
     def state_column(self, review: FraudReview) -> str:
@@ -184,13 +169,41 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             review._risk_signals = review_risk_signals(review=review)
         return review._risk_signals
 
-    history_column = _risk_column("history_text", "history")
-    ratio_column = _risk_column("ratio_text", "vs. average")
-    velocity_column = _risk_column("velocity_text", "other orders, 24 h")
-    domain_column = _risk_column("domain_text", "email domain")
-    stripe_risk_column = _risk_column("stripe_text", "Stripe risk")
+    ratio_column = risk_column("\u00d7 avg", "ratio")
+    domain_column = risk_column("domain", "domain")
+    velocity_column = risk_column("24 h", "velocity")
+    history_column = risk_column("history", "rejections", "refunds")
+    stripe_risk_column = risk_column("Stripe", "stripe")
 
-    # --- actions: confirm, then decide each review through the service ---------------
+    # --- actions: claim; confirm, then decide each review through the service --------
+
+    @admin.action(description="Claim selected (I am reviewing them)", permissions=["decide"])
+    def claim_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        claimed, refused = [], []
+        for review in queryset:
+            try:
+                review_claim(review=review, by=cast(User, request.user))
+            except ReviewError as exc:
+                refused.append(str(exc))
+                continue
+            claimed.append(review.data.get("order_id", "?"))
+        if claimed:
+            self.message_user(request, f"Claimed: {', '.join(claimed)}.", messages.SUCCESS)
+        for text in refused:
+            self.message_user(request, f"{text}: not claimed.", messages.WARNING)
+
+    @admin.action(description="Release my claims on selected", permissions=["decide"])
+    def release_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        released = [
+            review.data.get("order_id", "?")
+            for review in queryset
+            if review_release(review=review, by=cast(User, request.user))
+        ]
+        self.message_user(
+            request,
+            f"Released: {', '.join(released)}." if released else "You held no claim on those.",
+            messages.SUCCESS if released else messages.WARNING,
+        )
 
     @admin.action(description="Approve selected", permissions=["decide"])
     def approve_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
@@ -214,8 +227,18 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             self.message_user(request, f"Note refused: {exc} Nothing was decided.", messages.ERROR)
             return None
         orders = {o.run_id: o for o in Order.objects.filter(run_id__in=[r.run_id for r in reviews])}
+        confirmed = set(request.POST.getlist(OVER_CLAIM))
         decided: list[str] = []
         for review in reviews:
+            claimant = self._claimant_other(request, review)
+            if claimant and str(review.pk) not in confirmed:
+                self.message_user(
+                    request,
+                    f"{review} is being reviewed by {claimant}: not decided "
+                    "(the confirmation did not name them).",
+                    messages.WARNING,
+                )
+                continue
             try:
                 order = self._decide(
                     request, review, orders.get(review.run_id), approved=approved, note=note
@@ -232,6 +255,14 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
                 messages.SUCCESS,
             )
         return None
+
+    @staticmethod
+    def _claimant_other(request: HttpRequest, review: FraudReview) -> str:
+        """Who else holds a live claim on the review ("" if nobody else does)."""
+        claim = review_claim_live(review)
+        if claim is None or claim.claimed_by_id == request.user.pk:
+            return ""
+        return claimant_name(claim)
 
     def _decide(
         self,
@@ -273,19 +304,21 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
                     "state": review.state,
                     "open": review.is_open,
                     "time_left": time_left(review),
+                    "claimant": self._claimant_other(request, review),
                 }
                 for review in reviews
             ],
             "open_count": sum(1 for review in reviews if review.is_open),
             "action": action,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "over_claim": OVER_CLAIM,
             "opts": opts,
             "media": self.media,
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.decide_confirmation_template, context)
 
-    # --- the review page and its decide URL ---------------------------------------
+    # --- the review page, its decide and claim URLs ---------------------------------
 
     def _url_name(self, view: str) -> str:
         return f"{self.opts.app_label}_{self.opts.model_name}_{view}"
@@ -296,6 +329,9 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             args=[quote(review.pk)],
             current_app=self.admin_site.name,
         )
+
+    def _changelist_url(self) -> str:
+        return reverse(f"admin:{self._url_name('changelist')}", current_app=self.admin_site.name)
 
     def get_urls(self) -> list:
         return [
@@ -308,6 +344,11 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
                 "<path:object_id>/decide/",
                 self.admin_site.admin_view(self.decide_view),
                 name=self._url_name("decide"),
+            ),
+            path(
+                "<path:object_id>/claim/",
+                self.admin_site.admin_view(self.claim_view),
+                name=self._url_name("claim"),
             ),
             *super().get_urls(),
         ]
@@ -323,16 +364,32 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         if review is None or not self.has_view_permission(request, review):
             return super().change_view(request, object_id, form_url, extra_context)
         order = Order.objects.filter(run_id=review.run_id).first()
+        risk = self._risk(review)
+        claim = review_claim_live(review)
+        following = review_next(after=review, user=cast(User, request.user))
         context = {
             "title": f"Fraud review of order {review.data.get('order_id', '?')}",
             "subtitle": None,
             "review": review,
             "order": order,
             "amount": amount_text(review),
+            "amount_big": amount_big(review),
             "state_badge": state_badge(review),
             "time_left": time_left(review),
             "trace": agent_trace(review.run_id),
-            "risk": self._risk(review),
+            "risk": risk,
+            "flags": format_html_join(
+                "", "<li>{}</li>", ((flag_chip(flag),) for flag in risk_flags(risk))
+            )
+            if risk
+            else "",
+            "claim": claim,
+            "claimed_by_me": claim is not None and claim.claimed_by_id == request.user.pk,
+            "claimant_other": self._claimant_other(request, review),
+            "over_claim": OVER_CLAIM,
+            "claim_url": self._url(review, "claim"),
+            "next_url": self._url(following, "change") if following else "",
+            "queue_url": self._changelist_url(),
             # The console's trace is for those who may read runs; the agent's part of
             # it is on this page for every reviewer.
             "trace_url": (
@@ -344,6 +401,7 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             "deadline_passed": review.status == WaitStatus.WAITING and not review.is_open,
             "can_decide": review.is_open and self.has_decide_permission(request),
             "decide_url": self._url(review, "decide"),
+            "note_max_length": REVIEW_NOTE_MAX_LENGTH,
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, context)
@@ -365,6 +423,40 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
             return HttpResponseRedirect(f"{changelist}?{urlencode({'q': order.order_id})}")
         return HttpResponseRedirect(self._url(review, "change"))
 
+    def claim_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Claim the review for the signed-in reviewer, or (`release`) give it up."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_decide_permission(request):
+            raise PermissionDenied
+        review = self.get_object(request, unquote(object_id))
+        if review is None:
+            raise Http404("No such fraud review")
+        user = cast(User, request.user)
+        order_id = review.data.get("order_id", "?")
+        if request.POST.get("release"):
+            released = review_release(review=review, by=user)
+            self.message_user(
+                request,
+                f"Released your claim on order {order_id}."
+                if released
+                else f"You held no claim on order {order_id}.",
+                messages.SUCCESS if released else messages.WARNING,
+            )
+        else:
+            try:
+                claim = review_claim(review=review, by=user)
+            except ReviewError as exc:
+                self.message_user(request, f"{exc}: not claimed.", messages.WARNING)
+            else:
+                until = timezone.localtime(claim.lapses_at()).strftime("%H:%M")
+                self.message_user(
+                    request,
+                    f"You are reviewing order {order_id}; others see it until {until}.",
+                    messages.SUCCESS,
+                )
+        return HttpResponseRedirect(self._url(review, "change"))
+
     def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
@@ -378,6 +470,15 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         if decision not in ("approve", "reject"):
             self.message_user(request, "Choose Approve or Reject.", messages.ERROR)
             return HttpResponseRedirect(page)
+        claimant = self._claimant_other(request, review)
+        if claimant and request.POST.get(OVER_CLAIM) != claimant:
+            self.message_user(
+                request,
+                f"{claimant} is reviewing this order. Nothing was decided: tick "
+                f"\u201cdecide although {claimant} is reviewing it\u201d to decide anyway.",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(page)
         approved = decision == "approve"
         note = request.POST.get("note", "").strip()
         order = Order.objects.filter(run_id=review.run_id).first()
@@ -390,4 +491,10 @@ class FraudReviewAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
         self.message_user(
             request, f"{verb} the review of order {order.order_id}.", messages.SUCCESS
         )
+        if request.POST.get("open_next"):
+            following = review_next(after=review, user=cast(User, request.user))
+            if following is None:
+                self.message_user(request, "No other review is waiting.", messages.INFO)
+                return HttpResponseRedirect(self._changelist_url())
+            return HttpResponseRedirect(self._url(following, "change"))
         return HttpResponseRedirect(page)

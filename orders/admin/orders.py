@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from ..errors import PaymentReleasePendingError
-from ..models import EmailRecord, FraudReview, Order
+from ..models import EmailRecord, FraudReview, Order, ReviewState
 from ..money import amount_display
 from ..selectors import (
     ORDER_STATUS_CHOICES,
@@ -24,7 +24,7 @@ from ..selectors import (
 )
 from ..services.cancellation import CANCEL_PERMISSION, OrderCancelError, order_cancel
 from .common import EMPTY, ReadOnlyAdminMixin, ReadOnlyForReviewersMixin, can_decide
-from .fraud_reviews import state_badge
+from .review_cells import state_badge
 
 
 def can_view_orders(request: HttpRequest) -> bool:
@@ -182,6 +182,19 @@ class OrderAdmin(ReadOnlyForReviewersMixin, admin.ModelAdmin):
     def fraud_review_link(self, order: Order) -> str:
         review = FraudReview.objects.filter(run_id=order.run_id).first() if order.run_id else None
         if review is None:
-            return EMPTY
+            if not order.review_state:
+                return EMPTY
+            # Its run's history was pruned: the order's own copy of how it ended.
+            by = f" by {order.review_decided_by}" if order.review_decided_by else ""
+            decided_at = order.review_decided_at
+            when = f" at {decided_at:%Y-%m-%d %H:%M} UTC" if decided_at else ""
+            note = f": {order.review_note}" if order.review_note else ""
+            return format_html(
+                "{}{}{}{} (review record kept; run history pruned)",
+                ReviewState(order.review_state).label,
+                by,
+                when,
+                note,
+            )
         url = reverse("admin:orders_fraudreview_change", args=[quote(review.pk)])
         return format_html('{} <a href="{}">open the review</a>', state_badge(review), url)

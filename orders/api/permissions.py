@@ -1,14 +1,15 @@
 """Who may call the API: the permission the domain names for the request
-(`orders.roles.api_permission`), checked before any view runs. The settings make it
-every API view's default, so this module imports nothing of DRF's views (they read
-that setting while they load)."""
+(`orders.roles.api_permission`), checked before any view runs; the fraud reviewer's
+(`orders.roles.DECIDE_PERMISSION`) for the reviews. The settings make the intake
+client's every API view's default, so this module imports nothing of DRF's views (they
+read that setting while they load)."""
 
 from typing import TYPE_CHECKING
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from orders.roles import INTAKE_CLIENTS_GROUP, api_permission
+from orders.roles import DECIDE_PERMISSION, INTAKE_CLIENTS_GROUP, api_permission
 
 if TYPE_CHECKING:
     from rest_framework.views import APIView
@@ -27,3 +28,13 @@ class IntakeClientPermission(BasePermission):
             f'(the "{INTAKE_CLIENTS_GROUP}" group holds it).'
         )
         return False
+
+
+class FraudReviewerPermission(BasePermission):
+    """`orders.decide_fraud_review` (the "Fraud reviewers" group holds it; an active
+    superuser holds every permission); without it, 403 and nothing read or done."""
+
+    message = "You may not decide fraud reviews."
+
+    def has_permission(self, request: Request, view: "APIView") -> bool:
+        return bool(request.user and request.user.has_perm(DECIDE_PERMISSION))

@@ -7,8 +7,8 @@ from drf_spectacular.utils import extend_schema_field
 from pydantic import ValidationError as PydanticValidationError
 from rest_framework import serializers
 
-from orders.models import Order, PaymentStatus, ReviewState
-from orders.presenters import order_presented
+from orders.models import FraudReview, Order, PaymentStatus, ReviewState
+from orders.presenters import order_presented, review_presented
 from orders.rules import (
     REVIEW_NOTE_MAX_LENGTH,
     OrderRuleError,
@@ -17,9 +17,10 @@ from orders.rules import (
 )
 from orders.schemas import OrderPayload
 from orders.selectors import ORDER_STATUS_CHOICES
+from workflows.agents.contexts import records_expanded
 from workflows.console.presenters import waiting_for_text
 from workflows.engine.selectors import run_waiting_for, usage_cost
-from workflows.models import RunStatus, StepKind, StepStatus, WaitStatus, WorkflowRun
+from workflows.models import RunStatus, StepKind, StepRecord, StepStatus, WaitStatus, WorkflowRun
 
 
 class _Text(serializers.CharField):
@@ -89,6 +90,9 @@ class OrderListFilterSerializer(serializers.Serializer):
 
 
 class ReviewOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(
+        help_text="The review's id: a fraud reviewer decides it at `/api/reviews/{id}/decision/`."
+    )
     state = serializers.ChoiceField(choices=ReviewState.choices)
     decided_by = serializers.CharField(allow_null=True)
     decided_at = serializers.DateTimeField(allow_null=True)
@@ -96,15 +100,88 @@ class ReviewOutputSerializer(serializers.Serializer):
     deadline = serializers.DateTimeField()
 
 
+@extend_schema_field(serializers.ChoiceField(choices=ORDER_STATUS_CHOICES))
+class _StatusShown(serializers.ReadOnlyField):
+    pass
+
+
+class ReviewListFilterSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=ReviewState.choices, required=False)
+
+
+class ReviewOrderSerializer(serializers.Serializer):
+    order_id = serializers.CharField()
+    client = serializers.CharField(
+        allow_null=True, help_text="The API client (user) who submitted the order."
+    )
+    customer_id = serializers.CharField()
+    customer_email = serializers.EmailField()
+    amount = serializers.CharField(help_text="In major units, with the currency's decimals.")
+    currency = serializers.CharField()
+    status = _StatusShown(help_text="The order's status, as the order's own body shows it.")
+    payment_status = serializers.ChoiceField(
+        choices=PaymentStatus.choices,
+        help_text="`authorized` while the review is pending: a hold, not a charge.",
+    )
+    charge_id = serializers.CharField(allow_blank=True)
+
+
+class RiskSignalsSerializer(serializers.Serializer):
+    """`orders.risk.RiskSignals`: the customer's history before this order, in its currency."""
+
+    orders = serializers.IntegerField(help_text="The customer's earlier orders, any status.")
+    rejections = serializers.IntegerField()
+    refunds = serializers.IntegerField(help_text="Earlier orders refunded in full or in part.")
+    disputes = serializers.IntegerField()
+    paid_orders = serializers.IntegerField(help_text="Completed, in this order's currency.")
+    paid_total = serializers.CharField()
+    average = serializers.CharField(allow_null=True, help_text="Null: no completed order.")
+    amount_ratio = serializers.CharField(
+        allow_null=True, help_text="This amount over the average, e.g. `3.6`."
+    )
+    customer_24h = serializers.IntegerField(
+        help_text="Other orders by this customer in the 24 h up to this one."
+    )
+    email_24h = serializers.IntegerField(help_text="... and by this email address.")
+    email_domain = serializers.CharField()
+    domain_first_seen = serializers.DateTimeField(allow_null=True)
+    domain_new = serializers.BooleanField(help_text="This order is the domain's first.")
+    stripe_risk_level = serializers.CharField(allow_blank=True)
+    stripe_risk_score = serializers.IntegerField(allow_null=True)
+
+
+class ReviewLinksSerializer(serializers.Serializer):
+    self = serializers.URLField(help_text="This review in the API.")
+    decision = serializers.URLField(help_text="Where to POST the decision.")
+    admin = serializers.URLField(help_text="The review's page in the admin (HTML).")
+
+
+# The schema of a review as reviewers see it; the body is `orders.presenters.review_presented`.
+class FraudReviewOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="Global: the same id for every reviewer.")
+    state = serializers.ChoiceField(choices=ReviewState.choices)
+    opened_at = serializers.DateTimeField()
+    deadline = serializers.DateTimeField(
+        help_text="Undecided by then, the review expires and the hold is released."
+    )
+    decided_by = serializers.CharField(allow_null=True)
+    decided_at = serializers.DateTimeField(allow_null=True)
+    note = serializers.CharField(allow_blank=True)
+    agent_summary = serializers.CharField(
+        allow_blank=True, help_text="What the order agent said when it sent the order to review."
+    )
+    order = ReviewOrderSerializer()
+    risk = RiskSignalsSerializer(allow_null=True)
+    links = ReviewLinksSerializer()
+
+    def to_representation(self, instance: FraudReview) -> dict[str, Any]:
+        return review_presented(instance, link=self.context["request"].build_absolute_uri)
+
+
 class OrderLinksSerializer(serializers.Serializer):
     self = serializers.URLField(help_text="This order in the API.")
     run = serializers.URLField(allow_null=True, help_text="The order's workflow run in the API.")
     trace = serializers.CharField(allow_null=True, help_text="Path of the run's trace page (HTML).")
-
-
-@extend_schema_field(serializers.ChoiceField(choices=ORDER_STATUS_CHOICES))
-class _StatusShown(serializers.ReadOnlyField):
-    pass
 
 
 # The schema of an order's body. The body itself is `orders.presenters.order_presented`
@@ -205,6 +282,14 @@ class WaitOutputSerializer(serializers.Serializer):
         return {name: fields[name] for name in order}
 
 
+class _StepsShown(serializers.ListSerializer):
+    """A run's steps as the trace shows them: records kept in the lean format
+    (`workflows.agents.transcript`) read back whole, so clients see one format."""
+
+    def get_attribute(self, instance: WorkflowRun) -> list[StepRecord]:
+        return records_expanded(instance.steps.all())
+
+
 class RunOutputSerializer(serializers.Serializer):
     """A run as its trace shows it. The lease and error tracebacks stay internal."""
 
@@ -219,7 +304,12 @@ class RunOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
-    steps = StepOutputSerializer(many=True)
+    steps = _StepsShown(child=StepOutputSerializer())
+    pruned_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When retention deleted the run's steps and waits (its trace), keeping "
+        "the run's outcome; null while they are kept.",
+    )
     waits = WaitOutputSerializer(many=True)
     model_cost_usd = serializers.SerializerMethodField(
         help_text="What the run's model calls cost, in US dollars (null: none priced)."

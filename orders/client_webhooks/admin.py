@@ -14,8 +14,10 @@ from django.http import HttpRequest, HttpResponse
 from django.template import engines
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.timesince import timesince
 
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from .selectors import RECENT_DELIVERIES, webhook_deliveries_recent
 from .services import (
     WebhookRetryError,
     webhook_delivery_retry,
@@ -55,6 +57,58 @@ def enabled_badge(endpoint: WebhookEndpoint) -> str:
     )
 
 
+def health_badge(endpoint: WebhookEndpoint) -> str:
+    """`failing 2 hours (14 failed attempts)`, or `healthy`, or `no attempt yet`."""
+    if endpoint.failing_since is not None:
+        return format_html(
+            '<span style="color:#ba2121;font-weight:600">failing {} ({} failed attempt{})</span>',
+            timesince(endpoint.failing_since),
+            endpoint.failed_attempts,
+            "" if endpoint.failed_attempts == 1 else "s",
+        )
+    if endpoint.last_attempt_at is None:
+        return "no attempt yet"
+    return format_html('<span style="color:{}">{}</span>', "#1e7e34", "healthy")
+
+
+def _last_answer(delivery: WebhookDelivery) -> str:
+    # Annotated by `webhook_deliveries_recent`.
+    code = getattr(delivery, "last_status_code", None)
+    return f"HTTP {code}" if code is not None else (getattr(delivery, "last_error", "") or "—")
+
+
+class FailingFilter(admin.SimpleListFilter):
+    title = "health"
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("failing", "failing"), ("healthy", "healthy")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "failing":
+            return queryset.filter(failing_since__isnull=False)
+        if self.value() == "healthy":
+            return queryset.filter(failing_since__isnull=True)
+        return queryset
+
+
+# An endpoint's latest deliveries on its page, read-only, each linked to its own page.
+RECENT_DELIVERIES_TABLE = engines["django"].from_string(
+    """{% if deliveries %}<table>
+  <thead><tr><th>created</th><th>event</th><th>order</th><th>status</th>
+  <th>attempts</th><th>last answer</th></tr></thead>
+  <tbody>{% for row in deliveries %}<tr>
+    <td><a href="{{ row.link }}">{{ row.delivery.created_at|date:"Y-m-d H:i:s" }}</a></td>
+    <td>{{ row.delivery.event_type }}</td><td>{{ row.delivery.order.order_id|default:"—" }}</td>
+    <td>{{ row.delivery.status }}</td><td>{{ row.delivery.attempts }}</td>
+    <td>{{ row.last|truncatechars:80 }}</td></tr>{% endfor %}</tbody>
+</table>
+<p>The latest {{ limit }} at most;
+<a href="{{ all_url }}">all of this endpoint's deliveries</a>.</p>
+{% else %}No delivery yet.{% endif %}"""
+)
+
+
 class WebhookEndpointForm(forms.ModelForm):
     url = forms.URLField(max_length=2048, assume_scheme="https")
     events = forms.MultipleChoiceField(
@@ -85,15 +139,27 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         "client",
         "events_column",
         "state_column",
-        "disabled_reason",
-        "consecutive_failures",
+        "health_column",
+        "last_status",
+        "last_attempt_at",
         "created_at",
     )
-    list_filter = ("enabled",)
+    list_filter = ("enabled", FailingFilter)
     list_select_related = ("client",)
     search_fields = ("url", "client__username")
     actions = ["enable_selected", "rotate_secret_selected"]
-    readonly_fields = ("state_column", "disabled_reason", "consecutive_failures", "created_at")
+    readonly_fields = (
+        "state_column",
+        "health_column",
+        "last_status",
+        "last_attempt_at",
+        "failing_since",
+        "failed_attempts",
+        "consecutive_failures",
+        "disabled_reason",
+        "created_at",
+        "recent_deliveries",
+    )
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         if obj is None:
@@ -107,6 +173,31 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     @admin.display(description="state", ordering="enabled")
     def state_column(self, endpoint: WebhookEndpoint) -> str:
         return enabled_badge(endpoint)
+
+    @admin.display(description="health", ordering="failing_since")
+    def health_column(self, endpoint: WebhookEndpoint) -> str:
+        return health_badge(endpoint)
+
+    @admin.display(description="recent deliveries")
+    def recent_deliveries(self, endpoint: WebhookEndpoint) -> str:
+        deliveries = webhook_deliveries_recent(endpoint=endpoint)
+        every = reverse("admin:client_webhooks_webhookdelivery_changelist")
+        return RECENT_DELIVERIES_TABLE.render(
+            {
+                "deliveries": [
+                    {
+                        "delivery": d,
+                        "link": reverse(
+                            "admin:client_webhooks_webhookdelivery_change", args=[d.pk]
+                        ),
+                        "last": _last_answer(d),
+                    }
+                    for d in deliveries
+                ],
+                "limit": RECENT_DELIVERIES,
+                "all_url": f"{every}?endpoint__id__exact={endpoint.pk}",
+            }
+        )
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         if change:

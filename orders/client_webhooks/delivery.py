@@ -17,14 +17,15 @@ import logging
 import socket
 import ssl
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from pydantic import BaseModel
 
@@ -276,8 +277,7 @@ def webhook_attempt(*, delivery_id: int, pause: float | None) -> AttemptResult:
             error=answer.error,
             at=now,
         )
-        if answer.ok:
-            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=0)
+        endpoint_attempt_record(endpoint_id=endpoint.pk, answer=answer, at=now)
     client_webhook_attempt_counted(event_type=delivery.event_type, delivered=answer.ok)
     logger.info(
         "webhook %s %s to endpoint %s, attempt %d: %s",
@@ -289,6 +289,36 @@ def webhook_attempt(*, delivery_id: int, pause: float | None) -> AttemptResult:
     )
     return AttemptResult(
         outcome="delivered" if answer.ok else "failed", status_code=answer.status_code
+    )
+
+
+def answer_text(answer: Answer) -> str:
+    """What an attempt got, as the admin shows it: `HTTP 503`, or why there was no answer."""
+    if answer.status_code is not None:
+        return f"HTTP {answer.status_code}"
+    return (answer.error or "no answer")[:255]
+
+
+def endpoint_attempt_record(*, endpoint_id: int, answer: Answer, at: datetime) -> None:
+    """The endpoint's health after one attempt, in the attempt's transaction. A 2xx
+    clears it (and the deliveries-in-a-row count); a failure counts at once, whichever
+    delivery or retry it belongs to. Before this, only a delivery whose whole schedule
+    (about a day) was spent counted, so a failing receiver showed 0 failures all day."""
+    endpoints = WebhookEndpoint.objects.filter(pk=endpoint_id)
+    if answer.ok:
+        endpoints.update(
+            last_attempt_at=at,
+            last_status=answer_text(answer),
+            failing_since=None,
+            failed_attempts=0,
+            consecutive_failures=0,
+        )
+        return
+    endpoints.update(
+        last_attempt_at=at,
+        last_status=answer_text(answer),
+        failing_since=Coalesce(F("failing_since"), Value(at, output_field=DateTimeField())),
+        failed_attempts=F("failed_attempts") + 1,
     )
 
 

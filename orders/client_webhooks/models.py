@@ -57,6 +57,19 @@ class WebhookEndpoint(models.Model):
     # Deliveries failed in a row (every attempt of the schedule spent); a delivered
     # one resets it. At WEBHOOKS_DISABLE_AFTER the endpoint is disabled.
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # Health, per attempt (`endpoint_attempt_record`): a delivery retries for about a day
+    # before it counts above, so these tell a failing receiver from its first attempt.
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.CharField(
+        max_length=255, blank=True, help_text="The last attempt's answer: HTTP 503, or why none."
+    )
+    failing_since = models.DateTimeField(
+        null=True, blank=True, help_text="The first failed attempt since the last 2xx."
+    )
+    failed_attempts = models.PositiveIntegerField(
+        default=0,
+        help_text="Attempts failed since the last 2xx, across deliveries and their retries.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -105,7 +105,10 @@ def webhook_url_addresses(url: str) -> list[str]:
         raise _refuse("Enter a valid http(s) URL.") from None
     scheme = parts.scheme.lower()
     if scheme != "https" and not settings.WEBHOOKS_ALLOW_HTTP:
-        raise _refuse("The URL must use https.")
+        raise _refuse(
+            "The URL must use https (plain http is allowed only where the service's "
+            "operator sets WEBHOOKS_ALLOW_HTTP=1, for development)."
+        )
     if parts.username is not None or parts.password is not None:
         raise _refuse("Put no credentials in the URL: receivers verify the signature.")
     host = parts.hostname or ""
@@ -119,7 +122,9 @@ def webhook_url_addresses(url: str) -> list[str]:
             if not _address_public(address):
                 raise _refuse(
                     f"The host {host!r} resolves to {address}, which is not a public address "
-                    "(loopback, private, link-local, multicast, reserved or unspecified)."
+                    "(loopback, private, link-local, multicast, reserved or unspecified); "
+                    "such addresses are allowed only where the service's operator sets "
+                    "WEBHOOKS_ALLOW_PRIVATE=1 (tests, a receiver on the same network)."
                 )
     return addresses
 

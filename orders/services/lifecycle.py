@@ -80,8 +80,9 @@ def order_check_arguments(
 
 def order_confirm(*, order: Order) -> EmailRecord:
     """Send the confirmation, if policy allows: the order is charged (captured, not
-    only held) and, above the fraud threshold, its review was approved."""
-    order.refresh_from_db()
+    only held) and, above the fraud threshold, its review was approved. `order` as just
+    read (`order_for_run`, as its doors do); the claim re-reads its status under lock
+    (`order_confirmation_send`), so a cancel in between still wins."""
     if not order.charge_id:
         raise OrderActionRefusedError("Refused: the order has not been charged yet.")
     if order.status in (OrderStatus.FAILED, OrderStatus.REJECTED, OrderStatus.CANCELLED):
@@ -102,7 +103,8 @@ def order_confirm(*, order: Order) -> EmailRecord:
 
 def order_finish(
     *, run_id: UUID, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
-) -> None:
+) -> Order | None:
+    """Record the run's conclusion on its order; returns the order as it now is."""
     # A cancelled order stays cancelled, whatever a run retried afterwards concludes.
     Order.objects.filter(run_id=run_id).exclude(status=OrderStatus.CANCELLED).update(
         status=status,
@@ -110,9 +112,9 @@ def order_finish(
         fraud_approved=fraud_approved,
         updated_at=timezone.now(),
     )
-    order_event_emit(
-        order=Order.objects.filter(run_id=run_id).first(), type=ORDER_STATUS_EVENTS.get(status)
-    )
+    order = Order.objects.filter(run_id=run_id).first()
+    order_event_emit(order=order, type=ORDER_STATUS_EVENTS.get(status))
+    return order
 
 
 def order_confirmation_resolve(*, order: Order, sent: bool) -> WorkflowRun | None:

@@ -171,18 +171,23 @@ def _order_payment_metadata(order: Order) -> dict[str, str]:
 def order_charge(*, order: Order) -> Charge:
     """Charge the order's own amount, once. A second call returns the first charge.
 
+    `order` as just read (`order_for_run`): its doors read it to check the tool's
+    arguments, so it is not read again here. A stale one charges no one twice either:
+    an order already attempted has the gateway find its PaymentIntent.
+
     An order the fraud policy sends to review is only authorized (a hold, captured on
     approval by `order_capture`); the others are captured at once. Decided here, by
     `payment_capture_now`, whoever asked for the charge and however.
 
     Whoever calls (the agent's tool, the workflow's fallback, a retry or a replay), it
     is one operation: the key comes from the order, and the gateway recovers the
-    PaymentIntent that an attempt with a lost answer may have created.
+    PaymentIntent that an attempt with a lost answer may have created. Which attempt
+    came first is written on the order (`charge_attempted_at`) before it leaves: every
+    later one, from any door, after any crash, has the gateway look first.
 
     A decline marks the order failed with the reason and raises `PaymentDeclinedError`;
     transient gateway errors propagate for the caller's retry policy.
     """
-    order.refresh_from_db()
     if order.charge_id:
         return Charge(
             charge_id=order.charge_id,
@@ -194,6 +199,11 @@ def order_charge(*, order: Order) -> Charge:
         raise PaymentDeclinedError(order.failure_reason or "payment was declined")
     if order.status == OrderStatus.CANCELLED:
         raise OrderActionRefusedError("Refused: the order is cancelled.")
+    # Committed before the gateway is called (steps run outside transactions), so a
+    # crash after Stripe answered still leaves it for the next attempt.
+    first_attempt = Order.objects.filter(pk=order.pk, charge_attempted_at__isnull=True).update(
+        charge_attempted_at=timezone.now()
+    )
     try:
         charge = payment_gateway().charge(
             customer_id=order.customer_id,
@@ -203,6 +213,7 @@ def order_charge(*, order: Order) -> Charge:
             metadata=_order_payment_metadata(order),
             created_since=order.created_at,
             capture=payment_capture_now(amount=order.amount, currency=order.currency),
+            outcome_unknown=not first_attempt,
         )
     except PaymentDeclinedError as exc:
         if _payment_status_move(order, PaymentStatus.FAILED):
@@ -210,18 +221,19 @@ def order_charge(*, order: Order) -> Charge:
                 status=OrderStatus.FAILED, failure_reason=f"{exc.code}: {exc.reason}"[:255]
             )
         raise
-    if order.payment_status == PaymentStatus.NONE:
-        _payment_status_move(
-            order,
-            PaymentStatus.CAPTURED if charge.captured else PaymentStatus.AUTHORIZED,
-            charge_id=charge.charge_id,
-            charged_amount=charge.amount,
-            charged_at=timezone.now(),
-        )
+    risk: dict[str, object] = {}
     if charge.risk_level or charge.risk_score is not None:  # for the reviewers (orders.risk)
-        Order.objects.filter(pk=order.pk).update(
-            stripe_risk_level=charge.risk_level[:20], stripe_risk_score=charge.risk_score
-        )
+        risk = {"stripe_risk_level": charge.risk_level[:20], "stripe_risk_score": charge.risk_score}
+    written = order.payment_status == PaymentStatus.NONE and _payment_status_move(
+        order,
+        PaymentStatus.CAPTURED if charge.captured else PaymentStatus.AUTHORIZED,
+        charge_id=charge.charge_id,
+        charged_amount=charge.amount,
+        charged_at=timezone.now(),
+        **risk,
+    )
+    if risk and not written:
+        Order.objects.filter(pk=order.pk).update(**risk)
     order.refresh_from_db()
     if order.status == OrderStatus.CANCELLED:  # cancelled while the charge was in flight
         order_payment_release(order=order)

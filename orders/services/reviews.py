@@ -9,11 +9,13 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django_stubs_ext import WithAnnotations
 
 from workflows import WaitAlreadyDecidedError, WaitExpiredError, WaitNotFoundError, run_resume
+from workflows.models import WaitStatus
 
 from ..client_webhooks.models import WebhookEvent
 from ..client_webhooks.services import order_event_emit
@@ -22,17 +24,16 @@ from ..models import (
     EmailRecord,
     EmailStatus,
     FraudReview,
+    FraudReviewClaim,
     Order,
     OrderStatus,
 )
 from ..notifications import REVIEW_ALERT, REVIEW_REMINDER, review_email_send
+from ..roles import DECIDE_PERMISSION
 from ..rules import OrderRuleError, note_check
 from ..selectors import order_fraud_review
 
 logger = logging.getLogger(__name__)
-
-
-DECIDE_PERMISSION = "orders.decide_fraud_review"
 
 
 class ReviewError(Exception):
@@ -124,8 +125,7 @@ def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> 
     One conditional UPDATE decides races: of two reviewers clicking at once, one wins
     and the other gets `ReviewError` saying it was already decided.
     """
-    if not by.has_perm(DECIDE_PERMISSION):
-        raise PermissionDenied(f"{by.get_username()} may not decide fraud reviews")
+    _may_decide(by)
     try:
         note = note_check(note)
     except OrderRuleError as exc:
@@ -135,6 +135,11 @@ def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> 
     try:
         run_resume(order.run_id, FRAUD_REVIEW_KEY, {"approved": approved, "note": note}, by=by)
     except WaitNotFoundError:
+        if order.review_state:  # decided, and its run's history pruned since
+            raise ReviewError(
+                f"The review of order {order.order_id} was already decided "
+                f"({order.review_state})"
+            ) from None
         raise ReviewError(f"Order {order.order_id} has no fraud review to decide") from None
     except WaitAlreadyDecidedError:
         review = order_fraud_review(order=order)
@@ -153,3 +158,45 @@ def review_decide(*, order: Order, approved: bool, by: User, note: str = "") -> 
         by.get_username(),
     )
     return FraudReview.objects.get(run_id=order.run_id, key=FRAUD_REVIEW_KEY)
+
+
+def _may_decide(user: User) -> None:
+    if not user.has_perm(DECIDE_PERMISSION):
+        raise PermissionDenied(f"{user.get_username()} may not decide fraud reviews")
+
+
+def review_claim(*, review: FraudReview, by: User, now: datetime | None = None) -> FraudReviewClaim:
+    """Claim an open review for `by` ("being reviewed by ..."), or renew their own claim.
+    A live claim of someone else is not taken over (`ReviewError` names them); a lapsed
+    one is. Claims are advisory: deciding never needs one."""
+    _may_decide(by)
+    now = now or timezone.now()
+    if not (review.status == WaitStatus.WAITING and review.deadline > now):
+        raise ReviewError(f"{review} is not open: there is nothing to claim")
+    for _ in range(2):  # a second pass only when a concurrent first claim won the insert
+        with transaction.atomic():
+            claim = FraudReviewClaim.objects.select_for_update().filter(review=review).first()
+            if claim is None:
+                try:
+                    with transaction.atomic():
+                        return FraudReviewClaim.objects.create(
+                            review=review, claimed_by=by, claimed_at=now
+                        )
+                except IntegrityError:
+                    continue
+            if claim.claimed_by_id != by.pk and claim.is_live(now):
+                raise ReviewError(
+                    f"{review} is being reviewed by {claim.claimed_by.get_username()}"
+                )
+            claim.claimed_by = by
+            claim.claimed_at = now
+            claim.save(update_fields=["claimed_by", "claimed_at"])
+            return claim
+    raise ReviewError(f"{review} was claimed by someone else just now")
+
+
+def review_release(*, review: FraudReview, by: User) -> bool:
+    """Give up `by`'s own claim on the review; False if they held none."""
+    _may_decide(by)
+    deleted, _ = FraudReviewClaim.objects.filter(review=review, claimed_by=by).delete()
+    return bool(deleted)

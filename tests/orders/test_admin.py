@@ -58,13 +58,17 @@ def test_queue_lists_the_pending_review_and_filters(suspended, reviewer):
     client = logged_in(reviewer)
     index = client.get(reverse("admin:index")).content.decode()
     assert "Fraud reviews" in index and "Orders" in index
+    # The index counts the reviews waiting, linking to them.
+    assert '<strong class="reviews-waiting-count">1</strong> fraud review pending' in index
 
     # Read 30 s into the review's 24 hours, however long the set-up took.
     instant = review.deadline - timedelta(hours=23, minutes=59, seconds=30)
     with time_machine.travel(instant, tick=False):
         html = client.get(reverse(CHANGELIST)).content.decode()
     assert order.order_id in html and "cus_good" in html and "2500.00 USD" in html
-    assert order.charge_id in html and "over the fraud threshold" in html
+    # Narrow rows, risk first: no charge id, no agent's message repeated on every row.
+    assert order.charge_id not in html and "over the fraud threshold" not in html
+    assert 'class="risk-chip risk-high risk-flag-domain"' in html  # example.com is new here
     assert "23\xa0hours" in html and ">Pending<" in html
     assert change_url(review) in html  # the order column links to the review's page
     assert "approve_selected" in html and "reject_selected" in html

@@ -76,7 +76,7 @@ def test_create_returns_201_with_the_order_and_starts_its_run(api, queue_capture
         "fraud_approved": None,
         "review": None,
         "run_id": run_id,
-        "model_cost_usd": None,  # nothing spent yet (and the simulated model is free)
+        "model_cost_usd": None,  # nothing spent yet
         "created_at": None,
         "updated_at": None,
         "links": {

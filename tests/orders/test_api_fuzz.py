@@ -3,6 +3,7 @@ that the API never answers 5xx and never breaks its own schema."""
 
 import pytest
 import schemathesis
+from django.contrib.auth.models import Permission
 from django.core import signals
 from django.db import close_old_connections
 from django.test import override_settings
@@ -63,3 +64,30 @@ def auth_header(django_user_model, settings) -> dict[str, str]:
 )
 def test_api_never_fails_or_breaks_its_schema(case, auth_header, queue_capture):
     case.call_and_validate(headers=auth_header, checks=SERVER_AND_SCHEMA_CHECKS)
+
+
+@pytest.fixture
+def reviewer_header(django_user_model, settings, place_order, queue_capture) -> dict[str, str]:
+    """A fraud reviewer (the permission granted directly) who is also an intake client,
+    with reviews open: its own order's and another client's."""
+    settings.LLM_PROVIDER = "simulated"
+    settings.PAYMENT_GATEWAY = "simulated"
+    other = django_user_model.objects.create_user("other-client")
+    token = intake_client_create(username="reviewing-fuzzer").token
+    reviewer = django_user_model.objects.get(username="reviewing-fuzzer")
+    reviewer.user_permissions.add(Permission.objects.get(codename="decide_fraud_review"))
+    for client in (reviewer, other):
+        place_order("2500.00", order_id="ord-1", client=client)
+    assert queue_capture.drain() == ["suspended", "suspended"]
+    return {"Authorization": f"Token {token}"}
+
+
+@pytest.mark.django_db(transaction=True)
+@schema.include(path_regex=r"^/api/(reviews/|orders/\{order_id\}/review/)").parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_the_reviewer_api_never_fails_or_breaks_its_schema(case, reviewer_header, queue_capture):
+    case.call_and_validate(headers=reviewer_header, checks=SERVER_AND_SCHEMA_CHECKS)

@@ -15,6 +15,7 @@ from django.utils import timezone
 from orders.models import FraudReview, Order
 from workflows.engine import queue as workflow_queue
 from workflows.engine.executor import run_execute
+from workflows.engine.selectors import usage_cost
 from workflows.models import Wait
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -229,8 +230,9 @@ def test_expire_reviews_takes_no_arguments():
 # --- demo ------------------------------------------------------------------------------
 
 
-def test_demo_shows_every_path(worker):
-    output = run("demo", "--orders", "6", "--timeout", "30", "--base-url", "http://demo:1/")
+def test_demo_shows_every_path(worker, settings):
+    settings.SITE_URL = "http://demo:1/"  # scripts/serve.sh sets it from its address
+    output = run("demo", "--orders", "6", "--timeout", "30")
     lines = output.splitlines()
     progress = [line for line in lines if line.startswith("[")]
     assert progress[-1] == "[" + "#" * 20 + "] 6/6 settled"
@@ -253,6 +255,8 @@ def test_demo_shows_every_path(worker):
     for small in ("49.99", "250.00", "1000.00"):
         assert " completed " in outcomes[small] and " yes " in outcomes[small]
     assert lines[-1] == "paths seen: completed, completed after approval, rejected, failed"
+    # The simulated model has a price: every run that called it shows what it cost.
+    assert all(usage_cost(order.run.usage) for order in orders.values())
     reviewer = User.objects.get(username="reviewer")
     assert not reviewer.has_usable_password()
     assert reviewer.has_perm("orders.decide_fraud_review")
@@ -267,6 +271,32 @@ def test_demo_times_out_without_a_worker(queue_capture):
     with pytest.raises(CommandError, match=r"^Timed out after 0\.5 s .*is a qcluster running\?"):
         run("demo", "--orders", "2", "--timeout", "0.5")
     assert Order.objects.filter(status="processing").count() == 2
+
+
+def test_bootstrap_demo_gives_the_admin_an_address_so_reviews_are_announced(
+    settings, queue_capture, place_order, mailoutbox
+):
+    settings.DEBUG = True
+    settings.SITE_URL = "http://127.0.0.1:8080"
+    settings.LLM_PROVIDER = "simulated"
+    settings.PAYMENT_GATEWAY = "simulated"
+    output = run("bootstrap_demo")
+    assert output.startswith("Demo admin: http://127.0.0.1:8080/admin/  user 'admin'")
+    assert "email admin@example.com" in output
+    admin = User.objects.get(username="admin")
+    assert admin.is_superuser and admin.email == "admin@example.com"
+    # An admin made before it had an address gets one; its password stays.
+    User.objects.filter(pk=admin.pk).update(email="")
+    assert "password unchanged" in run("bootstrap_demo")
+    assert User.objects.get(pk=admin.pk).email == "admin@example.com"
+
+    # The demo's reviewer has no address: the alert goes to the admin, with a link
+    # that follows SITE_URL.
+    place_order("2500.00")
+    assert queue_capture.drain() == ["suspended"]
+    [alert] = mailoutbox
+    assert alert.to == ["admin@example.com"] and alert.subject.startswith("Review order")
+    assert "http://127.0.0.1:8080/admin/orders/fraudreview/order/" in alert.body
 
 
 def test_demo_refuses_a_bad_count():

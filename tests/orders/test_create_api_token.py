@@ -117,3 +117,21 @@ def test_help_names_the_argument(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "username" in out and "--rotate" in out and "Intake clients" in out
+    assert "--reviewer" in out and "Fraud reviewers" in out
+
+
+def test_a_reviewer_token_reads_and_decides_reviews_but_places_no_order():
+    err = StringIO()
+    out = StringIO()
+    call_command("create_api_token", "rita", "--reviewer", stdout=out, stderr=err)
+    assert err.getvalue().strip() == "Created user 'rita' in 'Fraud reviewers'."
+    user = User.objects.get(username="rita")
+    assert [g.name for g in user.groups.all()] == ["Fraud reviewers"]
+    assert user.has_perm("orders.decide_fraud_review") and not user.is_staff
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {out.getvalue().strip()}")
+    assert api.get("/api/reviews/").status_code == 200
+    assert api.post("/api/orders/", ORDER, format="json").status_code == 403
+    assert api.get("/api/orders/").status_code == 403
+    with pytest.raises(CommandError, match=r"^'rita' already has an API token.*'Fraud reviewers'"):
+        run("rita", "--reviewer")

@@ -7,7 +7,7 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
@@ -21,6 +21,7 @@ from orders.notifications import (
     order_confirmation_send,
     review_email_send,
 )
+from orders.selectors import reviewers_to_tell
 from orders.services.lifecycle import order_snapshot
 from orders.services.reviews import order_review_open, review_reminders_send
 from tests.support.api import api_client_for
@@ -216,3 +217,41 @@ def test_superusers_are_told_when_the_group_has_nobody(smtp_server, reviewer, su
     waits_expire()
     assert len(smtp_server.messages) == 1
     assert smtp_server.messages[0]["To"] == "root@example.com"
+
+
+def test_whoever_holds_the_permission_is_told_through_any_group_or_directly(
+    smtp_server, queue_capture, place_order
+):
+    """Not only the "Fraud reviewers" group: a user granted the permission directly, and
+    a member of another group that holds it; not a member of a group without it, an
+    inactive holder, or (with holders there) a superuser."""
+    decide = Permission.objects.get(codename="decide_fraud_review")
+    direct = User.objects.create_user("dee", email="dee@example.com")
+    direct.user_permissions.add(decide)
+    risk_team = Group.objects.create(name="Risk team")
+    risk_team.permissions.add(decide)
+    User.objects.create_user("gus", email="gus@example.com").groups.add(risk_team)
+    # The "Fraud reviewers" group without its permission (an admin took it away).
+    Group.objects.get_or_create(name="Fraud reviewers")[0].permissions.clear()
+    User.objects.create_user("fay", email="fay@example.com").groups.add(
+        Group.objects.get(name="Fraud reviewers")
+    )
+    User.objects.create_user("ina", email="ina@example.com", is_active=False).user_permissions.add(
+        decide
+    )
+    User.objects.create_superuser("root", email="root@example.com", password="x-root-pass-1")
+    told = ["dee@example.com", "gus@example.com"]
+    assert list(reviewers_to_tell().values_list("email", flat=True)) == told
+
+    order = place_order("2500.00")
+    assert queue_capture.drain() == ["suspended"]
+    [alert] = smtp_server.messages
+    assert sorted(a.strip() for a in alert["To"].split(",")) == told
+    # The reminder goes to the same people: one query decides both.
+    review = FraudReview.objects.get(run_id=order.run_id)
+    waits_expire(now=review.created_at + (review.deadline - review.created_at) * 0.8)
+    assert kinds(smtp_server) == ["Review", "Reminder: review"]
+    assert sorted(a.strip() for a in smtp_server.messages[1]["To"].split(",")) == told
+
+    # Each may decide, as they were told.
+    assert all(User.objects.get(email=e).has_perm("orders.decide_fraud_review") for e in told)

@@ -179,12 +179,10 @@ def test_stripe_risk_evaluation_is_shown(stripe_server, review_of, reviewer):
     stripe_server.risk_level, stripe_server.risk_score = "elevated", 67
     order, review = review_of("2500.00")
     assert (order.stripe_risk_level, order.stripe_risk_score) == ("elevated", 67)
-    expanded = [
-        r
-        for r in stripe_server.requests
-        if r.method == "GET" and r.path == f"/v1/payment_intents/{order.charge_id}"
-    ]
-    assert expanded and expanded[0].params.get("expand") == ["latest_charge"]
+    # Read from the create's own answer, its latest charge expanded: no second request.
+    [create] = [r for r in stripe_server.requests if r.path == "/v1/payment_intents"]
+    assert create.method == "POST" and create.params.get("expand") == ["latest_charge"]
+    assert not [r for r in stripe_server.requests if r.path.startswith("/v1/payment_intents/")]
 
     client = Client()
     client.force_login(reviewer)

@@ -54,6 +54,7 @@ Fault injection:
   so every retry with that key gets the 500 again, as Stripe documents.
 * ``outage(seconds=None, status=None)``: until the window ends (``None``: until
   ``end_outage()``), every request gets its connection dropped, or ``status``.
+* ``forget_idempotency_keys()``: 24 hours have passed: every key is new again.
 * ``expire_authorization(intent_id=None)``: an uncaptured authorization lapses, as
   Stripe's do after about 7 days online: the PaymentIntent is cancelled with
   ``cancellation_reason="automatic"``, and capturing it fails.
@@ -375,8 +376,8 @@ class StripeServer(BackgroundHTTPServer):
         self.decline_customers: set[str] = {"cus_declined"}
         #: ``decline_code`` used for those declines.
         self.decline_code = "insufficient_funds"
-        #: Radar's ``outcome`` of a charge, shown when a retrieve expands the intent's
-        #: ``latest_charge`` (read at that moment, not stored with the charge).
+        #: Radar's ``outcome`` of a charge, shown when a create or a retrieve expands the
+        #: intent's ``latest_charge`` (read at that moment, not stored with the charge).
         self.risk_level = "normal"
         self.risk_score: int | None = 20
         #: Tracebacks of unexpected server bugs (answered as 500 without retry).
@@ -400,6 +401,12 @@ class StripeServer(BackgroundHTTPServer):
         outage of that many seconds right after (``None``: until ``end_outage()``)."""
         with self._lock:
             self._fail_after_create.extend([(status, then_outage)] * n)
+
+    def forget_idempotency_keys(self) -> None:
+        """Stripe keeps a key's result for 24 hours: past that, a retry with the key
+        is a new request."""
+        with self._lock:
+            self._idempotency.clear()
 
     def fail_stored_next(self, n: int = 1, status: int = 500) -> None:
         """Fail the next ``n`` creations inside the endpoint: nothing is created, and
@@ -803,7 +810,10 @@ class StripeServer(BackgroundHTTPServer):
     def _route(self, method: str, path: str, params: JSONDict) -> tuple[_Response, bool]:
         """Return the response and whether an object was created."""
         if method == "POST" and path == "/v1/payment_intents":
-            return self._create_payment_intent(params)
+            response, created = self._create_payment_intent(params)
+            if "latest_charge" in (params.get("expand") or []) and response.status == 200:
+                self._expand_latest_charge(response.body)  # stored (and replayed) expanded
+            return response, created
         if method == "POST" and path == "/v1/refunds":
             return self._create_refund(params)
         if method == "POST" and (match := _PI_ACTION_PATH.match(path)):
@@ -830,7 +840,8 @@ class StripeServer(BackgroundHTTPServer):
         ), False
 
     def _expand_latest_charge(self, intent: JSONDict) -> None:
-        """``expand[]=latest_charge``: the charge object, with Radar's ``outcome``."""
+        """``expand[]=latest_charge`` (on a create or a retrieve): the charge object,
+        with Radar's ``outcome``."""
         charge_id = intent.get("latest_charge")
         if charge_id:
             intent["latest_charge"] = {

@@ -63,9 +63,9 @@ def test_runs_lists_newest_first_with_filters(queue_capture):
     column = header.index("status")
     assert all(row[column:].split()[0] in RunStatus.values for row in rows)
     agent_row = rows[1].split()
-    # attempts, tokens, and no cost: the simulated model has no price
+    # attempts, tokens, and the cost: the simulated model is priced as gpt-4o-mini
     assert agent_row[2] == "completed" and agent_row[-3] == "1" and int(agent_row[-2]) > 0
-    assert agent_row[-1] == "—"
+    assert agent_row[-1].startswith("$0.0000") and agent_row[-1] != "$0.000000"
 
     completed = lines_of(run("runs", "--status", "completed"))[2:]
     assert {row.split()[0] for row in completed} == {str(counting.id), str(agent.id)}

@@ -3,15 +3,18 @@ back-pressure, a clean stop (SIGTERM to the process group, recycling) and a mode
 provider's rate limit."""
 
 import itertools
+import os
+import signal
 import threading
 import time
 
 import pytest
+from django.utils import timezone
 
 from tests.support.cluster import QCluster, wait_until
 from tests.support.openai_server import reply_error, reply_text
 from workflows import workflow_start
-from workflows.models import RunStatus, StepRecord, WorkflowRun
+from workflows.models import ConcurrencySlot, RunStatus, StepRecord, WorkflowRun
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster]
 
@@ -147,3 +150,62 @@ def test_a_rate_limit_storm_ends_with_every_run_completed(openai_server_session)
     )
     assert sum(meta.get("rate_limited", 0) for meta in rate_limited) == len(refused) == 30
     assert WorkflowRun.objects.get(pk=runs[0].pk).output["note"] == "after the storm"
+
+
+def test_a_killed_workers_model_call_slots_go_to_a_live_worker_within_a_lease(
+    openai_server_session,
+):
+    """A worker holding the only slot of a capped model is SIGKILLed mid-call: its slot
+    comes back with its lease (renewed while it lived), and the other worker's waiting
+    run takes it within one lease period, not after a long TTL."""
+    lease = 3.0
+    server = openai_server_session
+    server.reset()
+    first_call = threading.Event()
+
+    def answer(request: dict):
+        if not first_call.is_set():  # the call the killed worker makes: outlives it
+            first_call.set()
+            return reply_text('{"total": 5, "note": "too late"}', delay=20)
+        return reply_text('{"total": 5, "note": "after the kill"}', delay=0.05)
+
+    server.respond_with(answer)
+    env = {
+        "LLM_PROVIDER": "openai",
+        "OPENAI_API_KEY": "sk-test-not-a-real-key",
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_MAX_RETRIES": "0",
+        "WORKFLOWS_MODEL_CONCURRENCY": "openai:gpt-4o-mini=1",
+        "WORKFLOWS_LEASE_SECONDS": f"{lease:g}",
+        # One segment per worker: the worker holding the slot takes no other run, so the
+        # other one waits for the slot.
+        "WORKFLOWS_CONCURRENCY": "1",
+    }
+    slot = ConcurrencySlot.objects.filter(resource="openai:gpt-4o-mini")
+
+    def holder_pid() -> int | None:
+        row = slot.filter(expires_at__gt=timezone.now()).exclude(holder="").first()
+        return int(row.holder.split(":")[1]) if row else None
+
+    with QCluster(workers=2, env=env) as cluster:
+        start_runs(1, "test.agent", {"question": "2+3?", "agent": "test.hasty"})
+        wait_until(lambda: holder_pid() is not None and first_call.is_set(), timeout=60)
+        dead = holder_pid()
+        others = start_runs(3, "test.agent", {"question": "2+3?", "agent": "test.hasty"})
+        running = WorkflowRun.objects.filter(status=RunStatus.RUNNING)
+        wait_until(lambda: running.count() >= 2, timeout=30)
+        # Renewed with the lease while the worker lives: held past one lease period.
+        held_until = time.monotonic() + 1.5 * lease
+        while time.monotonic() < held_until:
+            assert holder_pid() == dead and len(server.chat_requests) == 1, cluster.output()
+            time.sleep(0.1)
+
+        os.kill(dead, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_until(lambda: holder_pid() not in (None, dead), timeout=3 * lease, interval=0.05)
+        assert time.monotonic() - killed_at <= lease * 1.5
+        # The live worker's waiting run makes its call and completes. (The killed
+        # worker's own runs come back when the reaper finds their leases expired.)
+        done = WorkflowRun.objects.filter(pk__in=[r.pk for r in others], status=RunStatus.COMPLETED)
+        wait_until(done.exists, timeout=30, interval=0.2)
+        assert done.first().output["note"] == "after the kill"

@@ -40,6 +40,7 @@ def console_urls(run: WorkflowRun) -> list[str]:
         f"/runs/{run.id}/?step=step-1&fragment=detail",
         "/workflows/",
         "/workflows/test.counting/start/",
+        "/dashboard/",
     ]
 
 

@@ -31,6 +31,7 @@ from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
 from workflows import observability
+from workflows.agents.contexts import agent_context_store
 from workflows.agents.providers import (
     Provider,
     RateLimitedError,
@@ -39,7 +40,13 @@ from workflows.agents.providers import (
     provider_name,
 )
 from workflows.agents.tools import Tool, ToolContext
-from workflows.agents.transcript import llm_step_key, tool_step_key
+from workflows.agents.transcript import (
+    LEAN_FORMAT,
+    assistant_message,
+    context_digest,
+    llm_step_key,
+    tool_step_key,
+)
 from workflows.agents.types import (
     AgentResult,
     Message,
@@ -59,6 +66,7 @@ from workflows.engine.limits import concurrency_limit, concurrency_slot
 from workflows.engine.pricing import COST_KEY, budget_check, call_cost_microusd
 from workflows.engine.redaction import redact
 from workflows.engine.retry import NO_RETRY, RetryPolicy, dependency_name
+from workflows.engine.runtime import run_sync
 from workflows.models import StepKind
 
 if TYPE_CHECKING:
@@ -140,6 +148,17 @@ class Agent:
             },
         }
 
+    @functools.cached_property
+    def context(self) -> tuple[str, dict[str, Any]]:
+        """(hash, content) of what every model call sends besides the conversation,
+        recorded once (`AgentContext`) rather than in every model call's step."""
+        content = {
+            "system": self.system_prompt,
+            "tools": self.tool_schemas,
+            "response_format": self.response_format,
+        }
+        return context_digest(content), content
+
 
 def agents_all() -> list[Agent]:
     return sorted(_agents.values(), key=lambda a: a.id)
@@ -153,18 +172,6 @@ class AgentInvocation:
     async def invoke(self, ctx: "WorkflowContext", key: str) -> AgentResult:
         provider = provider_for(self.agent.provider, base_url=self.agent.provider_base_url)
         return await _AgentLoop(self.agent, ctx, key, self.input, provider).run()
-
-
-def _assistant_message(message: Message) -> Message:
-    """The model's turn as it is sent back in the next request, as the API accepts it:
-    `content` may be null only beside tool calls (a model that answers nothing, or
-    refuses, gets an empty text), and an empty `tool_calls` is not sent."""
-    if message.get("tool_calls"):
-        return message
-    shaped = {k: v for k, v in message.items() if k != "tool_calls"}
-    if shaped.get("content") is None:
-        shaped["content"] = ""
-    return shaped
 
 
 def _errors_text(exc: ValidationError) -> str:
@@ -191,20 +198,20 @@ class _AgentLoop:
             {"role": "system", "content": agent.system_prompt},
             {"role": "user", "content": user_input},
         ]
+        # The messages of the next model call recorded nowhere else (the replies and the
+        # tool results are the model and tool calls' outputs): its step keeps only these.
+        self.added: list[Message] = [self.messages[-1]]
         self.tool_calls: list[ToolCallRecord] = []
         self.usage = Usage()
         self.model_calls = 0
+        self.context_stored = False  # by this invocation's first live model call
         self.rate_limited = 0  # 429s of the current model call
 
     async def run(self) -> AgentResult:
         final, text, failure = await self._converse()
-        summary = {
-            "result": final,
-            "text": text,
-            "tool_calls": [c.model_dump(mode="json") for c in self.tool_calls],
-            "usage": self.usage.model_dump(),
-            "messages": self.messages,
-        }
+        # The result is rebuilt from the model and tool calls, which replay before this
+        # step does: it is not stored twice (the final answer is the last reply).
+        summary = {"format": LEAN_FORMAT}
 
         def finish() -> dict[str, Any]:
             if failure:
@@ -215,18 +222,21 @@ class _AgentLoop:
             self.key,
             finish,
             kind=StepKind.AGENT,
-            input={"agent": self.agent.id, "input": self.user_input},
+            input={"format": LEAN_FORMAT, "agent": self.agent.id},
             retry=NO_RETRY,
             meta=lambda _: {"agent": self.agent.id, "total_usage": self.usage.model_dump()},
         )
         schema = self.agent.output_schema
+        # A run recorded in format 1 has it all in the step; format 2 from the loop.
         return AgentResult(
             agent_id=self.agent.id,
-            result=schema.model_validate(data["result"]) if schema else data["result"],
-            text=data["text"],
-            tool_calls=data["tool_calls"],
-            usage=data["usage"],
-            messages=data["messages"],
+            result=schema.model_validate(data.get("result", final))
+            if schema
+            else data.get("result", final),
+            text=data.get("text", text),
+            tool_calls=data.get("tool_calls", self.tool_calls),
+            usage=data.get("usage", self.usage),
+            messages=data.get("messages", self.messages),
         )
 
     async def _converse(self) -> tuple[Any, str | None, str | None]:
@@ -236,7 +246,7 @@ class _AgentLoop:
         corrected = False
         while self.model_calls < agent.max_steps:
             response = await self._model_call()
-            self.messages.append(_assistant_message(response.message))
+            self.messages.append(assistant_message(response.message))
             if response.tool_calls:
                 for call in response.tool_calls:
                     record = await self._tool_call(call)
@@ -270,7 +280,7 @@ class _AgentLoop:
                         ),
                     )
                 corrected = True
-                self.messages.append(
+                self._add(
                     {
                         "role": "user",
                         "content": (
@@ -289,6 +299,10 @@ class _AgentLoop:
             ),
         )
 
+    def _add(self, message: Message) -> None:
+        self.messages.append(message)
+        self.added.append(message)
+
     async def _model_call(self) -> ModelResponse:
         self.model_calls += 1
         self.rate_limited = 0
@@ -304,12 +318,22 @@ class _AgentLoop:
             tools=self.agent.tool_schemas,
             response_format=self.agent.response_format,
         )
+        digest, _ = self.agent.context
+        recorded = {
+            "format": LEAN_FORMAT,
+            "agent_id": self.agent.id,
+            "model": self.agent.model,
+            "context": digest,
+        }
+        if self.added:
+            recorded["added"] = self.added
+        self.added = []
         response: ModelResponse = await self.ctx.step.execute_step(
             llm_step_key(self.key, self.model_calls),
             self._complete,
             request,
             kind=StepKind.LLM,
-            input=request.model_dump(mode="json"),
+            input=recorded,
             retry=self.agent.model_retry.named(provider=self.provider.name),
             meta=lambda r: {
                 "model": r.model,
@@ -336,6 +360,10 @@ class _AgentLoop:
         meanwhile) and does not count as a failed attempt, for up to
         WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS; one that does not is a failed attempt, which
         the step's policy retries with its backoff."""
+        if not self.context_stored:
+            digest, content = self.agent.context
+            await run_sync(agent_context_store)(digest=digest, content=content)
+            self.context_stored = True
         resource = f"{self.provider.name}:{request.model}"
         limit = concurrency_limit(resource)
         give_up_at = time.monotonic() + settings.WORKFLOWS_RATE_LIMIT_PATIENCE_SECONDS
@@ -400,15 +428,12 @@ class _AgentLoop:
                 await circuit_exit_succeeded(dependency)
                 return {"output": shaped}
 
-        try:
-            shown_arguments: Any = json.loads(raw_arguments)
-        except ValueError:
-            shown_arguments = raw_arguments
         outcome = await self.ctx.step.execute_step(
             step_key,
             execute,
             kind=StepKind.TOOL,
-            input={"tool": name, "call_id": call.get("id"), "arguments": shown_arguments},
+            # The arguments are in the model's reply that asked for the call.
+            input={"format": LEAN_FORMAT, "tool": name, "call_id": call.get("id")},
             retry=NO_RETRY,
             meta=lambda o: {"error": True} if "error" in o else {},
         )

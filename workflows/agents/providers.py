@@ -151,7 +151,7 @@ class OpenAIProvider:
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
             ),
-            latency_ms=latency_ms,
+            latency_ms=round(latency_ms, 1),
         )
 
 
@@ -225,7 +225,7 @@ class SimulatedProvider:
                 prompt_tokens=_count_tokens(request.messages),
                 completion_tokens=_count_tokens([message]),
             ),
-            latency_ms=(time.perf_counter() - started) * 1000,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
 

@@ -10,14 +10,36 @@ An agent invoked at step key `K` records
   input `{"agent", "input"}`, output `{"result", "text", "tool_calls", "usage",
   "messages"}`.
 
+That is format 1, where each model call repeated the whole conversation so far, the
+system prompt and the tool schemas (about 24 KB per order). Format 2 (`"format": 2` in
+each record) keeps each thing once:
+- a model call's input is `{"format", "agent_id", "model", "context", "added"}`:
+  `context` is the hash of the system prompt, tool schemas and response format, stored
+  once (`AgentContext`); `added` holds only the messages recorded nowhere else (the
+  user's input, a corrective turn): the model's replies are the model calls' outputs,
+  the tool results the tool calls' outputs;
+- a tool call's input is `{"format", "tool", "call_id"}`: its arguments are in the
+  model's reply that asked for it;
+- the agent's step keeps `{"format", "agent"}` → `{"format"}`: its result is the last
+  reply (parsed when it is JSON).
+
+`transcript_expand` rebuilds format 1 from format 2, so every reader (and replay,
+which needs only outputs) reads old and new runs alike.
+
 Messages are in the Chat Completions wire shape. This module builds the keys (for the
 runtime in `agent.py`) and parses keys and records (for the console, `manage.py trace`
 and any app that shows what an agent did). It reads plain values, not the database.
 """
 
+import hashlib
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+LEAN_FORMAT = 2
+"""The `format` of records that keep each part of the transcript once."""
 
 _CALL_KEY = re.compile(r"^(?P<agent>.+)/(?:llm/(?P<llm>\d+)|tool/(?P<tool>\d+)/(?P<name>[^/]+))$")
 
@@ -183,3 +205,158 @@ def agent_step_recorded(step_input: Any, step_output: Any, meta: Any) -> AgentSt
         input=data_in.get("input"),
         result=_dict(step_output).get("result"),
     )
+
+
+# --- format 2: each thing once --------------------------------------------------------
+
+
+def context_digest(content: dict[str, Any]) -> str:
+    """The hash an agent's context (system prompt, tools, response format) is stored by."""
+    # 128 bits: a handful of agent versions can never collide, and every model call's
+    # step names it.
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def assistant_message(message: dict[str, Any]) -> dict[str, Any]:
+    """The model's turn as it is sent back in the next request, as the API accepts it:
+    `content` may be null only beside tool calls (a model that answers nothing, or
+    refuses, gets an empty text), and an empty `tool_calls` is not sent."""
+    if message.get("tool_calls"):
+        return message
+    shaped = {k: v for k, v in message.items() if k != "tool_calls"}
+    if shaped.get("content") is None:
+        shaped["content"] = ""
+    return shaped
+
+
+def tool_message(call_id: str, step_output: Any) -> dict[str, Any]:
+    """The tool's answer as the model is sent it, from the tool call's output."""
+    out = _dict(step_output)
+    error = out.get("error")
+    content = {"error": error} if error else out.get("output")
+    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(content)}
+
+
+def is_lean(step_input: Any) -> bool:
+    return _dict(step_input).get("format") == LEAN_FORMAT
+
+
+@dataclass(frozen=True)
+class StepPayload:
+    """A step record's parts, as `transcript_expand` reads them."""
+
+    key: str
+    kind: str
+    input: Any
+    output: Any
+    meta: Any
+
+
+@dataclass
+class _AgentState:
+    messages: list[dict[str, Any]] | None = None
+    calls: dict[str, str] | None = None  # tool call id -> the arguments the model sent
+    tool_calls: list[dict[str, Any]] | None = None
+    text: str | None = None
+
+
+def transcript_expand(
+    steps: Iterable[StepPayload], contexts: dict[str, dict[str, Any]]
+) -> dict[str, tuple[Any, Any]]:
+    """The (input, output) in format 1 of every format-2 step among `steps` (in position
+    order), by key; `contexts` maps context hashes to their content (one not found shows
+    an empty system prompt). Format-1 steps are not in the result: they are read as
+    they are."""
+    agents: dict[str, _AgentState] = {}
+    expanded: dict[str, tuple[Any, Any]] = {}
+    for step in steps:
+        parsed = agent_call_key_parse(step.key)
+        agent_key = parsed.agent_key if parsed else step.key
+        state = agents.setdefault(agent_key, _AgentState())
+        data_in = _dict(step.input)
+        if parsed is not None and parsed.kind == "llm":
+            if is_lean(data_in):
+                context = contexts.get(str(data_in.get("context")), {})
+                if state.messages is None:
+                    state.messages = [{"role": "system", "content": context.get("system", "")}]
+                state.messages += [m for m in data_in.get("added") or [] if isinstance(m, dict)]
+                full_input = {
+                    "agent_id": data_in.get("agent_id"),
+                    "model": data_in.get("model"),
+                    "messages": list(state.messages),
+                    "tools": context.get("tools", []),
+                    "response_format": context.get("response_format"),
+                }
+                expanded[step.key] = (full_input, step.output)
+            else:
+                state.messages = list(chat_messages_raw(data_in.get("messages")))
+            reply = _dict(step.output).get("message")
+            if isinstance(reply, dict):
+                state.messages.append(assistant_message(reply))
+                state.text = reply.get("content") or ""
+                state.calls = {
+                    str(c.get("id", "")): str((c.get("function") or {}).get("arguments", ""))
+                    for c in reply.get("tool_calls") or []
+                    if isinstance(c, dict)
+                }
+        elif parsed is not None and parsed.kind == "tool":
+            call_id = str(data_in.get("call_id") or "")
+            raw = (state.calls or {}).get(call_id, "")
+            if is_lean(data_in):
+                try:
+                    arguments: Any = json.loads(raw)
+                except ValueError:
+                    arguments = raw
+                full_input = {
+                    "tool": data_in.get("tool"),
+                    "call_id": call_id,
+                    "arguments": arguments,
+                }
+                expanded[step.key] = (full_input, step.output)
+            if state.messages is not None:
+                state.messages.append(tool_message(call_id, step.output))
+            out = _dict(step.output)
+            state.tool_calls = [
+                *(state.tool_calls or []),
+                {
+                    "id": call_id,
+                    "name": str(data_in.get("tool") or parsed.tool_name),
+                    "arguments": raw,
+                    "output": out.get("output"),
+                    "error": out.get("error"),
+                },
+            ]
+        elif is_lean(data_in) and "agent" in data_in:
+            messages = state.messages or []
+            first_user = next((m for m in messages if m.get("role") == "user"), {})
+            full_output = None
+            if step.output is not None:
+                full_output = {
+                    "result": _dict(step.output).get("result", _parsed(state.text)),
+                    "text": state.text,
+                    "tool_calls": state.tool_calls or [],
+                    "usage": _dict(step.meta).get("total_usage", {}),
+                    "messages": messages,
+                }
+            expanded[step.key] = (
+                {"agent": data_in.get("agent"), "input": first_user.get("content")},
+                full_output,
+            )
+    return expanded
+
+
+def chat_messages_raw(messages: Any) -> list[dict[str, Any]]:
+    """A wire message list's dict messages (anything else: none)."""
+    if not isinstance(messages, list):
+        return []
+    return [m for m in messages if isinstance(m, dict)]
+
+
+def _parsed(text: str | None) -> Any:
+    """The final answer as the agent returned it: JSON parsed, other text as it is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -13,6 +13,7 @@ from uuid import UUID
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from workflows.agents.contexts import records_expanded
 from workflows.agents.transcript import (
     AgentStepRecorded,
     ChatMessage,
@@ -284,7 +285,7 @@ def run_trace(*, run_id: UUID | str, now: datetime | None = None) -> RunTrace:
     waits = run_waits(run)
     open_wait = run_open_wait(waits)
 
-    steps = [TraceStep.of_record(r) for r in run_steps(run)]
+    steps = [TraceStep.of_record(r) for r in records_expanded(run_steps(run))]
     recorded = {s.key for s in steps}
     if open_wait is not None and open_wait.key not in recorded:
         steps.append(

@@ -12,6 +12,7 @@ urlpatterns = [
     path("runs/", views.run_list, name="run_list"),
     # orders' admin and API link to exactly /runs/<run id>/.
     path("runs/<uuid:run_id>/", views.run_detail, name="run_detail"),
+    path("dashboard/", views.dashboard, name="dashboard"),
     path("workflows/", views.workflow_list, name="workflow_list"),
     path(
         "workflows/<str:workflow_id>/start/",

@@ -21,9 +21,11 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from workflows.agents import agents_all
+from workflows.console.dashboard import dashboard_shown
 from workflows.console.forms import WorkflowStartForm
 from workflows.console.presenters import (
     RunTrace,
@@ -35,10 +37,13 @@ from workflows.console.presenters import (
 )
 from workflows.console.schema import schema_example, schema_fields
 from workflows.engine import hooks
+from workflows.engine.dashboard import VIEW_RUNS_PERMISSION as VIEW_RUNS_PERMISSION
 from workflows.engine.errors import PayloadError, RunNotFoundError, UnknownWorkflowError
 from workflows.engine.hooks import RunFact
 from workflows.engine.registry import WorkflowDefinition, workflow_get, workflows_all
 from workflows.engine.selectors import (
+    RUN_GROUP_MAIN,
+    run_group_choices,
     run_status_counts,
     run_workflow_ids,
     runs_list,
@@ -52,9 +57,8 @@ from workflows.models import EXECUTING_RUN_STATUSES, RunStatus, Wait, WorkflowRu
 logger = logging.getLogger(__name__)
 
 RUNS_PER_PAGE = 50
-VIEW_RUNS_PERMISSION = "workflows.view_workflowrun"
-"""Every console page needs it: runs' traces hold customers' data, amounts and model
-messages, which staff status alone must not show."""
+# VIEW_RUNS_PERMISSION (`engine.dashboard`): every console page needs it: runs' traces
+# hold customers' data, amounts and model messages, which staff status alone must not show.
 START_RUN_PERMISSION = "workflows.start_run"
 """Starting a run sends a payload to a workflow's side effects: staff status is not enough."""
 STATUS_FILTERS = ["all", *(s.value for s in RunStatus)]
@@ -115,11 +119,14 @@ def run_list(request: HttpRequest) -> HttpResponse:
     status = status if status in STATUS_FILTERS and status != "all" else ""
     workflow_id = request.GET.get("workflow", "").strip()
     search = request.GET.get("q", "").strip()
+    groups = run_group_choices()
+    group = request.GET.get("group", RUN_GROUP_MAIN)
+    group = group if group in dict(groups) else RUN_GROUP_MAIN
 
-    runs = runs_list(status=status, workflow_id=workflow_id, search=search)
+    runs = runs_list(status=status, workflow_id=workflow_id, search=search, group=group)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     rows = [RunRow(run) for run in page.object_list]
-    counts = run_status_counts(workflow_id=workflow_id, search=search)
+    counts = run_status_counts(workflow_id=workflow_id, search=search, group=group)
 
     def query(**changes: str) -> str:
         params = request.GET.copy()
@@ -145,13 +152,26 @@ def run_list(request: HttpRequest) -> HttpResponse:
             }
             for value in STATUS_FILTERS
         ],
+        # Only when some application keeps runs apart: otherwise there is one list.
+        "group_tabs": [
+            {
+                "value": value,
+                "label": label,
+                "url": query(group=value, page=""),
+                "active": value == group,
+            }
+            for value, label in groups
+        ]
+        if len(groups) > 2
+        else [],
+        "group": group,
         "workflow_id": workflow_id,
         "workflow_ids": sorted({*run_workflow_ids(), *(d.id for d in workflows_all())}),
         "search": search,
         "is_live": any(row.run.status in EXECUTING_RUN_STATUSES for row in rows),
         "prev_url": query(page=str(page.previous_page_number())) if page.has_previous() else "",
         "next_url": query(page=str(page.next_page_number())) if page.has_next() else "",
-        "filtered": bool(status or workflow_id or search),
+        "filtered": bool(status or workflow_id or search or group),
     }
     template = "workflows/_run_results.html" if _is_fragment(request) else "workflows/run_list.html"
     return render(request, template, context)
@@ -300,4 +320,18 @@ def workflow_start_view(request: HttpRequest, workflow_id: str) -> HttpResponse:
         request,
         "workflows/workflow_start.html",
         {"workflow": _workflow_entry(definition), "form": form},
+    )
+
+
+# --- the operations dashboard -------------------------------------------------------------
+
+
+@console_page
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The service at a glance: every panel the user may see, drawn on the server."""
+    now = timezone.now()
+    return render(
+        request,
+        "workflows/dashboard.html",
+        {"panels": dashboard_shown(request.user, now=now), "now": now},
     )

@@ -31,6 +31,8 @@ A runnable example (a second application with its own workflow)::
     >>> scratch.register_wait_sweep_hook(renewal_reminders)
     >>> scratch.register_metrics_collector(RenewalsCollector())
     >>> scratch.register_dependency_name("billing", "the billing service")
+    >>> scratch.register_retention_veto("renewals.renew", lambda run_ids: [])
+    >>> scratch.register_history_archiver("renewals.renew", lambda run_ids: None)
     >>> scratch.dependency_names["billing"]
     'the billing service'
 
@@ -63,9 +65,26 @@ What each hook is asked, and what happens when it fails:
 - **metrics collector**: an object whose `collect()` yields Prometheus metrics read
   from the database at scrape time (`GET /metrics`); one that raises is reported as
   `workflows_metrics_collector_up{collector}=0` and the scrape still answers.
+- **retention veto** (by workflow id): `veto(run_ids) -> run ids to keep`, asked with
+  a whole batch of finished runs of that workflow that retention would prune
+  (`engine.retention`), inside the batch's transaction: one query for the batch, so the
+  engine's prune loop stays generic. One that raises keeps every run of the batch.
+- **history archiver** (by workflow id): `archive(run_ids)`, inside the batch's
+  transaction just before those runs' steps and waits are deleted, to copy onto the
+  application's own records what must outlive the history. One that raises rolls the
+  batch back: nothing is pruned.
 - **dependency name** (by dependency id): what people call a dependency a run may wait
   for ("stripe" -> "Stripe"), in every message about it; an id not registered is shown
   as it is.
+- **run search** (by name): `search(text) -> queryset of run ids`, ORed into the
+  console's run search (an order id, a customer id finds that order's runs). One that
+  raises is logged and skipped.
+- **run group** (by key): `RunGroup(key, label, workflow_ids)`, runs kept apart from
+  the others (background deliveries): the console's run list, `runs` and `ops_status`
+  show them under their own tab, option or line, not mixed with the main runs.
+- **dashboard panel** (by key): `panel(now=now) -> PanelData` drawn on the console's
+  dashboard for users holding `panel.permission`. One that raises is shown as an error
+  in its box; the page still answers.
 """
 
 from __future__ import annotations
@@ -74,13 +93,14 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:  # models import only once Django is set up; this module imports before
     from django.contrib.auth.base_user import AbstractBaseUser
+    from django.db.models import QuerySet
     from prometheus_client.core import Metric
 
     from workflows.models import Wait, WorkflowRun
@@ -109,8 +129,75 @@ class WaitSweepHook(Protocol):
     def __call__(self, *, now: datetime) -> object: ...
 
 
+class RetentionVeto(Protocol):
+    def __call__(self, run_ids: list[UUID], /) -> Iterable[UUID]: ...
+
+
+class HistoryArchiver(Protocol):
+    def __call__(self, run_ids: list[UUID], /) -> object: ...
+
+
 class MetricsCollector(Protocol):
     def collect(self) -> Iterable[Metric]: ...
+
+
+class RunSearch(Protocol):
+    def __call__(self, text: str, /) -> QuerySet[Any]: ...
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Runs of `workflow_ids`, listed apart from the main runs as `label`."""
+
+    key: str
+    label: str
+    workflow_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One named series of a chart: a value per bucket of its `PanelData`."""
+
+    name: str
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PanelData:
+    """What one dashboard panel shows: a chart of `series` over `buckets` (stacked bars
+    or lines), headline `figures` (label, text), and an optional table."""
+
+    buckets: tuple[datetime, ...] = ()
+    series: tuple[Series, ...] = ()
+    chart: str = "bars"  # "bars" (stacked) or "lines"
+    unit: str = ""
+    figures: tuple[tuple[str, str], ...] = ()
+    headers: tuple[str, ...] = ()
+    rows: tuple[tuple[tuple[str, str | None], ...], ...] = ()
+    """Each cell (text, url or None)."""
+    empty_text: str = "Nothing in this period."
+    colors: tuple[tuple[str, str], ...] = ()
+    levels: bool = False
+    """The values are levels (a backlog, an age), not counts: the legend shows the
+    latest, not a sum."""
+    """(series name, CSS colour) where a colour means something (failed in red)."""
+
+
+class PanelRead(Protocol):
+    def __call__(self, *, now: datetime) -> PanelData: ...
+
+
+@dataclass(frozen=True)
+class DashboardPanel:
+    """One box of the console's dashboard: `read(now=now)` gives what it shows, to users
+    holding `permission` (on top of the console's own)."""
+
+    key: str
+    title: str
+    permission: str
+    read: PanelRead
+    order: int = 100
+    """Where it stands on the page, smallest first."""
 
 
 _T = TypeVar("_T")
@@ -139,6 +226,11 @@ class Hooks:
     wait_sweep_hooks: list[WaitSweepHook] = field(default_factory=list)
     metrics_collectors: list[MetricsCollector] = field(default_factory=list)
     dependency_names: dict[str, str] = field(default_factory=dict)
+    retention_vetoes: dict[str, RetentionVeto] = field(default_factory=dict)
+    history_archivers: dict[str, HistoryArchiver] = field(default_factory=dict)
+    run_searches: dict[str, RunSearch] = field(default_factory=dict)
+    run_groups: dict[str, RunGroup] = field(default_factory=dict)
+    dashboard_panels: dict[str, DashboardPanel] = field(default_factory=dict)
 
     def register_wait_link(self, wait_key: str, link: WaitLink) -> None:
         _put("A wait link", self.wait_links, wait_key, link)
@@ -162,6 +254,21 @@ class Hooks:
 
     def register_dependency_name(self, dependency: str, name: str) -> None:
         _put("A dependency name", self.dependency_names, dependency, name)
+
+    def register_retention_veto(self, workflow_id: str, veto: RetentionVeto) -> None:
+        _put("A retention veto", self.retention_vetoes, workflow_id, veto)
+
+    def register_history_archiver(self, workflow_id: str, archiver: HistoryArchiver) -> None:
+        _put("A history archiver", self.history_archivers, workflow_id, archiver)
+
+    def register_run_search(self, name: str, search: RunSearch) -> None:
+        _put("A run search", self.run_searches, name, search)
+
+    def register_run_group(self, group: RunGroup) -> None:
+        _put("A run group", self.run_groups, group.key, group)
+
+    def register_dashboard_panel(self, panel: DashboardPanel) -> None:
+        _put("A dashboard panel", self.dashboard_panels, panel.key, panel)
 
     def copy(self) -> Hooks:
         """An independent copy (tests register into one and throw it away)."""
@@ -198,3 +305,23 @@ def register_metrics_collector(collector: MetricsCollector) -> None:
 
 def register_dependency_name(dependency: str, name: str) -> None:
     registry.register_dependency_name(dependency, name)
+
+
+def register_retention_veto(workflow_id: str, veto: RetentionVeto) -> None:
+    registry.register_retention_veto(workflow_id, veto)
+
+
+def register_history_archiver(workflow_id: str, archiver: HistoryArchiver) -> None:
+    registry.register_history_archiver(workflow_id, archiver)
+
+
+def register_run_search(name: str, search: RunSearch) -> None:
+    registry.register_run_search(name, search)
+
+
+def register_run_group(group: RunGroup) -> None:
+    registry.register_run_group(group)
+
+
+def register_dashboard_panel(panel: DashboardPanel) -> None:
+    registry.register_dashboard_panel(panel)

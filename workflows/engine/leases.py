@@ -5,7 +5,8 @@ A run is executed by whoever holds its lease (`WorkflowRun.lease_owner` + expiry
 - **take** (`lease_take`): one conditional UPDATE; only a pending run, or a running one
   whose lease expired, can be taken. A duplicate delivery of the same task loses here.
 - **keep** (`LeaseKeeper`): one periodic UPDATE per process renews the leases of every
-  segment it has in flight, however many.
+  segment it has in flight, however many; on the same beat, what lives with them (the
+  process's block of model-call slots, `limits.py`).
 - **fence** (`lease_fenced_insert`): every step commit inserts its row only if the lease
   is still held, in the same statement; a worker that lost the run (taken over,
   cancelled) stops at its next step. A suspend is fenced by its own transition.
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -119,14 +120,36 @@ def lease_fenced_insert(record: StepRecord, token: str) -> None:
         raise LeaseLostError(f"Run {record.run_id} is no longer leased by this worker")
 
 
+class HeartbeatCompanion(Protocol):
+    """Something leased for a process's segments that lives and dies with their leases
+    (the model-call slot block, `workflows.engine.limits`)."""
+
+    async def heartbeat(self) -> None:
+        """Renew, on the keeper's beat."""
+
+    async def idle(self) -> None:
+        """The keeper's segments are all done: give back what nothing uses."""
+
+
 class LeaseKeeper:
     """Renews the leases of every segment a process has in flight, in one UPDATE every
     third of the lease duration, from a task on the event loop that runs the segments.
-    A segment registers its token for as long as it runs (`holding`)."""
+    A segment registers its token for as long as it runs (`holding`); companions
+    (`renew_also`) are renewed on the same beat, so they expire with the process."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, uuid.UUID | str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._companions: list[HeartbeatCompanion] = []
+
+    @property
+    def beating_on(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the renewals run on, while they run."""
+        return self._task.get_loop() if self._task is not None and not self._task.done() else None
+
+    def renew_also(self, companion: HeartbeatCompanion) -> None:
+        if all(c is not companion for c in self._companions):
+            self._companions.append(companion)
 
     @property
     def held(self) -> dict[str, uuid.UUID | str]:
@@ -154,9 +177,23 @@ class LeaseKeeper:
         from workflows.engine.runtime import run_sync  # the runtime imports this module
 
         interval = lease_duration().total_seconds() / 3
-        while self._tokens:
-            await asyncio.sleep(interval)
+        while True:
+            while self._tokens:
+                await asyncio.sleep(interval)
+                try:
+                    await run_sync(lease_renew)(list(self._tokens))
+                except Exception:
+                    logger.exception("renewing %d lease(s) failed; retrying", len(self._tokens))
+                await self._each_companion("heartbeat")
+            await self._each_companion("idle")
+            # A segment that came in during the idle hand-back found this task running
+            # and started none: keep beating for it. (No await between check and end.)
+            if not self._tokens:
+                return
+
+    async def _each_companion(self, method: str) -> None:
+        for companion in list(self._companions):
             try:
-                await run_sync(lease_renew)(list(self._tokens))
+                await getattr(companion, method)()
             except Exception:
-                logger.exception("renewing %d lease(s) failed; retrying", len(self._tokens))
+                logger.exception("%s of %r failed; retrying on the next beat", method, companion)

@@ -26,10 +26,15 @@ MICRO = Decimal("1000000")
 
 def model_price(model: str) -> tuple[Decimal, Decimal] | None:
     """(input, output) dollars per million tokens for `model`: the longest configured
-    name it starts with (`gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini`), or None
-    for a model without a price (the simulated provider's, a local server's)."""
+    name it starts with (`gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini`; a
+    provider-qualified `simulated:gpt-4o-mini` as `simulated` when that is listed), or
+    None for a model without a price (a local server's)."""
     prices: dict[str, dict[str, str]] = settings.WORKFLOWS_MODEL_PRICES
-    names = [name for name in prices if model == name or model.startswith(f"{name}-")]
+    names = [
+        name
+        for name in prices
+        if model == name or model.startswith(f"{name}-") or model.startswith(f"{name}:")
+    ]
     if not names:
         return None
     price = prices[max(names, key=len)]

@@ -149,7 +149,9 @@ def runs_replay_check(
 ) -> Iterator[ReplayResult]:
     """Replay every run in `statuses` (of `workflow_id`) against the deployed code. One
     query for the runs, then one for the steps and one for the waits per batch."""
-    runs = WorkflowRun.objects.filter(status__in=list(statuses)).order_by("created_at")
+    # A pruned run has no history left to replay, and can never run again.
+    runs = WorkflowRun.objects.filter(status__in=list(statuses), pruned_at__isnull=True)
+    runs = runs.order_by("created_at")
     if workflow_id:
         runs = runs.filter(workflow_id=workflow_id)
     steps = StepRecord.objects.filter(status__in=REPLAYED_STEP_STATUSES).order_by("position")

@@ -3,6 +3,7 @@ spent. Nothing here writes, and nothing here formats: the console's presentation
 in `console`. A run that is not there raises `RunNotFoundError`.
 """
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,6 +16,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from workflows.engine import hooks
 from workflows.engine.circuits import circuit_probe_at
 from workflows.engine.errors import RunNotFoundError
 from workflows.engine.pricing import COST_KEY, usd
@@ -29,6 +31,8 @@ from workflows.models import (
     WaitStatus,
     WorkflowRun,
 )
+
+logger = logging.getLogger(__name__)
 
 _BAD_RUN_ID = (WorkflowRun.DoesNotExist, ValueError, TypeError, DjangoValidationError)
 
@@ -60,32 +64,74 @@ def runs_cost_total(runs: QuerySet[WorkflowRun] | None = None) -> tuple[int, Dec
 # --- the runs list ---------------------------------------------------------------------
 
 
-def _runs_filtered(*, workflow_id: str = "", search: str = "") -> QuerySet[WorkflowRun]:
+RUN_GROUP_MAIN = ""
+"""The runs of no registered group (`hooks.RunGroup`): what lists show by default."""
+RUN_GROUP_ALL = "all"
+
+
+def run_group_choices() -> list[tuple[str, str]]:
+    """(key, label) of every run group a list may show: the main runs, each registered
+    group, and all runs."""
+    groups = [(g.key, g.label) for g in hooks.registry.run_groups.values()]
+    return [(RUN_GROUP_MAIN, "Main runs"), *groups, (RUN_GROUP_ALL, "All runs")]
+
+
+def _runs_in_group(runs: QuerySet[WorkflowRun], group: str) -> QuerySet[WorkflowRun]:
+    groups = hooks.registry.run_groups
+    if group == RUN_GROUP_ALL:
+        return runs
+    if group == RUN_GROUP_MAIN:
+        grouped = [wid for g in groups.values() for wid in g.workflow_ids]
+        return runs.exclude(workflow_id__in=grouped) if grouped else runs
+    if group not in groups:
+        raise ValueError(f"Unknown run group {group!r}; known: {', '.join(groups) or 'none'}")
+    return runs.filter(workflow_id__in=groups[group].workflow_ids)
+
+
+def _search_q(search: str) -> Q:
+    found = Q(id__istartswith=search) | Q(workflow_id__icontains=search)
+    for name, lookup in hooks.registry.run_searches.items():
+        try:
+            found |= Q(pk__in=lookup(search))
+        except Exception:
+            logger.exception("run search %r failed for %r", name, search)
+    return found
+
+
+def _runs_filtered(
+    *, workflow_id: str = "", search: str = "", group: str = RUN_GROUP_ALL
+) -> QuerySet[WorkflowRun]:
     runs = WorkflowRun.objects.all()
     if workflow_id:
         runs = runs.filter(workflow_id=workflow_id)
+    else:  # a workflow asked for by id is shown whatever its group
+        runs = _runs_in_group(runs, group)
     search = search.strip()
     if search:
-        runs = runs.filter(Q(id__istartswith=search) | Q(workflow_id__icontains=search))
+        runs = runs.filter(_search_q(search))
     return runs
 
 
 def runs_list(
-    *, status: str = "", workflow_id: str = "", search: str = ""
+    *, status: str = "", workflow_id: str = "", search: str = "", group: str = RUN_GROUP_ALL
 ) -> QuerySet[WorkflowRun]:
-    """Runs newest first, filtered by status, workflow id, and a search that matches a
-    run id prefix or part of a workflow id."""
-    runs = _runs_filtered(workflow_id=workflow_id, search=search)
+    """Runs newest first, filtered by status, workflow id, run group (`RUN_GROUP_MAIN`,
+    a registered group's key, or `RUN_GROUP_ALL`), and a search that matches a run id
+    prefix, part of a workflow id, or what an application's run search finds (an
+    order id, a customer id). `ValueError` for an unknown group."""
+    runs = _runs_filtered(workflow_id=workflow_id, search=search, group=group)
     if status:
         runs = runs.filter(status=status)
     return runs.order_by("-created_at")
 
 
-def run_status_counts(*, workflow_id: str = "", search: str = "") -> dict[str, int]:
-    """How many runs are in each status (and `all`), under the same workflow/search
-    filter as the list."""
+def run_status_counts(
+    *, workflow_id: str = "", search: str = "", group: str = RUN_GROUP_ALL
+) -> dict[str, int]:
+    """How many runs are in each status (and `all`), under the same workflow, group and
+    search filter as the list."""
     rows = (
-        _runs_filtered(workflow_id=workflow_id, search=search)
+        _runs_filtered(workflow_id=workflow_id, search=search, group=group)
         .order_by()
         .values("status")
         .annotate(n=Count("pk"))
@@ -95,6 +141,21 @@ def run_status_counts(*, workflow_id: str = "", search: str = "") -> dict[str, i
         counts[row["status"]] = row["n"]
     counts["all"] = sum(counts.values())
     return counts
+
+
+def run_status_counts_by_group() -> dict[str, dict[str, int]]:
+    """Runs by status for the main runs (key `RUN_GROUP_MAIN`) and for each registered
+    group, in one query."""
+    groups = hooks.registry.run_groups
+    group_of = {wid: g.key for g in groups.values() for wid in g.workflow_ids}
+    result = {key: dict.fromkeys(RunStatus.values, 0) for key in [RUN_GROUP_MAIN, *groups]}
+    rows = (
+        WorkflowRun.objects.order_by().values_list("workflow_id", "status").annotate(n=Count("pk"))
+    )
+    for workflow_id, status, n in rows:
+        counts = result[group_of.get(workflow_id, RUN_GROUP_MAIN)]
+        counts[status] = counts.get(status, 0) + n
+    return result
 
 
 def run_workflow_ids() -> list[str]:
@@ -220,12 +281,7 @@ def runs_waiting_longest(*, limit: int = 5) -> list[tuple[UUID, WaitingFor]]:
 
 def runs_waiting_by_dependency() -> dict[str, int]:
     """How many runs wait for each dependency (one `GROUP BY` over the open waits)."""
-    rows = (
-        retry_waits_open()
-        .order_by()
-        .values_list(KT("data__dependency"))
-        .annotate(n=Count("pk"))
-    )
+    rows = retry_waits_open().order_by().values_list(KT("data__dependency")).annotate(n=Count("pk"))
     return {str(dependency): n for dependency, n in rows}
 
 

@@ -156,9 +156,7 @@ def waits_expire(*, now: datetime | None = None) -> list[Wait]:
     (a sleep simply ends). Run by the periodic task and `manage.py expire_waits`."""
     now = now or timezone.now()
     expired = []
-    due = Wait.objects.filter(status=WaitStatus.WAITING, deadline__lte=now).exclude(
-        kind=RETRY_WAIT
-    )
+    due = Wait.objects.filter(status=WaitStatus.WAITING, deadline__lte=now).exclude(kind=RETRY_WAIT)
     for run_id, key in due.values_list("run_id", "key"):
         try:
             with transaction.atomic():
@@ -280,6 +278,10 @@ def run_retry(run_id: UUID | str) -> WorkflowRun:
     with transaction.atomic():
         retried = transitions.retry(run_id=run_id, now=now)
         run = WorkflowRun.objects.get(pk=run_id)
+        if run.pruned_at is not None:  # rolls the retry back: it would start afresh
+            raise RunStateError(
+                f"Run {run_id}'s history was pruned; it cannot be retried (start a new run)"
+            )
         if not retried:
             raise RunStateError(f"Run {run_id} is {run.status}; only failed runs can be retried")
         failed = StepRecord.objects.filter(run=run, status=StepStatus.FAILED)
@@ -361,6 +363,8 @@ def run_fork(run_id: UUID | str, *, from_step: str) -> WorkflowRun:
         origin = WorkflowRun.objects.select_for_update().get(pk=run_id)
         if origin.status in ACTIVE_RUN_STATUSES:
             raise RunStateError(f"Run {origin.id} is {origin.status}: cancel it before forking it")
+        if origin.pruned_at is not None:
+            raise RunStateError(f"Run {origin.id}'s history was pruned; it cannot be forked")
         start = StepRecord.objects.filter(run=origin, key=from_step).first()
         if start is None:
             keys = ", ".join(

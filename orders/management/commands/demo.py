@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TextIO, cast
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
@@ -18,6 +19,7 @@ from orders.management.arguments import positive_seconds
 from orders.models import Order, OrderStatus
 from orders.money import amount_display, amount_plain
 from orders.policy import fraud_review_required
+from orders.roles import REVIEWERS_GROUP
 from orders.rules import payload_error_text, payload_errors
 from orders.schemas import OrderPayload
 from orders.selectors import order_email_sent, order_review_info, orders_list
@@ -30,7 +32,6 @@ POLL_SECONDS = 0.2
 STALL_SECONDS = 10.0
 QCLUSTER_HINT = "is a qcluster running? (scripts/serve.sh starts one)"
 REVIEWER_USERNAME = "reviewer"
-REVIEWERS_GROUP = "Fraud reviewers"
 SETTLED = (
     OrderStatus.COMPLETED,
     OrderStatus.REJECTED,
@@ -178,8 +179,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--base-url",
-            default="http://127.0.0.1:8000",
-            help="Where the web server runs, for the trace links (default %(default)s).",
+            default=settings.SITE_URL,
+            help="Where the web server runs, for the trace links (default SITE_URL, "
+            "%(default)s; scripts/serve.sh sets it from its address).",
         )
         parser.add_argument(
             "--json",
@@ -262,6 +264,7 @@ class Command(BaseCommand):
         deadline = start + timeout
         decided: set[str] = set()
         previous: Any = None
+        written = ""
         hinted = False
         task = self.live.add_task("orders", total=len(ids), waiting="") if self.live else None
         try:
@@ -286,10 +289,12 @@ class Command(BaseCommand):
                 now = time.monotonic()
                 if state != previous:
                     previous, last_change = state, now
+                    line = progress_line(settled, len(ids)) + waiting_text
                     if self.live and task is not None:
                         self.live.update(task, completed=settled, waiting=waiting_text)
-                    else:
-                        self.human.write(progress_line(settled, len(ids)) + waiting_text)
+                    elif line != written:  # a run's own moves change no count
+                        written = line
+                        self.human.write(line)
                 if settled == len(ids):
                     return True
                 if not hinted and now - last_change >= STALL_SECONDS:

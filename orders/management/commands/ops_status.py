@@ -40,6 +40,8 @@ class Command(BaseCommand):
         self.stdout.write(
             "runs: " + ", ".join(f"{s} {n}" for s, n in overview.runs_by_status.items())
         )
+        for label, counts in overview.runs_apart.items():  # webhook deliveries
+            self.stdout.write(f"{label} runs: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
         self.stdout.write(
             f"model calls: {overview.model_tokens} tokens, ${overview.model_cost_usd} "
             "(all runs; unpriced models count as $0)"

@@ -10,6 +10,7 @@ from django.utils import timezone
 from tests.support.openai_server import reply_error, reply_text, reply_tool_calls, tool_call
 from tests.workflows.sample_workflows import journal_lines
 from workflows import workflow_start
+from workflows.agents.contexts import records_expanded
 from workflows.engine.context import StepContext
 from workflows.engine.executor import run_execute
 from workflows.engine.services import runs_reap
@@ -63,7 +64,20 @@ def test_tool_calling_conversation_end_to_end(queue_capture, openai_server):
     llm = StepRecord.objects.get(run=run, key="ask/llm/1")
     assert llm.kind == "llm" and llm.meta["model"] == "gpt-4o-mini"
     assert llm.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "cost_microusd": 5}
-    assert llm.input["messages"][1] == {"role": "user", "content": "What is 2 + 3?"}
+    # Lean: the step keeps the user's turn and names the context; the system prompt and
+    # tools are stored once, and the trace's readers get back exactly what was sent.
+    assert llm.input["added"] == [{"role": "user", "content": "What is 2 + 3?"}]
+    assert "messages" not in llm.input and "tools" not in llm.input
+    shown = {r.key: r for r in records_expanded(run.steps.order_by("position"))}
+    for number, request in enumerate(openai_server.chat_requests, start=1):
+        sent = shown[f"ask/llm/{number}"].input
+        assert sent["messages"] == request.json["messages"]
+        assert sent["tools"] == request.json["tools"]
+        assert sent["response_format"] == request.json["response_format"]
+    agent = shown["ask"]
+    assert agent.input == {"agent": "test.calculator", "input": "What is 2 + 3?"}
+    assert agent.output["messages"][-1]["role"] == "assistant"
+    assert agent.output["tool_calls"][0]["name"] == "add"
     assert "sk-test" not in json.dumps(list(StepRecord.objects.values("input", "output")))
 
 

@@ -24,7 +24,10 @@ def test_prices_per_million_tokens_by_model_and_dated_model(settings):
     assert model_price("gpt-4o-mini") == (Decimal("0.15"), Decimal("0.60"))
     assert model_price("gpt-4o-mini-2024-07-18") == (Decimal("0.15"), Decimal("0.60"))
     assert model_price("gpt-4o-2024-08-06") == (Decimal("2.50"), Decimal("10.00"))
-    assert model_price("simulated:gpt-4o-mini") is None
+    # The simulated stand-ins have a price (the site's setting), so the demo shows cost;
+    # a provider-qualified name takes its provider's entry.
+    assert model_price("simulated:gpt-4o-mini") == (Decimal("0.15"), Decimal("0.60"))
+    assert model_price("simulatedx:gpt-4o-mini") is None
     assert model_price("llama3") is None
     # 1,200 in at $0.15/M + 80 out at $0.60/M = $0.000180 + $0.000048
     assert call_cost_microusd(model="gpt-4o-mini", prompt_tokens=1200, completion_tokens=80) == 228

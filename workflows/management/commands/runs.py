@@ -7,7 +7,14 @@ from django.utils import timezone
 
 from workflows.console.presenters import run_duration_text
 from workflows.engine.registry import workflows_all
-from workflows.engine.selectors import runs_list, usage_cost, usage_total
+from workflows.engine.selectors import (
+    RUN_GROUP_ALL,
+    RUN_GROUP_MAIN,
+    run_group_choices,
+    runs_list,
+    usage_cost,
+    usage_total,
+)
 from workflows.management.tables import table_write
 from workflows.models import RunStatus, WorkflowRun
 
@@ -56,8 +63,9 @@ def run_row(run: WorkflowRun) -> list[str]:
 class Command(BaseCommand):
     help = (
         "List workflow runs, newest first: id, workflow, status, created, duration, "
-        "attempts and model tokens. Filter with --status and --workflow; --json prints "
-        "them as JSON."
+        "attempts and model tokens. Filter with --status, --workflow and --group (runs an "
+        "application keeps apart, such as webhook deliveries, are listed only with "
+        "--group or --workflow); --json prints them as JSON."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -65,6 +73,14 @@ class Command(BaseCommand):
             "--status", help=f"Only runs in this status ({', '.join(RunStatus.values)})."
         )
         parser.add_argument("--workflow", help="Only runs of this workflow id.")
+        parser.add_argument(
+            "--group",
+            help=(
+                "Which runs: the main runs (default), a group kept apart "
+                f"({', '.join(k for k, _ in run_group_choices() if k) or 'none'}), "
+                f"or {RUN_GROUP_ALL}."
+            ),
+        )
         parser.add_argument(
             "--limit", type=positive_int, default=20, help="How many runs (default 20)."
         )
@@ -74,7 +90,12 @@ class Command(BaseCommand):
         status, workflow_id = options["status"], options["workflow"]
         if status is not None and status not in RunStatus.values:
             raise CommandError(f"Unknown status {status!r}; valid: {', '.join(RunStatus.values)}")
-        runs = runs_list(status=status or "", workflow_id=workflow_id or "")
+        groups = dict(run_group_choices())
+        group = options["group"] if options["group"] is not None else RUN_GROUP_MAIN
+        if group not in groups:
+            valid = ", ".join(k for k in groups if k)
+            raise CommandError(f"Unknown group {group!r}; valid: {valid}")
+        runs = runs_list(status=status or "", workflow_id=workflow_id or "", group=group)
         if workflow_id is not None:
             known = [d.id for d in workflows_all()]
             if workflow_id not in known and not runs.exists():

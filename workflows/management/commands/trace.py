@@ -8,6 +8,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Model
 from django.utils import timezone
 
+from workflows.agents.contexts import records_expanded
 from workflows.agents.transcript import (
     agent_step_recorded,
     llm_messages_sent,
@@ -146,10 +147,12 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(record_json(run), cls=DjangoJSONEncoder, indent=2))
             return
         self.stdout.write("\n".join(self.header(run)))
-        nodes = [StepNode.of_record(step) for step in run.steps.all()]
+        nodes = [StepNode.of_record(step) for step in records_expanded(run.steps.all())]
         self.stdout.write("")
         if nodes:
             self.stdout.write("\n".join(self.steps_table(step_tree(nodes))))
+        elif run.pruned_at is not None:
+            self.stdout.write(f"History pruned at {run.pruned_at:%Y-%m-%d %H:%M:%S} UTC.")
         else:
             self.stdout.write("No steps recorded yet.")
         waits = list(run.waits.all())
