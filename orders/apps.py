@@ -26,8 +26,8 @@ class OrdersConfig(AppConfig):
         from .mail import SMTP_DEPENDENCY
         from .metrics import OrdersCollector
         from .models import FRAUD_REVIEW_KEY, ORDER_WORKFLOW_ID
+        from .ops_selectors import order_run_facts, order_run_ids_matching, order_runs_retained
         from .payments import STRIPE_DEPENDENCY
-        from .selectors import order_run_facts, order_run_ids_matching, order_runs_retained
         from .services.cancellation import order_run_cancel
         from .services.lifecycle import order_follow_fork
         from .services.retention import order_history_archive

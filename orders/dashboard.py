@@ -20,8 +20,8 @@ from .client_webhooks.selectors import (
     webhook_endpoints_failing_count,
 )
 from .models import OrderStatus
+from .ops_selectors import orders_by_minute, review_backlog, review_decisions
 from .roles import OPERATIONS_VIEW_PERMISSION
-from .selectors import orders_by_minute, review_backlog, review_decisions
 
 OUTCOME_COLORS = (
     (OrderStatus.COMPLETED.value, "#16a34a"),

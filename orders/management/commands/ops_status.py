@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 from django.core.management.base import BaseCommand
 from django.utils.timesince import timesince
 
-from orders.selectors import ops_overview
+from orders.ops_selectors import ops_overview
 from workflows.console.presenters import waiting_for_text
 from workflows.engine.selectors import DependencyStatus, dependencies_troubled, runs_waiting_longest
 
