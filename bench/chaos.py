@@ -39,7 +39,9 @@ from bench.common import (
     render_table,
     setup_django,
 )
+from bench.local_servers import OPENAI_KEY, order_model_responder, real_path_settings
 from tests.support.cluster import QCluster, chaos_settings, service_env
+from tests.support.openai_server import OpenAITestServer
 from tests.support.smtp_server import SMTPTestServer
 from tests.support.stripe_server import StripeServer
 
@@ -72,6 +74,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=600, help="seconds for the orders to settle at the end"
     )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="the openai SDK against the local model server (answering after --model-latency) "
+        "instead of the simulated model",
+    )
+    parser.add_argument(
+        "--crash",
+        action="store_true",
+        help="all orders at once, --kills SIGKILLs --kill-interval s apart once --in-flight "
+        "runs execute, then the product's own recovery (its lease, its scheduled reaper): "
+        "prints the time from the last restart to the last order settled",
+    )
+    parser.add_argument("--kill-interval", type=float, default=2.5, help="--crash: s between")
+    parser.add_argument("--in-flight", type=int, default=100, help="--crash: runs at a kill")
     args = parser.parse_args(argv)
     if args.orders < 10 or args.kills < 0 or args.workers < 1:
         parser.error("--orders must be at least 10, --kills at least 0, --workers at least 1")
@@ -306,29 +323,108 @@ def render(rows: list[Row]) -> str:
 # -- main --------------------------------------------------------------------------------
 
 
+def crash(
+    args: argparse.Namespace,
+    experiment: Any,
+    planned: list["Planned"],
+    label: str,
+    stripe: Any,
+    smtp: Any,
+    log_dir: Path,
+) -> int:
+    """Every order at once; K kills of the whole cluster, each once `--in-flight` runs
+    execute and `--kill-interval` s after the previous restart; then nothing but the
+    product's recovery (lease expiry, the scheduled reaper, re-queued lost tasks) and the
+    reviewers and operator. Exit 1 if an invariant breaks or the orders do not settle
+    within --timeout of the last restart."""
+    from workflows.models import WorkflowRun
+
+    started = time.monotonic()
+    experiment.start_cluster()
+    experiment.submit(planned)
+    log(
+        f"{label}: {len(planned)} orders submitted at once; model latency "
+        f"{args.model_latency:g} s ({'openai SDK' if args.real else 'simulated'})"
+    )
+    for n in range(args.kills):
+        experiment.pump_until_running(at_least=args.in_flight, timeout=60)
+        experiment.kill_and_restart()
+        log(
+            f"kill {n + 1}: {experiment.kills[-1]} runs were running; "
+            f"{settled_count(planned)}/{len(planned)} orders settled"
+        )
+        if n + 1 < args.kills:
+            experiment.pump(args.kill_interval)
+    restarted = time.monotonic()
+    timeline = []
+    deadline = restarted + args.timeout
+    next_mark = restarted
+    while (done := settled_count(planned)) < len(planned):
+        now = time.monotonic()
+        if now >= next_mark:
+            running = WorkflowRun.objects.filter(status="running").count()
+            timeline.append(f"+{now - restarted:.0f}s {done} settled, {running} running")
+            next_mark += 10
+        if now > deadline:
+            log(f"only {done}/{len(planned)} orders settled {args.timeout:g} s after the restart")
+            break
+        experiment.pump(0.5)
+        experiment.resolve_confirmations_in_doubt(smtp)
+    settle = time.monotonic() - restarted
+    experiment.clusters[-1].stop(timeout=15)
+    rows, details = check(planned, stripe, smtp)
+    broken = [r for r in rows if r.ok is False]
+    print(
+        f"{label}, {args.orders} orders at once, {args.kills} kills {args.kill_interval:g} s "
+        f"apart (seed {args.seed}), {args.workers} workers, model latency "
+        f"{args.model_latency:g} s ({'openai SDK' if args.real else 'simulated'}), the "
+        f"product's lease and scheduled reaper"
+    )
+    print(render(rows))
+    print(
+        f"runs running at each kill: {experiment.kills}; last restart → last order settled: "
+        f"{settle:.1f} s (target ≤ 120 s); first start → last restart "
+        f"{restarted - started:.1f} s"
+    )
+    print("after the last restart: " + "; ".join(timeline))
+    for line in details[:50]:
+        print(f"  {line}")
+    if broken or done < len(planned):
+        print(
+            f"BROKEN: {', '.join(r.name for r in broken) or 'not settled'} "
+            f"(qcluster logs: {log_dir})"
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     database = BenchDatabase(args.database_url, PG_DATABASE)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
     experiment: Any = None
-    stripe = smtp = None
+    stripe = smtp = model = None
     keep_logs = True
     try:
         url = database.create()
         stripe = StripeServer().start()
         smtp = SMTPTestServer().start()
-        env = service_env(
-            url,
-            workers=args.workers,
-            production=True,
-            settings=chaos_settings(
-                stripe, smtp, model_latency=args.model_latency, lease_seconds=LEASE_SECONDS
-            ),
+        settings = chaos_settings(
+            stripe, smtp, model_latency=args.model_latency, lease_seconds=LEASE_SECONDS
         )
+        if args.real:
+            model = OpenAITestServer(api_key=OPENAI_KEY).start()
+            ports = {"openai": model.port, "stripe": stripe.port, "smtp": smtp.port}
+            settings |= real_path_settings(ports)
+        if args.crash:  # the product's own lease
+            del settings["WORKFLOWS_LEASE_SECONDS"]
+        env = service_env(url, workers=args.workers, production=True, settings=settings)
         log(f"seed {args.seed}; database {database.shown_url()}: migrating")
         migrate(env)
         setup_django(env)
+        if model is not None:
+            model.respond_with(order_model_responder(args.model_latency))
 
         logging.getLogger("django-q").setLevel(logging.WARNING)
         logging.getLogger("orders").setLevel(logging.WARNING)
@@ -347,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
             pending_requeue_seconds=PENDING_REQUEUE_SECONDS,
         )
         label = database_label()
+        if args.crash:
+            status = crash(args, experiment, planned, label, stripe, smtp, log_dir)
+            keep_logs = status != 0
+            return status
         log(
             f"{label}: {args.orders} orders in {len(waves)} waves, {args.kills} kills, "
             f"{args.workers} workers, lease {LEASE_SECONDS} s (logs: {log_dir})"
@@ -409,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         if experiment is not None:
             for cluster in experiment.clusters:
                 cluster.kill()
-        for server in (stripe, smtp):
+        for server in (stripe, smtp, model):
             if server is not None:
                 with contextlib.suppress(Exception):
                     server.stop()

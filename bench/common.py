@@ -39,7 +39,10 @@ from rich.text import Text
 from tests.support.cluster import ROOT
 from tests.support.servers import free_port
 
-DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/test"
+_ENV_URL = os.environ.get("DATABASE_URL", "")
+ENV_IS_POSTGRES = _ENV_URL.startswith(("postgres://", "postgresql://"))
+# A PostgreSQL DATABASE_URL in the environment names the server the benchmarks use.
+DEFAULT_POSTGRES_URL = _ENV_URL if ENV_IS_POSTGRES else "postgres://postgres@127.0.0.1:5432/test"
 REVIEWERS_GROUP = "Fraud reviewers"
 COMMIT_LOOPS = 2000
 _T0 = time.monotonic()
@@ -75,9 +78,10 @@ class BenchDatabase:
 
     def __init__(self, url: str, name: str) -> None:
         self.source_url = url
-        self.name = name
         scheme = urlsplit(url).scheme if url else "sqlite"
         self.is_postgres = scheme in {"postgres", "postgresql", "pgsql"}
+        # Its own name per process on PostgreSQL: other benchmarks may share the server.
+        self.name = f"{name}_{os.getpid()}" if self.is_postgres else name
         if not self.is_postgres and scheme != "sqlite":
             raise BenchError(f"unsupported database URL scheme {scheme!r} (sqlite or postgres)")
         self.sqlite_path = Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.sqlite3"
@@ -354,12 +358,16 @@ def create_accounts() -> tuple[str, str]:
 
 
 class WebServer:
-    """gunicorn (2 sync workers) in its own process group."""
+    """gunicorn (2 sync workers) in its own process group; with `runserver`, Django's
+    development server as `manage.py serve` (scripts/serve.sh) runs it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, workers: int = 2, runserver: bool = False
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.workers = workers
+        self.runserver = runserver
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -370,18 +378,27 @@ class WebServer:
         gunicorn = Path(sys.executable).parent / "gunicorn"
         if not gunicorn.exists():
             raise BenchError(f"{gunicorn} not found: pip install -r requirements.txt")
+        command = [
+            str(gunicorn),
+            "polos_site.wsgi",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(self.workers),
+            "--timeout",
+            "60",
+        ]
+        if self.runserver:
+            command = [
+                sys.executable,
+                "manage.py",
+                "runserver",
+                "--noreload",
+                f"127.0.0.1:{self.port}",
+            ]
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
-                [
-                    str(gunicorn),
-                    "polos_site.wsgi",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--workers",
-                    str(self.workers),
-                    "--timeout",
-                    "60",
-                ],
+                command,
                 cwd=ROOT,
                 env=self.env,
                 start_new_session=True,
@@ -391,12 +408,12 @@ class WebServer:
         deadline = time.monotonic() + timeout
         while True:
             if (code := self.process.poll()) is not None:
-                raise BenchError(f"gunicorn exited with status {code}: {self.log_tail()}")
+                raise BenchError(f"web server exited with status {code}: {self.log_tail()}")
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
                     return
             if time.monotonic() > deadline:
-                raise BenchError(f"gunicorn did not answer /healthz within {timeout:g} s")
+                raise BenchError(f"web server did not answer /healthz within {timeout:g} s")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -427,7 +444,8 @@ class WebServer:
 
 def order_mix(n: int, prefix: str) -> list[dict[str, str]]:
     """Deterministic mix: 10 % over the threshold (suspend), 5 % exactly 1000.00, 1 in 40
-    declined by the simulated gateway (cents .13), the rest small."""
+    declined (cents .13 for the simulated gateway, customer `cus_declined` for it and the
+    local Stripe server), the rest small."""
     orders = []
     for i in range(n):
         if i % 10 == 5:
@@ -439,10 +457,11 @@ def order_mix(n: int, prefix: str) -> list[dict[str, str]]:
         else:
             cents = (i * 7) % 100
             amount = Decimal(f"{5 + (i * 37) % 400}.{14 if cents == 13 else cents:02d}")
+        declined = str(amount).endswith(".13")
         orders.append(
             {
                 "order_id": f"{prefix}-{i:05d}",
-                "customer_id": f"cus_bench_{i % 97}",
+                "customer_id": "cus_declined" if declined else f"cus_bench_{i % 97}",
                 "customer_email": f"buyer{i}@example.com",
                 "amount": f"{amount:.2f}",
                 "currency": "usd",
@@ -730,3 +749,157 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
     with console.capture() as captured:
         console.print(table)
     return "\n".join(line.rstrip() for line in captured.get().splitlines()).strip("\n")
+
+
+# -- CPU per process group -----------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_ticks(pid: int, *, children: bool) -> int:
+    """utime+stime of `pid` (and, with `children`, of its reaped descendants: cutime+cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks + (int(fields[13]) + int(fields[14]) if children else 0)
+
+
+def _tree(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += _children(current)
+    return found
+
+
+def _threads(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        return len(list(Path(f"/proc/{pid}/task").iterdir()))
+    return 0
+
+
+class ProcessGroups:
+    """CPU seconds of named process trees (each process, its live descendants and the ones
+    it has reaped), from /proc: `sample()` before and after a window, `ms_per(...)` per
+    item. "workers" (the qcluster's `workers` worker processes alone: those with the most
+    threads, their event loop's, sync threads and lease keeper; the parent, sentinel,
+    pusher and monitor have one or two, plus a connection pool's on PostgreSQL) is added
+    when a group named "qcluster" exists; "bench" is this process (its HTTP clients and
+    its polling), without its children."""
+
+    def __init__(self, roots: dict[str, int], workers: int = 0) -> None:
+        self.roots = roots
+        self.workers = workers
+
+    def sample(self) -> dict[str, float]:
+        seconds = {
+            name: sum(_stat_ticks(p, children=True) for p in _tree(pid)) / CLK_TCK
+            for name, pid in self.roots.items()
+        }
+        if "qcluster" in self.roots:
+            tree = sorted(_tree(self.roots["qcluster"]), key=_threads, reverse=True)
+            workers = tree[: self.workers]
+            seconds["workers"] = sum(_stat_ticks(p, children=True) for p in workers) / CLK_TCK
+            seconds["worker pids"] = float(len(workers))
+        seconds["bench"] = _stat_ticks(os.getpid(), children=False) / CLK_TCK
+        return seconds
+
+    @staticmethod
+    def ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+        """CPU ms per item of each group over the window; "project" is web + qcluster."""
+        per = {
+            name: (after[name] - before.get(name, 0.0)) * 1000 / count
+            for name in after
+            if name != "worker pids"
+        }
+        per["project"] = per.get("web", 0.0) + per.get("qcluster", 0.0)
+        return per
+
+
+CPU_COLUMNS = (
+    "project",
+    "web",
+    "qcluster",
+    "workers",
+    "openai server",
+    "stripe server",
+    "smtp server",
+    "bench",
+)
+
+
+def render_cpu(rows: list[tuple[str, dict[str, float]]]) -> str:
+    """CPU ms per order by process group, one row per configuration."""
+    present = [c for c in CPU_COLUMNS if any(c in cpu for _, cpu in rows)]
+    headers = ["configuration", *(f"{c} ms/order" for c in present)]
+    body = [
+        [label, *(f"{cpu[c]:.1f}" if c in cpu else "-" for c in present)] for label, cpu in rows
+    ]
+    return render_table(headers, body)
+
+
+# -- the service's processes: web (gunicorn, or runserver as scripts/serve.sh) and qcluster --
+
+# `manage.py serve` (scripts/serve.sh) runs `runserver --noreload` and `qcluster` with the
+# development defaults: DEBUG on, INFO logs. Only the real path's servers and the
+# throttle (the benchmark's one client sends far more than a client's quota) are set.
+SERVE_SETTINGS: dict[str, str | None] = {
+    "DJANGO_DEBUG": None,
+    "LOG_LEVEL": None,
+    "DJANGO_SETTINGS_MODULE": "polos_site.settings",
+    "API_THROTTLE_RATE": "100000/minute",
+    "REDIS_URL": None,
+    "TEST_SQLITE_PATH": None,
+}
+PROFILE_ENV = "BENCH_PROFILE_DIR"  # read by bench/profiled_qcluster.py in each worker
+
+
+def mode_env(
+    database_url: str,
+    *,
+    workers: int,
+    mode: str,
+    settings: dict[str, str | None] | None = None,
+) -> dict[str, str]:
+    """The service's environment for a benchmark mode: "production" (gunicorn, DEBUG off)
+    or "serve" (scripts/serve.sh's settings)."""
+    from tests.support.cluster import service_env
+
+    if mode == "serve":
+        return service_env(
+            database_url, workers=workers, settings={**SERVE_SETTINGS, **(settings or {})}
+        )
+    return service_env(database_url, workers=workers, production=True, settings=settings)
+
+
+def mode_label(args: argparse.Namespace) -> str:
+    """What a benchmark measured, from its `--simulated` and `--mode`."""
+    path = "simulated model and gateway" if args.simulated else "real SDKs"
+    web = "runserver, DEBUG on (serve.sh)" if args.mode == "serve" else "gunicorn, production"
+    return f"{path}; {web}"
+
+
+def bench_cluster(env: dict[str, str], log_path: Path, profile_dir: Path | None = None) -> Any:
+    """A `QCluster` on `env`; with `profile_dir`, each worker process runs under cProfile
+    (bench/profiled_qcluster.py) and writes its top frames there when it stops."""
+    from tests.support.cluster import QCluster
+
+    class Cluster(QCluster):
+        def start(self) -> "QCluster":
+            if profile_dir is None:
+                return super().start()
+            self.env[PROFILE_ENV] = str(profile_dir)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.profiled_qcluster"],
+                cwd=ROOT,
+                env=self.env,
+                start_new_session=True,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+            return self
+
+    return Cluster(environ=env, log_path=log_path)

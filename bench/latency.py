@@ -3,18 +3,27 @@
     python -m bench.latency [--orders N=40] [--latencies 0.5,2] [--workers W=2]
                             [--concurrency C=100] [--database sqlite|postgres]
                             [--postgres-url postgres://postgres@127.0.0.1:5432/test]
-                            [--clients C=8] [--json]
+                            [--clients C=8] [--simulated] [--mode production|serve]
+                            [--profile DIR] [--repeat N] [--json]
 
-One database for all the configurations (a temp SQLite file by default, or `bench_latency`
-created on the PostgreSQL server of `--postgres-url` and dropped at the end), migrated by a
-subprocess, one gunicorn (2 workers, production settings) for the API; for each model
-latency a fresh `manage.py qcluster` with `SIMULATED_MODEL_LATENCY` set to it, warmed up
-with W orders, then N orders submitted through the API with C concurrent clients. Every
+One database for all the configurations (a temp SQLite file by default, or
+`bench_latency_<pid>` created on the PostgreSQL server of `--postgres-url`, or of a
+PostgreSQL DATABASE_URL, and dropped at the end), migrated by a subprocess. For each model
+latency, fresh processes: the path production runs by default, the workers' `openai` and
+`stripe` SDKs and SMTP against the suite's local servers (bench/local_servers.py, each in
+a process of its own, the model answering after the latency on the server side), or with
+`--simulated` the simulated model (`SIMULATED_MODEL_LATENCY`) and gateway; the web
+process (gunicorn with 2 workers and production settings, or with `--mode serve`
+`runserver` and scripts/serve.sh's development defaults); `manage.py qcluster` (under
+cProfile per worker with `--profile`), warmed up with W orders, then N orders submitted
+through the API with C concurrent clients. Every
 configuration is bounded: the runs must settle within 30 s + 1.5 * the expected time
 (N * 3 model calls * latency ÷ (W * C slots)). The suspended orders are then approved all
 at once. The report adds how many runs each worker executes at a time (from the runs'
 `started_at` to their settle time), the workers' resident memory idle and at peak (and so
-the memory one more run in flight costs) and the machine's CPU. See bench/README.md,
+the memory one more run in flight costs), the machine's CPU, and the CPU ms per order of
+each process group (web, qcluster and its worker processes, each local server, the
+benchmark's own clients; "project" = web + qcluster). See bench/README.md,
 section "Latency".
 """
 
@@ -31,11 +40,14 @@ from typing import Any
 
 from bench.common import (
     DEFAULT_POSTGRES_URL,
+    ENV_IS_POSTGRES,
     SETTLED_RUN_STATUSES,
     Api,
     OwnDatabase,
+    ProcessGroups,
     WebServer,
     WorkerMemory,
+    bench_cluster,
     check_outcomes,
     close_connections,
     comma_list,
@@ -50,8 +62,11 @@ from bench.common import (
     llm_calls,
     make_logger,
     migrate,
+    mode_env,
+    mode_label,
     order_mix,
     percentile,
+    render_cpu,
     render_table,
     review_all_at_once,
     run_reporting,
@@ -60,7 +75,9 @@ from bench.common import (
     submit_all,
     wait_runs,
 )
-from tests.support.cluster import QCluster, service_env
+from bench.local_servers import LocalServers
+from bench.profiled_qcluster import summarize
+from tests.support.cluster import service_env
 
 PG_DATABASE = "bench_latency"
 PROG = "bench.latency"
@@ -81,9 +98,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=100, help="WORKFLOWS_CONCURRENCY per worker"
     )
-    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="postgres" if ENV_IS_POSTGRES else "sqlite",
+        help="postgres: a database of its own on the server of --postgres-url (DATABASE_URL)",
+    )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
+    parser.add_argument(
+        "--simulated",
+        action="store_true",
+        help="the simulated model and gateway in the workers (no SDK, no local servers)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["production", "serve"],
+        default="production",
+        help="production: gunicorn, DEBUG off; serve: scripts/serve.sh's runserver and defaults",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", default="", help="cProfile each worker; top frames in DIR"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="measure each latency N times")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.orders < 10 or args.workers < 1 or args.clients < 1:
@@ -92,29 +129,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bound(orders: int, calls: int, latency: float, slots: int) -> float:
-    """Seconds allowed: 30 s + 1.5 * the time the model waits alone would take."""
-    return 30 + 1.5 * orders * calls * latency / slots
+    """Seconds allowed: 30 s + 1.5 * the time the model waits alone would take + half a
+    second of CPU per order (a loaded 2-core machine on the real path)."""
+    return 30 + 1.5 * orders * calls * latency / slots + 0.5 * orders
 
 
 def run_latency(
-    latency: float, args: argparse.Namespace, db_url: str, api: Api, web: WebServer
+    latency: float, args: argparse.Namespace, db_url: str, api: Api, tag_prefix: str = ""
 ) -> dict[str, Any]:
-    env = service_env(
-        db_url,
-        workers=args.workers,
-        production=True,
-        settings={
+    tmp = Path(tempfile.gettempdir())
+    q_log = tmp / f"bench-latency-{os.getpid()}-qcluster.log"
+    web_log = tmp / f"bench-latency-{os.getpid()}-web.log"
+    servers = None
+    web: WebServer | None = None
+    settings: dict[str, str | None] = {"WORKFLOWS_CONCURRENCY": str(args.concurrency)}
+    base_env = mode_env(db_url, workers=args.workers, mode=args.mode)
+    if args.simulated:
+        settings |= {
+            "LLM_PROVIDER": "simulated",
+            "PAYMENT_GATEWAY": "simulated",
             "SIMULATED_MODEL_LATENCY": f"{latency:g}",
-            "WORKFLOWS_CONCURRENCY": str(args.concurrency),
-        },
-    )
-    q_log = Path(tempfile.gettempdir()) / f"bench-latency-{os.getpid()}-qcluster.log"
-    cluster = QCluster(environ=env, log_path=q_log)
+        }
+    else:
+        servers = LocalServers(base_env, latency).start()
+        settings |= servers.settings()
+    env = mode_env(db_url, workers=args.workers, mode=args.mode, settings=settings)
+    profile_dir = None
+    if args.profile:
+        profile_dir = Path(args.profile) / f"latency-{latency:g}s"
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    cluster = bench_cluster(env, q_log, profile_dir)
     keep_log = True
-    tag = f"lat{int(latency * 1000)}ms"
+    tag = f"{tag_prefix}lat{int(latency * 1000)}ms"
     try:
+        web = WebServer(env, web_log, runserver=args.mode == "serve")
+        web.start()
+        api = Api(web.base_url, api.client_token, api.reviewer_token)
         cluster.start()
-        processes = [web, cluster]
+        processes = [web, cluster, *(servers.servers.values() if servers else ())]
         log(f"latency {latency:g} s: qcluster with {args.workers} workers, warming up")
         warm = [
             p for p in order_mix(40, f"warm-{tag}") if expected_status(p["amount"]) == "completed"
@@ -130,14 +182,26 @@ def run_latency(
 
         payloads = order_mix(args.orders, f"bench-{tag}")
         limit = bound(args.orders, CALLS_PER_ORDER, latency, args.workers * args.concurrency)
+        limit *= 4 if args.profile else 1  # profiled workers are several times slower
         log(f"submitting {len(payloads)} orders (bounded to {limit:.0f} s)")
         memory = WorkerMemory(cluster.process.pid, args.workers)
         idle_rss = memory.sample()
         memory.start()
+        groups = ProcessGroups(
+            {
+                "web": web.process.pid,
+                "qcluster": cluster.process.pid,
+                **(servers.pids() if servers else {}),
+            },
+            workers=args.workers,
+        )
+        load = os.getloadavg()
         cpu_before = cpu_sample()
+        groups_before = groups.sample()
         submissions = submit_all(api, payloads, args.clients)
         run_ids = [s.run_id for s in submissions]
         wait_runs(run_ids, SETTLED_RUN_STATUSES, limit, processes, "orders settled", poll=0.05)
+        groups_after = groups.sample()
         cpu_after = cpu_sample()
         peak_rss = memory.stop()
         settled = settled_orders(submissions)
@@ -160,15 +224,19 @@ def run_latency(
         )
         resume = review_all_at_once(api, suspended, args.clients, review_limit, processes)
         cluster.stop()
+        web.stop()
+        served = servers.stop() if servers else {}
         keep_log = False
 
         result: dict[str, Any] = {
             "date": date.today().isoformat(),
+            "mode": mode_label(args),
             "model_latency_s": latency,
             "workers": args.workers,
             "orders": len(submissions),
             "clients": args.clients,
             "cpus": os.cpu_count(),
+            "load_before": load,
             "outcomes": dict(Counter(x.order_status for x in settled.values())),
             "wrong_outcomes": wrong[:10],
             "wrong_count": len(wrong),
@@ -188,9 +256,14 @@ def run_latency(
             "resume_p50_s": percentile(resume, 50),
             "resume_p95_s": percentile(resume, 95),
             "cpu_busy": cpu_busy(cpu_before, cpu_after),
+            "cpu_ms_per_order": ProcessGroups.ms_per(groups_before, groups_after, len(submissions)),
+            "worker_processes": int(groups_after.get("worker pids", 0)),
+            "served": served,
             "worker_rss_idle_mib": max(idle_rss.values(), default=0) / 1024,
             "worker_rss_peak_mib": max(peak_rss.values(), default=0) / 1024,
         }
+        if profile_dir is not None and (summary := summarize(profile_dir)):
+            result["profile"] = str(summary)
         # What one more run in flight costs a worker: its memory growth under load over
         # the runs it held at the peak.
         growth = result["worker_rss_peak_mib"] - result["worker_rss_idle_mib"]
@@ -210,19 +283,21 @@ def run_latency(
     finally:
         with deferred_signals():
             cluster.stop()
-            if keep_log:
-                if q_log.exists():
-                    log(f"qcluster log kept: {q_log}")
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    q_log.unlink()
+            if web is not None:
+                web.stop()
+            if servers is not None:
+                servers.stop()
+            for path in (q_log, web_log):
+                if keep_log:
+                    if path.exists():
+                        log(f"log kept: {path}")
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     database = OwnDatabase(args.database, PG_DATABASE, args.postgres_url)
-    web_log = Path(tempfile.gettempdir()) / f"bench-latency-{os.getpid()}-gunicorn.log"
-    web: WebServer | None = None
-    keep_log = True
     try:
         url = database.create()
         env = service_env(url, workers=args.workers, production=True)
@@ -234,28 +309,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logging.getLogger("django_q").setLevel(logging.WARNING)
         label = database_label()
         client_token, reviewer_token = create_accounts()
-        web = WebServer(env, web_log)
-        web.start()
-        api = Api(web.base_url, client_token, reviewer_token)
-        results = [run_latency(latency, args, url, api, web) for latency in args.latencies]
-        web.stop()
-        keep_log = False
+        api = Api("", client_token, reviewer_token)
+        results = []
+        for repeat in range(args.repeat):
+            prefix = f"r{repeat}-" if args.repeat > 1 else ""
+            results += [run_latency(latency, args, url, api, prefix) for latency in args.latencies]
         return {"database": label, "results": results}
-    except KeyboardInterrupt:
-        keep_log = False
-        raise
     finally:
         with deferred_signals():
-            if web is not None:
-                web.stop()
             close_connections()
             database.drop()
-            if keep_log:
-                if web_log.exists():
-                    log(f"gunicorn log kept: {web_log}")
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    web_log.unlink()
 
 
 def render(report: dict[str, Any]) -> str:
@@ -296,14 +359,34 @@ def render(report: dict[str, Any]) -> str:
                 f"{cpu * 100:.0f}%" if cpu is not None else "n/a",
             ]
         )
-    lines = [f"database: {report['database']}", render_table(headers, rows)]
+    lines = [f"database: {report['database']}", render_table(headers, rows), ""]
+    lines.append(
+        "CPU ms per order, by process group (project = web + qcluster; the local "
+        "servers and the benchmark's clients apart):"
+    )
+    lines.append(
+        render_cpu(
+            [
+                (
+                    f"{r['mode']}, {r['model_latency_s']:g} s, load {r['load_before'][0]:.1f}",
+                    r["cpu_ms_per_order"],
+                )
+                for r in report["results"]
+            ]
+        )
+    )
     for r in report["results"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
         lines.append(
             f"latency {r['model_latency_s']:g} s: {outcomes}; window {r['window_s']:.1f} s; "
             f"{r['reviews']} approvals at once: review→done p50 {r['resume_p50_s']:.2f} s, "
-            f"p95 {r['resume_p95_s']:.2f} s"
+            f"p95 {r['resume_p95_s']:.2f} s; load average before {r['load_before'][0]:.2f}; "
+            f"{r['worker_processes']} worker processes"
         )
+        if r["served"]:
+            lines.append(f"  local servers served: {json.dumps(r['served'], sort_keys=True)}")
+        if "profile" in r:
+            lines.append(f"  workers' profile: {r['profile']}")
         for wrong in r["wrong_outcomes"]:
             lines.append(f"  unexpected outcome: {wrong}")
     lines.append(

@@ -2,19 +2,25 @@
 
     python -m bench.order_flow [--orders N=300] [--workers 2,4] [--databases sqlite,postgres]
                            [--postgres-url postgres://postgres@127.0.0.1:5432/test]
-                           [--clients C=8] [--timeout S=180] [--json]
+                           [--clients C=8] [--timeout S=180] [--simulated]
+                           [--mode production|serve] [--profile DIR] [--json]
 
 Each (database, workers) configuration runs in a process of its own with a fresh
-database: a temp SQLite file, or `bench_orders` created on the PostgreSQL server of
+database: a temp SQLite file, or `bench_orders_<pid>` created on the PostgreSQL server of
 `--postgres-url` (whose own database is only used to issue CREATE/DROP DATABASE) and
 dropped at the end. It migrates it (subprocess), times raw one-row commits, creates a
 client and a fraud reviewer with API tokens, starts gunicorn (2 workers, production
-settings) and `manage.py qcluster` (W workers), both in their own process groups and
-always stopped at the end, warms them up with 2*W orders, then submits N orders with C
-concurrent HTTP clients and waits until every run has settled (completed, failed, or
-suspended for review). Then it approves the suspended orders one at a time through the
-API and times each from the review's HTTP response to its run's `finished_at`.
-See bench/README.md, section "Orders".
+settings; `runserver` with scripts/serve.sh's defaults under `--mode serve`) and
+`manage.py qcluster` (W workers; each under cProfile with `--profile`), both in their own
+process groups and always stopped at the end; the workers use the real `openai` and
+`stripe` SDKs and SMTP against the local servers of bench/local_servers.py (a model
+without latency), or with `--simulated` the simulated model and gateway. It then warms
+them up with 2*W orders, submits N orders with C concurrent HTTP clients and waits
+until every run has settled (completed, failed, or suspended for review). Then it
+approves the suspended orders one at a time through the API and times each from the
+review's HTTP response to its run's `finished_at`. It prints the CPU ms per order of
+each process group. See bench/README.md, sections "The path production runs" and
+"Orders".
 """
 
 import argparse
@@ -38,7 +44,9 @@ from bench.common import (
     Api,
     BenchError,
     OwnDatabase,
+    ProcessGroups,
     WebServer,
+    bench_cluster,
     check_outcomes,
     close_connections,
     comma_list,
@@ -52,8 +60,11 @@ from bench.common import (
     make_logger,
     measure_commit_rate,
     migrate,
+    mode_env,
+    mode_label,
     ms,
     order_mix,
+    render_cpu,
     render_table,
     review_sequential,
     run_reporting,
@@ -63,7 +74,9 @@ from bench.common import (
     submit_all,
     wait_runs,
 )
-from tests.support.cluster import QCluster, service_env
+from bench.local_servers import LocalServers
+from bench.profiled_qcluster import summarize
+from tests.support.cluster import service_env
 
 PG_DATABASE = "bench_orders"
 PROG = "bench.order_flow"
@@ -94,6 +107,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=180, help="seconds for the orders to settle"
     )
+    parser.add_argument(
+        "--simulated",
+        action="store_true",
+        help="the simulated model and gateway in the workers (no SDK, no local servers)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["production", "serve"],
+        default="production",
+        help="production: gunicorn, DEBUG off; serve: scripts/serve.sh's runserver and defaults",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", default="", help="cProfile each worker; top frames in DIR"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.orders < 10 or args.clients < 1:
@@ -111,12 +138,18 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
     q_log = tmp / f"bench-orders-{os.getpid()}-qcluster.log"
     web: WebServer | None = None
     cluster = None
+    servers: LocalServers | None = None
     keep_logs = True
     try:
         url = database.create()
         env = service_env(url, workers=workers, production=True)
         log(f"{kind}, {workers} workers: migrating {database.name if kind == 'postgres' else url}")
         migrate(env)
+        if args.simulated:
+            settings = {"LLM_PROVIDER": "simulated", "PAYMENT_GATEWAY": "simulated"}
+        else:
+            servers = LocalServers(mode_env(url, workers=workers, mode=args.mode), 0.0).start()
+            settings = servers.settings()
         setup_django(env)
         import logging
 
@@ -126,10 +159,15 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
         commits_per_s = measure_commit_rate()
         client_token, reviewer_token = create_accounts()
 
-        web = WebServer(env, web_log)
+        env = mode_env(url, workers=workers, mode=args.mode, settings=settings)
+        web = WebServer(env, web_log, runserver=args.mode == "serve")
         web.start()
-        cluster = QCluster(environ=env, log_path=q_log).start()
-        processes = [web, cluster]
+        profile_dir = None
+        if args.profile:
+            profile_dir = Path(args.profile) / f"order_flow-{kind}-{workers}w"
+            profile_dir.mkdir(parents=True, exist_ok=True)
+        cluster = bench_cluster(env, q_log, profile_dir).start()
+        processes = [web, cluster, *(servers.servers.values() if servers else ())]
         api = Api(web.base_url, client_token, reviewer_token)
         log(f"gunicorn on {web.base_url}, qcluster with {workers} workers: warming up")
         warm = [p for p in order_mix(40, "warmup") if expected_status(p["amount"]) == "completed"]
@@ -144,7 +182,17 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
 
         payloads = order_mix(args.orders, f"bench-w{workers}")
         log(f"submitting {len(payloads)} orders with {args.clients} clients")
+        groups = ProcessGroups(
+            {
+                "web": web.process.pid,
+                "qcluster": cluster.process.pid,
+                **(servers.pids() if servers else {}),
+            },
+            workers=workers,
+        )
+        load = os.getloadavg()
         cpu_before = cpu_sample()
+        groups_before = groups.sample()
         submissions = submit_all(api, payloads, args.clients)
         log("all submitted; waiting for the runs to settle")
         wait_runs(
@@ -155,6 +203,7 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
             "orders settled",
             poll=0.05,
         )
+        groups_after = groups.sample()
         cpu_after = cpu_sample()
         settled = settled_orders(submissions)
         wrong = check_outcomes(submissions, settled)
@@ -173,12 +222,18 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
         resume = review_sequential(api, suspended, REVIEW_TIMEOUT, processes)
         cluster.stop()
         web.stop()
+        served = servers.stop() if servers else {}
         keep_logs = False
 
         result: dict[str, Any] = {
             "date": date.today().isoformat(),
             "database": label,
             "kind": kind,
+            "mode": mode_label(args),
+            "load_before": load,
+            "cpu_ms_per_order": ProcessGroups.ms_per(groups_before, groups_after, len(submissions)),
+            "worker_processes": int(groups_after.get("worker pids", 0)),
+            "served": served,
             "workers": workers,
             "orders": len(submissions),
             "clients": args.clients,
@@ -205,6 +260,8 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
             "cpu_busy": cpu_busy(cpu_before, cpu_after),
         }
         result["ratio"] = result["steps_per_s"] / commits_per_s
+        if profile_dir is not None and (summary := summarize(profile_dir)):
+            result["profile"] = str(summary)
         return result
     except KeyboardInterrupt:
         keep_logs = False  # logs are for failures
@@ -215,6 +272,8 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
                 cluster.stop()
             if web is not None:
                 web.stop()
+            if servers is not None:
+                servers.stop()
             close_connections()
             database.drop()
             if keep_logs:
@@ -246,6 +305,10 @@ def run_child(kind: str, workers: int, args: argparse.Namespace) -> dict[str, An
         str(args.timeout),
         "--postgres-url",
         args.postgres_url,
+        "--mode",
+        args.mode,
+        *(["--simulated"] if args.simulated else []),
+        *(["--profile", args.profile] if args.profile else []),
         "--json",
     ]
     child = subprocess.Popen(
@@ -313,15 +376,36 @@ def render(results: list[dict[str, Any]]) -> str:
                 f"{cpu * 100:.0f}%" if cpu is not None else "n/a",
             ]
         )
-    lines = [render_table(headers, rows)]
+    lines = [render_table(headers, rows), ""]
+    lines.append(
+        "CPU ms per order, by process group (project = web + qcluster; the local "
+        "servers and the benchmark's clients apart):"
+    )
+    lines.append(
+        render_cpu(
+            [
+                (
+                    f"{r['mode']}, {r['database']}, {r['workers']} workers, "
+                    f"load {r['load_before'][0]:.1f}",
+                    r["cpu_ms_per_order"],
+                )
+                for r in results
+            ]
+        )
+    )
     for r in results:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
         lines.append(
             f"{r['database']}, {r['workers']} workers: {r['orders']} orders ({outcomes}), "
             f"{r['steps_per_order']:.1f} steps/order; HTTP submit p50 {r['submit_p50_ms']:.0f} "
             f"ms, p95 {r['submit_p95_ms']:.0f} ms, all answered in {r['submit_window_s']:.1f} s "
-            f"of a {r['window_s']:.1f} s window; {r['reviews']} reviews"
+            f"of a {r['window_s']:.1f} s window; {r['reviews']} reviews; load average "
+            f"before {r['load_before'][0]:.2f}; {r['worker_processes']} worker processes"
         )
+        if r["served"]:
+            lines.append(f"  local servers served: {json.dumps(r['served'], sort_keys=True)}")
+        if "profile" in r:
+            lines.append(f"  workers' profile: {r['profile']}")
         for wrong in r["wrong_outcomes"]:
             lines.append(f"  unexpected outcome: {wrong}")
     lines.extend(targets(results))
