@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import stripe
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tests.workflows.sample_workflows import DEPENDENCIES_DOWN, journal_lines
@@ -173,6 +175,32 @@ def test_one_probe_at_a_time_decides_and_a_failed_probe_waits_longer(settings):
     circuit = Circuit.objects.get(dependency="stripe")
     assert (circuit.state, circuit.consecutive_failures) == (CircuitState.CLOSED, 0)
     assert circuit_admit("stripe", holder="run-e") is Admission.GO
+
+
+def test_a_success_on_a_healthy_circuit_makes_no_statement(settings):
+    settings.WORKFLOWS_CIRCUIT_FAILURES = 3
+    circuit_failed("stripe", holder="run-a", error="refused")
+    circuit_succeeded("stripe")  # this process counted that failure: it resets it
+    assert Circuit.objects.get(dependency="stripe").consecutive_failures == 0
+    circuit_admit("stripe", holder="run-a")  # a fresh view: clean
+
+    with CaptureQueriesContext(connection) as statements:
+        assert circuit_succeeded("stripe") is False
+    assert [query["sql"] for query in statements.captured_queries] == []
+
+
+def test_a_failure_counted_by_another_process_is_reset_by_a_later_success(settings):
+    settings.WORKFLOWS_CIRCUIT_FAILURES = 3
+    circuit_admit("stripe", holder="run-a")  # this process's view: clean
+    # Another process counts two failures (this one has not seen them yet).
+    Circuit.objects.create(dependency="stripe", consecutive_failures=2)
+    circuits._snapshot.read_at -= circuits.SNAPSHOT_SECONDS  # its view is due again
+
+    with CaptureQueriesContext(connection) as statements:
+        assert circuit_succeeded("stripe") is False
+    assert Circuit.objects.get(dependency="stripe").consecutive_failures == 0
+    assert any("UPDATE" in query["sql"] for query in statements.captured_queries)
+    assert not circuit_failed("stripe", holder="run-b", error="refused")  # 1, not 3
 
 
 def test_a_probe_whose_holder_died_is_taken_by_another(settings):
