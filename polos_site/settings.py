@@ -268,9 +268,12 @@ WORKFLOWS_MODULES = [
     *env_list("WORKFLOWS_EXTRA_MODULES", []),
 ]
 WORKFLOWS_LEASE_SECONDS = env_int("WORKFLOWS_LEASE_SECONDS", 60)
-# A run pending this long while the queue is empty lost its task (a killed cluster held
-# it); the reaper queues it again.
+# A run pending this long with no task waiting for it in the queue lost its task (a
+# killed cluster held it); the reaper queues it again.
 WORKFLOWS_PENDING_REQUEUE_SECONDS = env_int("WORKFLOWS_PENDING_REQUEUE_SECONDS", 60)
+# How often each worker process runs the reaper (besides the minute's schedule), so that
+# a crash is recovered about one lease (or WORKFLOWS_PENDING_REQUEUE_SECONDS) after it.
+WORKFLOWS_REAP_SECONDS = env_int("WORKFLOWS_REAP_SECONDS", 10)
 # Run segments one worker process keeps in flight on its event loop (workflows/worker/runtime.py).
 WORKFLOWS_CONCURRENCY = env_int("WORKFLOWS_CONCURRENCY", 100)
 # Threads per worker process for sync work (ORM, Stripe, SMTP), each with a connection.

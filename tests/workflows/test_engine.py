@@ -343,9 +343,10 @@ def test_reaper_requeues_pending_runs_whose_task_was_lost(queue_capture, monkeyp
     long_ago = timezone.now() - timedelta(minutes=5)
     WorkflowRun.objects.filter(pk=run.id).update(updated_at=long_ago)
 
-    monkeypatch.setattr("workflows.engine.services.queue_depth", lambda: 3)
-    assert runs_reap() == []  # other tasks are still queued: it is waiting its turn
+    still_queued = lambda ids: {str(run.id)} & {str(i) for i in ids}  # noqa: E731
+    monkeypatch.setattr("workflows.engine.services.runs_waiting", still_queued)
+    assert runs_reap() == []  # its task is still in the queue: it is waiting its turn
 
-    monkeypatch.setattr("workflows.engine.services.queue_depth", lambda: 0)
+    monkeypatch.setattr("workflows.engine.services.runs_waiting", lambda ids: set())
     assert runs_reap() == [run.id]
     assert queue_capture.drain() == ["completed"]

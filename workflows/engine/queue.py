@@ -2,11 +2,16 @@
 
 import functools
 import logging
+from collections.abc import Collection
 from uuid import UUID
 
 from django.db import transaction
+from django.utils import timezone
 from django_q.brokers import Broker, get_broker
+from django_q.brokers.orm import ORM
+from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
+from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,49 @@ def queue_depth() -> int:
     """Tasks waiting to be handed to a worker (not counting those a cluster holds)."""
     size: int = _broker().queue_size()
     return size
+
+
+# Above this many waiting tasks, `runs_waiting` does not read them one by one (a backlog):
+# every run counts as waiting its turn. Reading one costs ~45 µs (signature, unpickling),
+# so a full read is ~0.1 s, at most every WORKFLOWS_REAP_SECONDS per worker process.
+WAITING_SCAN_LIMIT = 2000
+
+
+def runs_waiting(run_ids: Collection[UUID | str]) -> set[str]:
+    """Which of `run_ids` have a task waiting in the broker, not yet handed to a cluster.
+
+    A run that is pending without one lost its task: a SIGKILLed cluster held it (the ORM
+    broker hands it out again only after its `retry`, minutes; Redis never), or it was
+    acknowledged before the segment took the lease. The ORM and Redis brokers are read
+    task by task (up to WAITING_SCAN_LIMIT); any other broker only says whether it holds
+    anything at all.
+    """
+    wanted = {str(run_id) for run_id in run_ids}
+    if not wanted:
+        return set()
+    broker = _broker()
+    size = queue_depth()
+    if size == 0:
+        return set()
+    if size > WAITING_SCAN_LIMIT or not isinstance(broker, ORM | Redis):
+        return wanted
+    if isinstance(broker, ORM):
+        packages = list(
+            broker.get_connection()
+            .filter(key=broker.list_key, lock__lte=timezone.now())
+            .values_list("payload", flat=True)[:WAITING_SCAN_LIMIT]
+        )
+    else:
+        packages = broker.connection.lrange(broker.list_key, 0, WAITING_SCAN_LIMIT - 1)
+    waiting = set()
+    for package in packages:
+        try:
+            task = SignedPackage.loads(package)
+        except Exception:  # not ours to judge: the pusher fails it
+            continue
+        if task.get("func") == EXECUTE_TASK and task.get("args"):
+            waiting.add(str(task["args"][0]))
+    return waiting & wanted
 
 
 def _send(run_id: str) -> None:

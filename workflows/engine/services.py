@@ -27,7 +27,7 @@ from workflows.engine.errors import (
     WaitExpiredError,
     WaitNotFoundError,
 )
-from workflows.engine.queue import queue_depth, run_enqueue
+from workflows.engine.queue import run_enqueue, runs_waiting
 from workflows.engine.registry import workflow_get
 from workflows.engine.transitions import lease_expired
 from workflows.models import (
@@ -409,28 +409,39 @@ def runs_reap(*, now: datetime | None = None) -> list[UUID]:
     """Re-queue runs whose worker died. Returns the ids re-queued.
 
     - `running` with an expired lease: the worker died mid-segment.
-    - `pending` for longer than WORKFLOWS_PENDING_REQUEUE_SECONDS while the queue has
-      nothing left to hand out: the run's task was lost. A cluster takes several tasks
-      at a time, so a cluster killed with SIGKILL takes its unstarted tasks with it
-      (django-q2 hands them out again only after its `retry`, 12 minutes); with a broker
-      outside the database, a task can also be lost between commit and send. While the
-      queue still holds tasks, a pending run is simply waiting its turn.
+    - `pending` for longer than WORKFLOWS_PENDING_REQUEUE_SECONDS with no task waiting
+      for it in the broker (`queue.runs_waiting`): its task was lost. A cluster takes
+      tasks ahead of its workers, so one killed with SIGKILL takes them with it (the ORM
+      broker hands them out again only after its `retry`, 12 minutes; Redis never); a
+      task is acknowledged once its worker accepted the run, before the lease is taken;
+      with a broker outside the database, a task can be lost between commit and send.
+      A run whose task is still waiting is simply waiting its turn, however long.
+
+    Safe to run anywhere, any number at once (every worker's wake tick and the minute's
+    schedule do): each re-queue is a conditional UPDATE that one caller wins. A task
+    re-queued for a run whose first task was only slow, not lost, is harmless: only one
+    of them takes the lease (`lease_take`), the other finds the run taken and skips.
     """
     now = now or timezone.now()
     stale_pending = now - timedelta(seconds=settings.WORKFLOWS_PENDING_REQUEUE_SECONDS)
     lost = Q(status=RunStatus.PENDING, updated_at__lt=stale_pending)
-    dead = lease_expired(now)
-    candidates = list(WorkflowRun.objects.filter(dead | lost).values_list("pk", flat=True))
-    pending_tasks_lost = bool(candidates) and queue_depth() == 0
+    dead = list(WorkflowRun.objects.filter(lease_expired(now)).values_list("pk", flat=True))
+    stale = list(WorkflowRun.objects.filter(lost).values_list("pk", flat=True))
+    waiting = runs_waiting(stale)
     requeued = []
-    for run_id in candidates:
+    for run_id in dead:
         with transaction.atomic():
-            revived = transitions.reap(run_id=run_id, now=now)
-            if revived:
+            if transitions.reap(run_id=run_id, now=now):
                 observability.lease_taken_over()  # a dead worker's lease, taken back
-            elif pending_tasks_lost:  # still pending: only its clock restarts
-                revived = bool(WorkflowRun.objects.filter(lost, pk=run_id).update(updated_at=now))
-            if revived:
+                run_enqueue(run_id)
+                requeued.append(run_id)
+    for run_id in stale:
+        if str(run_id) in waiting:
+            continue
+        with transaction.atomic():
+            # Still pending and still stale: only its clock restarts, so that one caller
+            # re-queues it, once per WORKFLOWS_PENDING_REQUEUE_SECONDS at most.
+            if WorkflowRun.objects.filter(lost, pk=run_id).update(updated_at=now):
                 run_enqueue(run_id)
                 requeued.append(run_id)
     if requeued:

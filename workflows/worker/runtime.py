@@ -16,7 +16,9 @@ it to the process's `WorkerRuntime` and returns:
   it: a sync step longer than the lease keeps its run;
 - every `WORKFLOWS_WAKE_SECONDS` it queues the runs whose step's next attempt at a
   dependency is due and hands out the circuits' probes (`services.retry_waits_wake`), so
-  a run waiting out an outage wakes within about a second of its time;
+  a run waiting out an outage wakes within about a second of its time; every
+  `WORKFLOWS_REAP_SECONDS` it runs the reaper (`services.runs_reap`), so a dead
+  worker's runs and lost tasks are queued again about one lease after the crash;
 - on SIGTERM (to the worker, or to the whole process group) or when django-q recycles
   the process, the runtime stops taking segments, lets those in flight finish for up to
   `WORKFLOWS_DRAIN_SECONDS`, then has the rest stop at their next step and hands their
@@ -119,13 +121,23 @@ class WorkerRuntime(SegmentRuntime):
         self.loop.run_forever()
 
     async def _wake_forever(self, seconds: float) -> None:
-        from workflows.engine.services import retry_waits_wake
+        from workflows.engine.services import retry_waits_wake, runs_reap
 
+        reap_every = settings.WORKFLOWS_REAP_SECONDS
+        next_reap = time.monotonic() + reap_every
         while self.accepting:
             try:
                 await self.call_sync(retry_waits_wake)
             except Exception:
                 logger.exception("waking runs whose retry is due failed; trying again")
+            if time.monotonic() >= next_reap:
+                # Crash recovery within about one lease (the minute's schedule alone
+                # adds up to a minute): any number of reapers at once is safe.
+                next_reap = time.monotonic() + reap_every
+                try:
+                    await self.call_sync(runs_reap)
+                except Exception:
+                    logger.exception("reaping dead workers' runs failed; trying again")
             await asyncio.sleep(seconds)
 
     async def _renew_leases(self, tokens: list[str]) -> int:
