@@ -405,6 +405,10 @@ def _copy_to(run: WorkflowRun, record: Any, *, exclude: tuple[str, ...]) -> Any:
     return type(record)(run=run, **values)
 
 
+# The most stale pending runs one reaper call looks at (`runs_reap`).
+REAP_PENDING_BATCH = 500
+
+
 def runs_reap(*, now: datetime | None = None) -> list[UUID]:
     """Re-queue runs whose worker died. Returns the ids re-queued.
 
@@ -426,7 +430,12 @@ def runs_reap(*, now: datetime | None = None) -> list[UUID]:
     stale_pending = now - timedelta(seconds=settings.WORKFLOWS_PENDING_REQUEUE_SECONDS)
     lost = Q(status=RunStatus.PENDING, updated_at__lt=stale_pending)
     dead = list(WorkflowRun.objects.filter(lease_expired(now)).values_list("pk", flat=True))
-    stale = list(WorkflowRun.objects.filter(lost).values_list("pk", flat=True))
+    # Bounded: each worker reaps every few seconds; a larger backlog goes over several.
+    stale = list(
+        WorkflowRun.objects.filter(lost)
+        .order_by("updated_at")
+        .values_list("pk", flat=True)[:REAP_PENDING_BATCH]
+    )
     waiting = runs_waiting(stale)
     requeued = []
     for run_id in dead:
