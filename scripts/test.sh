@@ -72,11 +72,11 @@ fi
 REDIS_TEST_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
 if .venv/bin/python scripts/service_up.py redis "$REDIS_TEST_URL"; then
   echo "== queue tests on the Redis broker ($REDIS_TEST_URL)"
-  # The queue's own behaviour through real clusters (qcluster and db_engine), one
-  # process: the Redis cache and broker share the database, and a test's cache.clear()
-  # would flush another worker's queue.
+  # The broker's own behaviour (marker `broker`: delivery through real clusters, tasks
+  # lost with a killed cluster, what waits), in one process: the Redis cache and broker
+  # share the database, and a test's cache.clear() would flush another worker's queue.
   REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest \
-    -m "qcluster and db_engine and not postgres and not outage" "$@"
+    -m "broker and not postgres and not outage" "$@"
 else
   missing redis "Redis (not installed, or no server answers at $REDIS_TEST_URL)"
 fi

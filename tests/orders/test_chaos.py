@@ -108,6 +108,7 @@ def finish(chaos: ChaosDriver, planned: list[Planned], smtp_server, timeout: flo
     chaos.clusters[-1].stop()
 
 
+@pytest.mark.broker  # a killed cluster's tasks, redelivered or lost, on each broker
 def test_orders_survive_random_sigkills_of_the_cluster(stripe_server, smtp_server, reviewer):
     seed = chaos_seed()
     print(f"chaos seed: CHAOS_SEED={seed}")

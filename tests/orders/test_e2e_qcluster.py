@@ -19,6 +19,7 @@ pytestmark = [
     pytest.mark.qcluster,
     pytest.mark.usefixtures("reviewer_with_email"),  # production's reviewers: alerted
     pytest.mark.db_engine,
+    pytest.mark.broker,
 ]
 
 

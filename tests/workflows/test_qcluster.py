@@ -12,7 +12,12 @@ from workflows import run_resume, workflow_start
 from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.qcluster, pytest.mark.db_engine]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.qcluster,
+    pytest.mark.db_engine,
+    pytest.mark.broker,
+]
 
 
 def status_of(run: WorkflowRun) -> str:
