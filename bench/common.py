@@ -281,6 +281,25 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def add_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """The switches of the benchmarks that run orders: which path (`--simulated`), which
+    settings (`--mode`), and `--profile`."""
+    parser.add_argument(
+        "--simulated",
+        action="store_true",
+        help="the simulated model and gateway in the workers (no SDK, no local servers)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["production", "serve"],
+        default="production",
+        help="production: gunicorn, DEBUG off; serve: scripts/serve.sh's runserver and defaults",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", default="", help="cProfile each worker; top frames in DIR"
+    )
+
+
 def comma_list(
     convert: Callable[[str], float], what: str, minimum: float, too_small: str
 ) -> Callable[[str], list[Any]]:

@@ -47,6 +47,7 @@ from bench.common import (
     ProcessGroups,
     WebServer,
     WorkerMemory,
+    add_path_arguments,
     bench_cluster,
     check_outcomes,
     close_connections,
@@ -106,20 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
-    parser.add_argument(
-        "--simulated",
-        action="store_true",
-        help="the simulated model and gateway in the workers (no SDK, no local servers)",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=["production", "serve"],
-        default="production",
-        help="production: gunicorn, DEBUG off; serve: scripts/serve.sh's runserver and defaults",
-    )
-    parser.add_argument(
-        "--profile", metavar="DIR", default="", help="cProfile each worker; top frames in DIR"
-    )
+    add_path_arguments(parser)
     parser.add_argument("--repeat", type=int, default=1, help="measure each latency N times")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)

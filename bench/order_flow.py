@@ -46,6 +46,7 @@ from bench.common import (
     OwnDatabase,
     ProcessGroups,
     WebServer,
+    add_path_arguments,
     bench_cluster,
     check_outcomes,
     close_connections,
@@ -107,20 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=180, help="seconds for the orders to settle"
     )
-    parser.add_argument(
-        "--simulated",
-        action="store_true",
-        help="the simulated model and gateway in the workers (no SDK, no local servers)",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=["production", "serve"],
-        default="production",
-        help="production: gunicorn, DEBUG off; serve: scripts/serve.sh's runserver and defaults",
-    )
-    parser.add_argument(
-        "--profile", metavar="DIR", default="", help="cProfile each worker; top frames in DIR"
-    )
+    add_path_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.orders < 10 or args.clients < 1:

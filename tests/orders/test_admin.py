@@ -6,7 +6,6 @@ from datetime import timedelta
 import pytest
 import time_machine
 from django.contrib.auth.models import Permission
-from django.contrib.messages import get_messages
 from django.core import mail
 from django.db import connection
 from django.test import Client
@@ -14,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orders.models import FraudReview, Order, ReviewState
+from tests.support.admin_pages import change_url, decide_url, logged_in, texts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,24 +33,6 @@ def suspended(queue_capture, place_order):
     assert queue_capture.drain() == ["suspended"]
     order.refresh_from_db()
     return order, FraudReview.objects.get(run_id=order.run_id)
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def texts(response) -> list[str]:
-    return [str(m) for m in get_messages(response.wsgi_request)]
-
-
-def decide_url(review: FraudReview) -> str:
-    return reverse("admin:orders_fraudreview_decide", args=[review.pk])
-
-
-def change_url(review: FraudReview) -> str:
-    return reverse("admin:orders_fraudreview_change", args=[review.pk])
 
 
 def test_queue_lists_the_pending_review_and_filters(suspended, reviewer):

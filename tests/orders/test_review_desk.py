@@ -8,7 +8,6 @@ from datetime import timedelta
 import pytest
 import time_machine
 from django.contrib.auth.models import Group, Permission, User
-from django.contrib.messages import get_messages
 from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import reverse
@@ -18,6 +17,7 @@ from orders.admin.agent_trace import reply_said, tool_said
 from orders.admin.fraud_reviews import FraudReviewAdmin
 from orders.models import FraudReview, FraudReviewClaim, Order, ReviewState
 from orders.services.reviews import ReviewError, review_claim
+from tests.support.admin_pages import change_url, decide_url, logged_in, texts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,24 +53,6 @@ def queue(queue_capture, place_order):
         name: FraudReview.objects.get(run_id=Order.objects.get(pk=order.pk).run_id)
         for name, order in (("ada", ada), ("bob", bob))
     }
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def texts(response) -> list[str]:
-    return [str(m) for m in get_messages(response.wsgi_request)]
-
-
-def change_url(review: FraudReview) -> str:
-    return reverse("admin:orders_fraudreview_change", args=[review.pk])
-
-
-def decide_url(review: FraudReview) -> str:
-    return reverse("admin:orders_fraudreview_decide", args=[review.pk])
 
 
 def claim_url(review: FraudReview) -> str:

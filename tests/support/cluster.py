@@ -208,3 +208,30 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def run_execute_together(run_id: Any, *, times: int = 2) -> list[str]:
+    """Execute the run's segment from `times` threads released at the same moment (a
+    task delivered twice): their outcomes, sorted."""
+    import threading
+
+    from django.db import connection
+
+    from workflows.engine.executor import run_execute
+
+    barrier = threading.Barrier(times)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(run_execute(run_id))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return sorted(outcomes)

@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from pydantic import BaseModel
 
+from tests.support.cluster import run_execute_together
 from tests.workflows.sample_workflows import BROKEN, journal_lines
 from workflows import (
     PayloadError,
@@ -291,24 +292,7 @@ def test_two_deliveries_racing_run_each_step_once(queue_capture, journal):
     run = workflow_start(
         "test.counting", {"steps": 3, "journal": str(journal), "step_seconds": 0.05}
     )
-    barrier = threading.Barrier(2)
-    outcomes: list[str] = []
-
-    def deliver() -> None:
-        from django.db import connection
-
-        barrier.wait()
-        try:
-            outcomes.append(run_execute(run.id))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(outcomes) == ["completed", "skipped"]
+    assert run_execute_together(run.id) == ["completed", "skipped"]
     assert journal_lines(journal) == ["step-0", "step-1", "step-2"]
 
 

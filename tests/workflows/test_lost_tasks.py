@@ -3,18 +3,16 @@ was acknowledged before the segment took the lease) is queued again by the reape
 WORKFLOWS_PENDING_REQUEUE_SECONDS, even while other runs' tasks wait in the queue, and
 never executes two segments at once. Against django-q2's real ORM broker."""
 
-import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
-from tests.support.cluster import wait_until
+from tests.support.cluster import run_execute_together, wait_until
 from tests.workflows.sample_workflows import journal_lines
 from workflows import workflow_start
 from workflows.engine.executor import run_execute
@@ -100,22 +98,7 @@ def test_a_duplicate_task_never_runs_a_second_segment_alongside(tmp_path: Path):
     age(run, seconds=BOUND + 1)
     assert runs_reap() == [run.pk]
 
-    outcomes: list[str] = []
-    barrier = threading.Barrier(2)
-
-    def deliver() -> None:
-        barrier.wait()
-        try:
-            outcomes.append(run_execute(run.pk))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert sorted(outcomes) == ["completed", "skipped"]
+    assert run_execute_together(run.pk) == ["completed", "skipped"]
     assert journal_lines(journal) == ["step-0", "step-1", "step-2"]
     assert WorkflowRun.objects.get(pk=run.pk).attempts == 1
 
