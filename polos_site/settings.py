@@ -10,6 +10,7 @@ import os
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 import django_stubs_ext
@@ -255,6 +256,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # gives it its own test database): its own queue on a shared Redis too, which the
     # qcluster subprocesses it starts (inheriting its environment) agree on.
     Q_CLUSTER["name"] = f"{Q_CLUSTER['name']}-{os.environ['PYTEST_XDIST_WORKER']}"
+    if REDIS_URL:
+        # and its own Redis database: the cache shares it with the broker, and a test's
+        # cache.clear() empties the whole database. gw0 keeps the URL's, gw1 the one below.
+        redis_parts = urlsplit(REDIS_URL)
+        redis_database = int(redis_parts.path.strip("/") or 0) - int(
+            os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")
+        )
+        REDIS_URL = urlunsplit(redis_parts._replace(path=f"/{redis_database % 16}"))
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install into .venv and run the whole suite: lint and migrations checks, then every test
-# on SQLite; the engine-dependent ones (marker `db_engine`) again on PostgreSQL and the
-# queue's qcluster tests again on the Redis broker, when those servers are installed
+# Install into .venv and run the whole suite: lint, migrations and type checks, then every
+# test on SQLite; the engine-dependent ones (marker `db_engine`) on PostgreSQL and the
+# broker's own (marker `broker`) again on Redis, when those servers are installed
 # (started here if they are not running); skipped, saying so, when they are not.
 #
 # On CI (CI=true) nothing is skipped for want of a part: a missing Chromium, PostgreSQL
@@ -10,16 +10,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
-unset DATABASE_URL REDIS_URL
 
-# The browser tests drive Debian's Chromium; install it where this user can.
+# The browser tests drive Debian's Chromium; install it where this user can, while pip
+# installs the rest (both mostly wait on downloads and the disk).
+chromium_install=
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "== installing Debian's chromium for the browser tests"
   { apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; } \
-    >/dev/null 2>&1 || echo "   chromium could not be installed: the browser tests will skip (fail with CI=true)"
+    >/dev/null 2>&1 &
+  chromium_install=$!
 fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+unset DATABASE_URL REDIS_URL
+# Keep compiled modules: three pytest passes, and the hundreds of qcluster, gunicorn and
+# manage.py subprocesses the tests start, import the same sources; without the .pyc
+# files each one compiles them again (and pytest rewrites every test module's asserts).
+unset PYTHONDONTWRITEBYTECODE
 
 skip_allowed() {  # $1: chromium, postgres or redis
   case "${CI:-}" in 1 | true | TRUE | True | yes) ;; *) return 0 ;; esac
@@ -37,28 +45,45 @@ missing() {  # $1: the part, $2: what is skipped for want of it
 }
 
 .venv/bin/ruff check .
-# Types: strict on workflows/, basic on orders/ (pyproject.toml, [tool.mypy]).
-.venv/bin/mypy
 .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null 2>&1 \
   || { echo "models and migrations disagree: run manage.py makemigrations"; exit 1; }
 
+# Types: strict on workflows/, basic on orders/ (pyproject.toml, [tool.mypy]). A cold
+# mypy takes about a minute of one core: it runs beside the tests at the lowest
+# priority, on the CPU they leave idle while they wait on clusters, and the run fails at
+# the end if it found anything.
+mypy_log=$(mktemp)
+nice -n 19 .venv/bin/mypy >"$mypy_log" 2>&1 &
+mypy_check=$!
+
+if [ -n "$chromium_install" ] && ! wait "$chromium_install"; then
+  echo "   chromium could not be installed: the browser tests will skip (fail with CI=true)"
+fi
+
 # Two pytest-xdist workers (the machine's two cores; TEST_WORKERS=1 turns it off). Each
 # worker is a deployment of its own: its own test database (pytest-django suffixes it:
-# .test-db.sqlite3_gw0, test_test_gw1), its own queue name and metrics directory
-# (polos_site/settings.py, PYTEST_XDIST_WORKER), its own local servers.
+# .test-db.sqlite3_gw0, test_test_gw1), its own queue name, Redis database and metrics
+# directory (polos_site/settings.py, PYTEST_XDIST_WORKER), its own local servers.
 WORKERS=${TEST_WORKERS:-2}
 parallel=()
 [ "$WORKERS" -gt 1 ] && parallel=(-n "$WORKERS")
 
-echo "== test suite on SQLite"
-# Every test runs here once, except those that need PostgreSQL itself (several
-# clusters, connection pooling; marker `postgres`), which run in the PostgreSQL pass.
-# The outage drills (marker `outage`) run here only: they test the engine's waits, not
-# the database or the broker.
-.venv/bin/python -m pytest "${parallel[@]}" -m "not postgres" "$@"
-
 PG_URL=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
-if .venv/bin/python scripts/service_up.py postgres "$PG_URL"; then
+postgres_up=false
+.venv/bin/python scripts/service_up.py postgres "$PG_URL" && postgres_up=true
+
+echo "== test suite on SQLite"
+# Every test runs here, except those that need PostgreSQL itself (several clusters,
+# connection pooling; marker `postgres`) and, when PostgreSQL is there to run them, the
+# qcluster tests of the engine's behaviour (markers `qcluster` and `db_engine`: crashes,
+# take-overs, chaos): real clusters are the suite's slowest tests, so these run once, on
+# the engine production runs. The outage drills (marker `outage`) run here only: they
+# test the engine's waits, not the database or the broker.
+on_sqlite="not postgres"
+$postgres_up && on_sqlite="not postgres and not (qcluster and db_engine)"
+.venv/bin/python -m pytest "${parallel[@]}" -m "$on_sqlite" "$@"
+
+if $postgres_up; then
   echo "== engine-dependent tests on PostgreSQL ($PG_URL)"
   # Only what behaves differently on another engine (marker `db_engine`: locking,
   # constraints, connections, the queue, races; README "Tests") and what needs
@@ -73,10 +98,16 @@ REDIS_TEST_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
 if .venv/bin/python scripts/service_up.py redis "$REDIS_TEST_URL"; then
   echo "== queue tests on the Redis broker ($REDIS_TEST_URL)"
   # The broker's own behaviour (marker `broker`: delivery through real clusters, tasks
-  # lost with a killed cluster, what waits), in one process: the Redis cache and broker
-  # share the database, and a test's cache.clear() would flush another worker's queue.
-  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest \
+  # lost with a killed cluster, what waits).
+  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest "${parallel[@]}" \
     -m "broker and not postgres and not outage" "$@"
 else
   missing redis "Redis (not installed, or no server answers at $REDIS_TEST_URL)"
 fi
+
+echo "== mypy"
+status=0
+wait "$mypy_check" || status=$?
+cat "$mypy_log"
+rm -f "$mypy_log"
+exit "$status"
