@@ -21,13 +21,15 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   chromium_install=$!
 fi
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
-unset DATABASE_URL REDIS_URL
 # Keep compiled modules: three pytest passes, and the hundreds of qcluster, gunicorn and
 # manage.py subprocesses the tests start, import the same sources; without the .pyc
 # files each one compiles them again (and pytest rewrites every test module's asserts).
+# So pip need not compile every installed module up front: the first import does it.
 unset PYTHONDONTWRITEBYTECODE
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check \
+  --require-hashes -r requirements-dev.lock
+unset DATABASE_URL REDIS_URL
 
 skip_allowed() {  # $1: chromium, postgres or redis
   case "${CI:-}" in 1 | true | TRUE | True | yes) ;; *) return 0 ;; esac
