@@ -62,14 +62,15 @@ if [ -n "$chromium_install" ] && ! wait "$chromium_install"; then
   echo "   chromium could not be installed: the browser tests will skip (fail with CI=true)"
 fi
 
-# pytest-xdist workers (TEST_WORKERS=1 turns them off). Four on two cores: half the
-# suite's time is spent waiting on clusters, servers and leases, not computing; on
-# PostgreSQL two, as each worker's clusters hold pooled connections of the server's 100.
+# pytest-xdist workers (TEST_WORKERS=1 turns them off). Three on two cores: half the
+# suite's time is spent waiting on clusters, servers and leases, not computing (four
+# gain little more and squeeze the tests' timing windows); on PostgreSQL two, as each
+# worker's clusters hold pooled connections of the server's 100.
 # Each worker is a deployment of its own: its own test database (pytest-django suffixes
 # it: .test-db.sqlite3_gw0, test_test_gw1), its own queue name, Redis database and
 # metrics directory (polos_site/settings.py, PYTEST_XDIST_WORKER), its own local servers.
 # `worksteal` hands a worker that ran out of tests some of another's.
-WORKERS=${TEST_WORKERS:-4}
+WORKERS=${TEST_WORKERS:-3}
 parallel=()
 [ "$WORKERS" -gt 1 ] && parallel=(-n "$WORKERS" --dist worksteal)
 parallel_pg=()
