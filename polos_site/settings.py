@@ -258,7 +258,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     Q_CLUSTER["name"] = f"{Q_CLUSTER['name']}-{os.environ['PYTEST_XDIST_WORKER']}"
     if REDIS_URL:
         # and its own Redis database: the cache shares it with the broker, and a test's
-        # cache.clear() empties the whole database. gw0 keeps the URL's, gw1 the one below.
+        # cache.clear() empties the whole database. gwN takes the URL's number less N.
         redis_parts = urlsplit(REDIS_URL)
         redis_database = int(redis_parts.path.strip("/") or 0) - int(
             os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")

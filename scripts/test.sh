@@ -65,7 +65,8 @@ fi
 # pytest-xdist workers (TEST_WORKERS=1 turns them off). Three on two cores: half the
 # suite's time is spent waiting on clusters, servers and leases, not computing (four
 # gain little more and squeeze the tests' timing windows); on PostgreSQL two, as each
-# worker's clusters hold pooled connections of the server's 100.
+# worker's clusters hold pooled connections of the server's 100, and two on Redis,
+# which runs beside PostgreSQL.
 # Each worker is a deployment of its own: its own test database (pytest-django suffixes
 # it: .test-db.sqlite3_gw0, test_test_gw1), its own queue name, Redis database and
 # metrics directory (polos_site/settings.py, PYTEST_XDIST_WORKER), its own local servers.
@@ -73,8 +74,8 @@ fi
 WORKERS=${TEST_WORKERS:-3}
 parallel=()
 [ "$WORKERS" -gt 1 ] && parallel=(-n "$WORKERS" --dist worksteal)
-parallel_pg=()
-[ "$WORKERS" -gt 1 ] && parallel_pg=(-n 2 --dist worksteal)
+parallel_two=()
+[ "$WORKERS" -gt 1 ] && parallel_two=(-n 2 --dist worksteal)
 
 PG_URL=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 postgres_up=false
@@ -91,30 +92,41 @@ on_sqlite="not postgres"
 $postgres_up && on_sqlite="not postgres and not (qcluster and db_engine)"
 .venv/bin/python -m pytest "${parallel[@]}" -m "$on_sqlite" "$@"
 
+# The PostgreSQL and Redis passes run side by side: both mostly wait on clusters. The
+# Redis pass's output follows the PostgreSQL pass's.
+REDIS_TEST_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
+redis_pass=
+redis_log=$(mktemp)
+if .venv/bin/python scripts/service_up.py redis "$REDIS_TEST_URL"; then
+  # The broker's own behaviour (marker `broker`: delivery through real clusters, tasks
+  # lost with a killed cluster, what waits).
+  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest "${parallel_two[@]}" \
+    -m "broker and not postgres and not outage" "$@" >"$redis_log" 2>&1 &
+  redis_pass=$!
+else
+  missing redis "Redis (not installed, or no server answers at $REDIS_TEST_URL)"
+fi
+
+status=0
 if $postgres_up; then
   echo "== engine-dependent tests on PostgreSQL ($PG_URL)"
   # Only what behaves differently on another engine (marker `db_engine`: locking,
   # constraints, connections, the queue, races; README "Tests") and what needs
   # PostgreSQL itself.
-  DATABASE_URL="$PG_URL" .venv/bin/python -m pytest "${parallel_pg[@]}" \
-    -m "(db_engine or postgres) and not outage" "$@"
+  DATABASE_URL="$PG_URL" .venv/bin/python -m pytest "${parallel_two[@]}" \
+    -m "(db_engine or postgres) and not outage" "$@" || status=$?
 else
   missing postgres "PostgreSQL (not installed, or no server answers at $PG_URL)"
 fi
 
-REDIS_TEST_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
-if .venv/bin/python scripts/service_up.py redis "$REDIS_TEST_URL"; then
+if [ -n "$redis_pass" ]; then
   echo "== queue tests on the Redis broker ($REDIS_TEST_URL)"
-  # The broker's own behaviour (marker `broker`: delivery through real clusters, tasks
-  # lost with a killed cluster, what waits).
-  REDIS_URL="$REDIS_TEST_URL" .venv/bin/python -m pytest "${parallel[@]}" \
-    -m "broker and not postgres and not outage" "$@"
-else
-  missing redis "Redis (not installed, or no server answers at $REDIS_TEST_URL)"
+  wait "$redis_pass" || status=$?
+  cat "$redis_log"
 fi
+rm -f "$redis_log"
 
 echo "== mypy"
-status=0
 wait "$mypy_check" || status=$?
 cat "$mypy_log"
 rm -f "$mypy_log"
