@@ -13,6 +13,7 @@ Run the scripts as modules from the repository's root: `python -m bench.engine`.
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -901,24 +902,28 @@ def mode_label(args: argparse.Namespace) -> str:
     return f"{path}; {web}"
 
 
+def run_details(result: dict[str, Any]) -> list[str]:
+    """The indented report lines of one benchmark configuration: what the local servers
+    served, where the workers' profile went, and any unexpected outcome."""
+    lines = []
+    if result["served"]:
+        lines.append(f"  local servers served: {json.dumps(result['served'], sort_keys=True)}")
+    if "profile" in result:
+        lines.append(f"  workers' profile: {result['profile']}")
+    lines.extend(f"  unexpected outcome: {wrong}" for wrong in result["wrong_outcomes"])
+    return lines
+
+
 def bench_cluster(env: dict[str, str], log_path: Path, profile_dir: Path | None = None) -> Any:
     """A `QCluster` on `env`; with `profile_dir`, each worker process runs under cProfile
     (bench/profiled_qcluster.py) and writes its top frames there when it stops."""
     from tests.support.cluster import QCluster
 
-    class Cluster(QCluster):
-        def start(self) -> "QCluster":
-            if profile_dir is None:
-                return super().start()
-            self.env[PROFILE_ENV] = str(profile_dir)
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.profiled_qcluster"],
-                cwd=ROOT,
-                env=self.env,
-                start_new_session=True,
-                stdout=self.log,
-                stderr=subprocess.STDOUT,
-            )
-            return self
+    if profile_dir is None:
+        return QCluster(environ=env, log_path=log_path)
 
-    return Cluster(environ=env, log_path=log_path)
+    class ProfiledCluster(QCluster):
+        def command(self) -> list[str]:
+            return [sys.executable, "-m", "bench.profiled_qcluster"]
+
+    return ProfiledCluster(environ={**env, PROFILE_ENV: str(profile_dir)}, log_path=log_path)

@@ -70,6 +70,7 @@ from bench.common import (
     render_cpu,
     render_table,
     review_all_at_once,
+    run_details,
     run_reporting,
     settled_orders,
     setup_django,
@@ -371,12 +372,7 @@ def render(report: dict[str, Any]) -> str:
             f"p95 {r['resume_p95_s']:.2f} s; load average before {r['load_before'][0]:.2f}; "
             f"{r['worker_processes']} worker processes"
         )
-        if r["served"]:
-            lines.append(f"  local servers served: {json.dumps(r['served'], sort_keys=True)}")
-        if "profile" in r:
-            lines.append(f"  workers' profile: {r['profile']}")
-        for wrong in r["wrong_outcomes"]:
-            lines.append(f"  unexpected outcome: {wrong}")
+        lines.extend(run_details(r))
     lines.append(
         "a model wait holds one of the worker's WORKFLOWS_CONCURRENCY slots, not the process: "
         "throughput ≤ slots ÷ (model calls per order * latency) until CPU or commits bound it"

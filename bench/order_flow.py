@@ -68,6 +68,7 @@ from bench.common import (
     render_cpu,
     render_table,
     review_sequential,
+    run_details,
     run_reporting,
     settled_orders,
     setup_django,
@@ -390,12 +391,7 @@ def render(results: list[dict[str, Any]]) -> str:
             f"of a {r['window_s']:.1f} s window; {r['reviews']} reviews; load average "
             f"before {r['load_before'][0]:.2f}; {r['worker_processes']} worker processes"
         )
-        if r["served"]:
-            lines.append(f"  local servers served: {json.dumps(r['served'], sort_keys=True)}")
-        if "profile" in r:
-            lines.append(f"  workers' profile: {r['profile']}")
-        for wrong in r["wrong_outcomes"]:
-            lines.append(f"  unexpected outcome: {wrong}")
+        lines.extend(run_details(r))
     lines.extend(targets(results))
     return "\n".join(lines)
 

@@ -137,9 +137,13 @@ class QCluster:
         )
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        """What runs the cluster (a benchmark's profiling cluster runs another module)."""
+        return [sys.executable, "manage.py", "qcluster"]
+
     def start(self) -> "QCluster":
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            self.command(),
             cwd=ROOT,
             env=self.env,
             start_new_session=True,

@@ -1,24 +1,18 @@
 """The lease heartbeat (`LeaseKeeper`): a segment whose single step outlasts the lease
 keeps its run; nobody takes it over, the reaper leaves it alone."""
 
-import threading
 import time
 
 import pytest
-from django.db import connection
 
 from tests.support.cluster import QCluster, wait_until
+from tests.support.runs import executing_inline, status_of
 from workflows import workflow_start
-from workflows.engine.executor import run_execute
 from workflows.engine.leases import lease_take
 from workflows.engine.services import runs_reap
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_engine]
-
-
-def status_of(run: WorkflowRun) -> str:
-    return WorkflowRun.objects.values_list("status", flat=True).get(pk=run.pk)
 
 
 def assert_held_throughout(run: WorkflowRun, done, seconds: float) -> None:
@@ -37,21 +31,9 @@ def test_a_step_longer_than_the_lease_keeps_its_run_inline(settings, queue_captu
     settings.WORKFLOWS_LEASE_SECONDS = 1
     run = workflow_start("test.slow_calls", {"calls": 1, "seconds": 3.0})
     queue_capture.sent.clear()
-    outcome: list[str] = []
-
-    def execute() -> None:
-        try:
-            outcome.append(run_execute(run.id))
-        finally:
-            connection.close()
-
-    segment = threading.Thread(target=execute)
-    segment.start()
-    try:
+    with executing_inline(run) as (segment, outcome):
         wait_until(lambda: status_of(run) == RunStatus.RUNNING, timeout=10)
         assert_held_throughout(run, lambda: not segment.is_alive(), seconds=2.6)
-    finally:
-        segment.join(timeout=30)
     assert outcome == ["completed"]
     run.refresh_from_db()
     assert run.attempts == 1

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from django.db import connection
 from pydantic import BaseModel
 
 from tests.support.cluster import wait_until
+from tests.support.runs import executing_inline, status_of
 from workflows import WorkflowContext, workflow, workflow_start
 from workflows.engine.executor import run_execute
 from workflows.engine.leases import lease_take
@@ -61,10 +61,6 @@ async def stuck_in_step(ctx: WorkflowContext, payload: SyncStepInput) -> SyncSte
     return SyncStepOutput(slept=0)
 
 
-def status_of(run: WorkflowRun) -> str:
-    return WorkflowRun.objects.values_list("status", flat=True).get(pk=run.pk)
-
-
 def assert_held_while(run: WorkflowRun, running) -> int:
     """While the step runs, past several lease durations, another worker cannot take
     the run, nor the reaper. Returns how many checks were made."""
@@ -83,21 +79,9 @@ def test_a_sync_step_longer_than_the_lease_keeps_its_run_inline(settings, queue_
     settings.WORKFLOWS_LEASE_SECONDS = LEASE
     run = workflow_start("test.sync_sleep", {})
     queue_capture.sent.clear()
-    outcome: list[str] = []
-
-    def execute() -> None:
-        try:
-            outcome.append(run_execute(run.id))
-        finally:
-            connection.close()
-
-    segment = threading.Thread(target=execute)
-    segment.start()
-    try:
+    with executing_inline(run) as (segment, outcome):
         wait_until(lambda: status_of(run) == RunStatus.RUNNING, timeout=10, interval=0.01)
         checks = assert_held_while(run, segment.is_alive)
-    finally:
-        segment.join(timeout=30)
     assert checks >= 3, "the step ended before the lease could have run out"
     assert outcome == [SegmentOutcome.COMPLETED]
     run.refresh_from_db()

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import QCluster, wait_until
+from tests.support.runs import status_of
 from tests.workflows.sample_workflows import journal_lines
 from workflows import run_resume, workflow_start
 from workflows.engine.services import runs_reap
-from workflows.models import RunStatus, StepRecord, WorkflowRun
+from workflows.models import RunStatus, StepRecord
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -18,10 +19,6 @@ pytestmark = [
     pytest.mark.db_engine,
     pytest.mark.broker,
 ]
-
-
-def status_of(run: WorkflowRun) -> str:
-    return WorkflowRun.objects.values_list("status", flat=True).get(pk=run.pk)
 
 
 def test_qcluster_executes_suspends_and_resumes(tmp_path: Path):

@@ -9,6 +9,7 @@ from django.apps import apps
 from django_q.models import Schedule
 
 from tests.support.cluster import QCluster, wait_past, wait_until
+from tests.support.runs import status_of
 from workflows import workflow_start
 from workflows.models import RunStatus, StepRecord, WorkflowRun
 
@@ -24,10 +25,6 @@ def schedules_recreate() -> None:
     """Transactional tests flush every table, the migration's rows included: create
     them again as the migration does (due at once: `next_run` defaults to now)."""
     SCHEDULES.create_schedules(apps, None)
-
-
-def status_of(run: WorkflowRun) -> str:
-    return WorkflowRun.objects.values_list("status", flat=True).get(pk=run.pk)
 
 
 @pytest.mark.django_db

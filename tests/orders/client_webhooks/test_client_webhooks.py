@@ -86,11 +86,6 @@ def other_receiver():
         yield receiver
 
 
-@pytest.fixture
-def intake(db) -> User:
-    return User.objects.create_user("intake", password="intake-pass-123")
-
-
 def place(client: User | None, amount: str, order_id: str, customer: str = "cus_good") -> Order:
     order, _ = order_create(
         client=client,

@@ -43,11 +43,6 @@ def receiver():
 
 
 @pytest.fixture
-def intake(db) -> User:
-    return User.objects.create_user("intake", password="intake-pass-123")
-
-
-@pytest.fixture
 def admin_client(db) -> Client:
     user = User.objects.create_superuser("root", "root@example.com", "root-pass-123")
     client = Client()
