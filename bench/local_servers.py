@@ -11,6 +11,7 @@ socket, not on `asyncio.sleep`.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -18,8 +19,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from tests.support.cluster import ROOT
@@ -39,11 +41,50 @@ def order_model_responder(latency: float) -> Callable[[dict[str, Any]], Any]:
 
     def respond(request: dict[str, Any]) -> Any:
         turn = simulated_order_agent(request["messages"], None)  # type: ignore[arg-type]
+        with IN_FLIGHT.holding():
+            time.sleep(latency)
         if turn.tool_calls:
-            return reply_tool_calls(turn.tool_calls, content=turn.content, delay=latency)
-        return reply_text(turn.content or "", delay=latency)
+            return reply_tool_calls(turn.tool_calls, content=turn.content)
+        return reply_text(turn.content or "")
 
     return respond
+
+
+class InFlight:
+    """How many model calls the server holds at once: the most, and the mean over the
+    time from the first call to the last answer (what the cluster-wide model cap let
+    through)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = self.peak = 0
+        self._first = self._last = self._area = 0.0
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        self._change(+1)
+        try:
+            yield
+        finally:
+            self._change(-1)
+
+    def _change(self, step: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not self._first:
+                self._first = now
+            elif self.now:
+                self._area += self.now * (now - self._last)
+            self._last = now
+            self.now += step
+            self.peak = max(self.peak, self.now)
+
+    def summary(self) -> dict[str, float]:
+        span = self._last - self._first
+        return {"in flight max": self.peak, "in flight mean": round(self._area / span, 1) if span else 0}
+
+
+IN_FLIGHT = InFlight()
 
 
 def real_path_settings(ports: dict[str, int]) -> dict[str, str]:
@@ -70,7 +111,7 @@ class LocalServer:
         self.latency = latency
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
-        self.served: dict[str, int] = {}
+        self.served: dict[str, float] = {}
 
     def start(self, timeout: float = 30) -> "LocalServer":
         self.process = subprocess.Popen(
@@ -171,7 +212,8 @@ def _serve(kind: str, latency: float) -> Any:
 def _served(kind: str, server: Any) -> dict[str, int]:
     if kind == "smtp":
         return {"messages": len(server.messages)}
-    return dict(Counter(f"{r.method} {_ID.sub('{id}', r.path)}" for r in server.requests))
+    served = dict(Counter(f"{r.method} {_ID.sub('{id}', r.path)}" for r in server.requests))
+    return served | IN_FLIGHT.summary() if kind == "openai" else served
 
 
 def main(argv: list[str] | None = None) -> int:
