@@ -81,7 +81,10 @@ class InFlight:
 
     def summary(self) -> dict[str, float]:
         span = self._last - self._first
-        return {"in flight max": self.peak, "in flight mean": round(self._area / span, 1) if span else 0}
+        return {
+            "in flight max": self.peak,
+            "in flight mean": round(self._area / span, 1) if span else 0,
+        }
 
 
 IN_FLIGHT = InFlight()

@@ -25,7 +25,7 @@ from ..payments import (
     payment_key,
 )
 from ..policy import payment_capture_now
-from .lifecycle import order_for_run
+from .lifecycle import order_for_run, order_reload
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def order_charge(*, order: Order) -> Charge:
     )
     if risk and not written:
         Order.objects.filter(pk=order.pk).update(**risk)
-    order.refresh_from_db()
+    order_reload(order)
     if order.status == OrderStatus.CANCELLED:  # cancelled while the charge was in flight
         order_payment_release(order=order)
     return charge
@@ -282,7 +282,7 @@ def order_payment_release(*, order: Order) -> None:
     """Give the customer's money back the cheapest way, once: cancel a hold (no fee,
     nothing on the statement), refund a capture (orders charged before holds existed,
     or an order cancelled after its capture). Nothing to do when no money moved."""
-    order.refresh_from_db()
+    order_reload(order)
     if order.payment_status == PaymentStatus.AUTHORIZED:
         payment_gateway().cancel(
             charge_id=order.charge_id,

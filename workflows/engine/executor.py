@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from workflows import observability
 from workflows.engine import transitions
+from workflows.engine.compiled_reads import CompiledRead
 from workflows.engine.context import WorkflowContext
 from workflows.engine.errors import LeaseLostError, Suspended, UnknownWorkflowError
 from workflows.engine.history import History, history_load
@@ -42,10 +43,18 @@ class SegmentTimeoutError(Exception):
     """A segment ran longer than WORKFLOWS_SEGMENT_TIMEOUT_SECONDS."""
 
 
+# Read at the start of every segment: compiled once (workflows/engine/compiled_reads.py).
+_run_by_id = CompiledRead(WorkflowRun, "pk")
+
+
 def _segment_begin(
-    run_id: uuid.UUID | str,
-) -> tuple[WorkflowRun, History, list[Wait]]:
-    run = WorkflowRun.objects.get(pk=run_id)
+    run_id: uuid.UUID | str, token: str
+) -> tuple[WorkflowRun, History, list[Wait]] | None:
+    """Take the run's lease and read what the segment replays, in one trip to a sync
+    thread. None: the run is not pending, or leased elsewhere."""
+    if not lease_take(run_id, token):
+        return None
+    run = _run_by_id.get(run_id)
     history = history_load(run)
     # A step can only have waited for its dependency in an earlier segment: a run's first
     # segment (the common case) spends no query on it.
@@ -61,10 +70,11 @@ async def segment_execute(run_id: uuid.UUID | str, runtime: SegmentRuntime) -> S
 
 async def _segment_execute(run_id: uuid.UUID | str, runtime: SegmentRuntime) -> SegmentOutcome:
     token = lease_token()
-    if not await run_sync(lease_take)(run_id, token):
+    begun = await run_sync(_segment_begin)(run_id, token)
+    if begun is None:
         logger.info("run %s: not pending or leased elsewhere; nothing to do", run_id)
         return SegmentOutcome.SKIPPED
-    run, history, retry_waits = await run_sync(_segment_begin)(run_id)
+    run, history, retry_waits = begun
     try:
         definition = workflow_get(run.workflow_id)
     except UnknownWorkflowError as exc:

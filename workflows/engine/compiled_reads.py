@@ -1,0 +1,114 @@
+"""One-row reads whose SQL is compiled once: the hot path's `Model.objects.get(field=…)`.
+
+Django compiles a queryset's SQL on every evaluation, and for a one-row read that is most
+of the cost: `Order.objects.get(run_id=…)` spent 0.45 of its 0.56 ms of CPU building the
+SELECT of the order's 34 columns, and a worker reads the order and its run several
+times per order (bench/README.md, "Where the workers' CPU goes"). A `CompiledRead` asks
+the ORM for that SQL and its column converters once per database, then executes it with
+each new value and builds the instance as the ORM would (`Model.from_db`): same columns,
+same conversions, same instance, at about a fifth of the CPU.
+
+Only an exact match on one field (`pk`, a concrete field or a foreign key's attname),
+no ordering, no related objects: anything else stays an ordinary queryset.
+
+Runnable in `manage.py shell`:
+
+```python
+from workflows.engine.compiled_reads import CompiledRead
+from workflows.models import WorkflowRun
+
+run_by_id = CompiledRead(WorkflowRun, "pk")
+run = WorkflowRun.objects.first()
+assert run_by_id.get(run.pk) == run
+```
+"""
+
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models import Field, Model
+
+M = TypeVar("M", bound=Model)
+
+# A value of the field's type to compile the SQL with (integers for the rest).
+_STAND_INS: dict[str, Any] = {"UUIDField": uuid.UUID(int=0), "CharField": "", "TextField": ""}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    attnames: list[str]
+    converters: list[tuple[int, list[Any], Any]]  # column, its converters, its expression
+
+
+class CompiledRead(Generic[M]):
+    """`model.objects.get(<field>=value)`, its SQL compiled once per database."""
+
+    def __init__(self, model: type[M], field: str) -> None:
+        self.model = model
+        self.field = field
+        target = model._meta.pk if field == "pk" else model._meta.get_field(field)
+        assert isinstance(target, Field)
+        # A foreign key's values are those of the field it points at (`run_id`: a UUID).
+        self._value_field: Field[Any, Any] = getattr(target, "target_field", target)
+        self._compiled: dict[str, _Compiled] = {}
+        self._lock = threading.Lock()
+
+    def _compile(self, alias: str) -> _Compiled:
+        # The value compiled in is a stand-in: its one parameter is replaced on each read.
+        stand_in = _STAND_INS.get(self._value_field.get_internal_type(), 0)
+        query = (
+            self.model._default_manager.using(alias)
+            .filter(**{self.field: stand_in})
+            .order_by()
+            .query
+        )
+        compiler = query.get_compiler(using=alias)
+        sql, params = compiler.as_sql()
+        if len(params) != 1:
+            raise ValueError(f"{self.model.__name__}.{self.field}: one parameter expected")
+        columns = [column for column, _, _ in compiler.select]
+        return _Compiled(
+            sql=sql,
+            attnames=[column.target.attname for column in columns],
+            converters=[
+                (position, convs, expression)
+                for position, (convs, expression) in compiler.get_converters(columns).items()
+            ],
+        )
+
+    def _compiled_for(self, alias: str) -> _Compiled:
+        compiled = self._compiled.get(alias)
+        if compiled is None:
+            with self._lock:
+                compiled = self._compiled.setdefault(alias, self._compile(alias))
+        return compiled
+
+    def get(self, value: Any, *, using: str = DEFAULT_DB_ALIAS) -> M:
+        """The one row whose field is `value`; `model.DoesNotExist` if none (the field
+        is expected to be unique: a second row is not looked for)."""
+        connection = connections[using]
+        compiled = self._compiled_for(using)
+        param = self._value_field.get_db_prep_value(value, connection, prepared=False)
+        with connection.cursor() as cursor:
+            cursor.execute(compiled.sql, [param])
+            row = cursor.fetchone()
+        if row is None:
+            raise self.model.DoesNotExist(  # type: ignore[attr-defined]
+                f"{self.model._meta.object_name} matching {self.field}={value!r} does not exist."
+            )
+        values = list(row)
+        for position, convs, expression in compiled.converters:
+            for converter in convs:
+                values[position] = converter(values[position], expression, connection)
+        return self.model.from_db(using, compiled.attnames, values)
+
+    def refresh(self, instance: M) -> None:
+        """`instance.refresh_from_db()` through the compiled read (`field` must be "pk")."""
+        fresh = self.get(instance.pk, using=instance._state.db or DEFAULT_DB_ALIAS)
+        for field in self.model._meta.concrete_fields:
+            setattr(instance, field.attname, getattr(fresh, field.attname))
+        instance._state.fields_cache.clear()  # related objects are read again
