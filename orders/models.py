@@ -10,9 +10,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from django.conf import settings
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, models
 from django.utils import timezone
 
+from workflows.engine.compiled_reads import CompiledRead
 from workflows.models import Wait, WaitStatus, WorkflowRun
 
 if TYPE_CHECKING:
@@ -164,7 +165,8 @@ class Order(models.Model):
     def email_sent(self) -> bool:
         """Whether the customer's confirmation went out: the reviewers' emails are
         recorded for the order too, and are not it."""
-        return self.emails.filter(CONFIRMATION_SENT).exists()
+        using = self._state.db or DEFAULT_DB_ALIAS
+        return _confirmation_sent.first(self.pk, using=using) is not None
 
 
 class EmailKind(models.TextChoices):
@@ -208,6 +210,11 @@ class EmailRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.recipient} ({self.status})"
+
+
+# `Order.email_sent`, asked by several steps of every run: compiled once (an order has
+# at most one confirmation).
+_confirmation_sent = CompiledRead(EmailRecord, "order_id", where=CONFIRMATION_SENT)
 
 
 class StripeEvent(models.Model):

@@ -124,7 +124,7 @@ def order_finish(
         fraud_approved=fraud_approved,
         updated_at=timezone.now(),
     )
-    order = Order.objects.filter(run_id=run_id).first()
+    order = _order_by_run.first(run_id)
     order_event_emit(order=order, type=ORDER_STATUS_EVENTS.get(status))
     return order
 

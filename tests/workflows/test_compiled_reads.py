@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -80,3 +81,26 @@ def test_refresh_reads_every_field_again(run):
 
     assert field_values(stale) == field_values(WorkflowRun.objects.get(pk=run.pk))
     assert stale.status == RunStatus.COMPLETED and stale.output == {"done": True}
+
+
+def test_constant_conditions_and_an_order_are_kept(run):
+    for position, status in [(2, StepStatus.COMPLETED), (0, StepStatus.FAILED), (1, "running")]:
+        StepRecord.objects.create(
+            run=run,
+            key=f"step-{position}",
+            position=position,
+            kind="step",
+            status=status,
+            started_at=timezone.now(),
+            finished_at=timezone.now(),
+        )
+    finished = CompiledRead(
+        StepRecord,
+        "run_id",
+        where=Q(status__in=[StepStatus.COMPLETED, StepStatus.FAILED]),
+        order_by=["-position"],
+    )
+
+    assert [step.key for step in finished.all(run.pk)] == ["step-2", "step-0"]
+    assert finished.first(run.pk).key == "step-2"
+    assert finished.first(uuid.uuid4()) is None and finished.all(uuid.uuid4()) == []

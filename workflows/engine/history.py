@@ -9,6 +9,9 @@ worker does (Temporal's replayer reuses its live worker for the same reason).
 import uuid
 from collections.abc import Iterable
 
+from django.db.models import Q
+
+from workflows.engine.compiled_reads import CompiledRead
 from workflows.engine.errors import NonDeterminismError
 from workflows.models import StepRecord, StepStatus, Wait, WorkflowRun
 
@@ -114,9 +117,13 @@ class History:
         )
 
 
+# Read at the start of every segment: compiled once (workflows/engine/compiled_reads.py).
+_replayed_steps = CompiledRead(
+    StepRecord, "run_id", where=Q(status__in=REPLAYED_STEP_STATUSES), order_by=["position"]
+)
+
+
 def history_load(run: WorkflowRun) -> History:
     """A run's history for a segment to replay, in one query."""
-    records = StepRecord.objects.filter(run=run, status__in=REPLAYED_STEP_STATUSES).order_by(
-        "position"
-    )
+    records = _replayed_steps.all(run.id)
     return History(run_id=run.id, workflow_id=run.workflow_id, records=records)
