@@ -28,7 +28,6 @@ from decimal import Decimal
 from functools import cache
 from typing import Any, Protocol, TypeVar
 
-import requests
 import stripe
 from django.conf import settings
 from django.utils import timezone
@@ -38,6 +37,7 @@ from workflows import NonRetryableError
 from workflows.engine.errors import TransientError
 
 from . import metrics, money
+from .stripe_transport import Urllib3Client
 
 T = TypeVar("T")
 
@@ -187,25 +187,6 @@ def from_minor_units(amount: int, currency: str) -> Decimal:
     return money.from_minor_units(amount, currency)
 
 
-def _stripe_http_client() -> stripe.RequestsClient:
-    """The SDK's default `requests` client, but with the environment read once, here.
-
-    A `requests.Session` that trusts the environment reads the proxy variables from
-    `os.environ` again on every request (`merge_environment_settings`: 3.7 % of the
-    workers' CPU, see bench/README.md). The proxies that apply to the Stripe API are
-    taken now and passed explicitly, so a proxied deployment still goes through its
-    proxy; the timeout stays the SDK's default (80 s) and TLS verification its bundle."""
-    session = requests.Session()
-    session.trust_env = False
-    base = settings.STRIPE_API_BASE or stripe.DEFAULT_API_BASE
-    proxies = {
-        scheme: url
-        for scheme, url in requests.utils.get_environ_proxies(base).items()
-        if scheme in ("http", "https")
-    }
-    return stripe.RequestsClient(session=session, proxy=proxies or None)  # type: ignore[arg-type]
-
-
 class StripeGateway:
     """PaymentIntents confirmed off-session against the customer's default card."""
 
@@ -217,8 +198,9 @@ class StripeGateway:
         options: dict = {"max_network_retries": settings.STRIPE_MAX_NETWORK_RETRIES}
         if settings.STRIPE_API_BASE:
             options["base_addresses"] = {"api": settings.STRIPE_API_BASE}
+        base = settings.STRIPE_API_BASE or stripe.DEFAULT_API_BASE
         self.client = stripe.StripeClient(
-            settings.STRIPE_API_KEY, http_client=_stripe_http_client(), **options
+            settings.STRIPE_API_KEY, http_client=Urllib3Client(base_url=base), **options
         )
 
     def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -150,39 +150,3 @@ def test_a_key_first_used_without_expand_is_sent_again_as_it_was(stripe_server, 
     assert posts[2].replayed and not posts[3].replayed
     assert list(stripe_server.payment_intents) == [charged.charge_id]
     assert charged.risk_level == "normal"
-
-
-def test_a_charge_does_not_read_the_proxy_environment_per_request(
-    openai_server, stripe_server, place_order, queue_capture, monkeypatch
-):
-    """`requests` would look up the proxy variables on every Stripe request (3.7 % of
-    the workers' CPU); the gateway's session reads them once, when it is made."""
-    import requests.sessions
-
-    looked_up: list[str] = []
-    original = requests.sessions.get_environ_proxies
-
-    def counted(url, no_proxy=None):
-        looked_up.append(url)
-        return original(url, no_proxy=no_proxy)
-
-    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
-    openai_server.script([charge("20.00"), send_email("ord-20-00", "20.00"), answer("email")])
-    order = place_order("20.00")
-    queue_capture.drain()
-    order.refresh_from_db()
-
-    assert order.status == "completed" and len(stripe_server.requests) == 2
-    assert looked_up == []
-
-
-def test_a_proxy_in_the_environment_still_carries_the_stripe_requests(settings, monkeypatch):
-    from orders.payments import _stripe_http_client
-
-    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    settings.STRIPE_API_BASE = ""
-    client = _stripe_http_client()
-    assert client._proxy == {"https": "http://proxy.internal:3128"}
-    assert client._session is not None and client._session.trust_env is False

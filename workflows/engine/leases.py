@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from workflows import observability
@@ -109,12 +109,13 @@ def _fenced_insert_sql(vendor: str) -> str:
 
 def lease_fenced_insert(record: StepRecord, token: str) -> None:
     """Insert a step row if, and only if, `token` still holds its run's lease."""
-    params: list[Any] = [
-        f.get_db_prep_save(getattr(record, f.attname), connection) for f in _STEP_FIELDS
-    ]
-    params += [_RUN_PK.get_db_prep_value(record.run_id, connection), token, RunStatus.RUNNING]
-    with connection.cursor() as cursor:
-        cursor.execute(_fenced_insert_sql(connection.vendor), params)
+    # The thread's own connection, not the `connection` proxy: each field's adaptation
+    # asks it for its operations, and through the proxy that doubled the cost.
+    db = connections[DEFAULT_DB_ALIAS]
+    params: list[Any] = [f.get_db_prep_save(getattr(record, f.attname), db) for f in _STEP_FIELDS]
+    params += [_RUN_PK.get_db_prep_value(record.run_id, db), token, RunStatus.RUNNING]
+    with db.cursor() as cursor:
+        cursor.execute(_fenced_insert_sql(db.vendor), params)
         inserted = cursor.rowcount
     if not inserted:
         raise LeaseLostError(f"Run {record.run_id} is no longer leased by this worker")
