@@ -1,12 +1,12 @@
-"""One-row reads whose SQL is compiled once: the hot path's `Model.objects.get(field=…)`.
+"""Hot-path reads whose SQL is compiled once: `Model.objects.filter(field=value)`.
 
 Django compiles a queryset's SQL on every evaluation, and for a one-row read that is most
-of the cost: `Order.objects.get(run_id=…)` spent 0.45 of its 0.56 ms of CPU building the
-SELECT of the order's 34 columns, and a worker reads the order and its run several
-times per order (bench/README.md, "Where the workers' CPU goes"). A `CompiledRead` asks
-the ORM for that SQL and its column converters once per database, then executes it with
-each new value and builds the instance as the ORM would (`Model.from_db`): same columns,
-same conversions, same instance, at about a fifth of the CPU.
+of the cost: reading one row of a 34-column model by a unique field took 0.56 ms of CPU,
+0.45 of it building the SELECT; a worker reads a run, its history and the rows its steps
+work on several times per run (bench/README.md, "Third pass"). A `CompiledRead` asks the
+ORM for that SQL and its column converters once per database, then executes it with each
+new value and builds the instances as the ORM would (`Model.from_db`): same columns, same
+conversions, same instances, at about a fifth of the CPU.
 
 An exact match on one field (`pk`, a concrete field or a foreign key's attname), plus
 constant conditions and an order if wanted; no related objects, no annotations: anything
