@@ -71,16 +71,21 @@ def test_it_costs_one_statement_and_says_what_is_missing(run):
         run_by_id.get(missing)
 
 
-def test_refresh_reads_every_field_again(run):
-    stale = WorkflowRun.objects.get(pk=run.pk)
+def test_refresh_reads_every_field_and_relation_again(run):
+    stale = WorkflowRun.objects.prefetch_related("steps").get(pk=run.pk)
+    assert list(stale.steps.all()) == []
     WorkflowRun.objects.filter(pk=run.pk).update(
         status=RunStatus.COMPLETED, output={"done": True}, lease_owner=""
+    )
+    StepRecord.objects.create(
+        run=run, key="late", position=0, started_at=timezone.now(), finished_at=timezone.now()
     )
 
     run_by_id.refresh(stale)
 
     assert field_values(stale) == field_values(WorkflowRun.objects.get(pk=run.pk))
     assert stale.status == RunStatus.COMPLETED and stale.output == {"done": True}
+    assert [step.key for step in stale.steps.all()] == ["late"]
 
 
 def test_constant_conditions_and_an_order_are_kept(run):

@@ -147,4 +147,6 @@ class CompiledRead(Generic[M]):
         fresh = self.get(instance.pk, using=instance._state.db or DEFAULT_DB_ALIAS)
         for field in self.model._meta.concrete_fields:
             setattr(instance, field.attname, getattr(fresh, field.attname))
-        instance._state.fields_cache.clear()  # related objects are read again
+        # Related objects are read again, as after `refresh_from_db`.
+        instance._state.fields_cache.clear()
+        instance.__dict__.pop("_prefetched_objects_cache", None)
