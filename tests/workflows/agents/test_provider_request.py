@@ -9,9 +9,9 @@ import openai
 import pytest
 from openai.resources.chat.completions import completions as sdk_completions
 
-from tests.support.openai_server import reply_error, reply_raw, reply_text
-from workflows.agents.providers import OpenAIProvider, RateLimitedError, TransientModelError
-from workflows.agents.types import ModelRequest, ModelResponse
+from tests.support.openai_server import reply_error, reply_text
+from workflows.agents.providers import OpenAIProvider, RateLimitedError
+from workflows.agents.types import ModelRequest
 
 TOOLS = [
     {
@@ -134,55 +134,3 @@ def test_a_429_still_reaches_the_agent_as_the_sdks_rate_limit(openai_server):
         asyncio.run(call())
     assert raised.value.retry_after == 7
     assert isinstance(raised.value.__context__, openai.RateLimitError)
-
-
-def complete(openai_server, reply) -> ModelResponse:
-    openai_server.script([reply])
-    provider = OpenAIProvider(base_url=openai_server.base_url)
-    request = ModelRequest(agent_id="test.agent", model="gpt-4o-mini", messages=MESSAGES[:2])
-
-    async def call() -> ModelResponse:
-        try:
-            return await provider.complete(request)
-        finally:
-            await provider.close()
-
-    return asyncio.run(call())
-
-
-def test_the_answer_is_read_from_its_json_as_the_sdk_types_it(openai_server):
-    function_call = {
-        "id": "call_7",
-        "type": "function",
-        "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
-    }
-    custom_call = {"id": "call_8", "type": "custom", "custom": {"name": "x", "input": "y"}}
-    answer = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4o-mini-2024-07-18",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "tool_calls",
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [function_call, custom_call],
-                },
-            }
-        ],
-        "usage": {"prompt_tokens": 41, "completion_tokens": 9, "total_tokens": 50},
-    }
-
-    response = complete(openai_server, reply_raw(answer))
-
-    assert response.message == {"role": "assistant", "content": None, "tool_calls": [function_call]}
-    assert (response.finish_reason, response.model) == ("tool_calls", "gpt-4o-mini-2024-07-18")
-    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (41, 9)
-
-
-def test_an_answer_that_is_not_a_chat_completion_is_worth_another_try(openai_server):
-    with pytest.raises(TransientModelError, match=r"not a chat completion.*'choices'"):
-        complete(openai_server, reply_raw({"object": "list", "data": []}))
