@@ -91,11 +91,12 @@ class OpenAIProvider:
         return self._client
 
     def _http_client(self) -> openai.DefaultAsyncHttpxClient | None:
-        """The SDK's aiohttp transport (`openai[aiohttp]`): httpx's own pool looks at
-        every open connection for each request, so with a hundred calls in flight a
-        call cost 3.3 ms of CPU against 2.0 (bench/README.md). aiohttp refuses a URL with
-        credentials beside the key's header; such a URL keeps the SDK's httpx client,
-        which sends them (Basic auth) instead of the key, as it always did."""
+        """The SDK's aiohttp transport (`openai[aiohttp]`): httpx's own pool looks at every
+        open connection for each request, so with a hundred calls in flight a call cost
+        2.4-2.6 ms of CPU against 1.4-1.6 (`python -m bench.call_costs`). aiohttp
+        refuses a URL with credentials beside the key's header; such a URL keeps the
+        SDK's httpx client, which sends them (Basic auth) instead of the key, as it
+        always did."""
         url = urlsplit(self.base_url or "")
         if url.username or url.password:
             return None

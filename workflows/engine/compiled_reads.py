@@ -3,7 +3,7 @@
 Django compiles a queryset's SQL on every evaluation, and for a one-row read that is most
 of the cost: reading one row of a 34-column model by a unique field took 0.56 ms of CPU,
 0.45 of it building the SELECT; a worker reads a run, its history and the rows its steps
-work on several times per run (bench/README.md, "Third pass"). A `CompiledRead` asks the
+work on several times per run (`python -m bench.call_costs`). A `CompiledRead` asks the
 ORM for that SQL and its column converters once per database, then executes it with each
 new value and builds the instances as the ORM would (`Model.from_db`): same columns, same
 conversions, same instances, at about a fifth of the CPU.
