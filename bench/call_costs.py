@@ -29,10 +29,10 @@ from typing import Any
 
 from bench.common import (
     BenchDatabase,
-    BenchError,
     make_logger,
     migrate,
     render_table,
+    run_reporting,
     setup_django,
 )
 from bench.local_servers import OPENAI_KEY, STRIPE_KEY, LocalServer
@@ -41,6 +41,8 @@ from tests.support.cluster import service_env
 PROG = "bench.call_costs"
 log = make_logger("call_costs")
 CHARGE_THREADS = 6
+# The report's sections, as its table names them.
+LABELS = {"model call ms": "model call (ms)", "charge ms": "charge (ms)", "read us": "read (µs)"}
 MESSAGES = [
     {"role": "system", "content": "You process orders: charge, then confirm by email. " * 20},
     {"role": "user", "content": "Order ord-1 for cus_good: 250.00 USD, ada@example.com"},
@@ -224,20 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calls < CHARGE_THREADS or args.in_flight < 1:
         parser.error(f"--calls must be at least {CHARGE_THREADS}, --in-flight at least 1")
-    try:
+
+    def work() -> int:
         report = measure(args)
-    except BenchError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report, sort_keys=True))
+        if args.json:
+            print(json.dumps(report, sort_keys=True))
+            return 0
+        rows = [
+            [LABELS[kind], way, f"{value:.2f}"]
+            for kind in LABELS
+            for way, value in report[kind].items()
+        ]
+        print(render_table(["what", "how", "CPU each"], rows))
         return 0
-    units = {"model call ms": "model call (ms)", "charge ms": "charge (ms)", "read us": "read (µs)"}
-    rows = [
-        [units[kind], way, f"{value:.2f}"] for kind in units for way, value in report[kind].items()
-    ]
-    print(render_table(["what", "how", "CPU each"], rows))
-    return 0
+
+    return run_reporting(PROG, log, work)
 
 
 if __name__ == "__main__":

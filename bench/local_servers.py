@@ -57,7 +57,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.now = self.peak = 0
+        self.held = self.peak = 0
         self._first = self._last = self._area = 0.0
 
     @contextlib.contextmanager
@@ -73,11 +73,11 @@ class InFlight:
             now = time.monotonic()
             if not self._first:
                 self._first = now
-            elif self.now:
-                self._area += self.now * (now - self._last)
+            elif self.held:
+                self._area += self.held * (now - self._last)
             self._last = now
-            self.now += step
-            self.peak = max(self.peak, self.now)
+            self.held += step
+            self.peak = max(self.peak, self.held)
 
     def summary(self) -> dict[str, float]:
         span = self._last - self._first
@@ -184,7 +184,7 @@ class LocalServers:
     def pids(self) -> dict[str, int]:
         return {f"{kind} server": s.process.pid for kind, s in self.servers.items() if s.process}
 
-    def stop(self) -> dict[str, dict[str, int]]:
+    def stop(self) -> dict[str, dict[str, float]]:
         for server in self.servers.values():
             server.stop()
         return {kind: s.served for kind, s in self.servers.items()}
@@ -212,7 +212,7 @@ def _serve(kind: str, latency: float) -> Any:
     return SMTPTestServer().start()
 
 
-def _served(kind: str, server: Any) -> dict[str, int]:
+def _served(kind: str, server: Any) -> dict[str, float]:
     if kind == "smtp":
         return {"messages": len(server.messages)}
     served = dict(Counter(f"{r.method} {_ID.sub('{id}', r.path)}" for r in server.requests))
