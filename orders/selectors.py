@@ -126,6 +126,18 @@ def _one(queryset: QuerySet[_M], **lookups: object) -> _M:
         raise NotFound(f"No {queryset.model._meta.object_name} matches the given query.") from None
 
 
+def order_as_created(*, order: Order) -> Order:
+    """The order `order_create` has just made, with what `_orders()` adds to a read filled
+    in as it was at creation (no confirmation, no fraud review, no retry wait yet): its
+    201 shows the order as created, without reading the row back."""
+    # The names `_orders()` annotates and prefetches into, which the models do not declare.
+    order.email_sent_annotated = False  # type: ignore[attr-defined]
+    if order.run is not None:
+        order.run.fraud_reviews = []  # type: ignore[attr-defined]
+        order.run.retry_waits = []  # type: ignore[attr-defined]
+    return order
+
+
 def order_get(*, order_id: str, client: User | None = None) -> Order:
     """For staff tools (commands): the order with that id, the `client`'s if given.
     `NotFound` if none; without a client, `Order.MultipleObjectsReturned` when clients

@@ -30,6 +30,7 @@ from orders.schemas import OrderPayload
 from orders.selectors import (
     ORDER_STATUS_CHOICES,
     REVIEW_STATE_CHOICES,
+    order_as_created,
     order_get_for,
     order_list_for,
     review_get,
@@ -170,10 +171,10 @@ class OrderListCreateApi(GenericAPIView):
             )
         except OrderConflictError as exc:
             raise ConflictError(str(exc)) from exc
+        if created:
+            return _order_response(request, order_as_created(order=order), status.HTTP_201_CREATED)
         order = order_get_for(client=request_client(request), order_id=order.order_id)
-        return _order_response(
-            request, order, status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        )
+        return _order_response(request, order)
 
 
 class OrderDetailApi(APIView):

@@ -32,6 +32,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -39,6 +40,7 @@ from orders.models import Order
 from orders.presenters import order_presented
 from orders.selectors import orders_list
 from workflows import RunStateError, run_cancel, workflow_start
+from workflows.engine.compiled_reads import CompiledRead
 from workflows.models import ACTIVE_RUN_STATUSES
 
 from .models import (
@@ -263,12 +265,14 @@ def order_event_emit(*, order: Order | None, type: WebhookEvent | None) -> list[
         return []
 
 
+# Asked at every event of every order, most often to find none: compiled once.
+_enabled_endpoints_of = CompiledRead(WebhookEndpoint, "client_id", where=Q(enabled=True))
+
+
 def _deliveries_create(*, order_pk: int, client_id: int, type: str) -> list[WebhookDelivery]:
     type = WebhookEvent(type)
     endpoints = [
-        endpoint
-        for endpoint in WebhookEndpoint.objects.filter(client_id=client_id, enabled=True)
-        if type in endpoint.events
+        endpoint for endpoint in _enabled_endpoints_of.all(client_id) if type in endpoint.events
     ]
     if not endpoints:
         return []

@@ -17,6 +17,7 @@ from ..models import ORDER_WORKFLOW_ID, Order
 from ..policy import fraud_review_required
 from ..rules import idempotency_key_check
 from ..schemas import OrderPayload
+from .lifecycle import order_exists_for_run
 
 logger = logging.getLogger(__name__)
 
@@ -50,36 +51,35 @@ def order_create(
     if idempotency_key is not None:
         idempotency_key_check(idempotency_key)
     fingerprint = _fingerprint(payload)
-    existing = _order_find(
-        client=client, order_id=payload.order_id, idempotency_key=idempotency_key
-    )
-    if existing is None:
-        try:
-            with transaction.atomic():
-                order = Order.objects.create(
-                    client=client,
-                    order_id=payload.order_id,
-                    customer_id=payload.customer_id,
-                    customer_email=payload.customer_email,
-                    amount=payload.amount,
-                    currency=payload.currency,
-                    # Known at intake, so the 201 says it (the review opens later).
-                    fraud_review_required=fraud_review_required(
-                        amount=payload.amount, currency=payload.currency
-                    ),
-                    request_fingerprint=fingerprint,
-                    idempotency_key=idempotency_key,
-                )
-                order.run = workflow_start(ORDER_WORKFLOW_ID, payload)
-                order.save(update_fields=["run"])
-                order_event_emit(order=order, type=WebhookEvent.CREATED)
-            return order, True
-        except IntegrityError:  # a concurrent request created it first
-            existing = _order_find(
-                client=client, order_id=payload.order_id, idempotency_key=idempotency_key
+    # Inserted first, looked for only when the unique constraints refuse the row (a
+    # repeat, or a concurrent request that created it first): a new order, the usual
+    # case, costs no lookup.
+    try:
+        with transaction.atomic():
+            order = Order.objects.create(
+                client=client,
+                order_id=payload.order_id,
+                customer_id=payload.customer_id,
+                customer_email=payload.customer_email,
+                amount=payload.amount,
+                currency=payload.currency,
+                # Known at intake, so the 201 says it (the review opens later).
+                fraud_review_required=fraud_review_required(
+                    amount=payload.amount, currency=payload.currency
+                ),
+                request_fingerprint=fingerprint,
+                idempotency_key=idempotency_key,
             )
-            if existing is None:
-                raise
+            order.run = workflow_start(ORDER_WORKFLOW_ID, payload)
+            order.save(update_fields=["run"])
+            order_event_emit(order=order, type=WebhookEvent.CREATED)
+        return order, True
+    except IntegrityError:
+        existing = _order_find(
+            client=client, order_id=payload.order_id, idempotency_key=idempotency_key
+        )
+        if existing is None:
+            raise
     if existing.request_fingerprint != fingerprint:
         raise OrderConflictError(
             f"Order {existing.order_id} already exists with a different request body"
@@ -91,7 +91,7 @@ def order_register_run(*, payload: OrderPayload, run_id: UUID) -> None:
     """Make sure the run's order exists: a run started outside `order_create` (the
     start-a-run page, another client of the engine) creates its order here."""
     payload = payload.model_copy(update={"currency": payload.currency.lower()})
-    if Order.objects.filter(run_id=run_id).exists():
+    if order_exists_for_run(run_id):
         return  # `order_create` made it with its run
     # Started outside the API: the order has no client.
     order, _ = Order.objects.get_or_create(

@@ -46,6 +46,10 @@ def order_for_run(run_id: UUID) -> Order:
     return _order_by_run.get(run_id)
 
 
+def order_exists_for_run(run_id: UUID) -> bool:
+    return _order_by_run.exists(run_id)
+
+
 def order_reload(order: Order) -> None:
     """`order.refresh_from_db()`, for the run's own steps."""
     _order_by_pk.refresh(order)

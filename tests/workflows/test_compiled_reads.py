@@ -109,3 +109,15 @@ def test_constant_conditions_and_an_order_are_kept(run):
     assert [step.key for step in finished.all(run.pk)] == ["step-2", "step-0"]
     assert finished.first(run.pk).key == "step-2"
     assert finished.first(uuid.uuid4()) is None and finished.all(uuid.uuid4()) == []
+
+
+def test_exists_keeps_the_conditions_in_one_statement(run):
+    running = CompiledRead(WorkflowRun, "pk", where=Q(status=RunStatus.RUNNING))
+    with CaptureQueriesContext(connection) as queries:
+        assert running.exists(run.pk) and running.exists(str(run.pk))
+    assert len(queries.captured_queries) == 2
+    assert not running.exists(uuid.uuid4())
+
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED)
+    assert not running.exists(run.pk)
+    assert running.first(run.pk) is None  # the full read and `exists` compile apart

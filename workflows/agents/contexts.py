@@ -12,13 +12,16 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from workflows.agents.transcript import StepPayload, is_lean, transcript_expand
+from workflows.engine.compiled_reads import CompiledRead
 from workflows.models import AgentContext, StepRecord
+
+_context_by_digest = CompiledRead(AgentContext, "digest")
 
 
 def agent_context_store(*, digest: str, content: dict[str, Any]) -> None:
     """Store an agent's context under its hash, once (concurrent writers agree). Asked
     by the first live model call of each agent invocation: one SELECT."""
-    if AgentContext.objects.filter(digest=digest).exists():
+    if _context_by_digest.exists(digest):
         return
     try:
         with transaction.atomic():

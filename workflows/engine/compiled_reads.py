@@ -59,7 +59,7 @@ class CompiledRead(Generic[M]):
         self.field = field
         self.where = where or Q()
         self.order_by = tuple(order_by)
-        self._compiled: dict[str, _Compiled] = {}
+        self._compiled: dict[tuple[str, bool], _Compiled] = {}
         self._lock = threading.Lock()
 
     @cached_property
@@ -72,19 +72,20 @@ class CompiledRead(Generic[M]):
         assert isinstance(target, Field)
         return getattr(target, "target_field", target)
 
-    def _compile(self, alias: str) -> _Compiled:
+    def _compile(self, alias: str, *, pk_only: bool) -> _Compiled:
         # The value compiled in is a stand-in: the first parameter (the first condition,
         # and plain columns take none), replaced on each read.
         connection = connections[alias]
         stand_in = _STAND_INS.get(self._value_field.get_internal_type(), 0)
-        query = (
+        rows = (
             self.model._default_manager.using(alias)
             .filter(**{self.field: stand_in})
             .filter(self.where)
             .order_by(*self.order_by)
-            .query
         )
-        compiler = query.get_compiler(using=alias)
+        if pk_only:  # for `exists`: no columns to send or convert
+            rows = rows.only("pk")
+        compiler = rows.query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
         expected = self._value_field.get_db_prep_value(stand_in, connection, prepared=False)
         if not params or params[0] != expected:
@@ -100,20 +101,28 @@ class CompiledRead(Generic[M]):
             ],
         )
 
-    def _compiled_for(self, alias: str) -> _Compiled:
-        compiled = self._compiled.get(alias)
+    def _compiled_for(self, alias: str, *, pk_only: bool = False) -> _Compiled:
+        compiled = self._compiled.get((alias, pk_only))
         if compiled is None:
             with self._lock:
-                compiled = self._compiled.setdefault(alias, self._compile(alias))
+                compiled = self._compiled.setdefault(
+                    (alias, pk_only), self._compile(alias, pk_only=pk_only)
+                )
         return compiled
+
+    def _fetch(self, value: Any, using: str, *, one: bool, pk_only: bool = False) -> list[Any]:
+        connection = connections[using]
+        compiled = self._compiled_for(using, pk_only=pk_only)
+        param = self._value_field.get_db_prep_value(value, connection, prepared=False)
+        with connection.cursor() as cursor:
+            cursor.execute(compiled.sql, [param, *compiled.params])
+            rows: list[Any] = cursor.fetchmany(1) if one else cursor.fetchall()
+        return rows
 
     def _rows(self, value: Any, using: str, *, one: bool) -> list[M]:
         connection = connections[using]
         compiled = self._compiled_for(using)
-        param = self._value_field.get_db_prep_value(value, connection, prepared=False)
-        with connection.cursor() as cursor:
-            cursor.execute(compiled.sql, [param, *compiled.params])
-            rows = cursor.fetchmany(1) if one else cursor.fetchall()
+        rows = self._fetch(value, using, one=one)
         instances = []
         for row in rows:
             values = list(row)
@@ -131,6 +140,10 @@ class CompiledRead(Generic[M]):
         """The first row whose field is `value`, or None."""
         found = self._rows(value, using, one=True)
         return found[0] if found else None
+
+    def exists(self, value: Any, *, using: str = DEFAULT_DB_ALIAS) -> bool:
+        """Whether a row's field is `value` (reads its primary key only)."""
+        return bool(self._fetch(value, using, one=True, pk_only=True))
 
     def get(self, value: Any, *, using: str = DEFAULT_DB_ALIAS) -> M:
         """The row whose field is `value`; `model.DoesNotExist` if none (the field is

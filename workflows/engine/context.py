@@ -78,11 +78,28 @@ class Invocation(Protocol):
     async def invoke(self, ctx: "WorkflowContext", key: str) -> Any: ...
 
 
+# Steps are often closures made anew for each run, and resolving a string annotation is
+# an eval: resolved once per code object and raw annotation (the same code object comes
+# from the same module, so resolves against the same globals).
+_return_annotations: dict[tuple[Any, Any], Any] = {}
+
+
 def _return_annotation(fn: Callable[..., Any]) -> Any:
+    code = getattr(fn, "__code__", None)
+    key = (code, getattr(fn, "__annotations__", {}).get("return"))
     try:
-        return get_type_hints(fn).get("return")
+        return _return_annotations[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable annotation: resolved every time
+        code = None
+    try:
+        annotation = get_type_hints(fn).get("return")
     except (NameError, TypeError):
-        return None
+        annotation = None
+    if code is not None:
+        _return_annotations[key] = annotation
+    return annotation
 
 
 def _describe_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
