@@ -14,7 +14,7 @@ as this process's CPU time (`time.process_time`) over many calls:
   through `requests` (as the SDK's default client, the environment read once) or
   through `orders.stripe_transport.Urllib3Client`;
 - **read**: one row by a unique field through the ORM (`get`, `refresh_from_db`) or a
-  `workflows.engine.compiled_reads.CompiledRead`, on a temp SQLite database.
+  `workflows.engine.compiled_queries.CompiledRead`, on a temp SQLite database.
 """
 
 import argparse
@@ -158,7 +158,7 @@ def read_us(read: Callable[[], object], reads: int) -> float:
 
 def reads_us(reads: int) -> dict[str, float]:
     from orders.models import Order
-    from workflows.engine.compiled_reads import CompiledRead
+    from workflows.engine.compiled_queries import CompiledRead
     from workflows.models import WorkflowRun
 
     run = WorkflowRun.objects.create(workflow_id="order_processing", input={})

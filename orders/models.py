@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, models
 from django.utils import timezone
 
-from workflows.engine.compiled_reads import CompiledRead
+from workflows.engine.compiled_queries import CompiledRead
 from workflows.models import Wait, WaitStatus, WorkflowRun
 
 if TYPE_CHECKING:

@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
 from workflows import NonRetryableError
+from workflows.engine.compiled_queries import CompiledUpdate
 
 from .mail import delivery_outcome, email_failure
 from .models import EmailKind, EmailRecord, EmailStatus, Order, OrderStatus
@@ -40,6 +41,10 @@ class ConfirmationRefusedError(NonRetryableError):
 def confirmation_message_id(order: Order) -> str:
     """Stable per order, so an operator can look the message up in the mail log."""
     return f"<order-{order.pk}-confirmation@{settings.EMAIL_MESSAGE_ID_DOMAIN}>"
+
+
+# Marks each confirmation sent: compiled once.
+_email_record_write = CompiledUpdate(EmailRecord, ["pk"])
 
 
 def order_confirmation_send(*, order: Order) -> EmailRecord:
@@ -123,7 +128,8 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
         )
     record.status = EmailStatus.SENT
     record.sent_at = timezone.now()
-    record.save(update_fields=["status", "sent_at"])
+    if not _email_record_write.update(record.pk, status=record.status, sent_at=record.sent_at):
+        raise DatabaseError("Save with update_fields did not affect any rows.")  # as `save`
     return record
 
 

@@ -40,7 +40,7 @@ from orders.models import Order
 from orders.presenters import order_presented
 from orders.selectors import orders_list
 from workflows import RunStateError, run_cancel, workflow_start
-from workflows.engine.compiled_reads import CompiledRead
+from workflows.engine.compiled_queries import CompiledRead
 from workflows.models import ACTIVE_RUN_STATUSES
 
 from .models import (

@@ -6,10 +6,11 @@ import logging
 from decimal import Decimal
 from uuid import UUID
 
+from django.db.models import Q
 from django.utils import timezone
 
 from workflows import RunStateError, run_retry
-from workflows.engine.compiled_reads import CompiledRead
+from workflows.engine.compiled_queries import CompiledRead, CompiledUpdate
 from workflows.models import RunStatus, WorkflowRun
 
 from ..client_webhooks.models import ORDER_STATUS_EVENTS
@@ -37,9 +38,11 @@ class NoConfirmationInDoubtError(Exception):
 
 
 # The run's steps read their order several times per run: compiled once (a fifth of
-# the CPU of `Order.objects.get`, see workflows/engine/compiled_reads.py).
+# the CPU of `Order.objects.get`, see workflows/engine/compiled_queries.py).
 _order_by_run = CompiledRead(Order, "run_id")
 _order_by_pk = CompiledRead(Order, "pk")
+# A cancelled order stays cancelled, whatever a run retried afterwards concludes.
+_order_conclude = CompiledUpdate(Order, ["run_id"], where=~Q(status=OrderStatus.CANCELLED))
 
 
 def order_for_run(run_id: UUID) -> Order:
@@ -121,8 +124,8 @@ def order_finish(
     *, run_id: UUID, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
 ) -> Order | None:
     """Record the run's conclusion on its order; returns the order as it now is."""
-    # A cancelled order stays cancelled, whatever a run retried afterwards concludes.
-    Order.objects.filter(run_id=run_id).exclude(status=OrderStatus.CANCELLED).update(
+    _order_conclude.update(
+        run_id,
         status=status,
         failure_reason=reason[:255],
         fraud_approved=fraud_approved,

@@ -5,11 +5,14 @@ with their idempotency keys, and what Stripe's webhooks record. The gateway itse
 
 import logging
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
+
+from workflows.engine.compiled_queries import CompiledUpdate
 
 from ..client_webhooks.models import PAYMENT_STATUS_EVENTS
 from ..client_webhooks.services import order_event_emit
@@ -65,23 +68,34 @@ def _dispute_exits(to: PaymentStatus) -> list[PaymentStatus]:
     ]
 
 
-def _payment_status_move(order: Order, to: PaymentStatus, **fields: object) -> bool:
-    """Move the order's payment to `to` (and write `fields`) if the transition table
-    allows it from where it is in the database now: one conditional UPDATE, so that a
-    step and a webhook racing cannot skip a state. Returns whether the row was written."""
+def _payment_move_allowed(to: PaymentStatus) -> Q:
+    """Where the transition table lets an order's payment move to `to` from (or stay)."""
     sources = [src for src, targets in PAYMENT_TRANSITIONS.items() if to in targets]
     allowed = Q(payment_status=to) | Q(payment_status__in=[s for s in sources if s != _P.DISPUTED])
     if _P.DISPUTED in sources:
         allowed |= Q(
             payment_status=_P.DISPUTED, payment_status_before_dispute__in=_dispute_exits(to)
         )
+    return allowed
+
+
+# Each move's conditional UPDATE, its SQL compiled once (a charge writes two of them).
+_PAYMENT_MOVES = {
+    to: CompiledUpdate(Order, ["pk"], where=_payment_move_allowed(to)) for to in PaymentStatus
+}
+
+
+def _payment_status_move(order: Order, to: PaymentStatus, **fields: Any) -> bool:
+    """Move the order's payment to `to` (and write `fields`) if the transition table
+    allows it from where it is in the database now: one conditional UPDATE, so that a
+    step and a webhook racing cannot skip a state. Returns whether the row was written."""
     if to == _P.DISPUTED:  # remembered on the way in, kept while it stays disputed
         fields["payment_status_before_dispute"] = Case(
             When(payment_status=_P.DISPUTED, then=F("payment_status_before_dispute")),
             default=F("payment_status"),
         )
-    moved = Order.objects.filter(allowed, pk=order.pk).update(
-        payment_status=to, updated_at=timezone.now(), **fields
+    moved = _PAYMENT_MOVES[to].update(
+        order.pk, payment_status=to, updated_at=timezone.now(), **fields
     )
     if not moved:
         current = Order.objects.filter(pk=order.pk).values_list("payment_status", flat=True)
@@ -168,6 +182,10 @@ def _order_payment_metadata(order: Order) -> dict[str, str]:
     return {"order_id": order.order_id, "order_pk": str(order.pk)}
 
 
+# Marks the first attempt of every charge: compiled once.
+_charge_attempt_mark = CompiledUpdate(Order, ["pk"], where=Q(charge_attempted_at__isnull=True))
+
+
 def order_charge(*, order: Order) -> Charge:
     """Charge the order's own amount, once. A second call returns the first charge.
 
@@ -201,9 +219,7 @@ def order_charge(*, order: Order) -> Charge:
         raise OrderActionRefusedError("Refused: the order is cancelled.")
     # Committed before the gateway is called (steps run outside transactions), so a
     # crash after Stripe answered still leaves it for the next attempt.
-    first_attempt = Order.objects.filter(pk=order.pk, charge_attempted_at__isnull=True).update(
-        charge_attempted_at=timezone.now()
-    )
+    first_attempt = _charge_attempt_mark.update(order.pk, charge_attempted_at=timezone.now())
     try:
         charge = payment_gateway().charge(
             customer_id=order.customer_id,

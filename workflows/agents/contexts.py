@@ -12,7 +12,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from workflows.agents.transcript import StepPayload, is_lean, transcript_expand
-from workflows.engine.compiled_reads import CompiledRead
+from workflows.engine.compiled_queries import CompiledRead
 from workflows.models import AgentContext, StepRecord
 
 _context_by_digest = CompiledRead(AgentContext, "digest")

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from workflows import observability
 from workflows.engine import transitions
-from workflows.engine.compiled_reads import CompiledRead
+from workflows.engine.compiled_queries import CompiledRead
 from workflows.engine.context import WorkflowContext
 from workflows.engine.errors import LeaseLostError, Suspended, UnknownWorkflowError
 from workflows.engine.history import History, history_load
@@ -43,7 +43,7 @@ class SegmentTimeoutError(Exception):
     """A segment ran longer than WORKFLOWS_SEGMENT_TIMEOUT_SECONDS."""
 
 
-# Read at the start of every segment: compiled once (workflows/engine/compiled_reads.py).
+# Read at the start of every segment: compiled once (workflows/engine/compiled_queries.py).
 _run_by_id = CompiledRead(WorkflowRun, "pk")
 
 

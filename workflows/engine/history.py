@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from django.db.models import Q
 
-from workflows.engine.compiled_reads import CompiledRead
+from workflows.engine.compiled_queries import CompiledRead
 from workflows.engine.errors import NonDeterminismError
 from workflows.models import StepRecord, StepStatus, Wait, WorkflowRun
 
@@ -117,7 +117,7 @@ class History:
         )
 
 
-# Read at the start of every segment: compiled once (workflows/engine/compiled_reads.py).
+# Read at the start of every segment: compiled once (workflows/engine/compiled_queries.py).
 _replayed_steps = CompiledRead(
     StepRecord, "run_id", where=Q(status__in=REPLAYED_STEP_STATUSES), order_by=["position"]
 )

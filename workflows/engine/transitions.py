@@ -22,6 +22,7 @@ from typing import Any
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 
+from workflows.engine.compiled_queries import CompiledUpdate
 from workflows.models import RunStatus, WorkflowRun
 
 RunId = uuid.UUID | str
@@ -91,22 +92,32 @@ def lease_expired(now: datetime) -> Q:
     return Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
 
 
+# Each transition's UPDATE, its SQL compiled once (workflows/engine/compiled_queries.py):
+# the moves of every segment. A take-over's condition holds the time: not compiled.
+_COMPILED_MOVES = {
+    name: CompiledUpdate(
+        WorkflowRun,
+        ["pk", "lease_owner"] if transition.lease is Lease.HELD else ["pk"],
+        where=Q(status__in=transition.sources),
+    )
+    for name, transition in RUN_TRANSITIONS.items()
+    if transition.lease is not Lease.EXPIRED
+}
+
+
 def _move(
     name: Transition, *, run_id: RunId, now: datetime, token: str = "", **fields: Any
 ) -> bool:
     """The one conditional UPDATE of a transition, built from its row of the table."""
     transition = RUN_TRANSITIONS[name]
-    allowed = Q(pk=run_id, status__in=transition.sources)
-    if transition.lease is Lease.HELD:
-        allowed &= Q(lease_owner=token)
-    elif transition.lease is Lease.EXPIRED:
-        allowed &= lease_expired(now)
     if transition.target != RunStatus.RUNNING:
         fields.update(lease_owner="", lease_expires_at=None)
-    moved = WorkflowRun.objects.filter(allowed).update(
-        status=transition.target, updated_at=now, **fields
-    )
-    return bool(moved)
+    values = {"status": transition.target, "updated_at": now, **fields}
+    if transition.lease is Lease.EXPIRED:
+        allowed = Q(pk=run_id, status__in=transition.sources) & lease_expired(now)
+        return bool(WorkflowRun.objects.filter(allowed).update(**values))
+    keys = (run_id, token) if transition.lease is Lease.HELD else (run_id,)
+    return bool(_COMPILED_MOVES[name].update(*keys, **values))
 
 
 def _taken(*, token: str, until: datetime, now: datetime) -> dict[str, Any]:

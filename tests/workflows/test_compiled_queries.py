@@ -1,17 +1,18 @@
-"""A compiled read returns what the ORM's own `get` returns, field for field and type for
-type, on each engine (their column converters differ: SQLite keeps UUIDs as text and
-datetimes as strings), in one statement."""
+"""A compiled read returns what the ORM's own `get` returns, and a compiled update writes
+what its `update` writes, field for field and type for type, on each engine (their column
+converters differ: SQLite keeps UUIDs as text and datetimes as strings), in one
+statement."""
 
 import re
 import uuid
 
 import pytest
 from django.db import connection
-from django.db.models import Q
+from django.db.models import F, Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from workflows.engine.compiled_reads import CompiledRead
+from workflows.engine.compiled_queries import CompiledRead, CompiledUpdate
 from workflows.models import RunStatus, StepRecord, StepStatus, WorkflowRun
 
 pytestmark = [pytest.mark.django_db, pytest.mark.db_engine]
@@ -121,3 +122,61 @@ def test_exists_keeps_the_conditions_in_one_statement(run):
     WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED)
     assert not running.exists(run.pk)
     assert running.first(run.pk) is None  # the full read and `exists` compile apart
+
+
+def test_an_update_writes_what_the_orm_writes(run):
+    twin = WorkflowRun.objects.get(pk=run.pk)
+    twin.pk = None
+    twin.save(force_insert=True)
+    values = {
+        "status": RunStatus.COMPLETED,
+        "output": {"charge_id": "pi_1", "amount": "12.50"},
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "updated_at": timezone.now(),
+    }
+    complete = CompiledUpdate(WorkflowRun, ["pk", "lease_owner"], where=Q(status=RunStatus.RUNNING))
+
+    with CaptureQueriesContext(connection) as queries:
+        assert complete.update(run.pk, "worker-1", **values) == 1
+    assert len(queries.captured_queries) == 1
+    assert WorkflowRun.objects.filter(pk=twin.pk).update(**values) == 1
+    written, expected = (field_values(WorkflowRun.objects.get(pk=pk)) for pk in (run.pk, twin.pk))
+    del written["id"], expected["id"], written["created_at"], expected["created_at"]
+    assert written == expected
+
+
+def test_an_update_writes_only_where_its_keys_and_conditions_hold(run):
+    complete = CompiledUpdate(WorkflowRun, ["pk", "lease_owner"], where=Q(status=RunStatus.RUNNING))
+    assert complete.update(run.pk, "worker-2", status=RunStatus.COMPLETED) == 0  # not its lease
+    assert complete.update(uuid.uuid4(), "worker-1", status=RunStatus.COMPLETED) == 0
+    assert WorkflowRun.objects.get(pk=run.pk).status == RunStatus.RUNNING
+
+    assert complete.update(str(run.pk), "worker-1", status=RunStatus.COMPLETED) == 1
+    assert complete.update(run.pk, "worker-1", status=RunStatus.FAILED) == 0  # no longer running
+    assert WorkflowRun.objects.get(pk=run.pk).status == RunStatus.COMPLETED
+
+
+def test_an_update_leaves_expressions_to_the_orm_and_refuses_what_it_cannot_compile(run):
+    by_id = CompiledUpdate(WorkflowRun, ["pk"], where=Q(status=RunStatus.RUNNING))
+    assert by_id.update(run.pk, attempts=F("attempts") + 1, lease_owner="worker-2") == 1
+    assert by_id.update(uuid.uuid4(), attempts=F("attempts") + 1) == 0
+    assert WorkflowRun.objects.get(pk=run.pk).attempts == run.attempts + 1
+
+    with pytest.raises(TypeError, match="expected 1 key values"):
+        by_id.update(run.pk, "worker-1", status=RunStatus.COMPLETED)
+    across = CompiledUpdate(StepRecord, ["pk"], where=Q(run__status=RunStatus.RUNNING))
+    with pytest.raises(ValueError, match="one table only"):
+        across.update(1, key="late")
+
+
+def test_an_update_by_a_foreign_key_and_an_exclusion(run):
+    now = timezone.now()
+    step = StepRecord.objects.create(
+        run=run, key="charge", position=0, status="running", started_at=now, finished_at=now
+    )
+    unfinished = CompiledUpdate(StepRecord, ["run_id"], where=~Q(status=StepStatus.COMPLETED))
+    assert unfinished.update(run.pk, status=StepStatus.FAILED, error="gone") == 1
+    assert unfinished.update(run.pk, status=StepStatus.COMPLETED) == 1
+    assert unfinished.update(run.pk, status=StepStatus.FAILED) == 0
+    assert StepRecord.objects.get(pk=step.pk).error == "gone"
