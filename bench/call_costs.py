@@ -1,4 +1,5 @@
-"""What one model call, one charge and one order read cost in CPU, each way we tried.
+"""What one model call, one charge, one order read and one update cost in CPU, each way
+we tried.
 
     python -m bench.call_costs [--calls N=1000] [--in-flight C=100] [--json]
 
@@ -14,7 +15,10 @@ as this process's CPU time (`time.process_time`) over many calls:
   through `requests` (as the SDK's default client, the environment read once) or
   through `orders.stripe_transport.Urllib3Client`;
 - **read**: one row by a unique field through the ORM (`get`, `refresh_from_db`) or a
-  `workflows.engine.compiled_queries.CompiledRead`, on a temp SQLite database.
+  `workflows.engine.compiled_queries.CompiledRead`, on a temp SQLite database;
+- **update**: a run's conditional move (by key, lease and status, as a transition
+  writes it) and a confirmation's sent mark through the ORM (`filter().update()`,
+  `save(update_fields=...)`) or a `CompiledUpdate`, on the same database.
 """
 
 import argparse
@@ -42,7 +46,12 @@ PROG = "bench.call_costs"
 log = make_logger("call_costs")
 CHARGE_THREADS = 6
 # The report's sections, as its table names them.
-LABELS = {"model call ms": "model call (ms)", "charge ms": "charge (ms)", "read us": "read (µs)"}
+LABELS = {
+    "model call ms": "model call (ms)",
+    "charge ms": "charge (ms)",
+    "read us": "read (µs)",
+    "update us": "update (µs)",
+}
 MESSAGES = [
     {"role": "system", "content": "You process orders: charge, then confirm by email. " * 20},
     {"role": "user", "content": "Order ord-1 for cus_good: 250.00 USD, ada@example.com"},
@@ -148,12 +157,13 @@ def charge_ms(base_url: str, *, transport: str, charges: int) -> float:
     return (time.process_time() - started) * 1000 / (each * CHARGE_THREADS)
 
 
-def read_us(read: Callable[[], object], reads: int) -> float:
-    read()
+def per_call_us(call: Callable[[], object], calls: int) -> float:
+    """CPU µs per call of `call`, after one call to warm it."""
+    call()
     started = time.process_time()
-    for _ in range(reads):
-        read()
-    return (time.process_time() - started) * 1_000_000 / reads
+    for _ in range(calls):
+        call()
+    return (time.process_time() - started) * 1_000_000 / calls
 
 
 def reads_us(reads: int) -> dict[str, float]:
@@ -173,12 +183,49 @@ def reads_us(reads: int) -> dict[str, float]:
     order_by_pk = CompiledRead(Order, "pk")
     run_by_id = CompiledRead(WorkflowRun, "pk")
     return {
-        "Order by run: Order.objects.get": read_us(lambda: Order.objects.get(run_id=run.pk), reads),
-        "Order by run: CompiledRead": read_us(lambda: order_by_run.get(run.pk), reads),
-        "Order: refresh_from_db": read_us(order.refresh_from_db, reads),
-        "Order: CompiledRead.refresh": read_us(lambda: order_by_pk.refresh(order), reads),
-        "WorkflowRun: objects.get": read_us(lambda: WorkflowRun.objects.get(pk=run.pk), reads),
-        "WorkflowRun: CompiledRead": read_us(lambda: run_by_id.get(run.pk), reads),
+        "Order by run: Order.objects.get": per_call_us(
+            lambda: Order.objects.get(run_id=run.pk), reads
+        ),
+        "Order by run: CompiledRead": per_call_us(lambda: order_by_run.get(run.pk), reads),
+        "Order: refresh_from_db": per_call_us(order.refresh_from_db, reads),
+        "Order: CompiledRead.refresh": per_call_us(lambda: order_by_pk.refresh(order), reads),
+        "WorkflowRun: objects.get": per_call_us(lambda: WorkflowRun.objects.get(pk=run.pk), reads),
+        "WorkflowRun: CompiledRead": per_call_us(lambda: run_by_id.get(run.pk), reads),
+    }
+
+
+def updates_us(updates: int) -> dict[str, float]:
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from orders.models import EmailRecord, Order
+    from workflows.engine.compiled_queries import CompiledUpdate
+    from workflows.models import RunStatus, WorkflowRun
+
+    now = timezone.now()
+    run = WorkflowRun.objects.create(
+        workflow_id="order_processing", input={}, status=RunStatus.RUNNING, lease_owner="w"
+    )
+    order = Order.objects.get(order_id="ord-cost")
+    record = EmailRecord.objects.create(order=order, kind="confirmation", recipient="a@b.c")
+    moves = Q(status__in=[RunStatus.RUNNING, RunStatus.PENDING])
+    move = {"status": RunStatus.RUNNING, "updated_at": now, "lease_expires_at": None}
+    compiled_move = CompiledUpdate(WorkflowRun, ["pk", "lease_owner"], where=moves)
+    sent_mark = CompiledUpdate(EmailRecord, ["pk"])
+    return {
+        "run move: filter().update()": per_call_us(
+            lambda: WorkflowRun.objects.filter(moves, pk=run.pk, lease_owner="w").update(**move),
+            updates,
+        ),
+        "run move: CompiledUpdate": per_call_us(
+            lambda: compiled_move.update(run.pk, "w", **move), updates
+        ),
+        "sent mark: save(update_fields)": per_call_us(
+            lambda: record.save(update_fields=["status", "sent_at"]), updates
+        ),
+        "sent mark: CompiledUpdate": per_call_us(
+            lambda: sent_mark.update(record.pk, status=record.status, sent_at=now), updates
+        ),
     }
 
 
@@ -211,6 +258,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             )
         log("order reads")
         report["read us"] = reads_us(args.calls * 3)
+        log("updates")
+        report["update us"] = updates_us(args.calls * 3)
         return report
     finally:
         for server in servers:
