@@ -129,7 +129,8 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
     record.status = EmailStatus.SENT
     record.sent_at = timezone.now()
     if not _email_record_write.update(record.pk, status=record.status, sent_at=record.sent_at):
-        raise DatabaseError("Save with update_fields did not affect any rows.")  # as `save`
+        # As `record.save()` would: the claim was released while the mail went out.
+        raise DatabaseError(f"The confirmation record of order {order.order_id} is gone.")
     return record
 
 
