@@ -21,7 +21,7 @@ def assert_held_throughout(run: WorkflowRun, done, seconds: float) -> None:
     checks = 0
     while time.monotonic() < deadline and not done():
         time.sleep(0.4)
-        assert lease_take(run.id, "intruder") is False, "another worker took the run"
+        assert lease_take(run.id, "intruder") is None, "another worker took the run"
         assert runs_reap() == [], "the reaper took a run whose worker is alive"
         checks += 1
     assert checks >= 4

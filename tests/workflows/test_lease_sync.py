@@ -69,7 +69,7 @@ def assert_held_while(run: WorkflowRun, running) -> int:
         time.sleep(LEASE / 2)
         if not running():
             break
-        assert lease_take(run.id, "intruder") is False, "another worker took the run"
+        assert lease_take(run.id, "intruder") is None, "another worker took the run"
         assert runs_reap() == [], "the reaper took a run whose worker is alive"
         checks += 1
     return checks

@@ -110,9 +110,7 @@ class _RunStateWrites(ast.NodeVisitor):
                 elif keyword.arg in {"defaults", "create_defaults"} and isinstance(
                     keyword.value, ast.Dict
                 ):
-                    written |= {
-                        k.value for k in keyword.value.keys if isinstance(k, ast.Constant)
-                    }
+                    written |= {k.value for k in keyword.value.keys if isinstance(k, ast.Constant)}
             if func.attr == "bulk_update":
                 written |= {n.value for n in ast.walk(node) if isinstance(n, ast.Constant)}
             touched = written & (RUN_STATE_FIELDS | {"**"})
@@ -249,10 +247,10 @@ def _transition_calls() -> dict[Transition, Callable[..., bool]]:
     until = now + timedelta(minutes=1)
     return {
         Transition.TAKE: lambda run_id, token: transitions.take(
-            run_id=run_id, token=token, until=until, now=now
+            run=WorkflowRun.objects.get(pk=run_id), token=token, until=until, now=now
         ),
         Transition.TAKE_OVER: lambda run_id, token: transitions.take_over(
-            run_id=run_id, token=token, until=until, now=now
+            run=WorkflowRun.objects.get(pk=run_id), token=token, until=until, now=now
         ),
         Transition.SUSPEND: lambda run_id, token: transitions.suspend(
             run_id=run_id, token=token, usage={}, now=now
@@ -321,3 +319,26 @@ def test_a_transition_that_needs_the_lease_is_refused_without_it():
         else:
             continue
         assert WorkflowRun.objects.get(pk=run.id).status == source, name
+
+
+@pytest.mark.django_db
+@pytest.mark.db_engine
+@pytest.mark.parametrize("source", [RunStatus.PENDING, RunStatus.RUNNING])
+def test_a_take_from_a_stale_read_moves_nothing(source):
+    """Two workers read the same run; the one that takes it second read it before the
+    first take and loses, even after the run came back to where it read it."""
+    now = timezone.now()
+    run = _run_in(source)  # its lease, if running, expired
+    take = transitions.take if source == RunStatus.PENDING else transitions.take_over
+    stale = WorkflowRun.objects.get(pk=run.pk)
+
+    expired = now - timedelta(minutes=1)
+    assert take(run=WorkflowRun.objects.get(pk=run.pk), token="first", until=expired, now=now)
+    # Back where the stale read saw it (handed back, or its lease expired again).
+    WorkflowRun.objects.filter(pk=run.pk).update(status=source, lease_owner=TOKEN)
+    assert not take(run=stale, token="second", until=expired, now=now)
+
+    taken = WorkflowRun.objects.get(pk=run.pk)
+    assert taken.attempts == stale.attempts + 1 and taken.lease_owner == TOKEN
+    fresh = take(run=taken, token="second", until=now + timedelta(minutes=1), now=now)
+    assert fresh and WorkflowRun.objects.get(pk=run.pk).started_at == taken.started_at

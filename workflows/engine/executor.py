@@ -19,7 +19,6 @@ from django.utils import timezone
 
 from workflows import observability
 from workflows.engine import transitions
-from workflows.engine.compiled_queries import CompiledRead
 from workflows.engine.context import WorkflowContext
 from workflows.engine.errors import LeaseLostError, Suspended, UnknownWorkflowError
 from workflows.engine.history import History, history_load
@@ -43,18 +42,14 @@ class SegmentTimeoutError(Exception):
     """A segment ran longer than WORKFLOWS_SEGMENT_TIMEOUT_SECONDS."""
 
 
-# Read at the start of every segment: compiled once (workflows/engine/compiled_queries.py).
-_run_by_id = CompiledRead(WorkflowRun, "pk")
-
-
 def _segment_begin(
     run_id: uuid.UUID | str, token: str
 ) -> tuple[WorkflowRun, History, list[Wait]] | None:
     """Take the run's lease and read what the segment replays, in one trip to a sync
     thread. None: the run is not pending, or leased elsewhere."""
-    if not lease_take(run_id, token):
+    run = lease_take(run_id, token)
+    if run is None:
         return None
-    run = _run_by_id.get(run_id)
     history = history_load(run)
     # A step can only have waited for its dependency in an earlier segment: a run's first
     # segment (the common case) spends no query on it.

@@ -2,8 +2,9 @@
 
 A run is executed by whoever holds its lease (`WorkflowRun.lease_owner` + expiry):
 
-- **take** (`lease_take`): one conditional UPDATE; only a pending run, or a running one
-  whose lease expired, can be taken. A duplicate delivery of the same task loses here.
+- **take** (`lease_take`): the run read, then one conditional UPDATE that also requires
+  what was read unchanged; only a pending run, or a running one whose lease expired, can
+  be taken. A duplicate delivery of the same task loses here.
 - **keep** (`LeaseKeeper`): one periodic UPDATE per process renews the leases of every
   segment it has in flight, however many; on the same beat, what lives with them (the
   process's block of model-call slots, `limits.py`).
@@ -35,6 +36,7 @@ from django.utils import timezone
 
 from workflows import observability
 from workflows.engine import transitions
+from workflows.engine.compiled_queries import CompiledRead
 from workflows.engine.errors import LeaseLostError
 from workflows.engine.queue import run_enqueue
 from workflows.models import RunStatus, StepRecord, WorkflowRun
@@ -51,18 +53,29 @@ def lease_token() -> str:
     return uuid.uuid4().hex
 
 
-def lease_take(run_id: uuid.UUID | str, token: str) -> bool:
-    """Take the run's lease with one conditional UPDATE, or return False. A pending run
-    is tried first; only if it is not pending, a running one whose lease expired (a
-    take-over, counted: one more UPDATE, only off the common path)."""
+# Read around every take: compiled once (workflows/engine/compiled_queries.py).
+_run_by_id = CompiledRead(WorkflowRun, "pk")
+
+
+def lease_take(run_id: uuid.UUID | str, token: str) -> WorkflowRun | None:
+    """Take the run's lease with one conditional UPDATE and return the run as taken, or
+    None. The run is read first: the take writes its counts from what it read, and
+    requires them unchanged. A pending run is taken; a running one whose lease expired
+    is taken over (counted, off the common path)."""
+    run = _run_by_id.first(run_id)
+    if run is None:
+        return None
     now = timezone.now()
     until = now + lease_duration()
-    if transitions.take(run_id=run_id, token=token, until=until, now=now):
-        return True
-    if transitions.take_over(run_id=run_id, token=token, until=until, now=now):
-        observability.lease_taken_over()
-        return True
-    return False
+    if run.status == RunStatus.PENDING:
+        taken = transitions.take(run=run, token=token, until=until, now=now)
+    elif run.status == RunStatus.RUNNING:
+        taken = transitions.take_over(run=run, token=token, until=until, now=now)
+        if taken:
+            observability.lease_taken_over()
+    else:
+        return None
+    return _run_by_id.get(run_id) if taken else None
 
 
 def lease_renew(tokens: list[str]) -> int:

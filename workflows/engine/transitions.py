@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
+from django.db.models import Q
 
 from workflows.engine.compiled_queries import CompiledUpdate
 from workflows.models import RunStatus, WorkflowRun
@@ -92,13 +91,23 @@ def lease_expired(now: datetime) -> Q:
     return Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
 
 
+def _move_keys(transition: RunTransition) -> list[str]:
+    """What a transition's UPDATE matches exactly besides the statuses it may leave: the
+    run, the caller's lease where it must hold it, and for a take the attempts the taker
+    read (a take by another worker since then wins)."""
+    keys = ["pk"]
+    if transition.lease is Lease.HELD:
+        keys.append("lease_owner")
+    if transition.target == RunStatus.RUNNING:
+        keys.append("attempts")
+    return keys
+
+
 # Each transition's UPDATE, its SQL compiled once (workflows/engine/compiled_queries.py):
 # the moves of every segment. A take-over's condition holds the time: not compiled.
 _COMPILED_MOVES = {
     name: CompiledUpdate(
-        WorkflowRun,
-        ["pk", "lease_owner"] if transition.lease is Lease.HELD else ["pk"],
-        where=Q(status__in=transition.sources),
+        WorkflowRun, _move_keys(transition), where=Q(status__in=transition.sources)
     )
     for name, transition in RUN_TRANSITIONS.items()
     if transition.lease is not Lease.EXPIRED
@@ -106,39 +115,51 @@ _COMPILED_MOVES = {
 
 
 def _move(
-    name: Transition, *, run_id: RunId, now: datetime, token: str = "", **fields: Any
+    name: Transition,
+    *,
+    run_id: RunId,
+    now: datetime,
+    token: str = "",
+    read_attempts: int | None = None,
+    **fields: Any,
 ) -> bool:
     """The one conditional UPDATE of a transition, built from its row of the table."""
     transition = RUN_TRANSITIONS[name]
     if transition.target != RunStatus.RUNNING:
         fields.update(lease_owner="", lease_expires_at=None)
     values = {"status": transition.target, "updated_at": now, **fields}
+    matched = {"pk": run_id, "lease_owner": token, "attempts": read_attempts}
+    keys = {key: matched[key] for key in _move_keys(transition)}
     if transition.lease is Lease.EXPIRED:
-        allowed = Q(pk=run_id, status__in=transition.sources) & lease_expired(now)
+        allowed = Q(status__in=transition.sources, **keys) & lease_expired(now)
         return bool(WorkflowRun.objects.filter(allowed).update(**values))
-    keys = (run_id, token) if transition.lease is Lease.HELD else (run_id,)
-    return bool(_COMPILED_MOVES[name].update(*keys, **values))
+    return bool(_COMPILED_MOVES[name].update(*keys.values(), **values))
 
 
-def _taken(*, token: str, until: datetime, now: datetime) -> dict[str, Any]:
+def _taken(run: WorkflowRun, *, token: str, until: datetime, now: datetime) -> dict[str, Any]:
+    """What a take writes, from the run as the taker read it."""
     return {
         "lease_owner": token,
         "lease_expires_at": until,
-        "attempts": F("attempts") + 1,
-        "started_at": Coalesce(F("started_at"), now),
+        "attempts": run.attempts + 1,
+        "started_at": run.started_at or now,
     }
 
 
-def take(*, run_id: RunId, token: str, until: datetime, now: datetime) -> bool:
-    """pending → running, leased to `token` until `until`."""
-    fields = _taken(token=token, until=until, now=now)
-    return _move(Transition.TAKE, run_id=run_id, now=now, **fields)
+def take(*, run: WorkflowRun, token: str, until: datetime, now: datetime) -> bool:
+    """pending → running, leased to `token` until `until`; `run` as read just before (if
+    another worker took it since, this take moves nothing)."""
+    fields = _taken(run, token=token, until=until, now=now)
+    return _move(Transition.TAKE, run_id=run.pk, now=now, read_attempts=run.attempts, **fields)
 
 
-def take_over(*, run_id: RunId, token: str, until: datetime, now: datetime) -> bool:
-    """running (lease expired) → running, leased to `token` until `until`."""
-    fields = _taken(token=token, until=until, now=now)
-    return _move(Transition.TAKE_OVER, run_id=run_id, now=now, **fields)
+def take_over(*, run: WorkflowRun, token: str, until: datetime, now: datetime) -> bool:
+    """running (lease expired) → running, leased to `token` until `until`; `run` as read
+    just before (if another worker took it since, this take moves nothing)."""
+    fields = _taken(run, token=token, until=until, now=now)
+    return _move(
+        Transition.TAKE_OVER, run_id=run.pk, now=now, read_attempts=run.attempts, **fields
+    )
 
 
 def leases_extend(*, tokens: list[str], until: datetime) -> int:
