@@ -104,7 +104,7 @@ def _move_keys(transition: RunTransition) -> list[str]:
 
 
 # Each transition's UPDATE, its SQL compiled once (workflows/engine/compiled_queries.py):
-# the moves of every segment. A take-over's condition holds the time: not compiled.
+# the moves of every segment. A take-over's and a reap's hold the time: not compiled.
 _COMPILED_MOVES = {
     name: CompiledUpdate(
         WorkflowRun, _move_keys(transition), where=Q(status__in=transition.sources)
