@@ -166,7 +166,7 @@ class Order(models.Model):
         """Whether the customer's confirmation went out: the reviewers' emails are
         recorded for the order too, and are not it."""
         using = self._state.db or DEFAULT_DB_ALIAS
-        return _confirmation_sent.first(self.pk, using=using) is not None
+        return _confirmation_sent.exists(self.pk, using=using)
 
 
 class EmailKind(models.TextChoices):

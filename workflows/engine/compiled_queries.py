@@ -36,7 +36,7 @@ touch_if_pending.update(run.pk, updated_at=timezone.now())  # rows written: 0 or
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
@@ -45,9 +45,43 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Field, Model, Q
 
 M = TypeVar("M", bound=Model)
+C = TypeVar("C")
 
 # A value of the field's type to compile the SQL with (integers for the rest).
 _STAND_INS: dict[str, Any] = {"UUIDField": uuid.UUID(int=0), "CharField": "", "TextField": ""}
+
+
+def _stand_in(field: "Field[Any, Any]") -> Any:
+    return _STAND_INS.get(field.get_internal_type(), 0)
+
+
+def _stand_ins_lead(
+    params: Sequence[Any], fields: Sequence["Field[Any, Any]"], connection: Any, what: str
+) -> int:
+    """Check that the compiled statement's first parameters are the stand-ins of `fields`
+    (the values each call replaces); returns how many they are."""
+    expected = [f.get_db_prep_value(_stand_in(f), connection, prepared=False) for f in fields]
+    if list(params[: len(expected)]) != expected:
+        raise ValueError(f"{what}: not the first parameters")
+    return len(expected)
+
+
+class _Built(Generic[C]):
+    """What a compiled query built, per key (a database alias, and what varies): built
+    once, under a lock, however many threads ask at once."""
+
+    def __init__(self) -> None:
+        self._built: dict[Hashable, C] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], C]) -> C:
+        built = self._built.get(key)
+        if built is None:
+            with self._lock:
+                built = self._built.get(key)
+                if built is None:
+                    built = self._built[key] = build()
+        return built
 
 
 @dataclass(frozen=True)
@@ -78,8 +112,7 @@ class CompiledRead(Generic[M]):
         self.field = field
         self.where = where or Q()
         self.order_by = tuple(order_by)
-        self._compiled: dict[tuple[str, bool], _Compiled] = {}
-        self._lock = threading.Lock()
+        self._compiled: _Built[_Compiled] = _Built()
 
     @cached_property
     def _value_field(self) -> "Field[Any, Any]":
@@ -88,11 +121,9 @@ class CompiledRead(Generic[M]):
     def _compile(self, alias: str, *, pk_only: bool) -> _Compiled:
         # The value compiled in is a stand-in: the first parameter (the first condition,
         # and plain columns take none), replaced on each read.
-        connection = connections[alias]
-        stand_in = _STAND_INS.get(self._value_field.get_internal_type(), 0)
         rows = (
             self.model._default_manager.using(alias)
-            .filter(**{self.field: stand_in})
+            .filter(**{self.field: _stand_in(self._value_field)})
             .filter(self.where)
             .order_by(*self.order_by)
         )
@@ -100,9 +131,8 @@ class CompiledRead(Generic[M]):
             rows = rows.only("pk")
         compiler = rows.query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
-        expected = self._value_field.get_db_prep_value(stand_in, connection, prepared=False)
-        if not params or params[0] != expected:
-            raise ValueError(f"{self.model.__name__}.{self.field}: not the first parameter")
+        what = f"{self.model.__name__}.{self.field}"
+        _stand_ins_lead(params, [self._value_field], connections[alias], what)
         columns = [column for column, _, _ in compiler.select]
         return _Compiled(
             sql=sql,
@@ -115,17 +145,10 @@ class CompiledRead(Generic[M]):
         )
 
     def _compiled_for(self, alias: str, *, pk_only: bool = False) -> _Compiled:
-        compiled = self._compiled.get((alias, pk_only))
-        if compiled is None:
-            with self._lock:
-                compiled = self._compiled.setdefault(
-                    (alias, pk_only), self._compile(alias, pk_only=pk_only)
-                )
-        return compiled
+        return self._compiled.get((alias, pk_only), lambda: self._compile(alias, pk_only=pk_only))
 
-    def _fetch(self, value: Any, using: str, *, one: bool, pk_only: bool = False) -> list[Any]:
+    def _fetch(self, compiled: _Compiled, value: Any, using: str, *, one: bool) -> list[Any]:
         connection = connections[using]
-        compiled = self._compiled_for(using, pk_only=pk_only)
         param = self._value_field.get_db_prep_value(value, connection, prepared=False)
         with connection.cursor() as cursor:
             cursor.execute(compiled.sql, [param, *compiled.params])
@@ -135,7 +158,7 @@ class CompiledRead(Generic[M]):
     def _rows(self, value: Any, using: str, *, one: bool) -> list[M]:
         connection = connections[using]
         compiled = self._compiled_for(using)
-        rows = self._fetch(value, using, one=one)
+        rows = self._fetch(compiled, value, using, one=one)
         instances = []
         for row in rows:
             values = list(row)
@@ -156,7 +179,8 @@ class CompiledRead(Generic[M]):
 
     def exists(self, value: Any, *, using: str = DEFAULT_DB_ALIAS) -> bool:
         """Whether a row's field is `value` (reads its primary key only)."""
-        return bool(self._fetch(value, using, one=True, pk_only=True))
+        compiled = self._compiled_for(using, pk_only=True)
+        return bool(self._fetch(compiled, value, using, one=True))
 
     def get(self, value: Any, *, using: str = DEFAULT_DB_ALIAS) -> M:
         """The row whose field is `value`; `model.DoesNotExist` if none (the field is
@@ -194,8 +218,7 @@ class CompiledUpdate(Generic[M]):
         self.model = model
         self.keys = tuple(keys)
         self.where = where or Q()
-        self._compiled: dict[tuple[str, tuple[str, ...]], _CompiledWrite] = {}
-        self._lock = threading.Lock()
+        self._compiled: _Built[_CompiledWrite] = _Built()
 
     @cached_property
     def _key_fields(self) -> list["Field[Any, Any]"]:
@@ -204,20 +227,15 @@ class CompiledUpdate(Generic[M]):
     def _compile(self, alias: str, names: tuple[str, ...]) -> _CompiledWrite:
         connection = connections[alias]
         rows = self.model._default_manager.using(alias).all()
-        stand_ins = [_STAND_INS.get(f.get_internal_type(), 0) for f in self._key_fields]
-        for key, stand_in in zip(self.keys, stand_ins, strict=True):
-            rows = rows.filter(**{key: stand_in})  # one filter each: the keys' order kept
+        for key, key_field in zip(self.keys, self._key_fields, strict=True):
+            rows = rows.filter(**{key: _stand_in(key_field)})  # one each: the keys' order kept
         query = rows.filter(self.where).query
         if sum(1 for count in query.alias_refcount.values() if count) != 1:  # no join
             raise ValueError(f"{self.model.__name__}: a compiled update reads one table only")
         compiler = query.get_compiler(using=alias)
         where_sql, where_params = compiler.compile(query.where)
-        expected = [
-            field.get_db_prep_value(stand_in, connection, prepared=False)
-            for field, stand_in in zip(self._key_fields, stand_ins, strict=True)
-        ]
-        if list(where_params[: len(expected)]) != expected:
-            raise ValueError(f"{self.model.__name__}.{self.keys}: not the first parameters")
+        what = f"{self.model.__name__}.{self.keys}"
+        keys = _stand_ins_lead(where_params, self._key_fields, connection, what)
         fields: list[Field[Any, Any]] = []
         for name in names:
             field = self.model._meta.get_field(name)
@@ -231,15 +249,8 @@ class CompiledUpdate(Generic[M]):
         return _CompiledWrite(
             sql=f"UPDATE {quote(self.model._meta.db_table)} SET {assignments} WHERE {where_sql}",
             fields=fields,
-            where_params=list(where_params[len(expected) :]),
+            where_params=list(where_params[keys:]),
         )
-
-    def _compiled_for(self, alias: str, names: tuple[str, ...]) -> _CompiledWrite:
-        compiled = self._compiled.get((alias, names))
-        if compiled is None:
-            with self._lock:
-                compiled = self._compiled.setdefault((alias, names), self._compile(alias, names))
-        return compiled
 
     def update(self, *key_values: Any, using: str = DEFAULT_DB_ALIAS, **values: Any) -> int:
         """Write `values` to the rows whose keys are `key_values` (in the order the keys
@@ -254,7 +265,8 @@ class CompiledUpdate(Generic[M]):
                 rows = rows.filter(**{key: value})
             return rows.filter(self.where).update(**values)
         connection = connections[using]
-        compiled = self._compiled_for(using, tuple(values))
+        names = tuple(values)
+        compiled = self._compiled.get((using, names), lambda: self._compile(using, names))
         params = []
         for field, value in zip(compiled.fields, values.values(), strict=True):
             if field.remote_field and hasattr(value, "prepare_database_save"):
