@@ -128,6 +128,52 @@ def test_a_full_cap_held_elsewhere_is_not_granted(short_lease):
     run(main)
 
 
+def test_calls_waiting_on_a_full_cap_poll_the_database_together(short_lease, monkeypatch):
+    """A hundred calls waiting on a full cap must not each ask the database for a slot
+    every few milliseconds: that polling was a quarter of a loaded worker's CPU. The
+    block polls once per pause for all of them, and hands a grown block to all."""
+    polls = 0
+
+    def counted_take(**kwargs: Any) -> list[int]:
+        nonlocal polls
+        polls += 1
+        return slots_take(**kwargs)
+
+    monkeypatch.setattr("workflows.engine.limits.slots_take", counted_take)
+    waiting_calls = 40
+
+    async def main() -> None:
+        first, second = SlotPool(), SlotPool()
+        release, done = asyncio.Event(), asyncio.Event()
+        held = [await enter(first, 2, release) for _ in range(2)]
+        granted = 0
+
+        async def call() -> None:
+            nonlocal granted
+            async with second.slot(RESOURCE, limit=2):
+                granted += 1
+                await done.wait()
+
+        waiting = [asyncio.create_task(call()) for _ in range(waiting_calls)]
+        await asyncio.sleep(LEASE / 2)  # the cap stays full meanwhile
+        assert granted == 0
+        # Each call polling on its own backoff polled 3-4 times by now (139 polls in
+        # all); the block's one backoff, capped at a tenth of a lease, at most 13 times.
+        assert polls < waiting_calls / 2
+        release.set()
+        await asyncio.gather(*held)
+        await first.close()
+        deadline = time.monotonic() + LEASE
+        while granted < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert granted == 2  # the freed cap, to two of the waiting calls at once
+        done.set()
+        await asyncio.gather(*waiting)
+        await second.close()
+
+    run(main)
+
+
 def test_calls_within_a_block_write_nothing_and_idle_slots_go_back_on_the_beat(short_lease):
     pool = SlotPool()
 

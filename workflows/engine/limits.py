@@ -11,8 +11,9 @@ runtime, or an inline execution) holds a *block* of rows under one holder id
 
 - **grow**: a call that finds its block full takes, in one conditional UPDATE, what the
   process's waiting calls need, up to the cap, from free rows (no holder, or an expired
-  one). None free: it waits for one of its own calls to finish or polls again, backing
-  off up to `MAX_POLL_SECONDS`.
+  one). None free: its calls wait for one of their own to finish or for the block's next
+  poll, one statement for all of them, backing off up to `MAX_POLL_SECONDS` (a full cap
+  with a hundred calls waiting costs the database one poll, not a hundred).
 - **renew**: on the `LeaseKeeper`'s beat, with the runs' leases, for
   `WORKFLOWS_LEASE_SECONDS`. A process that dies stops renewing: its slots are free one
   lease period later, as its runs are.
@@ -60,8 +61,8 @@ from workflows.engine.leases import lease_duration
 from workflows.engine.runtime import loop_resource, run_sync, segment_runtime
 from workflows.models import ConcurrencySlot
 
-# Waiting for a slot polls the database, backing off up to this long (and never more
-# than a tenth of a lease) between tries.
+# A full cap is polled again after a pause that doubles up to this long (and never more
+# than a tenth of a lease).
 MAX_POLL_SECONDS = 1.0
 FIRST_POLL_SECONDS = 0.02
 # A block is trusted this long after its last renewal, as a fraction of the lease: the
@@ -69,6 +70,10 @@ FIRST_POLL_SECONDS = 0.02
 TRUSTED_LEASE_FRACTION = 0.8
 
 _POOL_KEY = "workflows.engine.limits.SlotPool"
+
+
+def _longest_pause() -> float:
+    return min(MAX_POLL_SECONDS, lease_duration().total_seconds() / 10)
 
 
 def concurrency_limit(resource: str) -> int | None:
@@ -142,6 +147,10 @@ class _Block:
     peak: int = 0  # the most in use at once since the last beat
     waiting: int = 0
     renewed_at: float = 0.0  # time.monotonic() just before the oldest row's last renewal
+    # After a take found the cap full: no take before `poll_after` (time.monotonic()),
+    # and the pause after the next empty one.
+    poll_after: float = 0.0
+    pause: float = FIRST_POLL_SECONDS
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # grow, renew, shrink
     freed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -180,30 +189,32 @@ class SlotPool:
 
     async def _acquire(self, block: _Block, resource: str, limit: int) -> None:
         pause = FIRST_POLL_SECONDS
-        longest = min(MAX_POLL_SECONDS, lease_duration().total_seconds() / 10)
         block.waiting += 1
         try:
             while not self._spare(block):
                 if await self._grow(block, resource, limit):
                     continue
-                async with block.freed:  # one of ours finishes, or poll again
+                # One of ours finishes, or the block's next poll is due.
+                wait = max(block.poll_after - time.monotonic(), pause * random.uniform(0.5, 1.5))
+                async with block.freed:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(block.freed.wait(), pause * random.uniform(0.5, 1.5))
-                pause = min(pause * 2, longest)
+                        await asyncio.wait_for(block.freed.wait(), wait)
+                pause = min(pause * 2, _longest_pause())
         finally:
             block.waiting -= 1
         block.in_use += 1
         block.peak = max(block.peak, block.in_use)
 
     async def _grow(self, block: _Block, resource: str, limit: int) -> bool:
-        """Take what the waiting calls need, up to the cap. False: nothing taken."""
+        """Take what the waiting calls need, up to the cap. False: nothing taken (or
+        the cap was full too recently to ask again)."""
         async with block.lock:
             if self._spare(block):
                 return True
             if block.held and not self._trusted(block):
                 block.held = []  # lapsed: taken again (its own rows included) below
             want = min(limit, block.in_use + block.waiting) - len(block.held)
-            if want <= 0:
+            if want <= 0 or time.monotonic() < block.poll_after:
                 return False
             started = time.monotonic()
             # Cancelled during the statement, a call leaves rows under this holder that
@@ -212,11 +223,16 @@ class SlotPool:
                 resource=resource, limit=limit, holder=self.holder, count=want, exclude=block.held
             )
             if not got:
+                block.poll_after = time.monotonic() + block.pause * random.uniform(0.5, 1.5)
+                block.pause = min(block.pause * 2, _longest_pause())
                 return False
+            block.poll_after, block.pause = 0.0, FIRST_POLL_SECONDS
             if not block.held:
                 block.renewed_at = started
             block.held += got
-            return True
+        async with block.freed:  # the block grew for the other waiting calls too
+            block.freed.notify(len(got) - 1)
+        return True
 
     async def heartbeat(self) -> None:
         """Renew the blocks for one lease, giving back what no call used since the
