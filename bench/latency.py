@@ -259,12 +259,27 @@ def run_latency(
         per_worker_peak = result["running_per_worker_max"]
         result["rss_per_run_kib"] = growth * 1024 / per_worker_peak if per_worker_peak else 0
         # With WORKFLOWS_CONCURRENCY segments per worker on one event loop, a model wait
-        # holds a slot, not a process: throughput ≤ slots ÷ (model calls per order *
-        # latency), before CPU and the database's commits become the limit.
-        slots = args.workers * args.concurrency
-        result["slot_bound_orders_per_s"] = (
-            slots / (calls_per_order * latency) if latency > 0 else float("inf")
-        )
+        # holds a slot, not a process, and one of the cluster's model-call cap:
+        # throughput ≤ the fewer of the two ÷ (model calls per order * latency), before
+        # CPU and the database's commits become the limit. A run of N orders also fills
+        # and drains the pipeline: its window is at least N ÷ that bound + one order's
+        # model time.
+        from orders.agents import order_agent  # Django is set up by now
+        from workflows.engine.limits import concurrency_limit
+
+        in_flight = args.workers * args.concurrency
+        provider = "simulated" if args.simulated else order_agent.provider
+        if cap := concurrency_limit(f"{provider}:{order_agent.model}"):
+            in_flight = min(in_flight, cap)
+        model_seconds = calls_per_order * latency
+        result["model_cap"] = cap
+        result["bound_orders_per_s"] = result["bound_window_orders_per_s"] = float("inf")
+        if model_seconds:
+            steady = in_flight / model_seconds
+            result["bound_orders_per_s"] = steady
+            result["bound_window_orders_per_s"] = len(submissions) / (
+                len(submissions) / steady + model_seconds
+            )
         return result
     except KeyboardInterrupt:
         keep_log = False  # logs are for failures
@@ -316,7 +331,8 @@ def render(report: dict[str, Any]) -> str:
         "workers",
         "orders",
         "orders/s",
-        "slots ÷ (calls * latency)",
+        "bound: slots or cap ÷ (calls * latency)",
+        "bound for N orders",
         "model calls/order",
         "e2e p50 s",
         "e2e p95 s",
@@ -336,7 +352,8 @@ def render(report: dict[str, Any]) -> str:
                 str(r["workers"]),
                 str(r["orders"]),
                 f"{r['orders_per_s']:.2f}",
-                f"{r['slot_bound_orders_per_s']:.1f}",
+                f"{r['bound_orders_per_s']:.1f}",
+                f"{r['bound_window_orders_per_s']:.1f}",
                 f"{r['llm_calls_per_order']:.2f}",
                 f"{r['e2e_p50_s']:.1f}",
                 f"{r['e2e_p95_s']:.1f}",
@@ -374,8 +391,10 @@ def render(report: dict[str, Any]) -> str:
         )
         lines.extend(run_details(r))
     lines.append(
-        "a model wait holds one of the worker's WORKFLOWS_CONCURRENCY slots, not the process: "
-        "throughput ≤ slots ÷ (model calls per order * latency) until CPU or commits bound it"
+        "a model wait holds one of the worker's WORKFLOWS_CONCURRENCY slots (not the process) "
+        "and one of the cluster's WORKFLOWS_MODEL_CONCURRENCY: throughput ≤ the fewer of the two "
+        "÷ (model calls per order * latency) until CPU or commits bound it; N orders take at "
+        "least N ÷ that + one order's model time"
     )
     return "\n".join(lines)
 
