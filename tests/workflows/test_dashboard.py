@@ -71,6 +71,13 @@ def test_series_beyond_the_top_ones_are_summed_as_other():
     assert sum(sum(s.values) for s in series) == sum(range(1, TOP_SERIES + 3))
 
 
+def _recent_mid_hour() -> datetime:
+    """A recent "now" 35 minutes into its hour: a minute or two before it is the same hour
+    whatever the clock says when the test runs (at 11:01, "now" was the hour's first
+    minute, and one minute before it fell in the hour before)."""
+    return timezone.now().replace(minute=35, second=0, microsecond=0) - timedelta(hours=1)
+
+
 def _run(status: str, finished_at: datetime, workflow_id: str = "test.counting") -> WorkflowRun:
     return WorkflowRun.objects.create(
         workflow_id=workflow_id, input={}, status=status, finished_at=finished_at
@@ -78,7 +85,7 @@ def _run(status: str, finished_at: datetime, workflow_id: str = "test.counting")
 
 
 def test_run_failures_are_counted_in_the_hour_they_failed_by_workflow():
-    now = timezone.now()
+    now = _recent_mid_hour()
     _run(RunStatus.FAILED, now - timedelta(minutes=1))
     _run(RunStatus.FAILED, now - timedelta(minutes=2), "test.flaky")
     _run(RunStatus.FAILED, now - timedelta(hours=3))
@@ -92,7 +99,7 @@ def test_run_failures_are_counted_in_the_hour_they_failed_by_workflow():
 
 
 def test_model_cost_is_summed_per_hour_from_the_llm_steps():
-    now = timezone.now()
+    now = _recent_mid_hour()
     run = _run(RunStatus.COMPLETED, now)
     for position, (minutes, microusd) in enumerate([(1, 250_000), (2, 750_000), (90, 2_000_000)]):
         at = now - timedelta(minutes=minutes)
