@@ -45,7 +45,11 @@ def test_orders_per_minute_by_outcome_from_real_orders(place_order, queue_captur
     place_order("30.00", order_id="small-2")
     place_order("2500.00", order_id="big-1")
     queue_capture.drain()
-    data = orders_per_minute(now=timezone.now())
+    # Placed, then read a moment later: pinned inside one minute, so that a minute's turn
+    # between the two cannot put them in different buckets.
+    now = timezone.now().replace(second=30, microsecond=0)
+    Order.objects.update(created_at=now - timedelta(seconds=10))
+    data = orders_per_minute(now=now)
     by_name = {s.name: s.values for s in data.series}
     assert by_name[OrderStatus.COMPLETED][-1] == 2
     assert by_name[OrderStatus.AWAITING_REVIEW][-1] == 1
