@@ -42,7 +42,7 @@ from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from django.db.models import Field, Model, Q
+from django.db.models import Field, Model, Q, QuerySet
 
 M = TypeVar("M", bound=Model)
 C = TypeVar("C")
@@ -224,12 +224,17 @@ class CompiledUpdate(Generic[M]):
     def _key_fields(self) -> list["Field[Any, Any]"]:
         return [_value_field(self.model, key) for key in self.keys]
 
+    def _matching(self, alias: str, key_values: Sequence[Any]) -> "QuerySet[M]":
+        """The rows the update writes, as a queryset: one filter per key, in the keys'
+        order (the compiled WHERE's parameters lead with them), then `where`."""
+        rows = self.model._default_manager.using(alias).all()
+        for key, value in zip(self.keys, key_values, strict=True):
+            rows = rows.filter(**{key: value})
+        return rows.filter(self.where)
+
     def _compile(self, alias: str, names: tuple[str, ...]) -> _CompiledWrite:
         connection = connections[alias]
-        rows = self.model._default_manager.using(alias).all()
-        for key, key_field in zip(self.keys, self._key_fields, strict=True):
-            rows = rows.filter(**{key: _stand_in(key_field)})  # one each: the keys' order kept
-        query = rows.filter(self.where).query
+        query = self._matching(alias, [_stand_in(field) for field in self._key_fields]).query
         if sum(1 for count in query.alias_refcount.values() if count) != 1:  # no join
             raise ValueError(f"{self.model.__name__}: a compiled update reads one table only")
         compiler = query.get_compiler(using=alias)
@@ -260,10 +265,7 @@ class CompiledUpdate(Generic[M]):
             raise TypeError(f"expected {len(self.keys)} key values, got {len(key_values)}")
         if any(hasattr(value, "resolve_expression") for value in values.values()):
             # An expression's SQL is its own: the ORM compiles it, as it always would.
-            rows = self.model._default_manager.using(using).all()
-            for key, value in zip(self.keys, key_values, strict=True):
-                rows = rows.filter(**{key: value})
-            return rows.filter(self.where).update(**values)
+            return self._matching(using, key_values).update(**values)
         connection = connections[using]
         names = tuple(values)
         compiled = self._compiled.get((using, names), lambda: self._compile(using, names))

@@ -76,6 +76,11 @@ def _longest_pause() -> float:
     return min(MAX_POLL_SECONDS, lease_duration().total_seconds() / 10)
 
 
+def _jittered(pause: float) -> float:
+    # Spread: processes and calls that waited together do not poll together.
+    return pause * random.uniform(0.5, 1.5)
+
+
 def concurrency_limit(resource: str) -> int | None:
     """The configured cap for `provider:model`, else for `provider`, else none."""
     limits: dict[str, int] = settings.WORKFLOWS_MODEL_CONCURRENCY
@@ -195,7 +200,7 @@ class SlotPool:
                 if await self._grow(block, resource, limit):
                     continue
                 # One of ours finishes, or the block's next poll is due.
-                wait = max(block.poll_after - time.monotonic(), pause * random.uniform(0.5, 1.5))
+                wait = max(block.poll_after - time.monotonic(), _jittered(pause))
                 async with block.freed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(block.freed.wait(), wait)
@@ -223,7 +228,7 @@ class SlotPool:
                 resource=resource, limit=limit, holder=self.holder, count=want, exclude=block.held
             )
             if not got:
-                block.poll_after = time.monotonic() + block.pause * random.uniform(0.5, 1.5)
+                block.poll_after = time.monotonic() + _jittered(block.pause)
                 block.pause = min(block.pause * 2, _longest_pause())
                 return False
             block.poll_after, block.pause = 0.0, FIRST_POLL_SECONDS
