@@ -258,8 +258,18 @@ def order_event_emit(*, order: Order | None, type: WebhookEvent | None) -> list[
     if order is None or type is None or order.client_id is None:
         return []
     try:
+        type = WebhookEvent(type)
+        endpoints = [
+            endpoint
+            for endpoint in _enabled_endpoints_of.all(order.client_id)
+            if type in endpoint.events
+        ]
+        # Most clients subscribe to nothing: then no transaction, which on SQLite would
+        # take the database's one write lock to write nothing.
+        if not endpoints:
+            return []
         with transaction.atomic():
-            return _deliveries_create(order_pk=order.pk, client_id=order.client_id, type=type)
+            return _deliveries_create(order_pk=order.pk, endpoints=endpoints, type=type)
     except Exception:
         logger.exception("order %s: event %s could not be emitted", order.order_id, type)
         return []
@@ -269,13 +279,9 @@ def order_event_emit(*, order: Order | None, type: WebhookEvent | None) -> list[
 _enabled_endpoints_of = CompiledRead(WebhookEndpoint, "client_id", where=Q(enabled=True))
 
 
-def _deliveries_create(*, order_pk: int, client_id: int, type: str) -> list[WebhookDelivery]:
-    type = WebhookEvent(type)
-    endpoints = [
-        endpoint for endpoint in _enabled_endpoints_of.all(client_id) if type in endpoint.events
-    ]
-    if not endpoints:
-        return []
+def _deliveries_create(
+    *, order_pk: int, endpoints: list[WebhookEndpoint], type: WebhookEvent
+) -> list[WebhookDelivery]:
     order = orders_list().get(pk=order_pk)
     if not _order_announces(order, type):
         return []

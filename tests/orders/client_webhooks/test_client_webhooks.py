@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from orders.client_webhooks import services as client_webhooks
@@ -313,6 +315,20 @@ def test_another_clients_endpoint_and_clientless_orders_get_nothing(
     assert {e["data"]["order_id"] for e in events_of(receiver, mine.secret)} == {"ord-1"}
     assert other_receiver.received == []
     assert not WebhookDelivery.objects.filter(endpoint__client=other).exists()
+
+
+def test_an_event_nobody_subscribes_to_writes_nothing_and_locks_nothing(
+    intake, receiver, queue_capture
+):
+    """Most orders' events find no endpoint: then no transaction, which on SQLite would
+    take the database's one write lock, that every worker waits for, to write nothing."""
+    webhook_endpoint_create(client=intake, url=receiver.url, events=["order.completed"])
+    order = place(intake, "250.00", "ord-1")  # its order.created: not subscribed
+    assert not WebhookDelivery.objects.exists()
+    with CaptureQueriesContext(connection) as queries:
+        assert order_event_emit(order=order, type=WebhookEvent.REJECTED) == []
+    statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
+    assert statements == ["SELECT"]  # the client's endpoints; no BEGIN, no write
 
 
 def test_a_failing_emit_never_fails_the_order(intake, receiver, queue_capture, monkeypatch):
