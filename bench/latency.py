@@ -231,6 +231,9 @@ def run_latency(
             "wrong_count": len(wrong),
             "window_s": window,
             "orders_per_s": len(submissions) / window,
+            # How fast the API took the orders in: below the bound, the intake is the limit.
+            "intake_orders_per_s": len(submissions)
+            / (max(s.answered for s in submissions) - first_submit),
             "llm_calls_per_order": calls_per_order,
             "e2e_p50_s": percentile(e2e, 50),
             "e2e_p95_s": percentile(e2e, 95),
@@ -331,6 +334,7 @@ def render(report: dict[str, Any]) -> str:
         "workers",
         "orders",
         "orders/s",
+        "intake orders/s",
         "bound: slots or cap ÷ (calls * latency)",
         "bound for N orders",
         "model calls/order",
@@ -352,6 +356,7 @@ def render(report: dict[str, Any]) -> str:
                 str(r["workers"]),
                 str(r["orders"]),
                 f"{r['orders_per_s']:.2f}",
+                f"{r['intake_orders_per_s']:.1f}",
                 f"{r['bound_orders_per_s']:.1f}",
                 f"{r['bound_window_orders_per_s']:.1f}",
                 f"{r['llm_calls_per_order']:.2f}",
