@@ -250,6 +250,10 @@ def _order_announces(order: Order, type: WebhookEvent) -> bool:
     )
 
 
+# Asked at every event of every order, most often to find none: compiled once.
+_enabled_endpoints_of = CompiledRead(WebhookEndpoint, "client_id", where=Q(enabled=True))
+
+
 def order_event_emit(*, order: Order | None, type: WebhookEvent | None) -> list[WebhookDelivery]:
     """Tell the order's client that `type` happened: a delivery (and its run) for each
     of the client's enabled endpoints subscribed to it, in the caller's transaction.
@@ -273,10 +277,6 @@ def order_event_emit(*, order: Order | None, type: WebhookEvent | None) -> list[
     except Exception:
         logger.exception("order %s: event %s could not be emitted", order.order_id, type)
         return []
-
-
-# Asked at every event of every order, most often to find none: compiled once.
-_enabled_endpoints_of = CompiledRead(WebhookEndpoint, "client_id", where=Q(enabled=True))
 
 
 def _deliveries_create(
