@@ -308,11 +308,14 @@ WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("Q_TIMEOUT", 600)
 # Cluster-wide caps on model calls in flight: "provider:model=N" or "provider=N", comma-
 # separated (workflows/engine/limits.py). The simulated provider is not capped unless named.
 # Each process leases a block of slots with its runs' leases (WORKFLOWS_LEASE_SECONDS): a
-# dead process's slots are free again one lease period after it died.
+# dead process's slots are free again one lease period after it died. The default, 200, is
+# what one machine's default cluster (two workers of WORKFLOWS_CONCURRENCY 100) can have in
+# flight: the cap binds once the cluster grows past one machine, or where it is set to the
+# provider's rate limit (docs/deploy.md, "Model-provider limits").
 WORKFLOWS_MODEL_CONCURRENCY = {
     name.strip(): int(limit)
     for name, _, limit in (
-        item.partition("=") for item in env_list("WORKFLOWS_MODEL_CONCURRENCY", ["openai=100"])
+        item.partition("=") for item in env_list("WORKFLOWS_MODEL_CONCURRENCY", ["openai=200"])
     )
 }
 # Dollars per million input/output tokens, by model name (a dated name such as
