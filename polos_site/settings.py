@@ -160,9 +160,8 @@ DATABASES = {
 # DATABASE_POOL_MAX_SIZE connections, whatever its threads do: a web process's request
 # threads and a worker's sync threads borrow one per request or call and give it back.
 DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 8)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
-    "DATABASE_POOL", True
-):
+_ENGINE = DATABASES["default"]["ENGINE"]
+if _ENGINE == "django.db.backends.postgresql" and env_bool("DATABASE_POOL", True):
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -171,17 +170,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
         "timeout": env_int("DATABASE_POOL_TIMEOUT", 30),
     }
 # PostgreSQL: parameters bound by the server rather than quoted into the SQL by psycopg in
-# Python, and a statement run five times on a connection prepared there once: a fifth to a
-# quarter less CPU per order, client and server together (bench/README.md, "Seventh pass").
-# Behind PgBouncer's transaction pooling before 1.21, which loses prepared statements, set
-# DATABASE_SERVER_SIDE_BINDING=0.
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
-    "DATABASE_SERVER_SIDE_BINDING", True
-):
+# Python, and repeated statements prepared there; why, and when to turn it off:
+# docs/deploy.md, "Database connections".
+if _ENGINE == "django.db.backends.postgresql" and env_bool("DATABASE_SERVER_SIDE_BINDING", True):
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         server_side_binding=True, prepare_threshold=5
     )
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if _ENGINE == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
@@ -308,10 +303,8 @@ WORKFLOWS_SEGMENT_TIMEOUT_SECONDS = env_int("Q_TIMEOUT", 600)
 # Cluster-wide caps on model calls in flight: "provider:model=N" or "provider=N", comma-
 # separated (workflows/engine/limits.py). The simulated provider is not capped unless named.
 # Each process leases a block of slots with its runs' leases (WORKFLOWS_LEASE_SECONDS): a
-# dead process's slots are free again one lease period after it died. The default, 200, is
-# what one machine's default cluster (two workers of WORKFLOWS_CONCURRENCY 100) can have in
-# flight: the cap binds once the cluster grows past one machine, or where it is set to the
-# provider's rate limit (docs/deploy.md, "Model-provider limits").
+# dead process's slots are free again one lease period after it died. Why the default is
+# 200, and what to set instead: docs/deploy.md, "Model-provider limits".
 WORKFLOWS_MODEL_CONCURRENCY = {
     name.strip(): int(limit)
     for name, _, limit in (
