@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
 from workflows import NonRetryableError
 from workflows.engine.compiled_queries import CompiledUpdate
+from workflows.engine.durability import durable_atomic
 
 from .mail import delivery_outcome, email_failure
 from .models import EmailKind, EmailRecord, EmailStatus, Order, OrderStatus
@@ -63,7 +64,8 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
     subject = f"Your order {order.order_id} is confirmed"
     message_id = confirmation_message_id(order)
     try:
-        with transaction.atomic():
+        # On disk before the message leaves, even in a worker (workflows.engine.durability).
+        with durable_atomic():
             status = Order.objects.select_for_update().values_list("status", flat=True)
             if status.get(pk=order.pk) == OrderStatus.CANCELLED:
                 raise ConfirmationRefusedError(
@@ -229,17 +231,24 @@ def _review_email_claim(
     recipient = ", ".join(recipients)
     if len(recipient) > EMAIL_RECIPIENT_MAX_LENGTH:
         recipient = recipient[: EMAIL_RECIPIENT_MAX_LENGTH - 3].rsplit(",", 1)[0] + ", …"
+    # Either claim is on disk before the message leaves (workflows.engine.durability).
     try:
-        with transaction.atomic():
+        with durable_atomic():
             record = EmailRecord.objects.create(
                 order=order, kind=kind, recipient=recipient, subject=subject, message_id=message_id
             )
         return record, True
     except IntegrityError:
         pass
-    claimed = EmailRecord.objects.filter(order=order, kind=kind, status=EmailStatus.FAILED).update(
-        status=EmailStatus.SENDING, recipient=recipient, subject=subject, created_at=timezone.now()
-    )
+    with durable_atomic():
+        claimed = EmailRecord.objects.filter(
+            order=order, kind=kind, status=EmailStatus.FAILED
+        ).update(
+            status=EmailStatus.SENDING,
+            recipient=recipient,
+            subject=subject,
+            created_at=timezone.now(),
+        )
     existing = EmailRecord.objects.filter(order=order, kind=kind).first()
     if not claimed and existing is not None and existing.status == EmailStatus.SENDING:
         logger.warning(

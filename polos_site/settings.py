@@ -296,6 +296,9 @@ WORKFLOWS_SYNC_THREADS = env_int("WORKFLOWS_SYNC_THREADS", 6)
 # On SIGTERM or recycle: how long in-flight segments may finish before their runs are
 # handed back to the queue. With the 5 s step grace the worker exits within 30 s.
 WORKFLOWS_DRAIN_SECONDS = env_int("WORKFLOWS_DRAIN_SECONDS", 20)
+# A worker cluster's commits do not wait for the disk, except those that guard an outside
+# effect; 1 makes them all wait (workflows/engine/durability.py says why not by default).
+WORKFLOWS_WORKER_DURABLE_COMMITS = env_bool("WORKFLOWS_WORKER_DURABLE_COMMITS", False)
 # How long a task waits for a free slot before it goes back on the queue (below Q_TIMEOUT).
 WORKFLOWS_SLOT_WAIT_SECONDS = min(60, env_int("Q_TIMEOUT", 600) // 2)
 # The longest segment (start or resume to complete, fail or suspend), model calls included.

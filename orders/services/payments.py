@@ -13,6 +13,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from workflows.engine.compiled_queries import CompiledUpdate
+from workflows.engine.durability import durable_atomic
 
 from ..client_webhooks.models import PAYMENT_STATUS_EVENTS
 from ..client_webhooks.services import order_event_emit
@@ -217,9 +218,11 @@ def order_charge(*, order: Order) -> Charge:
         raise PaymentDeclinedError(order.failure_reason or "payment was declined")
     if order.status == OrderStatus.CANCELLED:
         raise OrderActionRefusedError("Refused: the order is cancelled.")
-    # Committed before the gateway is called (steps run outside transactions), so a
-    # crash after Stripe answered still leaves it for the next attempt.
-    first_attempt = _charge_attempt_mark.update(order.pk, charge_attempted_at=timezone.now())
+    # Committed, and on disk, before the gateway is called (steps run outside
+    # transactions), so a crash or a power cut after Stripe answered still leaves it for
+    # the next attempt (workflows.engine.durability).
+    with durable_atomic():
+        first_attempt = _charge_attempt_mark.update(order.pk, charge_attempted_at=timezone.now())
     try:
         charge = payment_gateway().charge(
             customer_id=order.customer_id,

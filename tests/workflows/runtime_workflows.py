@@ -1,13 +1,16 @@
 """Workflows the worker-runtime tests drive: slow async calls that report where and
-alongside how many other segments they ran."""
+alongside how many other segments they ran, and a step that reports how its commits
+reach the disk."""
 
 import asyncio
 import os
 import time
 
+from django.db import connection
 from pydantic import BaseModel
 
 from workflows import WorkflowContext, workflow
+from workflows.engine.durability import durable_atomic
 from workflows.engine.runtime import segment_runtime
 from workflows.worker.runtime import WorkerRuntime
 
@@ -47,3 +50,38 @@ async def slow_calls(ctx: WorkflowContext, payload: SlowCallsInput) -> SlowCalls
         await ctx.step.run(f"call/{n}", slow_call, payload.seconds) for n in range(payload.calls)
     ]
     return SlowCallsOutput(calls=records)
+
+
+# How each engine says whether this connection's commits wait for the disk: SQLite's
+# `synchronous` (2 FULL, 1 NORMAL), PostgreSQL's `synchronous_commit`.
+_COMMITS_WAIT = {
+    "sqlite": ("PRAGMA synchronous", 2),
+    "postgresql": ("SHOW synchronous_commit", "on"),
+}
+
+
+def commits_wait() -> bool:
+    """Whether this thread's connection commits durably (workflows.engine.durability)."""
+    statement, waiting = _COMMITS_WAIT[connection.vendor]
+    with connection.cursor() as cursor:
+        cursor.execute(statement)
+        return cursor.fetchone()[0] == waiting
+
+
+class CommitWaitsInput(BaseModel):
+    pass
+
+
+class CommitWaits(BaseModel):
+    plain: bool
+    durable: bool
+
+
+@workflow(id="test.commit_waits", description="Whether a step's commits wait for the disk.")
+async def commit_waits(ctx: WorkflowContext, payload: CommitWaitsInput) -> CommitWaits:
+    def look() -> CommitWaits:
+        with durable_atomic():
+            durable = commits_wait()
+        return CommitWaits(plain=commits_wait(), durable=durable)
+
+    return await ctx.step.run("look", look)

@@ -26,6 +26,7 @@ from typing import Any
 
 from django_q import cluster
 
+from workflows.engine.durability import commits_relax
 from workflows.engine.queue import EXECUTE_TASK, run_enqueue
 from workflows.worker.runtime import runtime_worker
 
@@ -136,6 +137,8 @@ class DrainingSentinel(cluster.Sentinel):
 
 def cluster_extend() -> None:
     """Make django-q2's cluster start our worker loop and our sentinel (read by
-    `Cluster.start` and `Sentinel.__init__` when they start processes)."""
+    `Cluster.start` and `Sentinel.__init__` when they start processes), whose commits
+    do not wait for the disk (`workflows.engine.durability`)."""
+    commits_relax()
     cluster.worker = runtime_worker
     cluster.Sentinel = DrainingSentinel
