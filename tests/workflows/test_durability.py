@@ -16,6 +16,8 @@ from workflows.engine import durability
 from workflows.engine.durability import commits_relax, durable_atomic
 from workflows.models import RunStatus
 
+pytestmark = [pytest.mark.db_engine, pytest.mark.django_db(transaction=True)]
+
 
 @pytest.fixture
 def relaxed() -> Iterator[None]:
@@ -30,9 +32,6 @@ def relaxed() -> Iterator[None]:
     for each in connections.all():
         if getattr(each, "pool", None) is not None:
             each.close_pool()
-
-
-pytestmark = [pytest.mark.db_engine, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_process_that_is_not_a_worker_commits_durably() -> None:
