@@ -38,14 +38,28 @@ with durable_atomic():  # this commit waits for the disk; the process's others d
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
-_RELAX = {"sqlite": "PRAGMA synchronous=NORMAL", "postgresql": "SET synchronous_commit TO off"}
+
+class _Statements(NamedTuple):
+    relax: str  # the connection's commits stop waiting for the disk
+    durable: str  # a commit waits again
+    # SQLite chooses a commit's durability before its transaction begins (so `durable` is
+    # undone by `relax` after it); PostgreSQL's SET LOCAL, inside it, ends with it.
+    before_begin: bool
+
+
+_STATEMENTS = {
+    "sqlite": _Statements("PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL", True),
+    "postgresql": _Statements(
+        "SET synchronous_commit TO off", "SET LOCAL synchronous_commit TO on", False
+    ),
+}
 _relaxed = False
 # PostgreSQL connections already relaxed: a pooled one is handed out again and again,
 # and each `SET` is a round trip.
@@ -67,13 +81,18 @@ def commits_relax() -> None:
 
 
 def _connection_relax(*, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-    statement = _RELAX.get(connection.vendor)
-    if statement is None or connection.connection in _relaxed_postgresql:
+    statements = _STATEMENTS.get(connection.vendor)
+    remembered = connection.vendor == "postgresql"  # a SET is a round trip, a PRAGMA is not
+    if statements is None or (remembered and connection.connection in _relaxed_postgresql):
         return
+    _execute(connection, statements.relax)
+    if remembered:
+        _relaxed_postgresql.add(connection.connection)
+
+
+def _execute(connection: BaseDatabaseWrapper, statement: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(statement)
-    if connection.vendor == "postgresql":
-        _relaxed_postgresql.add(connection.connection)
 
 
 @contextmanager
@@ -83,23 +102,21 @@ def durable_atomic(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     On SQLite it must be the outermost transaction: its durability is chosen before it
     begins."""
     connection = connections[using]
-    if not _relaxed or connection.vendor not in _RELAX:
+    statements = _STATEMENTS.get(connection.vendor)
+    if not _relaxed or statements is None:
         with transaction.atomic(using=using):
             yield
         return
-    if connection.vendor == "postgresql":
+    if not statements.before_begin:
         with transaction.atomic(using=using):
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO on")
+            _execute(connection, statements.durable)
             yield
         return
     if connection.in_atomic_block:
         raise RuntimeError("durable_atomic() inside a transaction: on SQLite, use it outermost")
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA synchronous=FULL")
+    _execute(connection, statements.durable)
     try:
         with transaction.atomic(using=using):
             yield
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute(_RELAX["sqlite"])
+        _execute(connection, statements.relax)
