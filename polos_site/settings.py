@@ -274,6 +274,8 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+    # django-q2's ORM broker, its acknowledgement one statement (workflows/engine/queue.py).
+    Q_CLUSTER["broker_class"] = "workflows.engine.queue.OrmBroker"
 
 # --- Workflow engine ------------------------------------------------------------------
 # Modules imported at start-up so that their @workflow functions are registered.
@@ -471,7 +473,8 @@ EMAIL_MESSAGE_ID_DOMAIN = env_str("EMAIL_MESSAGE_ID_DOMAIN", "orders.localhost")
 # --- Cache ----------------------------------------------------------------------------
 # Shared by every web process, so the API throttles count each client's requests once,
 # not once per gunicorn worker: Redis when REDIS_URL is set, else a database table
-# (created by the orders migration 0004; `createcachetable` is not needed).
+# (created by the orders migration 0004; `createcachetable` is not needed), whose `set`
+# is one statement (polos_site/cache.py).
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -482,7 +485,7 @@ if REDIS_URL:
 else:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "BACKEND": "polos_site.cache.DatabaseCache",
             "LOCATION": "polos_cache",
         }
     }

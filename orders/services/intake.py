@@ -4,7 +4,7 @@ registered when the run was started outside `order_create`)."""
 import hashlib
 import json
 import logging
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
@@ -53,9 +53,10 @@ def order_create(
     fingerprint = _fingerprint(payload)
     # Inserted first, looked for only when the unique constraints refuse the row (a
     # repeat, or a concurrent request that created it first): a new order, the usual
-    # case, costs no lookup.
+    # case, costs no lookup. It names its run, started next, in its INSERT.
     try:
         with transaction.atomic():
+            run_id = uuid4()
             order = Order.objects.create(
                 client=client,
                 order_id=payload.order_id,
@@ -69,9 +70,9 @@ def order_create(
                 ),
                 request_fingerprint=fingerprint,
                 idempotency_key=idempotency_key,
+                run_id=run_id,
             )
-            order.run = workflow_start(ORDER_WORKFLOW_ID, payload)
-            order.save(update_fields=["run"])
+            order.run = workflow_start(ORDER_WORKFLOW_ID, payload, run_id=run_id)
             order_event_emit(order=order, type=WebhookEvent.CREATED)
         return order, True
     except IntegrityError:

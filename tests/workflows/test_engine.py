@@ -311,6 +311,7 @@ def test_reaper_requeues_expired_lease_and_completed_steps_are_kept(queue_captur
     )
     WorkflowRun.objects.filter(pk=run.id).update(
         status=RunStatus.RUNNING,
+        attempts=1,  # its take
         lease_owner="dead-worker",
         lease_expires_at=timezone.now() - timedelta(seconds=1),
     )

@@ -342,3 +342,20 @@ def test_a_take_from_a_stale_read_moves_nothing(source):
     assert taken.attempts == stale.attempts + 1 and taken.lease_owner == TOKEN
     fresh = take(run=taken, token="second", until=now + timedelta(minutes=1), now=now)
     assert fresh and WorkflowRun.objects.get(pk=run.pk).started_at == taken.started_at
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("source", [RunStatus.PENDING, RunStatus.RUNNING])
+def test_a_take_leaves_the_run_as_its_row_now_is(source):
+    """The taker goes on with the run it read, not a second read: every field of it must
+    be what the database now holds."""
+    run = _run_in(source)  # its lease, if running, expired
+    take = transitions.take if source == RunStatus.PENDING else transitions.take_over
+    now = timezone.now()
+    assert take(run=run, token="taker", until=now + timedelta(minutes=1), now=now)
+
+    def fields(of: WorkflowRun) -> dict[str, object]:
+        return {field.attname: getattr(of, field.attname) for field in of._meta.concrete_fields}
+
+    assert fields(run) == fields(WorkflowRun.objects.get(pk=run.pk))
+    assert (run.status, run.lease_owner) == (RunStatus.RUNNING, "taker")

@@ -53,15 +53,16 @@ def lease_token() -> str:
     return uuid.uuid4().hex
 
 
-# Read around every take: compiled once (workflows/engine/compiled_queries.py).
+# Read before every take: compiled once (workflows/engine/compiled_queries.py).
 _run_by_id = CompiledRead(WorkflowRun, "pk")
 
 
 def lease_take(run_id: uuid.UUID | str, token: str) -> WorkflowRun | None:
     """Take the run's lease with one conditional UPDATE and return the run as taken, or
     None. The run is read first: the take writes its counts from what it read, and
-    requires them unchanged. A pending run is taken; a running one whose lease expired
-    is taken over (counted, off the common path)."""
+    requires them unchanged, so the run as taken is that read with what the take wrote
+    (no second read). A pending run is taken; a running one whose lease expired is taken
+    over (counted, off the common path)."""
     run = _run_by_id.first(run_id)
     if run is None:
         return None
@@ -75,7 +76,7 @@ def lease_take(run_id: uuid.UUID | str, token: str) -> WorkflowRun | None:
             observability.lease_taken_over()
     else:
         return None
-    return _run_by_id.get(run_id) if taken else None
+    return run if taken else None
 
 
 def lease_renew(tokens: list[str]) -> int:

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -58,13 +58,21 @@ def workflow_payload_validate(
         raise PayloadError(workflow_id, errors) from None
 
 
-def workflow_start(workflow_id: str, payload: BaseModel | dict[str, Any]) -> WorkflowRun:
+def workflow_start(
+    workflow_id: str, payload: BaseModel | dict[str, Any], *, run_id: UUID | None = None
+) -> WorkflowRun:
     """Create a run of `workflow_id` and queue it. Nothing is written if the payload
-    does not fit the workflow's input model (`PayloadError`) or the id is unknown."""
+    does not fit the workflow's input model (`PayloadError`) or the id is unknown.
+
+    Called inside a transaction, the run and its task are that transaction's: they
+    commit or roll back with it, and a database error here leaves it to roll back (no
+    savepoint of its own). `run_id` (default: a new one) lets the caller's own rows name
+    the run before it exists, written first in that transaction (a foreign key to the
+    run is checked at commit), instead of updating them after."""
     model = workflow_payload_validate(workflow_id=workflow_id, payload=payload)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         run = WorkflowRun.objects.create(
-            workflow_id=workflow_id, input=model.model_dump(mode="json")
+            id=run_id or uuid4(), workflow_id=workflow_id, input=model.model_dump(mode="json")
         )
         run_enqueue(run.id)
     return run

@@ -114,6 +114,14 @@ _COMPILED_MOVES = {
 }
 
 
+def _written(transition: RunTransition, *, now: datetime, fields: dict[str, Any]) -> dict[str, Any]:
+    """What a transition's UPDATE writes: its status, the time, and `fields`; the lease
+    cleared on every move out of `running`."""
+    if transition.target != RunStatus.RUNNING:
+        fields = {**fields, "lease_owner": "", "lease_expires_at": None}
+    return {"status": transition.target, "updated_at": now, **fields}
+
+
 def _move(
     name: Transition,
     *,
@@ -125,9 +133,7 @@ def _move(
 ) -> bool:
     """The one conditional UPDATE of a transition, built from its row of the table."""
     transition = RUN_TRANSITIONS[name]
-    if transition.target != RunStatus.RUNNING:
-        fields.update(lease_owner="", lease_expires_at=None)
-    values = {"status": transition.target, "updated_at": now, **fields}
+    values = _written(transition, now=now, fields=fields)
     matched = {"pk": run_id, "lease_owner": token, "attempts": read_attempts}
     keys = {key: matched[key] for key in _move_keys(transition)}
     if transition.lease is Lease.EXPIRED:
@@ -146,20 +152,31 @@ def _taken(run: WorkflowRun, *, token: str, until: datetime, now: datetime) -> d
     }
 
 
+def _take(
+    name: Transition, *, run: WorkflowRun, token: str, until: datetime, now: datetime
+) -> bool:
+    fields = _taken(run, token=token, until=until, now=now)
+    if not _move(name, run_id=run.pk, now=now, read_attempts=run.attempts, **fields):
+        return False
+    # The UPDATE matched the attempts read, so the row is `run` with what it wrote: the
+    # taker goes on with it, no second read.
+    for field, value in _written(RUN_TRANSITIONS[name], now=now, fields=fields).items():
+        setattr(run, field, value)
+    return True
+
+
 def take(*, run: WorkflowRun, token: str, until: datetime, now: datetime) -> bool:
     """pending → running, leased to `token` until `until`; `run` as read just before (if
-    another worker took it since, this take moves nothing)."""
-    fields = _taken(run, token=token, until=until, now=now)
-    return _move(Transition.TAKE, run_id=run.pk, now=now, read_attempts=run.attempts, **fields)
+    another worker took it since, this take moves nothing). Taken, `run` is the row as
+    it now is."""
+    return _take(Transition.TAKE, run=run, token=token, until=until, now=now)
 
 
 def take_over(*, run: WorkflowRun, token: str, until: datetime, now: datetime) -> bool:
     """running (lease expired) → running, leased to `token` until `until`; `run` as read
-    just before (if another worker took it since, this take moves nothing)."""
-    fields = _taken(run, token=token, until=until, now=now)
-    return _move(
-        Transition.TAKE_OVER, run_id=run.pk, now=now, read_attempts=run.attempts, **fields
-    )
+    just before (if another worker took it since, this take moves nothing). Taken,
+    `run` is the row as it now is."""
+    return _take(Transition.TAKE_OVER, run=run, token=token, until=until, now=now)
 
 
 def leases_extend(*, tokens: list[str], until: datetime) -> int:
