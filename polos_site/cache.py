@@ -3,8 +3,8 @@ statement.
 
 The API throttles read and write each client's request history on every request.
 Django's `DatabaseCache.set` counts the whole table (to cull it), then reads the key and
-updates or inserts it in a transaction: five statements, three of them a round trip to
-PostgreSQL's server each, for what one upsert says. Here `set` is that upsert, and the
+updates or inserts it in a transaction: five statements, each a round trip to
+PostgreSQL's server, for what one upsert says. Here `set` is that upsert, and the
 cull (expired entries first, then Django's `MAX_ENTRIES` and `CULL_FREQUENCY`) runs on
 one `set` in `CULL_EVERY` of each process instead of counting the table every time.
 `add`, `touch`, reads and deletes are Django's.
