@@ -50,10 +50,16 @@ def _segment_begin(
     run = lease_take(run_id, token)
     if run is None:
         return None
-    history = history_load(run)
-    # A step can only have waited for its dependency in an earlier segment: a run's first
-    # segment (the common case) spends no query on it.
-    retry_waits = list(Wait.objects.filter(run=run, kind=RETRY_WAIT)) if run.attempts > 1 else []
+    # Every take counts an attempt, and only a segment, a decided wait (of a run that
+    # suspended) or a fork writes what a segment replays. So a run's first segment (the
+    # common case) reads neither its steps, unless it is a fork (which starts with its
+    # origin's), nor its waits for a dependency.
+    first_segment = run.attempts == 1
+    if first_segment and not run.forked_at_step:
+        history = History(run_id=run.id, workflow_id=run.workflow_id, records=[])
+    else:
+        history = history_load(run)
+    retry_waits = [] if first_segment else list(Wait.objects.filter(run=run, kind=RETRY_WAIT))
     return run, history, retry_waits
 
 

@@ -124,11 +124,6 @@ _replayed_steps = CompiledRead(
 
 
 def history_load(run: WorkflowRun) -> History:
-    """A run's history for a segment to replay, in one query; none for its first segment.
-
-    `run` as just taken: every take counts an attempt, and only a segment, a decided
-    wait (of a run that suspended) or a fork writes a run's steps. So a run taken for
-    the first time that is not a fork has none, and the common case reads nothing."""
-    first_segment = run.attempts == 1 and not run.forked_at_step
-    records = [] if first_segment else _replayed_steps.all(run.id)
+    """A run's history for a segment to replay, in one query."""
+    records = _replayed_steps.all(run.id)
     return History(run_id=run.id, workflow_id=run.workflow_id, records=records)
