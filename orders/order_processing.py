@@ -40,6 +40,7 @@ from .payments import (
 )
 from .policy import fraud_review_required, fraud_review_threshold
 from .schemas import ActionDetails, OrderAgentOutput, OrderPayload, OrderResult, OrderSnapshot
+from .selectors import order_email_sent
 from .services.intake import order_register_run
 from .services.lifecycle import order_confirm, order_finish, order_for_run, order_snapshot
 from .services.payments import order_capture, order_charge, order_payment_release
@@ -140,7 +141,7 @@ def _finish(
         charge_id=order.charge_id or None,
         fraud_review_required=order.fraud_review_required,
         fraud_approved=order.fraud_approved,
-        email_sent=order.email_sent,
+        email_sent=order_email_sent(order),
         refund_id=order.refund_id or None,
         failure_reason=order.failure_reason or None,
     )

@@ -96,16 +96,21 @@ class ReviewInfo(TypedDict):
     deadline: datetime
 
 
+# Whether an order's confirmation went out, read with the order in one query (see
+# `order_email_sent`).
+EMAIL_SENT_ANNOTATION = {
+    "email_sent_annotated": Exists(
+        EmailRecord.objects.filter(CONFIRMATION_SENT, order=OuterRef("pk"))
+    )
+}
+
+
 def _orders() -> QuerySet[Order]:
     # One query for the page, plus one for all its reviews: `email_sent` and the review
     # would otherwise cost two queries per order.
     return (
         Order.objects.select_related("run")
-        .annotate(
-            email_sent_annotated=Exists(
-                EmailRecord.objects.filter(CONFIRMATION_SENT, order=OuterRef("pk"))
-            )
-        )
+        .annotate(**EMAIL_SENT_ANNOTATION)
         .prefetch_related(
             Prefetch(
                 "run__waits",
@@ -207,7 +212,8 @@ def orders_list(*, status: str | None = None) -> QuerySet[Order]:
 
 
 def order_email_sent(order: Order) -> bool:
-    """Whether the confirmation went out, from the list's annotation when there is one."""
+    """Whether the confirmation went out, from `EMAIL_SENT_ANNOTATION` when the order was
+    read with it."""
     annotated = getattr(order, "email_sent_annotated", None)
     return order.email_sent if annotated is None else bool(annotated)
 

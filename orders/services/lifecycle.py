@@ -27,7 +27,7 @@ from ..models import (
 from ..notifications import CONFIRMATION, order_confirmation_send
 from ..policy import fraud_review_required
 from ..schemas import OrderSnapshot
-from ..selectors import order_fraud_review
+from ..selectors import EMAIL_SENT_ANNOTATION, order_email_sent, order_fraud_review
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class NoConfirmationInDoubtError(Exception):
 # the CPU of `Order.objects.get`, see workflows/engine/compiled_queries.py).
 _order_by_run = CompiledRead(Order, "run_id")
 _order_by_pk = CompiledRead(Order, "pk")
+# What the workflow decides on (its snapshots, its result) includes whether the
+# confirmation went out: read in the order's own statement.
+_order_with_email_by_run = CompiledRead(Order, "run_id", annotations=EMAIL_SENT_ANNOTATION)
 # A cancelled order stays cancelled, whatever a run retried afterwards concludes.
 _order_conclude = CompiledUpdate(Order, ["run_id"], where=~Q(status=OrderStatus.CANCELLED))
 
@@ -59,7 +62,7 @@ def order_reload(order: Order) -> None:
 
 
 def order_snapshot(*, run_id: UUID) -> OrderSnapshot:
-    order = order_for_run(run_id)
+    order = _order_with_email_by_run.get(run_id)
     return OrderSnapshot(
         order_id=order.order_id,
         amount=order.amount,
@@ -68,7 +71,7 @@ def order_snapshot(*, run_id: UUID) -> OrderSnapshot:
         charge_id=order.charge_id or None,
         payment_status=order.payment_status,
         failure_reason=order.failure_reason or None,
-        email_sent=order.email_sent,
+        email_sent=order_email_sent(order),
     )
 
 
@@ -123,7 +126,8 @@ def order_confirm(*, order: Order) -> EmailRecord:
 def order_finish(
     *, run_id: UUID, status: OrderStatus, reason: str = "", fraud_approved: bool | None = None
 ) -> Order | None:
-    """Record the run's conclusion on its order; returns the order as it now is."""
+    """Record the run's conclusion on its order; returns the order as it now is (with
+    `order_email_sent` read in the same statement), None if the run has none."""
     _order_conclude.update(
         run_id,
         status=status,
@@ -131,7 +135,7 @@ def order_finish(
         fraud_approved=fraud_approved,
         updated_at=timezone.now(),
     )
-    order = _order_by_run.first(run_id)
+    order = _order_with_email_by_run.first(run_id)
     order_event_emit(order=order, type=ORDER_STATUS_EVENTS.get(status))
     return order
 

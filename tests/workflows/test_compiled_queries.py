@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from django.db import connection
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -122,6 +122,39 @@ def test_exists_keeps_the_conditions_in_one_statement(run):
     WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED)
     assert not running.exists(run.pk)
     assert running.first(run.pk) is None  # the full read and `exists` compile apart
+
+
+def test_annotations_are_set_as_annotate_sets_them(run):
+    """An annotation with parameters of its own (they come before the value's)."""
+    for key, status in [("charge", StepStatus.COMPLETED), ("email", StepStatus.FAILED)]:
+        StepRecord.objects.create(
+            run=run,
+            key=key,
+            position=0,
+            status=status,
+            started_at=timezone.now(),
+            finished_at=timezone.now(),
+        )
+    with_steps = CompiledRead(
+        WorkflowRun,
+        "pk",
+        annotations={
+            "charged": Exists(StepRecord.objects.filter(run=OuterRef("pk"), key="charge")),
+            "emailed": Exists(
+                StepRecord.objects.filter(
+                    run=OuterRef("pk"), key="email", status=StepStatus.COMPLETED
+                )
+            ),
+        },
+    )
+    orm = WorkflowRun.objects.annotate(**with_steps.annotations).get(pk=run.pk)
+
+    with CaptureQueriesContext(connection) as queries:
+        compiled = with_steps.get(run.pk)
+    assert len(queries.captured_queries) == 1
+    assert field_values(compiled) == field_values(orm)
+    assert (compiled.charged, compiled.emailed) == (orm.charged, orm.emailed) == (True, False)
+    assert with_steps.exists(run.pk) and with_steps.first(uuid.uuid4()) is None
 
 
 def test_an_update_writes_what_the_orm_writes(run):

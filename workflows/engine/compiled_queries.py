@@ -11,10 +11,11 @@ value (and, for reads, build the instances as the ORM would, `Model.from_db`): s
 statements, same conversions, same instances, at a fifth of the CPU or less.
 
 A `CompiledRead` is an exact match on one field (`pk`, a concrete field or a foreign key's
-attname), plus constant conditions and an order if wanted; no related objects, no
-annotations. A `CompiledUpdate` matches exact values of its key fields plus constant
-conditions, on one table; it compiles the writing of plain values (an expression goes
-through the ORM). Anything else stays an ordinary queryset.
+attname), plus constant conditions, constant annotations (set on each instance, as
+`annotate` does) and an order if wanted; no related objects. A `CompiledUpdate` matches
+exact values of its key fields plus constant conditions, on one table; it compiles the
+writing of plain values (an expression goes through the ORM). Anything else stays an
+ordinary queryset.
 
 Runnable in `manage.py shell`:
 
@@ -36,13 +37,14 @@ touch_if_pending.update(run.pk, updated_at=timezone.now())  # rows written: 0 or
 
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Field, Model, Q, QuerySet
+from django.db.models.expressions import BaseExpression
 
 M = TypeVar("M", bound=Model)
 C = TypeVar("C")
@@ -87,8 +89,10 @@ class _Built(Generic[C]):
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
+    params_before: list[Any]  # the constant ones before the value's (the annotations')
     params: list[Any]  # the constant ones, after the value's
-    attnames: list[str]
+    attnames: list[str]  # the model's columns, first in each row
+    annotations: list[str]  # the annotations' columns, after them
     converters: list[tuple[int, list[Any], Any]]  # column, its converters, its expression
 
 
@@ -102,15 +106,22 @@ def _value_field(model: type[Model], name: str) -> "Field[Any, Any]":
 
 
 class CompiledRead(Generic[M]):
-    """`model.objects.filter(<field>=value)` (and `where`, in `order_by`'s order), its SQL
-    compiled once per database."""
+    """`model.objects.filter(<field>=value)` (and `where`, `annotate(**annotations)`, in
+    `order_by`'s order), its SQL compiled once per database."""
 
     def __init__(
-        self, model: type[M], field: str, *, where: Q | None = None, order_by: Sequence[str] = ()
+        self,
+        model: type[M],
+        field: str,
+        *,
+        where: Q | None = None,
+        annotations: Mapping[str, BaseExpression] | None = None,
+        order_by: Sequence[str] = (),
     ) -> None:
         self.model = model
         self.field = field
         self.where = where or Q()
+        self.annotations = dict(annotations or {})
         self.order_by = tuple(order_by)
         self._compiled: _Built[_Compiled] = _Built()
 
@@ -119,8 +130,9 @@ class CompiledRead(Generic[M]):
         return _value_field(self.model, self.field)
 
     def _compile(self, alias: str, *, pk_only: bool) -> _Compiled:
-        # The value compiled in is a stand-in: the first parameter (the first condition,
-        # and plain columns take none), replaced on each read.
+        # The value compiled in is a stand-in: the first parameter of the first condition,
+        # after the selected columns' (plain columns take none, annotations may), replaced
+        # on each read.
         rows = (
             self.model._default_manager.using(alias)
             .filter(**{self.field: _stand_in(self._value_field)})
@@ -129,18 +141,27 @@ class CompiledRead(Generic[M]):
         )
         if pk_only:  # for `exists`: no columns to send or convert
             rows = rows.only("pk")
+        else:
+            rows = rows.annotate(**self.annotations)
         compiler = rows.query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
         what = f"{self.model.__name__}.{self.field}"
-        _stand_ins_lead(params, [self._value_field], connections[alias], what)
-        columns = [column for column, _, _ in compiler.select]
+        before = sum(len(column_params) for _, (_, column_params), _ in compiler.select)
+        _stand_ins_lead(params[before:], [self._value_field], connections[alias], what)
+        selected = [column for column, _, _ in compiler.select]
+        annotated = compiler.annotation_col_map or {}
+        model_columns = len(selected) - len(annotated)
+        if sorted(annotated.values()) != list(range(model_columns, len(selected))):
+            raise ValueError(f"{what}: annotations must follow the model's columns")
         return _Compiled(
             sql=sql,
-            params=list(params[1:]),
-            attnames=[column.target.attname for column in columns],
+            params_before=list(params[:before]),
+            params=list(params[before + 1 :]),
+            attnames=[column.target.attname for column in selected[:model_columns]],
+            annotations=sorted(annotated, key=annotated.__getitem__),
             converters=[
                 (position, convs, expression)
-                for position, (convs, expression) in compiler.get_converters(columns).items()
+                for position, (convs, expression) in compiler.get_converters(selected).items()
             ],
         )
 
@@ -151,7 +172,7 @@ class CompiledRead(Generic[M]):
         connection = connections[using]
         param = self._value_field.get_db_prep_value(value, connection, prepared=False)
         with connection.cursor() as cursor:
-            cursor.execute(compiled.sql, [param, *compiled.params])
+            cursor.execute(compiled.sql, [*compiled.params_before, param, *compiled.params])
             rows: list[Any] = cursor.fetchmany(1) if one else cursor.fetchall()
         return rows
 
@@ -165,7 +186,11 @@ class CompiledRead(Generic[M]):
             for position, convs, expression in compiled.converters:
                 for converter in convs:
                     values[position] = converter(values[position], expression, connection)
-            instances.append(self.model.from_db(using, compiled.attnames, values))
+            columns = len(compiled.attnames)
+            instance = self.model.from_db(using, compiled.attnames, values[:columns])
+            for name, value in zip(compiled.annotations, values[columns:], strict=True):
+                setattr(instance, name, value)
+            instances.append(instance)
         return instances
 
     def all(self, value: Any, *, using: str = DEFAULT_DB_ALIAS) -> list[M]:

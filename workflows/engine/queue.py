@@ -2,7 +2,9 @@
 
 import functools
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from time import sleep
+from typing import Any
 from uuid import UUID
 
 from django.db import connections, transaction
@@ -11,6 +13,7 @@ from django_q.brokers import Broker, get_broker
 from django_q.brokers.orm import ORM
 from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
+from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
@@ -20,21 +23,55 @@ EXECUTE_TASK = "workflows.tasks.run_execute_task"
 
 
 class OrmBroker(ORM):
-    """django-q2's ORM broker (`Q_CLUSTER["broker_class"]` without Redis), its
-    acknowledgement one statement.
+    """django-q2's ORM broker (`Q_CLUSTER["broker_class"]` without Redis), its taking and
+    its acknowledgement one statement each.
 
-    A task is acknowledged by deleting its row. `QuerySet.delete()` wraps even a one-row
-    delete of a model nothing refers to in a transaction: BEGIN, DELETE, COMMIT, three
-    round trips to PostgreSQL's server for every segment. A queue row has no relations
-    and no delete signals, so the DELETE alone is the same."""
+    django-q2 takes a task with a SELECT and then an UPDATE of its `lock` (if no other
+    cluster changed it in between), and acknowledges it with `QuerySet.delete()`, which
+    wraps even a one-row delete in BEGIN and COMMIT: five round trips to PostgreSQL's
+    server for every segment. Here a task is taken by one UPDATE that picks, locks and
+    returns it (on PostgreSQL skipping rows another cluster is taking; SQLite has one
+    writer), and acknowledged by a bare DELETE (a queue row has no relations and no
+    delete signals). Other databases get django-q2's own."""
 
-    def delete(self, task_id: int) -> None:
+    def _table(self) -> tuple[Any, Callable[[str], str]]:
         queue = self.get_connection()  # as django-q2's: closes a stale connection first
         connection = connections[queue.db]
-        table = connection.ops.quote_name(queue.model._meta.db_table)
-        column = connection.ops.quote_name(queue.model._meta.pk.column)
+        return connection, connection.ops.quote_name
+
+    def dequeue(self) -> list[tuple[int, str]] | None:
+        connection, quote = self._table()
+        if connection.vendor not in ("postgresql", "sqlite"):
+            return super().dequeue()  # type: ignore[no-any-return]
+        table, pk, key, lock, payload = map(
+            quote, [OrmQ._meta.db_table, "id", "key", "lock", "payload"]
+        )
+        skip_locked = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+        lock_field = OrmQ._meta.get_field("lock")
+        now = timezone.now()
         with connection.cursor() as cursor:
-            cursor.execute(f"DELETE FROM {table} WHERE {column} = %s", [task_id])
+            cursor.execute(
+                f"UPDATE {table} SET {lock} = %s WHERE {pk} IN ("
+                f"SELECT {pk} FROM {table} WHERE {key} = %s AND {lock} < %s"
+                f" ORDER BY {pk} LIMIT %s{skip_locked}) RETURNING {pk}, {payload}",
+                [
+                    lock_field.get_db_prep_value(self.timeout(None), connection),
+                    self.list_key,
+                    lock_field.get_db_prep_value(now, connection),
+                    Conf.BULK,
+                ],
+            )
+            tasks = [(task_id, package) for task_id, package in cursor.fetchall()]
+        if not tasks:
+            sleep(Conf.POLL)  # an empty queue, as django-q2's
+        return tasks
+
+    def delete(self, task_id: int) -> None:
+        connection, quote = self._table()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {quote(OrmQ._meta.db_table)} WHERE {quote('id')} = %s", [task_id]
+            )
 
 
 @functools.cache
