@@ -23,7 +23,13 @@ import subprocess
 import sys
 from typing import Any
 
-from bench.common import DEFAULT_POSTGRES_URL, BenchError, render_table, run_reporting
+from bench.common import (
+    DEFAULT_POSTGRES_URL,
+    BenchError,
+    interrupt_on_sigterm,
+    render_table,
+    run_reporting,
+)
 
 PROG = "bench.compare"
 DATABASES = ("sqlite", "postgres")
@@ -139,6 +145,7 @@ def render(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    interrupt_on_sigterm()
 
     def work() -> int:
         report = run(args)

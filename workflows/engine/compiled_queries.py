@@ -181,12 +181,12 @@ class CompiledRead(Generic[M]):
         compiled = self._compiled_for(using)
         rows = self._fetch(compiled, value, using, one=one)
         instances = []
+        columns = len(compiled.attnames)
         for row in rows:
             values = list(row)
             for position, convs, expression in compiled.converters:
                 for converter in convs:
                     values[position] = converter(values[position], expression, connection)
-            columns = len(compiled.attnames)
             instance = self.model.from_db(using, compiled.attnames, values[:columns])
             for name, value in zip(compiled.annotations, values[columns:], strict=True):
                 setattr(instance, name, value)
