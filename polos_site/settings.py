@@ -274,7 +274,8 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
-    # django-q2's ORM broker, its acknowledgement one statement (workflows/engine/queue.py).
+    # django-q2's ORM broker, a task's take and acknowledgement one statement each
+    # (workflows/engine/queue.py).
     Q_CLUSTER["broker_class"] = "workflows.engine.queue.OrmBroker"
 
 # --- Workflow engine ------------------------------------------------------------------

@@ -41,17 +41,21 @@ def run():
     )
 
 
-def test_it_reads_the_row_the_orm_reads(run):
-    step = StepRecord.objects.create(
+def step_of(run, key, *, position=0, status=StepStatus.COMPLETED, **fields):
+    return StepRecord.objects.create(
         run=run,
-        key="charge",
-        position=0,
+        key=key,
+        position=position,
         kind="step",
-        status=StepStatus.COMPLETED,
-        output={"charge_id": "pi_1"},
+        status=status,
         started_at=timezone.now(),
         finished_at=timezone.now(),
+        **fields,
     )
+
+
+def test_it_reads_the_row_the_orm_reads(run):
+    step = step_of(run, "charge", output={"charge_id": "pi_1"})
     for compiled, orm in [
         (run_by_id.get(run.pk), WorkflowRun.objects.get(pk=run.pk)),
         (run_by_id.get(str(run.pk)), WorkflowRun.objects.get(pk=run.pk)),  # as tasks pass it
@@ -91,15 +95,7 @@ def test_refresh_reads_every_field_and_relation_again(run):
 
 def test_constant_conditions_and_an_order_are_kept(run):
     for position, status in [(2, StepStatus.COMPLETED), (0, StepStatus.FAILED), (1, "running")]:
-        StepRecord.objects.create(
-            run=run,
-            key=f"step-{position}",
-            position=position,
-            kind="step",
-            status=status,
-            started_at=timezone.now(),
-            finished_at=timezone.now(),
-        )
+        step_of(run, f"step-{position}", position=position, status=status)
     finished = CompiledRead(
         StepRecord,
         "run_id",
@@ -127,14 +123,7 @@ def test_exists_keeps_the_conditions_in_one_statement(run):
 def test_annotations_are_set_as_annotate_sets_them(run):
     """An annotation with parameters of its own (they come before the value's)."""
     for key, status in [("charge", StepStatus.COMPLETED), ("email", StepStatus.FAILED)]:
-        StepRecord.objects.create(
-            run=run,
-            key=key,
-            position=0,
-            status=status,
-            started_at=timezone.now(),
-            finished_at=timezone.now(),
-        )
+        step_of(run, key, status=status)
     with_steps = CompiledRead(
         WorkflowRun,
         "pk",

@@ -48,7 +48,6 @@ class OrmBroker(ORM):
         )
         skip_locked = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
         lock_field = OrmQ._meta.get_field("lock")
-        now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {table} SET {lock} = %s WHERE {pk} IN ("
@@ -57,7 +56,7 @@ class OrmBroker(ORM):
                 [
                     lock_field.get_db_prep_value(self.timeout(None), connection),
                     self.list_key,
-                    lock_field.get_db_prep_value(now, connection),
+                    lock_field.get_db_prep_value(timezone.now(), connection),
                     Conf.BULK,
                 ],
             )

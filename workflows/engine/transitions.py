@@ -114,15 +114,7 @@ _COMPILED_MOVES = {
 }
 
 
-def _written(transition: RunTransition, *, now: datetime, fields: dict[str, Any]) -> dict[str, Any]:
-    """What a transition's UPDATE writes: its status, the time, and `fields`; the lease
-    cleared on every move out of `running`."""
-    if transition.target != RunStatus.RUNNING:
-        fields = {**fields, "lease_owner": "", "lease_expires_at": None}
-    return {"status": transition.target, "updated_at": now, **fields}
-
-
-def _move(
+def _move_written(
     name: Transition,
     *,
     run_id: RunId,
@@ -130,16 +122,27 @@ def _move(
     token: str = "",
     read_attempts: int | None = None,
     **fields: Any,
-) -> bool:
-    """The one conditional UPDATE of a transition, built from its row of the table."""
+) -> dict[str, Any] | None:
+    """The one conditional UPDATE of a transition, built from its row of the table: what
+    it wrote (its status, the time, `fields`, the lease cleared on every move out of
+    `running`), or None if it matched no row."""
     transition = RUN_TRANSITIONS[name]
-    values = _written(transition, now=now, fields=fields)
+    if transition.target != RunStatus.RUNNING:
+        fields.update(lease_owner="", lease_expires_at=None)
+    values = {"status": transition.target, "updated_at": now, **fields}
     matched = {"pk": run_id, "lease_owner": token, "attempts": read_attempts}
     keys = {key: matched[key] for key in _move_keys(transition)}
     if transition.lease is Lease.EXPIRED:
         allowed = Q(status__in=transition.sources, **keys) & lease_expired(now)
-        return bool(WorkflowRun.objects.filter(allowed).update(**values))
-    return bool(_COMPILED_MOVES[name].update(*keys.values(), **values))
+        written = WorkflowRun.objects.filter(allowed).update(**values)
+    else:
+        written = _COMPILED_MOVES[name].update(*keys.values(), **values)
+    return values if written else None
+
+
+def _move(name: Transition, *, run_id: RunId, now: datetime, **kwargs: Any) -> bool:
+    """`_move_written`: whether it moved the run."""
+    return _move_written(name, run_id=run_id, now=now, **kwargs) is not None
 
 
 def _taken(run: WorkflowRun, *, token: str, until: datetime, now: datetime) -> dict[str, Any]:
@@ -156,11 +159,12 @@ def _take(
     name: Transition, *, run: WorkflowRun, token: str, until: datetime, now: datetime
 ) -> bool:
     fields = _taken(run, token=token, until=until, now=now)
-    if not _move(name, run_id=run.pk, now=now, read_attempts=run.attempts, **fields):
+    written = _move_written(name, run_id=run.pk, now=now, read_attempts=run.attempts, **fields)
+    if written is None:
         return False
     # The UPDATE matched the attempts read, so the row is `run` with what it wrote: the
     # taker goes on with it, no second read.
-    for field, value in _written(RUN_TRANSITIONS[name], now=now, fields=fields).items():
+    for field, value in written.items():
         setattr(run, field, value)
     return True
 
