@@ -174,6 +174,26 @@ def migrate(env: dict[str, str]) -> None:
         raise BenchError(f"manage.py migrate failed: {lines[-1]}")
 
 
+def database_server_pid() -> int | None:
+    """After django.setup(): the main process of the PostgreSQL server, when it runs on
+    this machine, so that its CPU is measured as a process group ("postgres server":
+    every backend, live or ended, and its background processes, whoever their client);
+    None on SQLite (inside the project's processes) or for a server elsewhere."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path(f"/proc/{backend}/status").read_text().splitlines()
+        parent = int(next(line for line in status if line.startswith("PPid:")).split()[1])
+        if Path(f"/proc/{parent}/comm").read_text().strip() == "postgres":
+            return parent
+    return None
+
+
 def setup_django(env: dict[str, str]) -> None:
     os.environ.clear()
     os.environ.update(env)
@@ -847,6 +867,7 @@ CPU_COLUMNS = (
     "openai server",
     "stripe server",
     "smtp server",
+    "postgres server",
     "bench",
 )
 

@@ -9,10 +9,11 @@ target names, measured so that the machine's drift falls on both databases alike
 Each round runs `python -m bench.latency` once on each database, which one goes first
 alternating from round to round. On this 2-core machine the same code swings by a quarter
 from one minute to the next, so one run of each says little; the means of R alternated
-rounds say more. Reports every run's orders/s and the machine's CPU per order (its busy
-share * cores ÷ orders/s: unlike the process groups of `bench.latency`, this includes
-PostgreSQL's server, which shares the cores), then the means and PostgreSQL's gap to
-SQLite on them. See bench/README.md, section "Latency".
+rounds say more. Reports every run's orders/s, the machine's CPU per order (its busy
+share * cores ÷ orders/s, whatever runs), the project's and its workers', and the PostgreSQL
+server's own when it runs on this machine (the cores it takes from the others: the gap is
+mostly there), then the means and PostgreSQL's gap to SQLite on them. See bench/README.md,
+section "Latency".
 """
 
 import argparse
@@ -110,8 +111,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"latency_s": args.latency, "mode": args.mode, "runs": runs, "means": means, "gap": gap}
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def render(report: dict[str, Any]) -> str:
-    headers = ["round", "database", "orders/s", "machine CPU ms/order", "project", "workers"]
+    headers = [
+        "round",
+        "database",
+        "orders/s",
+        "machine CPU ms/order",
+        "project",
+        "workers",
+        "postgres server",
+    ]
     rows = [
         [
             str(r["round"]),
@@ -120,6 +133,7 @@ def render(report: dict[str, Any]) -> str:
             f"{r['machine_cpu_ms_per_order']:.1f}",
             f"{r['cpu_ms_per_order'].get('project', 0):.1f}",
             f"{r['cpu_ms_per_order'].get('workers', 0):.1f}",
+            _ms(r["cpu_ms_per_order"].get("postgres server")),
         ]
         for r in report["runs"]
     ]
@@ -129,6 +143,7 @@ def render(report: dict[str, Any]) -> str:
             database,
             f"{m['orders_per_s']:.2f}",
             f"{m['machine_cpu_ms_per_order']:.1f}",
+            "",
             "",
             "",
         ]

@@ -22,9 +22,9 @@ configuration is bounded: the runs must settle within 30 s + 1.5 * the expected 
 at once. The report adds how many runs each worker executes at a time (from the runs'
 `started_at` to their settle time), the workers' resident memory idle and at peak (and so
 the memory one more run in flight costs), the machine's CPU, and the CPU ms per order of
-each process group (web, qcluster and its worker processes, each local server, the
-benchmark's own clients; "project" = web + qcluster). See bench/README.md,
-section "Latency".
+each process group (web, qcluster and its worker processes, each local server, a
+PostgreSQL server on this machine, the benchmark's own clients; "project" = web +
+qcluster). See bench/README.md, section "Latency".
 """
 
 import argparse
@@ -57,6 +57,7 @@ from bench.common import (
     cpu_sample,
     create_accounts,
     database_label,
+    database_server_pid,
     deferred_signals,
     expected_status,
     interrupt_on_sigterm,
@@ -176,11 +177,13 @@ def run_latency(
         memory = WorkerMemory(cluster.process.pid, args.workers)
         idle_rss = memory.sample()
         memory.start()
+        server = database_server_pid()  # its CPU too, when the server is on this machine
         groups = ProcessGroups(
             {
                 "web": web.process.pid,
                 "qcluster": cluster.process.pid,
                 **(servers.pids() if servers else {}),
+                **({"postgres server": server} if server else {}),
             },
             workers=args.workers,
         )
@@ -373,7 +376,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"database: {report['database']}", render_table(headers, rows), ""]
     lines.append(
         "CPU ms per order, by process group (project = web + qcluster; the local "
-        "servers and the benchmark's clients apart):"
+        "servers, the database server and the benchmark's clients apart):"
     )
     lines.append(
         render_cpu(

@@ -19,8 +19,8 @@ them up with 2*W orders, submits N orders with C concurrent HTTP clients and wai
 until every run has settled (completed, failed, or suspended for review). Then it
 approves the suspended orders one at a time through the API and times each from the
 review's HTTP response to its run's `finished_at`. It prints the CPU ms per order of
-each process group. See bench/README.md, sections "The path production runs" and
-"Orders".
+each process group (a PostgreSQL server on this machine is one). See bench/README.md,
+sections "The path production runs" and "Orders".
 """
 
 import argparse
@@ -55,6 +55,7 @@ from bench.common import (
     cpu_sample,
     create_accounts,
     database_label,
+    database_server_pid,
     deferred_signals,
     expected_status,
     interrupt_on_sigterm,
@@ -171,11 +172,13 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
 
         payloads = order_mix(args.orders, f"bench-w{workers}")
         log(f"submitting {len(payloads)} orders with {args.clients} clients")
+        server = database_server_pid()  # its CPU too, when the server is on this machine
         groups = ProcessGroups(
             {
                 "web": web.process.pid,
                 "qcluster": cluster.process.pid,
                 **(servers.pids() if servers else {}),
+                **({"postgres server": server} if server else {}),
             },
             workers=workers,
         )
@@ -368,7 +371,7 @@ def render(results: list[dict[str, Any]]) -> str:
     lines = [render_table(headers, rows), ""]
     lines.append(
         "CPU ms per order, by process group (project = web + qcluster; the local "
-        "servers and the benchmark's clients apart):"
+        "servers, the database server and the benchmark's clients apart):"
     )
     lines.append(
         render_cpu(
