@@ -1,7 +1,9 @@
 """A segment runs on the runtime it is handed, inline or in a worker: no process-wide
 switch decides where its sync work goes."""
 
+import contextvars
 import threading
+import types
 
 import pytest
 from pydantic import BaseModel
@@ -9,7 +11,12 @@ from pydantic import BaseModel
 from tests.support.cluster import wait_until
 from workflows import WorkflowContext, workflow, workflow_start
 from workflows.engine.executor import run_execute
-from workflows.engine.runtime import SegmentOutcome, segment_runtime
+from workflows.engine.runtime import (
+    SegmentOutcome,
+    SegmentRuntime,
+    segment_running_on,
+    segment_runtime,
+)
 from workflows.models import RunStatus, WorkflowRun
 from workflows.worker.runtime import WorkerRuntime
 
@@ -63,3 +70,23 @@ def test_a_worker_runtime_runs_sync_work_on_its_pool_in_any_process(queue_captur
     output = WorkflowRun.objects.get(pk=run.id).output
     assert output["sync_thread"].startswith("workflows-sync"), output
     assert output["runtime"] == "WorkerRuntime"
+
+
+def test_a_segment_left_unfinished_is_closed_quietly_wherever_it_is_collected():
+    """A worker that stops while a segment is still in a slow step leaves the segment's
+    coroutine unfinished on its loop; the garbage collector closes it later, in another
+    context. That close must not fail (Python would print "Exception ignored … was
+    created in a different Context" in the worker's log, as the suite showed)."""
+
+    @types.coroutine
+    def slow_step():  # suspends once, as an await on a sync thread's answer does
+        yield
+
+    async def segment() -> None:
+        with segment_running_on(SegmentRuntime()):
+            await slow_step()
+
+    coroutine = segment()
+    contextvars.copy_context().run(coroutine.send, None)  # started in a task's context
+    coroutine.close()  # collected in this one
+    assert segment_runtime() is None

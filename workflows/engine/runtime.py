@@ -11,7 +11,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol, TypeVar, cast
 
 from asgiref.sync import sync_to_async
@@ -154,7 +154,12 @@ def segment_running_on(runtime: SegmentRuntime) -> Iterator[None]:
     try:
         yield
     finally:
-        _segment_runtime.reset(token)
+        # A segment left unfinished on a stopped worker's loop (still in a slow step) is
+        # closed later by the garbage collector, in whatever context it runs: its runtime
+        # was never set there, so there is nothing to reset (`reset` would raise, and
+        # Python print "Exception ignored").
+        with suppress(ValueError):
+            _segment_runtime.reset(token)
 
 
 def segment_runtime() -> SegmentRuntime | None:
