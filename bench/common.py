@@ -834,6 +834,18 @@ class ProcessGroups:
         self.roots = roots
         self.workers = workers
 
+    @classmethod
+    def of_service(
+        cls, *, web_pid: int, cluster_pid: int, local_servers: dict[str, int], workers: int
+    ) -> "ProcessGroups":
+        """The groups of a benchmark of the whole service, after django.setup(): web,
+        qcluster (and its workers), each local server, and the PostgreSQL server when it
+        runs on this machine."""
+        roots = {"web": web_pid, "qcluster": cluster_pid, **local_servers}
+        if (server := database_server_pid()) is not None:
+            roots["postgres server"] = server
+        return cls(roots, workers=workers)
+
     def sample(self) -> dict[str, float]:
         seconds = {
             name: sum(_stat_ticks(p, children=True) for p in _tree(pid)) / CLK_TCK

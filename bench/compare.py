@@ -111,10 +111,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"latency_s": args.latency, "mode": args.mode, "runs": runs, "means": means, "gap": gap}
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def render(report: dict[str, Any]) -> str:
     headers = [
         "round",
@@ -133,7 +129,7 @@ def render(report: dict[str, Any]) -> str:
             f"{r['machine_cpu_ms_per_order']:.1f}",
             f"{r['cpu_ms_per_order'].get('project', 0):.1f}",
             f"{r['cpu_ms_per_order'].get('workers', 0):.1f}",
-            _ms(r["cpu_ms_per_order"].get("postgres server")),
+            f"{server:.1f}" if (server := r["cpu_ms_per_order"].get("postgres server")) else "-",
         ]
         for r in report["runs"]
     ]

@@ -57,7 +57,6 @@ from bench.common import (
     cpu_sample,
     create_accounts,
     database_label,
-    database_server_pid,
     deferred_signals,
     expected_status,
     interrupt_on_sigterm,
@@ -177,14 +176,10 @@ def run_latency(
         memory = WorkerMemory(cluster.process.pid, args.workers)
         idle_rss = memory.sample()
         memory.start()
-        server = database_server_pid()  # its CPU too, when the server is on this machine
-        groups = ProcessGroups(
-            {
-                "web": web.process.pid,
-                "qcluster": cluster.process.pid,
-                **(servers.pids() if servers else {}),
-                **({"postgres server": server} if server else {}),
-            },
+        groups = ProcessGroups.of_service(
+            web_pid=web.process.pid,
+            cluster_pid=cluster.process.pid,
+            local_servers=servers.pids() if servers else {},
             workers=args.workers,
         )
         load = os.getloadavg()

@@ -55,7 +55,6 @@ from bench.common import (
     cpu_sample,
     create_accounts,
     database_label,
-    database_server_pid,
     deferred_signals,
     expected_status,
     interrupt_on_sigterm,
@@ -172,14 +171,10 @@ def run_config(kind: str, workers: int, args: argparse.Namespace) -> dict[str, A
 
         payloads = order_mix(args.orders, f"bench-w{workers}")
         log(f"submitting {len(payloads)} orders with {args.clients} clients")
-        server = database_server_pid()  # its CPU too, when the server is on this machine
-        groups = ProcessGroups(
-            {
-                "web": web.process.pid,
-                "qcluster": cluster.process.pid,
-                **(servers.pids() if servers else {}),
-                **({"postgres server": server} if server else {}),
-            },
+        groups = ProcessGroups.of_service(
+            web_pid=web.process.pid,
+            cluster_pid=cluster.process.pid,
+            local_servers=servers.pids() if servers else {},
             workers=workers,
         )
         load = os.getloadavg()

@@ -34,13 +34,13 @@ class OrmBroker(ORM):
     writer), and acknowledged by a bare DELETE (a queue row has no relations and no
     delete signals). Other databases get django-q2's own."""
 
-    def _table(self) -> tuple[Any, Callable[[str], str]]:
+    def _connection(self) -> tuple[Any, Callable[[str], str]]:
         queue = self.get_connection()  # as django-q2's: closes a stale connection first
         connection = connections[queue.db]
         return connection, connection.ops.quote_name
 
     def dequeue(self) -> list[tuple[int, str]] | None:
-        connection, quote = self._table()
+        connection, quote = self._connection()
         if connection.vendor not in ("postgresql", "sqlite"):
             return super().dequeue()  # type: ignore[no-any-return]
         table, pk, key, lock, payload = map(
@@ -60,13 +60,13 @@ class OrmBroker(ORM):
                     Conf.BULK,
                 ],
             )
-            tasks = [(task_id, package) for task_id, package in cursor.fetchall()]
+            tasks: list[tuple[int, str]] = cursor.fetchall()
         if not tasks:
             sleep(Conf.POLL)  # an empty queue, as django-q2's
         return tasks
 
     def delete(self, task_id: int) -> None:
-        connection, quote = self._table()
+        connection, quote = self._connection()
         with connection.cursor() as cursor:
             cursor.execute(
                 f"DELETE FROM {quote(OrmQ._meta.db_table)} WHERE {quote('id')} = %s", [task_id]
