@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import DatabaseError, IntegrityError
+from django.db.models import Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
 from workflows import NonRetryableError
-from workflows.engine.compiled_queries import CompiledUpdate
-from workflows.engine.durability import durable_atomic
+from workflows.engine.compiled_queries import CompiledInsert, CompiledUpdate, RowExists
 
 from .mail import delivery_outcome, email_failure
 from .models import EmailKind, EmailRecord, EmailStatus, Order, OrderStatus
@@ -46,6 +46,12 @@ def confirmation_message_id(order: Order) -> str:
 
 # Marks each confirmation sent: compiled once.
 _email_record_write = CompiledUpdate(EmailRecord, ["pk"])
+# Claims a confirmation unless the order is cancelled, in one statement that holds the
+# order's row, as `order_cancel` does, and is on disk before the message leaves, even in
+# a worker (workflows.engine.durability).
+_confirmation_claim = CompiledInsert(
+    EmailRecord, only_if=RowExists(Order, ["pk"], ~Q(status=OrderStatus.CANCELLED)), durable=True
+)
 
 
 def order_confirmation_send(*, order: Order) -> EmailRecord:
@@ -63,20 +69,17 @@ def order_confirmation_send(*, order: Order) -> EmailRecord:
     """
     subject = f"Your order {order.order_id} is confirmed"
     message_id = confirmation_message_id(order)
+    record = EmailRecord(
+        order=order,
+        kind=CONFIRMATION,
+        recipient=order.customer_email,
+        subject=subject,
+        message_id=message_id,
+    )
     try:
-        # On disk before the message leaves, even in a worker (workflows.engine.durability).
-        with durable_atomic():
-            status = Order.objects.select_for_update().values_list("status", flat=True)
-            if status.get(pk=order.pk) == OrderStatus.CANCELLED:
-                raise ConfirmationRefusedError(
-                    f"Refused: order {order.order_id} was cancelled; no confirmation is sent."
-                )
-            record = EmailRecord.objects.create(
-                order=order,
-                kind=CONFIRMATION,
-                recipient=order.customer_email,
-                subject=subject,
-                message_id=message_id,
+        if not _confirmation_claim.insert(record, order.pk):
+            raise ConfirmationRefusedError(
+                f"Refused: order {order.order_id} was cancelled; no confirmation is sent."
             )
     except IntegrityError:
         existing = EmailRecord.objects.get(order=order, kind=CONFIRMATION)
@@ -155,6 +158,14 @@ def review_message_id(*, order: Order, kind: str) -> str:
     return f"<order-{order.pk}-{kind.replace('_', '-')}@{settings.EMAIL_MESSAGE_ID_DOMAIN}>"
 
 
+# Either claim of a review's email (a new one, or one that failed before) is on disk
+# before the message leaves (workflows.engine.durability).
+_review_email_new = CompiledInsert(EmailRecord, durable=True)
+_review_email_failed_again = CompiledUpdate(
+    EmailRecord, ["order", "kind"], where=Q(status=EmailStatus.FAILED), durable=True
+)
+
+
 def review_email_send(*, order: Order, kind: str, deadline: datetime) -> EmailRecord | None:
     """Tell the fraud reviewers that the order's review opened (`REVIEW_ALERT`) or that
     its deadline is near (`REVIEW_REMINDER`), once. Never raises for the mail server:
@@ -231,24 +242,22 @@ def _review_email_claim(
     recipient = ", ".join(recipients)
     if len(recipient) > EMAIL_RECIPIENT_MAX_LENGTH:
         recipient = recipient[: EMAIL_RECIPIENT_MAX_LENGTH - 3].rsplit(",", 1)[0] + ", …"
-    # Either claim is on disk before the message leaves (workflows.engine.durability).
+    record = EmailRecord(
+        order=order, kind=kind, recipient=recipient, subject=subject, message_id=message_id
+    )
     try:
-        with durable_atomic():
-            record = EmailRecord.objects.create(
-                order=order, kind=kind, recipient=recipient, subject=subject, message_id=message_id
-            )
+        _review_email_new.insert(record)
         return record, True
     except IntegrityError:
         pass
-    with durable_atomic():
-        claimed = EmailRecord.objects.filter(
-            order=order, kind=kind, status=EmailStatus.FAILED
-        ).update(
-            status=EmailStatus.SENDING,
-            recipient=recipient,
-            subject=subject,
-            created_at=timezone.now(),
-        )
+    claimed = _review_email_failed_again.update(
+        order.pk,
+        kind,
+        status=EmailStatus.SENDING,
+        recipient=recipient,
+        subject=subject,
+        created_at=timezone.now(),
+    )
     existing = EmailRecord.objects.filter(order=order, kind=kind).first()
     if not claimed and existing is not None and existing.status == EmailStatus.SENDING:
         logger.warning(

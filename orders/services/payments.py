@@ -13,7 +13,6 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from workflows.engine.compiled_queries import CompiledUpdate
-from workflows.engine.durability import durable_atomic
 
 from ..client_webhooks.models import PAYMENT_STATUS_EVENTS
 from ..client_webhooks.services import order_event_emit
@@ -183,8 +182,12 @@ def _order_payment_metadata(order: Order) -> dict[str, str]:
     return {"order_id": order.order_id, "order_pk": str(order.pk)}
 
 
-# Marks the first attempt of every charge: compiled once.
-_charge_attempt_mark = CompiledUpdate(Order, ["pk"], where=Q(charge_attempted_at__isnull=True))
+# Marks the first attempt of every charge, on disk before the gateway is called (steps run
+# outside transactions), so a crash or a power cut after Stripe answered still leaves it
+# for the next attempt (workflows.engine.durability).
+_charge_attempt_mark = CompiledUpdate(
+    Order, ["pk"], where=Q(charge_attempted_at__isnull=True), durable=True
+)
 
 
 def order_charge(*, order: Order) -> Charge:
@@ -218,11 +221,7 @@ def order_charge(*, order: Order) -> Charge:
         raise PaymentDeclinedError(order.failure_reason or "payment was declined")
     if order.status == OrderStatus.CANCELLED:
         raise OrderActionRefusedError("Refused: the order is cancelled.")
-    # Committed, and on disk, before the gateway is called (steps run outside
-    # transactions), so a crash or a power cut after Stripe answered still leaves it for
-    # the next attempt (workflows.engine.durability).
-    with durable_atomic():
-        first_attempt = _charge_attempt_mark.update(order.pk, charge_attempted_at=timezone.now())
+    first_attempt = _charge_attempt_mark.update(order.pk, charge_attempted_at=timezone.now())
     try:
         charge = payment_gateway().charge(
             customer_id=order.customer_id,

@@ -64,5 +64,5 @@ def test_model_calls_cost_the_cap_no_statement_and_share_one_client(
     assert few["clients"] == many["clients"] == 1
     # The whole order, intake to confirmation: each statement is a round trip to
     # PostgreSQL's server (bench/README.md, "Ninth pass"). Lower it here when it falls.
-    assert few["statements"] <= 43
+    assert few["statements"] <= 38
     print(f"per order: {few} / {many}")  # the figures, with -s

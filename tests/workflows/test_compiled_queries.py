@@ -1,18 +1,23 @@
-"""A compiled read returns what the ORM's own `get` returns, and a compiled update writes
-what its `update` writes, field for field and type for type, on each engine (their column
-converters differ: SQLite keeps UUIDs as text and datetimes as strings), in one
-statement."""
+"""A compiled read returns what the ORM's own `get` returns, a compiled update writes what
+its `update` writes and a compiled insert what `save` inserts, field for field and type
+for type, on each engine (their column converters differ: SQLite keeps UUIDs as text and
+datetimes as strings), in one statement."""
 
 import re
 import uuid
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.db.models import Exists, F, OuterRef, Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from workflows.engine.compiled_queries import CompiledRead, CompiledUpdate
+from workflows.engine.compiled_queries import (
+    CompiledInsert,
+    CompiledRead,
+    CompiledUpdate,
+    RowExists,
+)
 from workflows.models import RunStatus, StepRecord, StepStatus, WorkflowRun
 
 pytestmark = [pytest.mark.django_db, pytest.mark.db_engine]
@@ -202,3 +207,51 @@ def test_an_update_by_a_foreign_key_and_an_exclusion(run):
     assert unfinished.update(run.pk, status=StepStatus.COMPLETED) == 1
     assert unfinished.update(run.pk, status=StepStatus.FAILED) == 0
     assert StepRecord.objects.get(pk=step.pk).error == "gone"
+
+
+NOW = timezone.now()
+
+
+def new_step(run, key):
+    return StepRecord(
+        run=run,
+        key=key,
+        position=1,
+        kind="llm",
+        status=StepStatus.COMPLETED,
+        output={"text": "ok", "amount": "12.50"},
+        meta={"usage": {"prompt_tokens": 3}},
+        started_at=NOW,
+        finished_at=NOW,
+    )
+
+
+def test_an_insert_writes_what_save_writes_in_one_statement(run):
+    step, twin = new_step(run, "llm/1"), new_step(run, "llm/2")
+    with CaptureQueriesContext(connection) as queries:
+        assert CompiledInsert(StepRecord).insert(step) is True
+    assert len(queries.captured_queries) == 1
+    twin.save()
+    assert step.pk is not None and not step._state.adding
+    written, expected = (field_values(StepRecord.objects.get(pk=pk)) for pk in (step.pk, twin.pk))
+    del written["id"], expected["id"], written["key"], expected["key"]
+    assert written == expected
+    with pytest.raises(IntegrityError):  # the run's keys are unique, as for `save`
+        CompiledInsert(StepRecord).insert(new_step(run, "llm/1"))
+
+
+def test_an_insert_only_if_goes_in_only_while_that_row_holds(run):
+    while_running = CompiledInsert(
+        StepRecord, only_if=RowExists(WorkflowRun, ["pk"], Q(status=RunStatus.RUNNING))
+    )
+    with CaptureQueriesContext(connection) as queries:
+        assert while_running.insert(new_step(run, "first"), run.pk) is True
+    assert len(queries.captured_queries) == 1
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED)
+    late = new_step(run, "late")
+    assert while_running.insert(late, run.pk) is False
+    assert while_running.insert(new_step(run, "lost"), uuid.uuid4()) is False
+    assert late.pk is None and late._state.adding
+    assert list(StepRecord.objects.filter(run=run).values_list("key", flat=True)) == ["first"]
+    with pytest.raises(TypeError, match="expected 1 key values"):
+        while_running.insert(new_step(run, "again"))

@@ -1,5 +1,5 @@
-"""Hot-path reads and writes whose SQL is compiled once: `Model.objects.filter(field=value)`
-and `Model.objects.filter(...).update(field=value, ...)`.
+"""Hot-path reads and writes whose SQL is compiled once: `Model.objects.filter(field=value)`,
+`Model.objects.filter(...).update(field=value, ...)` and a new row's `save()`.
 
 Django compiles a queryset's SQL on every evaluation, and for a one-row statement that is
 most of the cost: reading one row of a 34-column model by a unique field took 0.56 ms of
@@ -14,8 +14,11 @@ A `CompiledRead` is an exact match on one field (`pk`, a concrete field or a for
 attname), plus constant conditions, constant annotations (set on each instance, as
 `annotate` does) and an order if wanted; no related objects. A `CompiledUpdate` matches
 exact values of its key fields plus constant conditions, on one table; it compiles the
-writing of plain values (an expression goes through the ORM). Anything else stays an
-ordinary queryset.
+writing of plain values (an expression goes through the ORM). A `CompiledInsert` writes
+every column of a model with an automatic primary key, optionally only while a row of
+another table, matched the same way, exists (held until the insert commits): a guard and
+its write in one statement. Either write can be `durable` (`workflows.engine.durability`).
+Anything else stays an ordinary queryset.
 
 Runnable in `manage.py shell`:
 
@@ -32,12 +35,23 @@ assert run_by_id.get(run.pk) == run
 
 touch_if_pending = CompiledUpdate(WorkflowRun, ["pk"], where=Q(status=RunStatus.PENDING))
 touch_if_pending.update(run.pk, updated_at=timezone.now())  # rows written: 0 or 1
+
+from workflows.engine.compiled_queries import CompiledInsert, RowExists
+from workflows.models import StepRecord
+
+while_pending = CompiledInsert(
+    StepRecord, only_if=RowExists(WorkflowRun, ["pk"], Q(status=RunStatus.PENDING))
+)
+step = StepRecord(run=run, key="note", position=10_000, started_at=timezone.now(),
+                  finished_at=timezone.now())
+while_pending.insert(step, run.pk)  # True (and step.pk set) only if the run is pending
 ```
 """
 
 import threading
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
@@ -45,6 +59,8 @@ from typing import Any, Generic, TypeVar
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Field, Model, Q, QuerySet
 from django.db.models.expressions import BaseExpression
+
+from workflows.engine.durability import durable_atomic, durable_condition, durable_statement
 
 M = TypeVar("M", bound=Model)
 C = TypeVar("C")
@@ -227,6 +243,60 @@ class CompiledRead(Generic[M]):
         instance.__dict__.pop("_prefetched_objects_cache", None)
 
 
+class _KeyedRows:
+    """Rows of one table matched by exact values of `keys` and constant conditions
+    `where`: as a queryset, and compiled once into a WHERE whose first parameters are
+    the keys' values."""
+
+    def __init__(self, model: type[Model], keys: Sequence[str], where: Q | None) -> None:
+        self.model = model
+        self.keys = tuple(keys)
+        self.where = where or Q()
+
+    @cached_property
+    def key_fields(self) -> list["Field[Any, Any]"]:
+        return [_value_field(self.model, key) for key in self.keys]
+
+    def _check(self, key_values: Sequence[Any]) -> None:
+        if len(key_values) != len(self.keys):
+            raise TypeError(f"expected {len(self.keys)} key values, got {len(key_values)}")
+
+    def queryset(self, alias: str, key_values: Sequence[Any]) -> "QuerySet[Any]":
+        """One filter per key, in the keys' order (the compiled WHERE's parameters lead
+        with them), then `where`."""
+        self._check(key_values)
+        rows = self.model._default_manager.using(alias).all()
+        for key, value in zip(self.keys, key_values, strict=True):
+            rows = rows.filter(**{key: value})
+        return rows.filter(self.where)
+
+    def compile_where(self, alias: str) -> tuple[str, list[Any]]:
+        """The WHERE's SQL, and its constant parameters (after the keys')."""
+        query = self.queryset(alias, [_stand_in(field) for field in self.key_fields]).query
+        if sum(1 for count in query.alias_refcount.values() if count) != 1:  # no join
+            raise ValueError(f"{self.model.__name__}: a compiled statement reads one table only")
+        where_sql, where_params = query.get_compiler(using=alias).compile(query.where)
+        what = f"{self.model.__name__}.{self.keys}"
+        keys = _stand_ins_lead(where_params, self.key_fields, connections[alias], what)
+        return where_sql, list(where_params[keys:])
+
+    def key_params(self, key_values: Sequence[Any], connection: Any) -> list[Any]:
+        self._check(key_values)
+        return [
+            field.get_db_prep_value(value, connection, prepared=False)
+            for field, value in zip(self.key_fields, key_values, strict=True)
+        ]
+
+
+def _durable_where(where_sql: str, connection: Any, durable: bool) -> str:
+    """`where_sql`, and what makes its statement's commit durable where the statement can
+    say so (`workflows.engine.durability`)."""
+    condition = durable_condition(connection.vendor) if durable else None
+    if not condition:
+        return where_sql
+    return f"({where_sql}) AND {condition}" if where_sql else condition
+
+
 @dataclass(frozen=True)
 class _CompiledWrite:
     sql: str
@@ -237,35 +307,23 @@ class _CompiledWrite:
 class CompiledUpdate(Generic[M]):
     """`model.objects.filter(<key>=value, ..., where).update(**values)`, its SQL compiled
     once per database and set of fields written. Returns the rows written, as `update`
-    does."""
+    does.
 
-    def __init__(self, model: type[M], keys: Sequence[str], *, where: Q | None = None) -> None:
+    `durable=True`: a write that must be on disk before something leaves, in a worker
+    whose other commits are not (`workflows.engine.durability`), committed on its own in
+    one statement; on SQLite it must not run inside a transaction."""
+
+    def __init__(
+        self, model: type[M], keys: Sequence[str], *, where: Q | None = None, durable: bool = False
+    ) -> None:
         self.model = model
-        self.keys = tuple(keys)
-        self.where = where or Q()
+        self.durable = durable
+        self._rows = _KeyedRows(model, keys, where)
         self._compiled: _Built[_CompiledWrite] = _Built()
-
-    @cached_property
-    def _key_fields(self) -> list["Field[Any, Any]"]:
-        return [_value_field(self.model, key) for key in self.keys]
-
-    def _matching(self, alias: str, key_values: Sequence[Any]) -> "QuerySet[M]":
-        """The rows the update writes, as a queryset: one filter per key, in the keys'
-        order (the compiled WHERE's parameters lead with them), then `where`."""
-        rows = self.model._default_manager.using(alias).all()
-        for key, value in zip(self.keys, key_values, strict=True):
-            rows = rows.filter(**{key: value})
-        return rows.filter(self.where)
 
     def _compile(self, alias: str, names: tuple[str, ...]) -> _CompiledWrite:
         connection = connections[alias]
-        query = self._matching(alias, [_stand_in(field) for field in self._key_fields]).query
-        if sum(1 for count in query.alias_refcount.values() if count) != 1:  # no join
-            raise ValueError(f"{self.model.__name__}: a compiled update reads one table only")
-        compiler = query.get_compiler(using=alias)
-        where_sql, where_params = compiler.compile(query.where)
-        what = f"{self.model.__name__}.{self.keys}"
-        keys = _stand_ins_lead(where_params, self._key_fields, connection, what)
+        where_sql, where_params = self._rows.compile_where(alias)
         fields: list[Field[Any, Any]] = []
         for name in names:
             field = self.model._meta.get_field(name)
@@ -276,22 +334,23 @@ class CompiledUpdate(Generic[M]):
             fields.append(field)
         quote = connection.ops.quote_name
         assignments = ", ".join(f"{quote(str(field.column))} = %s" for field in fields)
+        where_sql = _durable_where(where_sql, connection, self.durable)
         return _CompiledWrite(
             sql=f"UPDATE {quote(self.model._meta.db_table)} SET {assignments} WHERE {where_sql}",
             fields=fields,
-            where_params=list(where_params[keys:]),
+            where_params=where_params,
         )
 
     def update(self, *key_values: Any, using: str = DEFAULT_DB_ALIAS, **values: Any) -> int:
         """Write `values` to the rows whose keys are `key_values` (in the order the keys
         were given) and that meet `where`; returns how many were written. Values that
         are expressions (`F("n") + 1`) are written through the ORM's own `update`."""
-        if len(key_values) != len(self.keys):
-            raise TypeError(f"expected {len(self.keys)} key values, got {len(key_values)}")
         if any(hasattr(value, "resolve_expression") for value in values.values()):
             # An expression's SQL is its own: the ORM compiles it, as it always would.
-            return self._matching(using, key_values).update(**values)
+            with durable_atomic(using) if self.durable else nullcontext():
+                return self._rows.queryset(using, key_values).update(**values)
         connection = connections[using]
+        key_params = self._rows.key_params(key_values, connection)
         names = tuple(values)
         compiled = self._compiled.get((using, names), lambda: self._compile(using, names))
         params = []
@@ -299,9 +358,113 @@ class CompiledUpdate(Generic[M]):
             if field.remote_field and hasattr(value, "prepare_database_save"):
                 value = value.prepare_database_save(field)
             params.append(field.get_db_prep_save(value, connection))
-        for field, value in zip(self._key_fields, key_values, strict=True):
-            params.append(field.get_db_prep_value(value, connection, prepared=False))
-        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
-            cursor.execute(compiled.sql, [*params, *compiled.where_params])
+        with (
+            durable_statement(using) if self.durable else nullcontext(),
+            transaction.mark_for_rollback_on_error(using),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(compiled.sql, [*params, *key_params, *compiled.where_params])
             written: int = cursor.rowcount
         return written
+
+
+@dataclass(frozen=True)
+class RowExists:
+    """The condition of a `CompiledInsert`: a row of `model` whose `keys` equal the
+    values the insert is given and that meets `where`."""
+
+    model: type[Model]
+    keys: Sequence[str]
+    where: Q | None = None
+
+
+@dataclass(frozen=True)
+class _CompiledInsert:
+    sql: str
+    fields: list["Field[Any, Any]"]  # the columns written, in their order
+    # Those whose value `pre_save` decides (`auto_now_add`, ...); the others are read.
+    pre_saved: list[bool]
+    where_params: list[Any]  # the condition's constant ones, after its keys'
+    returning: bool  # the primary key comes back as a row, else as the cursor's lastrowid
+
+
+class CompiledInsert(Generic[M]):
+    """A new row of `model` (`instance.save()` of a new instance), in one INSERT compiled
+    once per database, and its primary key read back from it.
+
+    `only_if=RowExists(...)`: the row goes in only if that other row exists, and that row
+    is locked (FOR UPDATE, where the engine has row locks; SQLite has one writer) until
+    the insert commits: a transaction that holds it is waited for and its write seen, and
+    one that comes after sees this row. `durable=True`: as `CompiledUpdate`'s."""
+
+    def __init__(
+        self, model: type[M], *, only_if: RowExists | None = None, durable: bool = False
+    ) -> None:
+        self.model = model
+        self.durable = durable
+        self._guard = _KeyedRows(only_if.model, only_if.keys, only_if.where) if only_if else None
+        self._compiled: _Built[_CompiledInsert] = _Built()
+
+    def _compile(self, alias: str) -> _CompiledInsert:
+        connection = connections[alias]
+        quote = connection.ops.quote_name
+        meta = self.model._meta
+        pk = meta.pk
+        assert pk is not None and pk is meta.auto_field, "an automatic primary key"
+        fields = [f for f in meta.concrete_fields if f is not pk]
+        columns = ", ".join(quote(str(f.column)) for f in fields)
+        values = ", ".join(["%s"] * len(fields))
+        # SQLite's RETURNING costs the statement a sixth more than its lastrowid.
+        returning = connection.vendor != "sqlite"
+        returning_sql = connection.ops.return_insert_columns([pk])[0] if returning else ""
+        where_sql, where_params = "", list[Any]()
+        if self._guard is not None:
+            guard_sql, where_params = self._guard.compile_where(alias)
+            lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+            table = quote(self._guard.model._meta.db_table)
+            where_sql = f"EXISTS (SELECT 1 FROM {table} WHERE {guard_sql}{lock})"
+        where_sql = _durable_where(where_sql, connection, self.durable)
+        rows = f"SELECT {values} WHERE {where_sql}" if where_sql else f"VALUES ({values})"
+        return _CompiledInsert(
+            sql=f"INSERT INTO {quote(meta.db_table)} ({columns}) {rows} {returning_sql}",
+            fields=fields,
+            pre_saved=[type(f).pre_save is not Field.pre_save for f in fields],
+            where_params=where_params,
+            returning=returning,
+        )
+
+    def insert(self, instance: M, *key_values: Any, using: str = DEFAULT_DB_ALIAS) -> bool:
+        """Insert `instance` (its fields' defaults and `auto_now_add` filled in as `save`
+        fills them), if `only_if`'s row whose keys are `key_values` exists; then its
+        primary key is set and True returned, else False. A unique constraint's
+        violation raises `IntegrityError`, as `save` does."""
+        connection = connections[using]
+        compiled = self._compiled.get(using, lambda: self._compile(using))
+        params = [
+            f.get_db_prep_save(
+                f.pre_save(instance, True) if pre_saved else getattr(instance, f.attname),
+                connection,
+            )
+            for f, pre_saved in zip(compiled.fields, compiled.pre_saved, strict=True)
+        ]
+        if self._guard is not None:
+            params += self._guard.key_params(key_values, connection)
+        elif key_values:
+            raise TypeError("key values are for an insert with `only_if`")
+        with (
+            durable_statement(using) if self.durable else nullcontext(),
+            transaction.mark_for_rollback_on_error(using),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(compiled.sql, [*params, *compiled.where_params])
+            if compiled.returning:
+                row = cursor.fetchone()
+                pk = row[0] if row else None
+            else:
+                pk = cursor.lastrowid if cursor.rowcount else None
+        if pk is None:
+            return False
+        instance.pk = pk
+        instance._state.adding = False
+        instance._state.db = using
+        return True

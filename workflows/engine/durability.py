@@ -16,9 +16,11 @@ not of the machine (SQLite's `synchronous=NORMAL` in WAL mode) or of the databas
 
 What stops an outside effect from happening twice must be on disk before the effect
 leaves (the claim of an email, the mark of a charge's first attempt): it commits in
-`durable_atomic()`. Its flush also carries every earlier commit, the logs being
-sequential. The web, the admin and commands never relax: an accepted order or a
-reviewer's decision is on disk before anyone is told.
+`durable_atomic()`, or, when it is one UPDATE, as a `CompiledUpdate(durable=True)`: the
+same guarantee without a transaction of its own (on PostgreSQL one round trip to the
+server instead of four: BEGIN, SET LOCAL, the UPDATE, COMMIT). Either flush also carries
+every earlier commit, the logs being sequential. The web, the admin and commands never
+relax: an accepted order or a reviewer's decision is on disk before anyone is told.
 `WORKFLOWS_WORKER_DURABLE_COMMITS=1` keeps a worker's every commit durable.
 
 Runnable in `manage.py shell` (outside a transaction):
@@ -48,16 +50,23 @@ from django.db.backends.signals import connection_created
 
 class _Statements(NamedTuple):
     relax: str  # the connection's commits stop waiting for the disk
-    durable: str  # a commit waits again
-    # SQLite chooses a commit's durability before its transaction begins (so `durable` is
-    # undone by `relax` after it); PostgreSQL's SET LOCAL, inside it, ends with it.
-    before_begin: bool
+    durable: str  # a commit waits again: SQLite's before its transaction begins (and
+    # undone by `relax` after it), PostgreSQL's SET LOCAL inside it, ending with it
+    # The same as a condition of a write, for engines that can say it in the statement:
+    # true for every row, evaluated for each row the write's WHERE lets through, it makes
+    # the transaction that runs the write commit durably, be it the write's own (in
+    # autocommit) or an enclosing one. PostgreSQL's `set_config(…, is_local => true)` is
+    # SET LOCAL as a function, and its commit reads the setting before the transaction
+    # ends. None: the durability is chosen before the transaction begins (SQLite).
+    durable_condition: str | None
 
 
 _STATEMENTS = {
-    "sqlite": _Statements("PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL", True),
+    "sqlite": _Statements("PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL", None),
     "postgresql": _Statements(
-        "SET synchronous_commit TO off", "SET LOCAL synchronous_commit TO on", False
+        "SET synchronous_commit TO off",
+        "SET LOCAL synchronous_commit TO on",
+        "set_config('synchronous_commit', 'on', true) IS NOT NULL",
     ),
 }
 _relaxed = False
@@ -106,17 +115,48 @@ def durable_atomic(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     if not _relaxed or statements is None:
         with transaction.atomic(using=using):
             yield
-        return
-    if not statements.before_begin:
+    elif statements.durable_condition is not None:
         with transaction.atomic(using=using):
             _execute(connection, statements.durable)
             yield
+    else:
+        with _durable_before_begin(connection, statements, "durable_atomic()"):
+            with transaction.atomic(using=using):
+                yield
+
+
+def durable_condition(vendor: str) -> str | None:
+    """The SQL to AND into an UPDATE's WHERE so that the transaction running it commits
+    durably, on the engines that can say so in the statement; None on the others. Run
+    the UPDATE inside `durable_statement()` on every engine."""
+    statements = _STATEMENTS.get(vendor)
+    return statements.durable_condition if statements else None
+
+
+@contextmanager
+def durable_statement(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
+    """Around one write that carries `durable_condition` (`CompiledUpdate(durable=True)`
+    writes one): its commit is on disk when it returns, as in `durable_atomic`, with no
+    transaction of its own. On SQLite, where the statement cannot say it, the choice is
+    made around it, so there it must not run inside a transaction."""
+    connection = connections[using]
+    statements = _STATEMENTS.get(connection.vendor)
+    if not _relaxed or statements is None or statements.durable_condition is not None:
+        yield
         return
+    with _durable_before_begin(connection, statements, "durable_statement()"):
+        yield
+
+
+@contextmanager
+def _durable_before_begin(
+    connection: BaseDatabaseWrapper, statements: _Statements, what: str
+) -> Iterator[None]:
+    """SQLite: the next transaction's commit waits for the disk, and only that one."""
     if connection.in_atomic_block:
-        raise RuntimeError("durable_atomic() inside a transaction: on SQLite, use it outermost")
+        raise RuntimeError(f"{what} inside a transaction: on SQLite, use it outermost")
     _execute(connection, statements.durable)
     try:
-        with transaction.atomic(using=using):
-            yield
+        yield
     finally:
         _execute(connection, statements.relax)

@@ -22,21 +22,21 @@ the UPDATEs themselves are `transitions.py`'s, like every change of a run's stat
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from workflows import observability
 from workflows.engine import transitions
-from workflows.engine.compiled_queries import CompiledRead
+from workflows.engine.compiled_queries import CompiledInsert, CompiledRead, RowExists
 from workflows.engine.errors import LeaseLostError
 from workflows.engine.queue import run_enqueue
 from workflows.models import RunStatus, StepRecord, WorkflowRun
@@ -97,41 +97,21 @@ def lease_release(run_id: uuid.UUID | str, token: str) -> bool:
 
 
 # The step commit is the engine's hot path: one statement, committed on its own, that
-# inserts the step only if this worker still holds the run's lease. Written once as SQL
-# (with Django's own value adaptation) it costs one round trip and no ORM work; through
-# the ORM, with BEGIN/UPDATE/INSERT/COMMIT, it cost three to four times the commit
-# itself (bench/README.md).
-_RUN_PK = WorkflowRun._meta.pk
-_STEP_FIELDS = [f for f in StepRecord._meta.concrete_fields if not f.primary_key]
-
-
-@functools.cache
-def _fenced_insert_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in _STEP_FIELDS)
-    values = ", ".join(["%s"] * len(_STEP_FIELDS))
-    # PostgreSQL: lock the run row, so that a concurrent take-over is waited for and
-    # seen. SQLite: writers are serialized, and a stale read fails with SQLITE_BUSY.
-    lock = " FOR UPDATE" if vendor == "postgresql" else ""
-    return (
-        f"INSERT INTO {quote(StepRecord._meta.db_table)} ({columns}) SELECT {values} "
-        f"WHERE EXISTS (SELECT 1 FROM {quote(WorkflowRun._meta.db_table)} "
-        f"WHERE {quote('id')} = %s AND {quote('lease_owner')} = %s "
-        f"AND {quote('status')} = %s{lock})"
-    )
+# inserts the step only if this worker still holds the run's lease. The run's row is
+# locked on PostgreSQL, so that a concurrent take-over is waited for and seen; SQLite's
+# writers are serialized, and a stale read fails with SQLITE_BUSY. Compiled once (with
+# Django's own value adaptation) it costs one round trip and no ORM work; through the
+# ORM, with BEGIN/UPDATE/INSERT/COMMIT, it cost three to four times the commit itself
+# (bench/README.md).
+_step_insert_while_leased = CompiledInsert(
+    StepRecord,
+    only_if=RowExists(WorkflowRun, ["pk", "lease_owner"], Q(status=RunStatus.RUNNING)),
+)
 
 
 def lease_fenced_insert(record: StepRecord, token: str) -> None:
     """Insert a step row if, and only if, `token` still holds its run's lease."""
-    # The thread's own connection, not the `connection` proxy: each field's adaptation
-    # asks it for its operations, and through the proxy that doubled the cost.
-    db = connections[DEFAULT_DB_ALIAS]
-    params: list[Any] = [f.get_db_prep_save(getattr(record, f.attname), db) for f in _STEP_FIELDS]
-    params += [_RUN_PK.get_db_prep_value(record.run_id, db), token, RunStatus.RUNNING]
-    with db.cursor() as cursor:
-        cursor.execute(_fenced_insert_sql(db.vendor), params)
-        inserted = cursor.rowcount
-    if not inserted:
+    if not _step_insert_while_leased.insert(record, record.run_id, token):
         raise LeaseLostError(f"Run {record.run_id} is no longer leased by this worker")
 
 
