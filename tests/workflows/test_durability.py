@@ -1,5 +1,5 @@
 """Which commits wait for the disk (`workflows.engine.durability`): a worker's do not,
-except the ones in `durable_atomic` and the durable compiled updates; every other
+except the ones in `durable_atomic` and the durable compiled writes; every other
 process's always do."""
 
 from collections.abc import Iterator

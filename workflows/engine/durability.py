@@ -16,9 +16,10 @@ not of the machine (SQLite's `synchronous=NORMAL` in WAL mode) or of the databas
 
 What stops an outside effect from happening twice must be on disk before the effect
 leaves (the claim of an email, the mark of a charge's first attempt): it commits in
-`durable_atomic()`, or, when it is one UPDATE, as a `CompiledUpdate(durable=True)`: the
-same guarantee without a transaction of its own (on PostgreSQL one round trip to the
-server instead of four: BEGIN, SET LOCAL, the UPDATE, COMMIT). Either flush also carries
+`durable_atomic()`, or, when it is one statement, as a durable `CompiledUpdate` or
+`CompiledInsert` (`workflows.engine.compiled_queries`): the same guarantee without a
+transaction of its own (on PostgreSQL one round trip to the server instead of four:
+BEGIN, SET LOCAL, the write, COMMIT). Either flush also carries
 every earlier commit, the logs being sequential. The web, the admin and commands never
 relax: an accepted order or a reviewer's decision is on disk before anyone is told.
 `WORKFLOWS_WORKER_DURABLE_COMMITS=1` keeps a worker's every commit durable.
@@ -50,14 +51,15 @@ from django.db.backends.signals import connection_created
 
 class _Statements(NamedTuple):
     relax: str  # the connection's commits stop waiting for the disk
-    durable: str  # a commit waits again: SQLite's before its transaction begins (and
-    # undone by `relax` after it), PostgreSQL's SET LOCAL inside it, ending with it
-    # The same as a condition of a write, for engines that can say it in the statement:
-    # true for every row, evaluated for each row the write's WHERE lets through, it makes
-    # the transaction that runs the write commit durably, be it the write's own (in
-    # autocommit) or an enclosing one. PostgreSQL's `set_config(…, is_local => true)` is
-    # SET LOCAL as a function, and its commit reads the setting before the transaction
-    # ends. None: the durability is chosen before the transaction begins (SQLite).
+    # A commit waits again: SQLite's chosen before its transaction begins (and undone by
+    # `relax` after it), PostgreSQL's by SET LOCAL inside it, ending with it.
+    durable: str
+    # `durable` as a condition of a write, where the statement can say it: true for every
+    # row, evaluated for each row the write's WHERE lets through, it makes the transaction
+    # that runs the write commit durably, be it the write's own (in autocommit) or an
+    # enclosing one. PostgreSQL's `set_config(…, is_local => true)` is SET LOCAL as a
+    # function, and its commit reads the setting before the transaction ends. None: the
+    # durability is chosen before the transaction begins (SQLite).
     durable_condition: str | None
 
 
@@ -135,10 +137,11 @@ def durable_condition(vendor: str) -> str | None:
 
 @contextmanager
 def durable_statement(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
-    """Around one write that carries `durable_condition` (`CompiledUpdate(durable=True)`
-    writes one): its commit is on disk when it returns, as in `durable_atomic`, with no
-    transaction of its own. On SQLite, where the statement cannot say it, the choice is
-    made around it, so there it must not run inside a transaction."""
+    """Around one write that carries `durable_condition` (a durable `CompiledUpdate` or
+    `CompiledInsert` writes one): its commit is on disk when it returns, as in
+    `durable_atomic`, with no transaction of its own. On SQLite, where the statement
+    cannot say it, the choice is made around it, so there it must not run inside a
+    transaction."""
     connection = connections[using]
     statements = _STATEMENTS.get(connection.vendor)
     if not _relaxed or statements is None or statements.durable_condition is not None:
