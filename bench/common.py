@@ -806,6 +806,13 @@ def _stat_ticks(pid: int, *, children: bool) -> int:
     return ticks + (int(fields[13]) + int(fields[14]) if children else 0)
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """utime+stime of `pid` so far, in seconds; None if no such process runs here."""
+    if not Path(f"/proc/{pid}/stat").exists():
+        return None
+    return _stat_ticks(pid, children=False) / CLK_TCK
+
+
 def _tree(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:

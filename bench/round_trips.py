@@ -22,7 +22,6 @@ WAL mode, `synchronous=NORMAL`, as a worker commits) for comparison.
 
 import argparse
 import json
-import os
 import resource
 import sqlite3
 import sys
@@ -31,21 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_POSTGRES_URL, BenchError, make_logger, render_table, run_reporting
+from bench.common import (
+    DEFAULT_POSTGRES_URL,
+    BenchError,
+    make_logger,
+    process_cpu_s,
+    render_table,
+    run_reporting,
+)
 
 PROG = "bench.round_trips"
 log = make_logger("round_trips")
 TABLE_ROWS = 1000
-
-
-def _backend_cpu_s(pid: int) -> float | None:
-    """The backend's CPU so far (utime + stime), or None if it is not on this machine."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _kinds(execute: Callable[..., Any], placeholder: str) -> list[tuple[str, Callable[[], Any]]]:
@@ -102,7 +98,7 @@ def measure_postgresql(url: str, statements: int) -> list[dict[str, Any]]:
             "INSERT INTO round_trip SELECT n, 'x' FROM generate_series(1, %s) AS n", [TABLE_ROWS]
         )
         kinds = _kinds(connection.execute, "%s")
-        return _timed(kinds, statements, lambda: _backend_cpu_s(pid))
+        return _timed(kinds, statements, lambda: process_cpu_s(pid))
 
 
 def measure_sqlite(statements: int) -> list[dict[str, Any]]:
